@@ -1,0 +1,1 @@
+"""Collaboration environments and the tasks they pose (SPEC §1-2)."""

@@ -1,0 +1,49 @@
+"""Countdown: reach a target with four numbers, each used once (SPEC §2), generated from a seed.
+
+Every generated instance is solvable by construction: the target is the value of
+a random expression over the numbers.
+"""
+
+from __future__ import annotations
+
+import random
+
+from envs.problem import Problem
+
+
+def _random_expression(rng: random.Random, nums: list[int]) -> tuple[str, float]:
+    items = [(str(n), float(n)) for n in nums]
+    rng.shuffle(items)
+    while len(items) > 1:
+        (ea, va), (eb, vb) = items.pop(), items.pop()
+        ops = ["+", "-", "*"] + (["/"] if vb != 0 and va % vb == 0 else [])
+        op = rng.choice(ops)
+        value = {"+": va + vb, "-": va - vb, "*": va * vb, "/": va / vb if vb else 0.0}[op]
+        items.append((f"({ea} {op} {eb})", value))
+        rng.shuffle(items)
+    return items[0]
+
+
+def make_problems(n: int, seed: int, split: str = "train") -> list[Problem]:
+    rng = random.Random(f"countdown-{split}-{seed}")
+    problems = []
+    while len(problems) < n:
+        nums = [rng.randint(1, 99) for _ in range(4)]
+        expr, value = _random_expression(rng, nums)
+        if value != int(value) or not (1 <= value <= 999):
+            continue
+        target = int(value)
+        i = len(problems)
+        problems.append(
+            Problem(
+                uid=f"countdown-{split}-{seed}-{i}",
+                question=(
+                    f"Using the numbers {nums}, create an equation that equals {target}. You can use basic "
+                    "arithmetic operations (+, -, *, /) and each number can only be used once."
+                ),
+                answer=str(target),
+                level=0,
+                meta={"numbers": nums, "target": target, "solution": expr},
+            )
+        )
+    return problems

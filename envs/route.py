@@ -1,0 +1,100 @@
+"""The ``route`` collaboration environment (SPEC §1): answer locally, or end with ``<unknown>`` to escalate.
+
+    env = RouteEnv(template="arithmetic", tokenizer=tok, cloud=cloud)
+    groups = env.rollout(generator, problems, group_size=8, temperature=1.0, max_new_tokens=64)
+
+For each problem the device policy writes G responses ``y^θ``.  A response whose
+*end* is ``<unknown> ... </unknown>`` is collaborative: the cloud's answer ``y^c``
+(asked once per problem, cached) is appended and graded; otherwise the device's
+own answer is graded.  Only the ``y^θ`` tokens are kept for training
+(``loss_mask``); cloud tokens never enter the policy's loss.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from envs.problem import Problem
+from envs.prompts import messages
+from envs.tasks import grade_response
+from policies.generation import Sample, chat_prompt
+
+_ESCALATION_AT_END = re.compile(r"<unknown>(.*?)</unknown>\s*$", re.DOTALL)
+
+
+def is_escalation(text: str) -> bool:
+    """True iff the response ENDS with ``<unknown> ... </unknown>`` (a tag earlier in the text does not count)."""
+    return _ESCALATION_AT_END.search(text) is not None
+
+
+@dataclass
+class Rollout:
+    """One response of the device and what came of it."""
+
+    sample: Sample
+    escalated: bool
+    local_answer: str | None
+    local_correct: bool  # answered locally (no escalation) and correct
+    device_correct: bool = False  # the device's own answer (text before any tag) is correct
+    cloud_correct: bool = False  # meaningful only when escalated
+
+
+@dataclass
+class Group:
+    """G responses to one problem, plus the cloud's (cached) verdict on it when it was asked."""
+
+    problem: Problem
+    rollouts: list[Rollout]
+    cloud_text: str | None = None
+    cloud_correct: bool | None = None  # None: the cloud was not asked for this problem
+    rewards: list[float] = field(default_factory=list)
+
+    @property
+    def any_local_correct(self) -> bool:
+        return any(r.local_correct and not r.escalated for r in self.rollouts)
+
+
+class RouteEnv:
+    def __init__(self, template: str, tokenizer, cloud, max_solve_steps: int = 6, few_shot: bool = True, system_prompt: str | None = None):
+        self.template, self.tokenizer, self.cloud = template, tokenizer, cloud
+        self.max_solve_steps, self.few_shot, self.system_prompt = max_solve_steps, few_shot, system_prompt
+
+    def prompt(self, problem: Problem) -> str:
+        msgs = messages(self.template, problem.question, self.max_solve_steps, self.few_shot, self.system_prompt)
+        return chat_prompt(self.tokenizer, msgs)
+
+    def judge(self, problem: Problem, sample: Sample) -> Rollout:
+        escalated = is_escalation(sample.text)
+        text = sample.text[: _ESCALATION_AT_END.search(sample.text).start()] if escalated else sample.text
+        answer, correct = grade_response(problem, text)
+        return Rollout(sample, escalated, answer, correct and not escalated, device_correct=correct)
+
+    def rollout(
+        self,
+        generator,
+        problems: list[Problem],
+        group_size: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        ask_cloud_when_unsolved: bool = True,
+    ) -> list[Group]:
+        """Sample G responses per problem, grade them, and ask the cloud where it matters.
+
+        The cloud is asked (once, cached) for a problem when some response escalated, and
+        -- for the D2 rule of adaptive filtering -- when no local response is correct.
+        """
+        samples = generator.generate(
+            [self.prompt(p) for p in problems], n=group_size, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens
+        )
+        groups = [Group(p, [self.judge(p, s) for s in group]) for p, group in zip(problems, samples)]
+        need = [g for g in groups if any(r.escalated for r in g.rollouts) or (ask_cloud_when_unsolved and not g.any_local_correct)]
+        if need:
+            texts = self.cloud.answer_many([g.problem for g in need])
+            for g, text in zip(need, texts):
+                g.cloud_text = text
+                g.cloud_correct = grade_response(g.problem, text)[1]
+                for r in g.rollouts:
+                    r.cloud_correct = r.escalated and g.cloud_correct
+        return groups

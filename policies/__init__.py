@@ -1,0 +1,1 @@
+"""Device model loading, generation backends and cloud backends."""

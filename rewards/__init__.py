@@ -1,0 +1,1 @@
+"""Graders (math-verify, Countdown, arithmetic) and the collaboration reward (SPEC §3, §7)."""

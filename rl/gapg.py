@@ -1,0 +1,54 @@
+"""Group-adaptive policy gradient (GAPG, SPEC §4).
+
+For a prompt x with G sampled responses and Lagrangian rewards r̃_i:
+
+    ĝ = 1/(G−1) Σ_i ∇ log π_θ(y_i^θ | x) · (r̃_i − mean_j r̃_j)          (paper, group-level PG)
+
+with log π_θ(y^θ | x) the SUM of the device tokens' log-probabilities (cloud and
+prompt tokens are masked out).  No std normalisation, no ratio clipping, no KL.
+``1/(G−1)`` makes the leave-one-out form unbiased.  The batch loss averages the
+per-prompt estimates over prompts:  L = −1/P Σ_x 1/(G−1) Σ_i A_i log π(y_i | x).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """(P, G) rewards -> (P, G) coefficients (r̃_i − mean r̃) / (G − 1)."""
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be (prompts, G>=2), got {tuple(rewards.shape)}")
+    return (rewards - rewards.mean(dim=1, keepdim=True)) / (rewards.shape[1] - 1)
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log π(token_t | tokens_<t) for t = 1..L-1: (B, L-1)."""
+    logits = logits[:, :-1].float()
+    labels = input_ids[:, 1:]
+    return -F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="none").view(labels.shape)
+
+
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log-probs over the tokens where ``loss_mask`` is 1 (device tokens only): (B,)."""
+    return (token_logprobs(logits, input_ids) * loss_mask[:, 1:].to(torch.float32)).sum(dim=1)
+
+
+def gapg_loss(seq_logprobs: torch.Tensor, coefficients: torch.Tensor, num_prompts: int) -> torch.Tensor:
+    """−1/P Σ coef_i · log π(y_i|x); ``coefficients`` from ``group_advantages`` (flattened, no gradient)."""
+    return -(coefficients.detach().to(seq_logprobs.dtype) * seq_logprobs).sum() / num_prompts
+
+
+def collate(sequences: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded (input_ids, attention_mask, loss_mask) from (prompt_ids, completion_ids) pairs."""
+    width = max(len(p) + len(c) for p, c in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(sequences), width), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, (p, c) in enumerate(sequences):
+        n = len(p) + len(c)
+        ids[i, :n] = torch.tensor(p + c)
+        attn[i, :n] = 1
+        mask[i, len(p) : n] = 1
+    return ids, attn, mask

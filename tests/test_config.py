@@ -1,0 +1,71 @@
+import subprocess
+import sys
+
+import pytest
+
+from rl.config import ConfigError, load_config, rho
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("rl:\n  budget: 0.2\n  group_size: 4\ntrain:\n  learning_rate: 3.0e-6\n")
+    cfg = load_config(str(y), ["rl.group_size=6", "reward.alpha_cloud=0.3"])
+    assert cfg.rl.budget == 0.2 and cfg.rl.group_size == 6 and cfg.train.learning_rate == 3e-6
+    assert cfg.reward.alpha_cloud == 0.3 and cfg.model.lora is False
+    assert rho(0.3) == pytest.approx(3 / 7)
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        (["rl.buget=0.3"], "rl.budget"),  # unknown key: names it and suggests the right one
+        (["rl.budget=1.5"], "rl.budget"),
+        (["rl.budget=0"], "strictly between 0 and 1"),
+        (["rl.group_size=1"], "rl.group_size"),
+        (["rl.group_size=abc"], "rl.group_size"),  # wrong type
+        (["reward.alpha_cloud=1.0"], "collapses"),
+        (["rl.budget"], "section.key=value"),
+        (["task.name=chess"], "task.name"),
+    ],
+)
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, override)
+    assert needle in str(e.value)
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("train:\n  max_stepz: 3\n")
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        load_config(str(y))
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("configs/nope.yaml")
+
+
+def test_every_shipped_config_loads():
+    import glob
+
+    paths = glob.glob("configs/*.yaml")
+    assert len(paths) >= 4
+    for p in paths:
+        load_config(p)
+
+
+def test_cli_help_lists_every_option_and_bad_key_exits_2():
+    out = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True, check=True).stdout
+    for key in ("rl.budget", "rl.group_size", "reward.alpha_cloud", "reward.charge", "rl.gamma_lr", "train.save_every", "model.lora"):
+        assert key in out
+    bad = subprocess.run([sys.executable, "train.py", "rl.group_size=1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "rl.group_size" in bad.stderr
+
+
+def test_missing_data_file_is_a_clear_error(tmp_path):
+    from envs.tasks import load_problems
+
+    cfg = load_config(None, ["task.name=math", f"task.data_dir={tmp_path}", "task.hub_id=/nonexistent/dataset"])
+    with pytest.raises(FileNotFoundError, match="task.data_dir"):
+        load_problems(cfg.task)

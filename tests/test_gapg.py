@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from rl.gapg import collate, gapg_loss, group_advantages, sequence_logprobs
+
+
+def test_group_advantages_hand_computed():
+    r = torch.tensor([[1.0, 0.0, 0.0, 0.25], [0.0, 0.0, 0.2, 0.2]])
+    adv = group_advantages(r)
+    # prompt 1: mean 0.3125 -> (0.6875, -0.3125, -0.3125, -0.0625) / 3
+    assert torch.allclose(adv[0], torch.tensor([0.6875, -0.3125, -0.3125, -0.0625]) / 3)
+    # prompt 2: mean 0.1 -> (-0.1, -0.1, 0.1, 0.1) / 3
+    assert torch.allclose(adv[1], torch.tensor([-0.1, -0.1, 0.1, 0.1]) / 3)
+
+
+def test_gapg_loss_and_gradient_match_hand_computation():
+    """2 prompts, G=4: loss = -1/P sum_x 1/(G-1) sum_i (r_i - mean r) log p_i, and d loss / d log p_i = -A_i / P."""
+    r = torch.tensor([[1.0, 0.0, 0.0, 0.25], [0.0, 0.0, 0.2, 0.2]])
+    logp = torch.tensor([-1.0, -2.0, -3.0, -4.0, -0.5, -1.5, -2.5, -3.5], requires_grad=True)
+    loss = gapg_loss(logp, group_advantages(r).flatten(), num_prompts=2)
+    a1 = [0.6875, -0.3125, -0.3125, -0.0625]
+    a2 = [-0.1, -0.1, 0.1, 0.1]
+    expected = -(sum(a * l for a, l in zip(a1, [-1, -2, -3, -4])) / 3 + sum(a * l for a, l in zip(a2, [-0.5, -1.5, -2.5, -3.5])) / 3) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert torch.allclose(logp.grad, -torch.tensor(a1 + a2) / 3 / 2)
+
+
+def test_group_advantages_rejects_single_response():
+    with pytest.raises(ValueError):
+        group_advantages(torch.zeros(3, 1))
+
+
+def test_sequence_logprob_sums_only_device_tokens():
+    torch.manual_seed(0)
+    ids, attn, mask = collate([([5, 6, 7], [8, 9]), ([5, 6], [8, 9, 10])], pad_id=0)
+    assert mask.tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
+    logits = torch.randn(2, 5, 12)
+    lp = torch.log_softmax(logits, -1)
+    got = sequence_logprobs(logits, ids, mask)
+    want0 = lp[0, 2, 8] + lp[0, 3, 9]  # tokens 8 and 9 predicted at positions 2 and 3
+    want1 = lp[1, 1, 8] + lp[1, 2, 9] + lp[1, 3, 10]
+    assert torch.allclose(got, torch.stack([want0, want1]))
+
+
+def test_masked_cloud_tokens_get_no_gradient():
+    """A sequence [prompt, device, cloud, device]: logits predicting cloud tokens receive exactly zero gradient."""
+    torch.manual_seed(0)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
+    mask = torch.tensor([[0, 0, 1, 1, 0, 0, 1]])  # positions 4,5 are cloud tokens
+    logits = torch.randn(1, 7, 10, requires_grad=True)
+    sequence_logprobs(logits, ids, mask).sum().backward()
+    grad_norm_per_pos = logits.grad[0].abs().sum(-1)
+    # position t predicts token t+1: cloud tokens 4,5 are predicted at positions 3,4; prompt tokens at 0
+    assert grad_norm_per_pos[3] == 0 and grad_norm_per_pos[4] == 0 and grad_norm_per_pos[0] == 0
+    assert grad_norm_per_pos[1] > 0 and grad_norm_per_pos[2] > 0 and grad_norm_per_pos[5] > 0
+    assert grad_norm_per_pos[6] == 0  # last position predicts nothing

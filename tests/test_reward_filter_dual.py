@@ -1,0 +1,88 @@
+import pytest
+
+from envs.problem import Problem
+from envs.route import Group, Rollout, is_escalation
+from rewards.collaboration import collaboration_reward
+from rl.config import rho
+from rl.filtering import classify, select_prompts
+from rl.lagrangian import DualVariable
+
+
+@pytest.mark.parametrize(
+    "esc,local,cloud,charge,expected",
+    [
+        (False, True, False, "all_escalations", 1.0),
+        (False, False, True, "all_escalations", 0.0),
+        (True, False, True, "all_escalations", 0.25 - 0.1),
+        (True, False, False, "all_escalations", -0.1),  # eq. 18: a failed call is charged too
+        (True, False, True, "correct_escalations", 0.25 - 0.1),
+        (True, False, False, "correct_escalations", 0.0),  # eq. 11: only successful calls pay γ
+        (True, True, True, "all_escalations", 0.25 - 0.1),  # escalated: the local answer does not count
+    ],
+)
+def test_collaboration_reward_variants(esc, local, cloud, charge, expected):
+    assert collaboration_reward(esc, local, cloud, 1.0, 0.25, 0.1, charge) == pytest.approx(expected)
+
+
+def test_unknown_tag_counts_only_at_the_end():
+    assert is_escalation("Step 1: hmm.\n<unknown> I need external assistance </unknown>")
+    assert is_escalation("<unknown>help</unknown>  \n")
+    assert not is_escalation("<unknown> I need external assistance </unknown> Actually the answer is \\boxed{4}.")
+    assert not is_escalation("I might write <unknown> but then \\boxed{3}")
+    assert not is_escalation("</unknown>")
+
+
+def _group(uid, local, escalate, cloud_correct, rewards):
+    rolls = [Rollout(None, e, None, l and not e, device_correct=l, cloud_correct=e and bool(cloud_correct)) for l, e in zip(local, escalate)]
+    return Group(Problem(uid, "q", "1"), rolls, cloud_correct=cloud_correct, rewards=rewards)
+
+
+def _rewarded(uid, local, escalate, cloud_correct, gamma=0.0):
+    rewards = [collaboration_reward(e, l and not e, e and bool(cloud_correct), 1.0, 0.25, gamma) for l, e in zip(local, escalate)]
+    return _group(uid, local, escalate, cloud_correct, rewards)
+
+
+def test_classify_d1_d2_drop():
+    F, T = False, True
+    mixed = _rewarded("a", [T, F, F, F], [F, F, F, T], True)
+    assert classify(mixed) == "d1"
+    all_right = _rewarded("b", [T, T, T, T], [F, F, F, F], None)
+    assert classify(all_right) == "drop"  # zero variance
+    d2 = _rewarded("c", [F, F, F, F], [F, T, F, F], True)
+    assert classify(d2) == "d2"
+    hopeless = _rewarded("d", [F, F, F, F], [F, T, F, F], False, gamma=0.1)
+    assert classify(hopeless) == "drop"  # neither device nor cloud solves it
+    one_right_rest_escalate = _rewarded("e", [T, F, F, F], [F, T, T, T], True)
+    assert classify(one_right_rest_escalate, "any_correct") == "d1"
+    all_right_one_esc = _rewarded("f", [T, T, T, F], [F, F, F, T], True)
+    assert classify(all_right_one_esc, "mixed") == "d1"
+
+
+def test_select_prompts_mix_follows_rho():
+    F, T = False, True
+    d1 = [_rewarded(f"d1-{i}", [T, F, F, F], [F, F, F, F], None) for i in range(10)]
+    d2 = [_rewarded(f"d2-{i}", [F, F, F, F], [T, F, F, F], True) for i in range(10)]
+    junk = [_rewarded(f"x-{i}", [F, F, F, F], [F, F, F, F], False) for i in range(3)]
+    groups = d1[:5] + d2[:5] + junk + d1[5:] + d2[5:]
+    picked, stats = select_prompts(groups, batch_prompts=10, rho=rho(0.3))  # rho = 3/7
+    # D1 share 1/(1+rho) = 0.7 -> 7 prompts, D2 <= rho*7 = 3
+    assert stats["d1"] == 7 and stats["d2"] == 3 and stats["dropped"] == 3
+    assert stats["d1_available"] == 10 and stats["d2_available"] == 10
+    assert all(groups[i].problem.uid.startswith("d1") for i in picked[:7])
+    assert all(groups[i].problem.uid.startswith("d2") for i in picked[7:])
+
+
+def test_select_prompts_caps_d2_at_rho_times_d1():
+    F, T = False, True
+    groups = [_rewarded("d1", [T, F, F, F], [F, F, F, F], None)] + [_rewarded(f"d2-{i}", [F] * 4, [T, F, F, F], True) for i in range(8)]
+    picked, stats = select_prompts(groups, batch_prompts=8, rho=1.0)
+    assert stats["d1"] == 1 and stats["d2"] == 1 and len(picked) == 2
+
+
+def test_dual_ascent_moves_gamma_toward_budget():
+    dual = DualVariable(gamma=0.1, lr=0.5, budget=0.3)
+    assert dual.update(0.8) == pytest.approx(0.1 + 0.5 * 0.5)  # over budget: γ grows
+    assert dual.update(0.1) == pytest.approx(0.35 - 0.5 * 0.2)  # under budget: γ shrinks
+    assert dual.update(0.0) == 0.1 and dual.update(0.0) == 0.0  # never negative
+    fixed = DualVariable(gamma=0.2, lr=0.0, budget=0.3)
+    assert fixed.update(1.0) == 0.2
