@@ -23,9 +23,10 @@ COUNTDOWN = (
     "You may ask for external assistance at the end, e.g. " + ESCALATION
 )
 
-ARITHMETIC = (
-    "{question} Give the final answer in \\boxed{{}}.\n"
-    "If you are not sure you can compute it correctly, reply only with " + ESCALATION
+ARITHMETIC = "{question}"
+ARITHMETIC_SYSTEM = (
+    "Compute the result and give the final answer in \\boxed{{}}. If you are not sure you can compute it "
+    "correctly, reply only with " + ESCALATION
 )
 
 TEMPLATES = {"math": MATH, "countdown": COUNTDOWN, "arithmetic": ARITHMETIC}
@@ -38,6 +39,7 @@ FEW_SHOT = {
         ("What is 3 + 4?", "3 + 4 = 7. \\boxed{7}"),
         ("What is 4821 * 967?", ESCALATION),
         ("What is 6 * 2?", "6 * 2 = 12. \\boxed{12}"),
+        ("What is 738 * 56?", ESCALATION),
     ],
 }
 
@@ -46,8 +48,12 @@ def render(template: str, question: str, max_steps: int = 6) -> str:
     return TEMPLATES[template].format(question=question, max_steps=max_steps)
 
 
+SYSTEMS = {"arithmetic": ARITHMETIC_SYSTEM.format()}
+
+
 def messages(template: str, question: str, max_steps: int = 6, few_shot: bool = True, system: str | None = None) -> list[dict]:
-    """Chat messages: optional system prompt, the template's worked examples, then the problem."""
+    """Chat messages: system prompt (the template's own unless given), worked examples, then the problem."""
+    system = system or SYSTEMS.get(template)
     msgs = [{"role": "system", "content": system}] if system else []
     for q, a in FEW_SHOT.get(template, []) if few_shot else []:
         msgs += [{"role": "user", "content": render(template, q, max_steps)}, {"role": "assistant", "content": a}]
