@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     model, optimizer = accelerator.prepare(model, optimizer)
     generator = HFGenerator(accelerator.unwrap_model(model), tok)
     cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.jsonl"))
-    env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps)
+    env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
     dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
     rho_ = rho(cfg.rl.budget)
 

@@ -56,9 +56,13 @@ class Group:
 
 
 class RouteEnv:
-    def __init__(self, template: str, tokenizer, cloud, max_solve_steps: int = 6, few_shot: bool = True, system_prompt: str | None = None):
+    def __init__(
+        self, template: str, tokenizer, cloud, max_solve_steps: int = 6, few_shot: bool = True,
+        system_prompt: str | None = None, max_prompt_tokens: int = 0,
+    ):
         self.template, self.tokenizer, self.cloud = template, tokenizer, cloud
         self.max_solve_steps, self.few_shot, self.system_prompt = max_solve_steps, few_shot, system_prompt
+        self.max_prompt_tokens = max_prompt_tokens
 
     def prompt(self, problem: Problem) -> str:
         msgs = messages(self.template, problem.question, self.max_solve_steps, self.few_shot, self.system_prompt)
@@ -88,6 +92,13 @@ class RouteEnv:
         samples = generator.generate(
             [self.prompt(p) for p in problems], n=group_size, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens
         )
+        if self.max_prompt_tokens:
+            for p, group in zip(problems, samples):
+                if len(group[0].prompt_ids) > self.max_prompt_tokens:
+                    raise ValueError(
+                        f"Problem {p.uid} has a {len(group[0].prompt_ids)}-token prompt, over rl.max_prompt_tokens="
+                        f"{self.max_prompt_tokens}. Raise rl.max_prompt_tokens or drop long problems from the data."
+                    )
         groups = [Group(p, [self.judge(p, s) for s in group]) for p, group in zip(problems, samples)]
         need = [g for g in groups if any(r.escalated for r in g.rollouts) or (ask_cloud_when_unsolved and not g.any_local_correct)]
         if need:

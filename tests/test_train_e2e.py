@@ -51,3 +51,28 @@ def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path):
     assert [m["step"] for m in m2] == [1, 2, 3, 4]
     assert [round(m["reward"], 6) for m in m2] == [round(m["reward"], 6) for m in metrics]
     assert open(os.path.join(part, "cloud_cache.jsonl")).read().count("\n") >= cache_lines
+
+
+def test_lora_run_with_local_hf_cloud_saves_a_merged_model(tiny_model_dir, tmp_path):
+    """model.lora=true trains adapters only; cloud.backend=hf answers with a local model; final/ is a plain model."""
+    from transformers import AutoModelForCausalLM
+
+    out = str(tmp_path / "lora")
+    args = COMMON + [
+        f"model.name_or_path={tiny_model_dir}", "model.lora=true", "model.lora_r=4", "model.lora_alpha=8",
+        "cloud.backend=hf", f"cloud.model={tiny_model_dir}", "cloud.max_new_tokens=6",
+        f"train.output_dir={out}", "train.max_steps=1", "train.save_every=0",
+    ]
+    assert train.main(args) == 0
+    merged = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"))
+    assert not any("lora" in k for k in merged.state_dict())
+    rows = [json.loads(l) for l in open(os.path.join(out, "cloud_cache.jsonl"))]
+    assert rows and all(r["backend"] == "hf" for r in rows)
+
+
+def test_prompt_over_max_prompt_tokens_is_a_clear_error(tiny_model_dir, tmp_path):
+    import pytest
+
+    args = COMMON + [f"model.name_or_path={tiny_model_dir}", "rl.max_prompt_tokens=20", f"train.output_dir={tmp_path}", "train.max_steps=1"]
+    with pytest.raises(ValueError, match="rl.max_prompt_tokens"):
+        train.main(args)
