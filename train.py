@@ -41,7 +41,8 @@ from policies.generation import HFGenerator
 from rewards.collaboration import collaboration_reward
 from rl.config import ConfigError, format_help, load_config, rho, to_dict
 from rl.filtering import select_prompts
-from rl.gapg import collate, gapg_loss, group_advantages, sequence_logprobs
+from policies.generation import common_prefix_len
+from rl.gapg import gapg_loss, group_advantages, score_sequences
 from rl.lagrangian import DualVariable
 
 log = logging.getLogger("train")
@@ -93,17 +94,19 @@ def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int) -> fl
     coefs = group_advantages(torch.tensor([g.rewards for g in groups], dtype=torch.float32)).flatten()
     seqs = [(r.sample.prompt_ids, r.sample.completion_ids) for g in groups for r in g.rollouts]
     keep = [i for i in range(len(seqs)) if coefs[i] != 0]  # zero-coefficient sequences add nothing to the gradient
+    # a prompt head shared by every sequence (chat template, worked examples) is scored once;
+    # DDP allows one forward per backward, so several processes score full sequences
+    shared = common_prefix_len([seqs[i][0] for i in keep]) - 1 if keep and accelerator.num_processes == 1 else 0
+    shared = shared if shared >= 32 else 0
     total = 0.0
     mbs = cfg.train.micro_batch_size
     for start in range(0, len(keep), mbs):
         idx = keep[start : start + mbs]
-        ids, attn, mask = collate([seqs[i] for i in idx], pad_id)
-        ids, attn, mask = ids.to(accelerator.device), attn.to(accelerator.device), mask.to(accelerator.device)
         last = start + mbs >= len(keep)
         ctx = accelerator.no_sync(model) if (not last and accelerator.num_processes > 1) else _null()
         with ctx, accelerator.autocast():
-            logits = model(input_ids=ids, attention_mask=attn).logits
-            loss = gapg_loss(sequence_logprobs(logits, ids, mask), coefs[idx].to(accelerator.device), len(groups))
+            logps = score_sequences(model, [seqs[i] for i in idx], pad_id, accelerator.device, shared)
+            loss = gapg_loss(logps, coefs[idx].to(accelerator.device), len(groups))
             accelerator.backward(loss)
         total += loss.item()
     if not torch.isfinite(torch.tensor(total)):

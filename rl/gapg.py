@@ -52,3 +52,27 @@ def collate(sequences: list[tuple[list[int], list[int]]], pad_id: int):
         attn[i, :n] = 1
         mask[i, len(p) : n] = 1
     return ids, attn, mask
+
+
+def score_sequences(model, sequences: list[tuple[list[int], list[int]]], pad_id: int, device, shared_prefix: int = 0) -> torch.Tensor:
+    """Sum of device-token log-probs for each (prompt_ids, completion_ids), with gradient: (B,).
+
+    With ``shared_prefix = P > 0`` (all sequences start with the same P tokens), the prefix
+    goes through the model once and its KV cache is repeated for every row, with the
+    gradient flowing back through the repeat: the same value and gradient as scoring the
+    full sequences, at a fraction of the tokens.
+    """
+    if shared_prefix <= 0:
+        ids, attn, mask = collate(sequences, pad_id)
+        ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=attn).logits
+        return sequence_logprobs(logits, ids, mask)
+    prefix = torch.tensor([sequences[0][0][:shared_prefix]], device=device)
+    cache = model(input_ids=prefix, use_cache=True).past_key_values
+    cache.batch_repeat_interleave(len(sequences))
+    rest = [(p[shared_prefix:], c) for p, c in sequences]
+    ids, attn, mask = collate(rest, pad_id)
+    ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
+    full_attn = torch.cat([torch.ones((len(sequences), shared_prefix), dtype=attn.dtype, device=device), attn], dim=1)
+    logits = model(input_ids=ids, attention_mask=full_attn, past_key_values=cache, use_cache=True).logits
+    return sequence_logprobs(logits, ids, mask)
