@@ -39,7 +39,6 @@ FEW_SHOT = {
         ("What is 3 + 4?", "3 + 4 = 7. \\boxed{7}"),
         ("What is 4821 * 967?", ESCALATION),
         ("What is 6 * 2?", "6 * 2 = 12. \\boxed{12}"),
-        ("What is 738 * 56?", ESCALATION),
     ],
 }
 
