@@ -89,11 +89,15 @@ def compute_rewards(groups, cfg, gamma: float):
         ]
 
 
-def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int) -> float:
+def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int, zero_weight: bool = False) -> float:
     """One GAPG step on the picked groups: micro-batched forward/backward, then one optimizer step."""
     coefs = group_advantages(torch.tensor([g.rewards for g in groups], dtype=torch.float32)).flatten()
+    if zero_weight:
+        coefs.zero_()
     seqs = [(r.sample.prompt_ids, r.sample.completion_ids) for g in groups for r in g.rollouts]
     keep = [i for i in range(len(seqs)) if coefs[i] != 0]  # zero-coefficient sequences add nothing to the gradient
+    if not keep and accelerator.num_processes > 1:
+        keep = [0]  # DDP: every process must join the gradient all-reduce; a zero coefficient adds nothing
     # a prompt head shared by every sequence (chat template, worked examples) is scored once;
     # DDP allows one forward per backward, so several processes score full sequences
     shared = common_prefix_len([seqs[i][0] for i in keep]) - 1 if keep and accelerator.num_processes == 1 else 0
@@ -247,7 +251,12 @@ def main(argv=None) -> int:
             picked, fstats = select_prompts(groups, cfg.rl.batch_prompts, rho_, cfg.rl.d1_rule)
         else:
             picked, fstats = list(range(min(len(groups), cfg.rl.batch_prompts))), {}
-        loss = policy_update(model, optimizer, accelerator, [groups[i] for i in picked], cfg, tok.pad_token_id) if picked else 0.0
+        if picked:
+            loss = policy_update(model, optimizer, accelerator, [groups[i] for i in picked], cfg, tok.pad_token_id)
+        elif accelerator.num_processes > 1:  # DDP: join the all-reduce with a zero-weight pass
+            loss = policy_update(model, optimizer, accelerator, groups[:1], cfg, tok.pad_token_id, zero_weight=True)
+        else:
+            loss = 0.0
 
         m = rollout_metrics(groups)
         counts = torch.tensor([sum(r.escalated for g in groups for r in g.rollouts), sum(len(g.rollouts) for g in groups)], dtype=torch.float64, device=accelerator.device)
