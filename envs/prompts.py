@@ -32,13 +32,14 @@ ARITHMETIC_SYSTEM = (
 TEMPLATES = {"math": MATH, "countdown": COUNTDOWN, "arithmetic": ARITHMETIC}
 
 # Worked examples given as earlier chat turns.  A 135M model does not follow the
-# escalation instruction from words alone (it never emits the tag); one solved and one
-# escalated example make both actions appear in its samples, which RL then shapes.
+# escalation instruction from words alone (it never emits the tag); two solved and two
+# escalated examples make both actions appear in its samples, which RL then shapes.
 FEW_SHOT = {
     "arithmetic": [
         ("What is 3 + 4?", "3 + 4 = 7. \\boxed{7}"),
         ("What is 4821 * 967?", ESCALATION),
         ("What is 6 * 2?", "6 * 2 = 12. \\boxed{12}"),
+        ("What is 738 * 56?", ESCALATION),
     ],
 }
 
