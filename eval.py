@@ -28,6 +28,8 @@ from collections import defaultdict
 
 from tqdm.auto import tqdm
 
+from envs.tasks import grade_response
+
 
 def _summarise(name, problems, rollouts, to_cloud, cloud_ok):
     n = len(problems)
@@ -70,8 +72,6 @@ def evaluate(env, generator, problems, budget: float, batch_size: int = 32, max_
     random_cloud = set(random.Random(seed).sample(range(len(problems)), cap))
     asked = sorted(policy_cloud | random_cloud)
     texts = env.cloud.answer_many([problems[i] for i in asked])
-    from envs.tasks import grade_response
-
     cloud_ok = defaultdict(bool)
     cloud_text = {}
     for i, t in zip(asked, texts):

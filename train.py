@@ -26,6 +26,7 @@ import shutil
 import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 
 import torch
 from accelerate import Accelerator
@@ -51,12 +52,14 @@ log = logging.getLogger("train")
 def problems_for_step(problems, step: int, count: int, seed: int):
     """The ``count`` problems of step ``step``: epochs of seeded permutations, so a resumed run sees the same data."""
     n = len(problems)
+    perms: dict[int, list[int]] = {}  # a step spans at most two epochs: shuffle each once
     out = []
     for pos in range(step * count, (step + 1) * count):
         epoch, k = divmod(pos, n)
-        perm = list(range(n))
-        random.Random(f"{seed}-epoch-{epoch}").shuffle(perm)
-        out.append(problems[perm[k]])
+        if epoch not in perms:
+            perms[epoch] = list(range(n))
+            random.Random(f"{seed}-epoch-{epoch}").shuffle(perms[epoch])
+        out.append(problems[perms[epoch][k]])
     return out
 
 
@@ -107,7 +110,7 @@ def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int, zero_
     for start in range(0, len(keep), mbs):
         idx = keep[start : start + mbs]
         last = start + mbs >= len(keep)
-        ctx = accelerator.no_sync(model) if (not last and accelerator.num_processes > 1) else _null()
+        ctx = accelerator.no_sync(model) if (not last and accelerator.num_processes > 1) else nullcontext()
         with ctx, accelerator.autocast():
             logps = score_sequences(model, [seqs[i] for i in idx], pad_id, accelerator.device, shared)
             loss = gapg_loss(logps, coefs[idx].to(accelerator.device), len(groups))
@@ -121,14 +124,6 @@ def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int, zero_
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def rollout_metrics(groups) -> dict:

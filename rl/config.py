@@ -221,9 +221,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         key = ov.split("=", 1)[0].lstrip("-")
         layers.append(OmegaConf.from_dotlist([f"{key}={ov.split('=', 1)[1]}"]))
     cfg = schema
+    known = {k for k, _, _ in _all_keys()}
     for layer in layers:
         # check keys first so the error names the full dotted key
-        known = {k for k, _, _ in _all_keys()}
         for key in _flatten(OmegaConf.to_container(layer)):
             if key not in known:
                 raise _unknown_key_error(key)
