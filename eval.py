@@ -1,19 +1,41 @@
-"""Budget-capped held-out evaluation of a routing policy (SPEC §7).
+"""Budget-capped evaluation on the math suites, with every baseline at the same budget (SPEC §7).
 
-    python eval.py --config configs/cpu_default.yaml --model outputs/cpu_default/final rl.budget=0.3
+    python eval.py --config configs/cpu_route_1h.yaml --model outputs/cpu_route_1h/final          # the task's held-out set
+    python eval.py --model outputs/run/final --suites math500,amc23,minerva,math,agieval --budget 0.3 --cloud simulated
+    python eval.py --model outputs/run/final --data my.jsonl --question-field q --answer-field a --limit 50
+    python eval.py --model gapg=outputs/a/final,drgrpo=outputs/b/final --suites math500 --limit 100   # several policies
 
-Greedy decoding.  The device answers every problem; a response ending in
-``<unknown>`` goes to the cloud while the cloud share is under the budget cap
-(``floor(budget·N)`` calls, granted in dataset order); escalations beyond the cap
-are answered by the device (its own text before the tag is graded).
+Protocol.  Greedy decoding.  The device answers every problem; a response ending
+in ``<unknown> ... </unknown>`` asks for the cloud.  At most ``floor(budget·N)``
+problems of a suite go to the cloud, granted in **dataset order** (the order of
+the file, after ``--limit``); escalations beyond the cap are answered by the
+device, whose own text before the tag is graded.  The same cap, in the same
+order, applies to every method below.
 
-Reported, for the policy and for two baselines computed from the same device
-outputs at the same budget:
-  * policy         -- the trained routing policy, capped
-  * never          -- task-tuning only: the device answers everything
-  * random         -- naive offloading: a random budget share goes to the cloud
-overall accuracy (device + cloud), conditional accuracy (device correct / problems
-kept on device), offload rate, cloud calls, and offload rate per difficulty level.
+Rows of each table (one table per suite, then the average over suites):
+  * <policy>  -- each ``--model``: the trained routing policy, capped
+  * never     -- task-tuning only: the base device model answers everything
+  * random    -- naive offloading: a random budget share goes to the cloud
+  * router    -- a prompt classifier predicting device failure, trained on greedy
+                 rollouts of the base device model, threshold calibrated to the
+                 budget as RouteLLM does (policies/router.py)
+  * cloud     -- cloud only: every problem to the cloud (the quality ceiling)
+The collaboration-aware baseline (Dr.GRPO) is a trained checkpoint: pass it as
+another ``--model`` (train it with ``train.py rl.trainer=trl_drgrpo``).
+
+Columns: overall accuracy (device + cloud), conditional accuracy (device correct
+/ problems kept on device), offload rate, cloud calls, cloud tokens (prompt +
+completion), and RouteLLM's cost-quality metrics computed on the full
+cost sweep of each method (its own escalation order, every budget from 0 to 1):
+PGR(c) = (acc(c) - acc(never)) / (acc(cloud) - acc(never)); APGR = ∫ PGR dc;
+CPT(x) = the smallest cloud share c with PGR(c) >= x.
+
+Outputs under ``--out`` (default ``<train.output_dir>/eval``): ``summary.json``
+(every row of every suite), ``<suite>/samples.jsonl`` (prompt, device output,
+escalated?, cloud output, extracted answers, correct?, per method), and the
+resumable work files ``<suite>/<model>.device.jsonl`` and ``<suite>/cloud.jsonl``:
+a killed evaluation restarts where it stopped and never regenerates or regrades
+what is done (``--fresh`` starts over).
 """
 
 from __future__ import annotations
@@ -23,142 +45,463 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 from collections import defaultdict
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from envs.tasks import grade_response
 
+BASELINES = ("never", "random", "router", "cloud")
+MATH_SUITE_MAX_NEW_TOKENS = 1024  # the paper's response length on MATH (SPEC §8)
 
-def _summarise(name, problems, rollouts, to_cloud, cloud_ok):
-    n = len(problems)
-    kept = [i for i in range(n) if i not in to_cloud]
-    device_ok = sum(rollouts[i].device_correct for i in kept)
-    cloud_right = sum(cloud_ok[i] for i in to_cloud)
-    by_level = defaultdict(lambda: [0, 0, 0, 0])  # problems, sent to cloud, kept, kept-correct
+
+# ---------------------------------------------------------------------------- resumable work files
+
+
+def read_jsonl(path: str | None) -> dict[str, dict]:
+    """Rows of a work file keyed by uid; a line torn by a crash is skipped (that item is simply redone)."""
+    rows = {}
+    if path and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                rows[row["uid"]] = row
+    return rows
+
+
+def append_jsonl(path: str | None, rows: list[dict]) -> None:
+    if not path or not rows:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_meta(path: str | None, meta: dict) -> None:
+    """A work file belongs to one (model, template, decoding) setting; refuse to resume it under another."""
+    if not path:
+        return
+    mpath = path + ".meta.json"
+    if os.path.exists(mpath):
+        with open(mpath) as f:
+            old = json.load(f)
+        if old != meta:
+            diff = {k: (old.get(k), meta.get(k)) for k in set(old) | set(meta) if old.get(k) != meta.get(k)}
+            raise SystemExit(
+                f"error: {path} was made with different settings {diff} (old, new). "
+                "Pass --fresh to start over, or a different --out."
+            )
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(mpath, "w") as f:
+            json.dump(meta, f)
+
+
+# ---------------------------------------------------------------------------- device and cloud passes
+
+
+def run_device(env, generator, problems, batch_size=32, max_new_tokens=64, temperature=0.0, path=None, desc="device", progress=True):
+    """Greedy device responses, graded; each finished batch is appended to ``path`` so a killed run resumes."""
+    done = read_jsonl(path)
+    todo = [p for p in problems if p.uid not in done]
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=desc, unit="prob", disable=not progress, leave=False)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        prompts = [env.prompt(p) for p in chunk]
+        out = generator.generate(prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens)
+        rows = []
+        for p, prompt, g in zip(chunk, prompts, out):
+            r = env.judge(p, g[0])
+            rows.append({
+                "uid": p.uid, "prompt": prompt, "output": r.sample.text, "escalated": r.escalated,
+                "answer": r.local_answer, "correct": bool(r.device_correct), "tokens": len(g[0].completion_ids),
+            })
+        append_jsonl(path, rows)
+        done.update((row["uid"], row) for row in rows)
+        bar.update(len(chunk))
+    bar.close()
+    return [done[p.uid] for p in problems]
+
+
+def run_cloud(cloud, problems, idxs, path=None, chunk_size=16) -> dict[int, dict]:
+    """Cloud answers for problems[idxs], graded; appended to ``path`` chunk by chunk (the cloud cache keeps the texts too)."""
+    done = read_jsonl(path)
+    need = [problems[i] for i in sorted(idxs) if problems[i].uid not in done]
+    need = list({p.uid: p for p in need}.values())
+    for start in range(0, len(need), chunk_size):
+        chunk = need[start : start + chunk_size]
+        rows = []
+        for p, rep in zip(chunk, cloud.replies(chunk)):
+            pred, ok = grade_response(p, rep.text)
+            rows.append({
+                "uid": p.uid, "text": rep.text, "answer": pred, "correct": bool(ok),
+                "prompt_tokens": rep.prompt_tokens, "completion_tokens": rep.completion_tokens,
+            })
+        append_jsonl(path, rows)
+        done.update((row["uid"], row) for row in rows)
+    return {i: done[problems[i].uid] for i in idxs}
+
+
+# ---------------------------------------------------------------------------- methods, rows and metrics
+
+
+def capped(order: list[int], cap: int) -> list[int]:
+    """The test-time budget cap: the first ``cap`` requests in the given order (dataset order for every method)."""
+    return list(order)[:cap]
+
+
+def accuracy_curve(order: list[int], device_ok: list[bool], cloud_ok: dict[int, bool]) -> np.ndarray:
+    """acc after k cloud calls, k = 0..N, sending ``order`` first; flat once the method wants no more calls."""
+    n = len(device_ok)
+    acc = np.empty(n + 1)
+    correct = float(sum(device_ok))
+    acc[0] = correct
+    for k in range(1, n + 1):
+        if k <= len(order):
+            i = order[k - 1]
+            correct += float(cloud_ok[i]) - float(device_ok[i])
+        acc[k] = correct
+    return acc / max(n, 1)
+
+
+def apgr_cpt(curve: np.ndarray, weak: float, strong: float) -> dict:
+    """RouteLLM's APGR (area under PGR over cost in [0,1], trapezoid) and CPT(50%), CPT(80%) as cloud shares."""
+    if strong - weak <= 1e-12:
+        return {"apgr": None, "cpt50": None, "cpt80": None}
+    pgr = (curve - weak) / (strong - weak)
+    cost = np.linspace(0.0, 1.0, len(curve))
+    out = {"apgr": float(np.sum((pgr[1:] + pgr[:-1]) / 2 * np.diff(cost))) if len(curve) > 1 else None}
+    for x in (50, 80):
+        hit = np.nonzero(pgr >= x / 100 - 1e-12)[0]
+        out[f"cpt{x}"] = float(cost[hit[0]]) if len(hit) else None
+    return out
+
+
+def summarise(method, problems, device, sent, cloud, wants=None, order=None, cloud_all=None) -> dict:
+    """One row: overall / conditional accuracy, offload, calls, tokens, per level; APGR/CPT when every cloud answer is known."""
+    n, sent = len(problems), set(sent)
+    kept = [i for i in range(n) if i not in sent]
+    device_ok = sum(device[i]["correct"] for i in kept)
+    cloud_ok = sum(cloud[i]["correct"] for i in sent)
+    by_level = defaultdict(lambda: [0, 0, 0, 0])  # problems, sent, kept, kept-correct
     for i, p in enumerate(problems):
         b = by_level[p.level]
         b[0] += 1
-        if i in to_cloud:
+        if i in sent:
             b[1] += 1
         else:
             b[2] += 1
-            b[3] += rollouts[i].device_correct
-    return {
-        "method": name,
+            b[3] += device[i]["correct"]
+    row = {
+        "method": method,
         "n": n,
-        "overall_acc": (device_ok + cloud_right) / max(n, 1),
+        "overall_acc": (device_ok + cloud_ok) / max(n, 1),
         "device_acc": device_ok / max(len(kept), 1),
-        "offload_rate": len(to_cloud) / max(n, 1),
-        "cloud_calls": len(to_cloud),
+        "offload_rate": len(sent) / max(n, 1),
+        "cloud_calls": len(sent),
+        "cloud_tokens": sum(cloud[i]["prompt_tokens"] + cloud[i]["completion_tokens"] for i in sent),
         "per_level": {
             str(k): {"n": v[0], "offload_rate": v[1] / v[0], "device_acc": v[3] / max(v[2], 1)} for k, v in sorted(by_level.items())
         },
     }
+    if wants is not None:
+        row["wanted_offload_rate"] = len(wants) / max(n, 1)
+    if order is not None and cloud_all is not None:
+        dev = [d["correct"] for d in device]
+        cok = {i: c["correct"] for i, c in cloud_all.items()}
+        weak, strong = sum(dev) / max(n, 1), sum(cok.values()) / max(n, 1)
+        row.update(apgr_cpt(accuracy_curve(order, dev, cok), weak, strong))
+    return row
+
+
+def suite_rows(problems, policies: dict, base: list[dict], cloud, budget, seed=0, router_scores=None, router_threshold=None,
+               baselines=BASELINES, cloud_path=None):
+    """Every method's row for one suite, from the device outputs already computed.  Returns (rows, records)."""
+    n = len(problems)
+    cap = math.floor(budget * n + 1e-9)
+    plans = {}  # method -> (device outputs, capped cloud set, wanted requests, cost-sweep order)
+    for name, dev in policies.items():
+        wants = [i for i, d in enumerate(dev) if d["escalated"]]
+        plans[name] = (dev, capped(wants, cap), wants, wants)
+    if "never" in baselines:
+        plans["never"] = (base, [], None, [])
+    if "random" in baselines:
+        perm = random.Random(seed).sample(range(n), n)
+        plans["random"] = (base, capped(sorted(perm[:cap]), cap), None, perm)
+    if "router" in baselines and router_scores is not None:
+        wants = [i for i in range(n) if router_scores[i] > router_threshold]
+        plans["router"] = (base, capped(wants, cap), wants, list(np.argsort(-np.asarray(router_scores), kind="stable")))
+    every = "cloud" in baselines
+    asked = set(range(n)) if every else set().union(*(set(p[1]) for p in plans.values()))
+    cloud_res = run_cloud(cloud, problems, asked, cloud_path)
+    cloud_all = cloud_res if every else None
+    rows = [summarise(m, problems, dev, sent, cloud_res, wants, order, cloud_all) for m, (dev, sent, wants, order) in plans.items()]
+    if every:
+        rows.append(summarise("cloud", problems, base, range(n), cloud_res))
+    records = []
+    for i, p in enumerate(problems):
+        rec = {"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer}
+        c = cloud_res.get(i)
+        if c is not None:
+            rec.update(cloud_output=c["text"], cloud_answer=c["answer"], cloud_correct=c["correct"])
+        for m, (dev, sent, wants, _) in plans.items():
+            d = dev[i]
+            to_cloud = i in set(sent)
+            rec[m] = {
+                "prompt": d.get("prompt"), "device_output": d["output"], "device_answer": d["answer"],
+                "device_correct": d["correct"], "escalated": d["escalated"], "sent_to_cloud": to_cloud,
+                "correct": bool(c["correct"]) if to_cloud else d["correct"],
+            }
+        records.append(rec)
+    return rows, records
 
 
 def evaluate(env, generator, problems, budget: float, batch_size: int = 32, max_new_tokens: int = 64, seed: int = 0, progress=True):
-    """Greedy rollouts, the budget cap, and the policy/never/random rows. Returns (rows, records)."""
-    rollouts = []
-    bar = tqdm(range(0, len(problems), batch_size), desc="eval", disable=not progress, leave=False)
-    for start in bar:
-        chunk = problems[start : start + batch_size]
-        out = generator.generate([env.prompt(p) for p in chunk], n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-        rollouts += [env.judge(p, g[0]) for p, g in zip(chunk, out)]
-    cap = math.floor(budget * len(problems) + 1e-9)
-    wants = [i for i, r in enumerate(rollouts) if r.escalated]
-    policy_cloud = set(wants[:cap])  # fixed order: dataset order
-    random_cloud = set(random.Random(seed).sample(range(len(problems)), cap))
-    asked = sorted(policy_cloud | random_cloud)
-    texts = env.cloud.answer_many([problems[i] for i in asked])
-    cloud_ok = defaultdict(bool)
-    cloud_text = {}
-    for i, t in zip(asked, texts):
-        cloud_text[i] = t
-        cloud_ok[i] = grade_response(problems[i], t)[1]
-    rows = [
-        _summarise("policy", problems, rollouts, policy_cloud, cloud_ok),
-        _summarise("never", problems, rollouts, set(), cloud_ok),
-        _summarise("random", problems, rollouts, random_cloud, cloud_ok),
-    ]
-    rows[0]["wanted_offload_rate"] = len(wants) / max(len(problems), 1)
+    """The in-training evaluation: rows policy / never / random from one set of greedy outputs. Returns (rows, records)."""
+    dev = run_device(env, generator, problems, batch_size, max_new_tokens, progress=progress, desc="eval")
+    rows, recs = suite_rows(problems, {"policy": dev}, dev, env.cloud, budget, seed, baselines=("never", "random"))
     records = [
-        {
-            "uid": p.uid,
-            "level": p.level,
-            "question": p.question,
-            "gold": p.answer,
-            "device_output": r.sample.text,
-            "device_answer": r.local_answer,
-            "device_correct": r.device_correct,
-            "escalated": r.escalated,
-            "sent_to_cloud": i in policy_cloud,
-            "cloud_output": cloud_text.get(i) if i in policy_cloud else None,
-            "correct": (cloud_ok[i] if i in policy_cloud else r.device_correct),
-        }
-        for i, (p, r) in enumerate(zip(problems, rollouts))
+        {"uid": r["uid"], "level": r["level"], "question": r["question"], "gold": r["gold"], **r["policy"],
+         "cloud_output": r.get("cloud_output") if r["policy"]["sent_to_cloud"] else None}
+        for r in recs
     ]
     return rows, records
 
 
-def format_table(rows) -> str:
-    head = f"{'method':<8} {'overall':>8} {'device':>8} {'offload':>8} {'calls':>6}"
-    lines = [head, "-" * len(head)]
+def format_table(rows, title: str | None = None) -> str:
+    head = f"{'method':<10} {'overall':>8} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} {'APGR':>6} {'CPT50':>6}"
+    lines = ([title] if title else []) + [head, "-" * len(head)]
+    fmt = lambda v, pct=False: "     -" if v is None else (f"{100 * v:>5.1f}%" if pct else f"{v:>6.3f}")  # noqa: E731
     for r in rows:
         lines.append(
-            f"{r['method']:<8} {100 * r['overall_acc']:>7.1f}% {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% {r['cloud_calls']:>6}"
+            f"{r['method']:<10} {100 * r['overall_acc']:>7.1f}% {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
+            f"{r['cloud_calls']:>6} {r.get('cloud_tokens', 0):>9} {fmt(r.get('apgr'))} {fmt(r.get('cpt50'), pct=True)}"
         )
-    levels = rows[0]["per_level"]
-    if len(levels) > 1:
-        lines.append("policy offload rate per level: " + "  ".join(f"L{k}={100 * v['offload_rate']:.0f}%" for k, v in levels.items()))
-        if "wanted_offload_rate" in rows[0]:
-            lines.append(f"policy asked for the cloud on {100 * rows[0]['wanted_offload_rate']:.1f}% (cap {100 * rows[0]['cloud_calls'] / max(rows[0]['n'], 1):.1f}% used)")
+    for r in rows:
+        levels = r["per_level"]
+        if "wanted_offload_rate" in r and len(levels) > 1:
+            lines.append(f"{r['method']} offload per level: " + "  ".join(f"L{k}={100 * v['offload_rate']:.0f}%" for k, v in levels.items())
+                         + f"  (asked for the cloud on {100 * r['wanted_offload_rate']:.1f}%)")
     return "\n".join(lines)
+
+
+def average_rows(per_suite: dict[str, list[dict]]) -> list[dict]:
+    """The paper's summary: each method's metrics averaged over suites (unweighted)."""
+    by_method = defaultdict(list)
+    for rows in per_suite.values():
+        for r in rows:
+            by_method[r["method"]].append(r)
+    out = []
+    for m, rs in by_method.items():
+        avg = {"method": m, "n": sum(r["n"] for r in rs), "cloud_calls": sum(r["cloud_calls"] for r in rs),
+               "cloud_tokens": sum(r["cloud_tokens"] for r in rs), "per_level": {}}
+        for k in ("overall_acc", "device_acc", "offload_rate", "apgr", "cpt50", "cpt80"):
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            avg[k] = sum(vals) / len(vals) if vals else None
+        out.append(avg)
+    return out
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def parse_models(spec: str) -> dict[str, str]:
+    """'path' -> {'policy': path};  'a=path1,b=path2' -> {'a': path1, 'b': path2}."""
+    models = {}
+    for part in [s for s in spec.split(",") if s]:
+        name, path = part.split("=", 1) if "=" in part else ("policy", part)
+        if name in models or name in BASELINES:
+            raise SystemExit(f"error: --model name '{name}' is used twice or clashes with a baseline name {BASELINES}.")
+        models[name] = path
+    return models
+
+
+def load_eval_suites(args, cfg):
+    """[(suite name, problems, prompt template)] from --data, --suites, or the config's own task."""
+    from envs.suites import load_jsonl, load_suite
+    from envs.tasks import load_problems, template_for
+
+    if args.data:
+        name = os.path.splitext(os.path.basename(args.data))[0]
+        probs = load_jsonl(args.data, args.question_field, args.answer_field, name=name, limit=args.limit)
+        return [(name, probs, "math")]
+    if args.suites:
+        return [(s, load_suite(s, cfg.task.data_dir, args.limit), "math") for s in args.suites.split(",") if s]
+    _, test = load_problems(cfg.task)
+    return [(cfg.task.name, test[: args.limit] if args.limit else test, template_for(cfg.task))]
+
+
+def router_problems(args, cfg, template):
+    """Problems the router learns from: --router-data, else the config task's train split, else MATH train."""
+    from envs.suites import SUITES, load_jsonl, load_suite
+    from envs.tasks import load_problems
+
+    size = args.router_train_size
+    if args.router_data:
+        if args.router_data in SUITES:
+            probs = load_suite(args.router_data, cfg.task.data_dir)
+        else:
+            probs = load_jsonl(args.router_data, args.question_field, args.answer_field)
+    elif template != "math" or cfg.task.name == "math":
+        probs = load_problems(cfg.task)[0]
+    else:
+        probs = load_suite("math_train", cfg.task.data_dir)
+    probs = list(probs)
+    random.Random(cfg.train.seed).shuffle(probs)
+    return probs[:size]
 
 
 def main(argv=None):
     from rl.config import ConfigError, format_help, load_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
-    ap.add_argument("--config", default=None)
-    ap.add_argument("--model", default=None, help="checkpoint / local dir / hub id (default: model.name_or_path)")
-    ap.add_argument("--out", default=None, help="where to write summary.json and samples.jsonl")
+    ap.add_argument("--config", default=None, help="YAML config (model, task, cloud, budget); key=value overrides follow.")
+    ap.add_argument("--model", default=None, help="checkpoint / local dir / hub id, or name=path[,name=path...] (default: model.name_or_path)")
+    ap.add_argument("--base-model", default=None, help="device model of the never/random/router baselines (default: the first --model)")
+    ap.add_argument("--suites", default=None, help="comma list of math500, amc23, minerva, math, agieval, math_train (default: the config's task)")
+    ap.add_argument("--data", default=None, help="any JSONL suite instead of --suites")
+    ap.add_argument("--question-field", default=None, help="--data: field holding the problem (auto: problem/question/...)")
+    ap.add_argument("--answer-field", default=None, help="--data: field holding the gold answer or a solution with \\boxed{} (auto)")
+    ap.add_argument("--budget", type=float, default=None, help="cloud share cap in (0,1) (default: rl.budget)")
+    ap.add_argument("--cloud", default=None, help="cloud backend (sets cloud.backend): simulated, hf, openai")
+    ap.add_argument("--baselines", default=",".join(BASELINES), help=f"comma list from {','.join(BASELINES)} ('' for none)")
+    ap.add_argument("--limit", type=int, default=0, help="first N problems of each suite (0 = all)")
+    ap.add_argument("--batch-size", type=int, default=None, help="prompts per generate() call (default: train.eval_batch_size)")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help=f"response tokens (default: train.eval_max_new_tokens for the config's task, {MATH_SUITE_MAX_NEW_TOKENS} for math suites)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the protocol)")
+    ap.add_argument("--router", default=None, help="a saved router.pkl to use instead of training one")
+    ap.add_argument("--router-data", default=None, help="suite name or JSONL the router learns from (default: the task's train split / MATH train)")
+    ap.add_argument("--router-train-size", type=int, default=256, help="router training problems (80%% fit, 20%% threshold calibration)")
+    ap.add_argument("--out", default=None, help="output folder (default: <train.output_dir>/eval)")
+    ap.add_argument("--fresh", action="store_true", help="discard this --out's earlier work files instead of resuming")
     ap.add_argument("-h", "--help", action="store_true")
     args, overrides = ap.parse_known_args(argv)
     if args.help:
         ap.print_help()
         print(format_help())
         return 0
+    unknown = [o for o in overrides if "=" not in o or o.startswith("-")]
+    if unknown:
+        print(f"error: unrecognised arguments {unknown}; options are listed by --help, config overrides look like rl.budget=0.3", file=sys.stderr)
+        return 2
+    if args.cloud:
+        overrides = overrides + [f"cloud.backend={args.cloud}"]
+    if args.budget is not None:
+        overrides = overrides + [f"rl.budget={args.budget}"]
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.model:
-        cfg.model.name_or_path = args.model
-        cfg.model.lora = False
+    baselines = tuple(b for b in args.baselines.split(",") if b)
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad:
+        print(f"error: --baselines {bad} unknown; choose from {','.join(BASELINES)}.", file=sys.stderr)
+        return 2
+
     from envs.route import RouteEnv
-    from envs.tasks import load_problems, template_for
     from policies.cloud import make_cloud
     from policies.device import load_device_model
     from policies.generation import HFGenerator
+    from policies.router import PromptRouter
 
     out = args.out or os.path.join(cfg.train.output_dir, "eval")
-    model, tok = load_device_model(cfg.model, for_training=False)
-    cloud = make_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "cloud_cache.jsonl"))
-    env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps)
-    _, test = load_problems(cfg.task)
-    rows, records = evaluate(env, HFGenerator(model, tok), test, cfg.rl.budget, cfg.train.eval_batch_size, cfg.train.eval_max_new_tokens, cfg.train.seed)
-    print(format_table(rows))
+    if args.fresh and os.path.isdir(out):
+        shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
+    budget = cfg.rl.budget
+    models = parse_models(args.model or cfg.model.name_or_path)
+    base_name = next(iter(models))
+    if args.base_model:
+        base_name = "base"
+        models = {**models, "base": args.base_model}
+    try:
+        suites = load_eval_suites(args, cfg)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cloud = make_cloud(cfg.cloud, cfg.cloud.cache_file or os.path.join(out, "cloud_cache.sqlite"))
+    bs = args.batch_size or cfg.train.eval_batch_size
+
+    def max_new(template):
+        if args.max_new_tokens:
+            return args.max_new_tokens
+        return MATH_SUITE_MAX_NEW_TOKENS if template == "math" and cfg.task.name != "math" else cfg.train.eval_max_new_tokens
+
+    # 1. device passes: every model on every suite (resumable), and the router's rollouts with the base model
+    device = defaultdict(dict)  # suite -> model name -> outputs
+    router_scores, routers = {}, {}
+    for name, path in models.items():
+        cfg.model.name_or_path, cfg.model.lora = path, False
+        model, tok = load_device_model(cfg.model, for_training=False)
+        gen = HFGenerator(model, tok)
+        for suite, probs, template in suites:
+            env = RouteEnv(template, tok, cloud, cfg.task.max_solve_steps)
+            wpath = os.path.join(out, suite, f"{name}.device.jsonl")
+            check_meta(wpath, {"model": path, "template": template, "max_new_tokens": max_new(template), "temperature": args.temperature})
+            device[suite][name] = run_device(env, gen, probs, bs, max_new(template), args.temperature, wpath, desc=f"{suite}:{name}")
+            if name == base_name and "router" in baselines:
+                router = routers.get(template)
+                if router is None:
+                    router = train_router(args, cfg, env, gen, template, max_new(template), bs, out, path) if not args.router else PromptRouter.load(args.router)
+                    routers[template] = router
+                router_scores[suite] = router.score([p.question for p in probs])
+        del model, gen
+
+    # 2. the cloud, the cap, the rows
+    per_suite = {}
+    for suite, probs, _ in suites:
+        policies = {n: device[suite][n] for n in models if n != "base"}
+        router = routers.get(next(t for s, _, t in suites if s == suite))
+        rows, records = suite_rows(
+            probs, policies, device[suite][base_name], cloud, budget, cfg.train.seed, router_scores.get(suite),
+            router.threshold_for(budget) if router else None, baselines, os.path.join(out, suite, "cloud.jsonl"),
+        )
+        per_suite[suite] = rows
+        print("\n" + format_table(rows, f"== {suite}: {len(probs)} problems, budget {budget:.0%}, cloud {cfg.cloud.backend} =="))
+        with open(os.path.join(out, suite, "samples.jsonl"), "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    summary = {"budget": budget, "cloud": cfg.cloud.backend, "models": models, "suites": per_suite}
+    if len(per_suite) > 1:
+        summary["average"] = average_rows(per_suite)
+        print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites =="))
+    summary["cloud_usage"] = cloud.usage()  # real calls and tokens paid by this run (cache hits are free)
+    print(f"\ncloud usage this run: {summary['cloud_usage']}")
     with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    with open(os.path.join(out, "samples.jsonl"), "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    print(f"wrote {out}/summary.json and samples.jsonl")
+        json.dump(summary, f, indent=2)
+    print(f"wrote {out}/summary.json and {out}/<suite>/samples.jsonl")
     return 0
+
+
+def train_router(args, cfg, env, gen, template, max_new_tokens, bs, out, base_path):
+    """Greedy rollouts of the base device model on router training problems; fit on 80%, calibrate on 20%."""
+    from policies.router import PromptRouter
+
+    rdir = os.path.join(out, f"router-{template}")
+    rpath = os.path.join(rdir, "router.pkl")
+    probs = router_problems(args, cfg, template)
+    wpath = os.path.join(rdir, "device.jsonl")
+    meta = {"model": base_path, "template": template, "max_new_tokens": max_new_tokens, "n": len(probs)}
+    check_meta(wpath, meta)
+    if os.path.exists(rpath):
+        return PromptRouter.load(rpath)
+    dev = run_device(env, gen, probs, bs, max_new_tokens, 0.0, wpath, desc=f"router-data:{template}")
+    cut = max(1, int(0.8 * len(probs)))
+    router = PromptRouter().fit([p.question for p in probs[:cut]], [d["correct"] for d in dev[:cut]])
+    router.calibrate([p.question for p in probs[cut:]])
+    router.save(rpath)
+    return router
 
 
 if __name__ == "__main__":

@@ -41,3 +41,71 @@ def test_budget_cap_sends_escalations_in_order_and_device_answers_the_rest():
     assert never["overall_acc"] == 0.2 and never["offload_rate"] == 0.0
     assert rand["cloud_calls"] == 3
     assert "policy" in format_table(rows)
+
+
+def test_cost_curve_apgr_and_cpt_by_hand():
+    from eval import accuracy_curve, apgr_cpt
+
+    # 4 problems: device right on 0 and 3, cloud right everywhere; the method sends 1 then 2 and wants no more
+    curve = accuracy_curve([1, 2], [True, False, False, True], {0: True, 1: True, 2: True, 3: True})
+    assert curve.tolist() == [0.5, 0.75, 1.0, 1.0, 1.0]
+    m = apgr_cpt(curve, weak=0.5, strong=1.0)
+    # PGR = [0, .5, 1, 1, 1]; trapezoid over cost steps of .25 -> .0625 + .1875 + .25 + .25
+    assert abs(m["apgr"] - 0.75) < 1e-12 and m["cpt50"] == 0.25 and m["cpt80"] == 0.5
+    # a cloud no better than the device: PGR undefined, reported as None rather than a division by zero
+    assert apgr_cpt(curve, weak=0.9, strong=0.9)["apgr"] is None
+
+
+def test_all_rows_share_one_cap_and_cloud_row_pays_for_everything():
+    from eval import suite_rows
+
+    probs = [Problem(f"q{i}", f"What is {i} + 2?", str(i + 2), level=1) for i in range(10)]
+    dev = [{"uid": p.uid, "output": "x", "escalated": i % 2 == 0, "answer": None, "correct": i >= 7} for i, p in enumerate(probs)]
+    cloud = CachedCloud(SimulatedCloud(accuracy=1.0), None)
+    scores = [1.0 - i / 10 for i in range(10)]  # the router thinks the first problems are the hardest
+    rows, records = suite_rows(probs, {"policy": dev}, dev, cloud, 0.2, seed=3, router_scores=scores, router_threshold=0.55)
+    by = {r["method"]: r for r in rows}
+    assert list(by) == ["policy", "never", "random", "router", "cloud"]
+    for m in ("policy", "random", "router"):
+        assert by[m]["cloud_calls"] == 2  # floor(0.2 * 10) for every capped method
+    assert [i for i, r in enumerate(records) if r["policy"]["sent_to_cloud"]] == [0, 2]  # escalations, in dataset order
+    assert [i for i, r in enumerate(records) if r["router"]["sent_to_cloud"]] == [0, 1]  # 5 over threshold, capped to 2
+    assert by["cloud"]["overall_acc"] == 1.0 and by["cloud"]["cloud_calls"] == 10
+    assert by["never"]["overall_acc"] == 0.3 and by["policy"]["overall_acc"] == 0.5
+    assert by["cloud"]["cloud_tokens"] > by["policy"]["cloud_tokens"] > 0
+    assert by["router"]["apgr"] > by["never"]["apgr"] == 0.0
+
+
+class FlakyGenerator(ScriptedGenerator):
+    """Fault injection: dies on the given call, like a run killed mid-evaluation."""
+
+    def __init__(self, outputs, die_on_call=None):
+        super().__init__(outputs)
+        self.calls, self.die_on_call, self.seen = 0, die_on_call, []
+
+    def generate(self, prompts, n=1, **kw):
+        self.calls += 1
+        if self.calls == self.die_on_call:
+            raise KeyboardInterrupt("killed")
+        self.seen += prompts
+        return super().generate(prompts, n, **kw)
+
+
+def test_killed_evaluation_resumes_without_regenerating(tmp_path):
+    import pytest
+
+    from eval import run_device
+
+    probs = [Problem(f"r{i}", f"What is {i} + 3?", str(i + 3), level=1) for i in range(10)]
+    env = RouteEnv("arithmetic", PlainTok(), CachedCloud(SimulatedCloud(accuracy=1.0), None), few_shot=False)
+    outputs = {env.prompt(p): (f"\\boxed{{{i + 3}}}" if i % 3 else ESC) for i, p in enumerate(probs)}
+    path = str(tmp_path / "suite" / "policy.device.jsonl")
+    first = FlakyGenerator(outputs, die_on_call=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_device(env, first, probs, batch_size=4, path=path, progress=False)
+    assert len(open(path).read().splitlines()) == 8  # two batches landed before the kill
+    second = FlakyGenerator(outputs)
+    resumed = run_device(env, second, probs, batch_size=4, path=path, progress=False)
+    assert second.seen == [env.prompt(p) for p in probs[8:]]  # only the unfinished problems are generated again
+    clean = run_device(env, FlakyGenerator(outputs), probs, batch_size=4, progress=False)
+    assert [(r["uid"], r["correct"], r["escalated"]) for r in resumed] == [(r["uid"], r["correct"], r["escalated"]) for r in clean]

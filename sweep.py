@@ -1,0 +1,187 @@
+"""Offload-budget sweep: train one policy per cloud budget, evaluate it with every baseline, table + plot.
+
+    python sweep.py --config configs/cpu_sweep.yaml --budgets 0.1,0.2,0.3,0.5 --out outputs/sweep
+    python sweep.py --config configs/cpu_sweep.yaml --budgets 0.1,0.2 --launch "accelerate launch --num_processes 2"
+    python sweep.py --config configs/cpu_sweep.yaml --budgets 0.1,0.2,0.3,0.5 --plot-only    # redraw from the table
+
+For each budget b the sweep runs, in order:
+  1. ``train.py --config <config> rl.budget=b train.output_dir=<out>/budget-b`` (in this process, or as a
+     separate ``accelerate launch`` job with ``--launch``); a half-trained point continues from its last
+     checkpoint (``--resume``), a finished one (``final/`` exists) is skipped;
+  2. ``eval.py --model budget-b=<out>/budget-b/final --base-model <config's model> --budget b`` into one
+     shared ``<out>/eval`` folder, so the base model's outputs, the router and the cloud answers are made once
+     for the whole sweep; a finished point (``<out>/budget-b/eval.json``) is skipped.
+Then it writes ``<out>/sweep.csv`` and ``sweep.json`` (one row per budget and method) and ``sweep.png``:
+overall accuracy against the cloud share actually used, one line per method, with the cloud-only and
+device-only accuracies as reference lines.  Training runs share the wandb group ``--group``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+FIELDS = ["budget", "method", "overall_acc", "device_acc", "offload_rate", "cloud_calls", "cloud_tokens", "apgr", "cpt50", "n"]
+
+
+def point_dir(out: str, budget: float) -> str:
+    return os.path.join(out, f"budget-{budget:.2f}")
+
+
+def run_training(config: str, budget: float, out: str, overrides: list[str], launch: str | None, group: str) -> None:
+    """Train one budget point unless it is finished; resume it when it has checkpoints."""
+    run = point_dir(out, budget)
+    if os.path.exists(os.path.join(run, "final", "config.json")):
+        print(f"[sweep] budget {budget:.0%}: trained already ({run}/final)")
+        return
+    args = ["--config", config, *overrides, f"rl.budget={budget}", f"train.output_dir={run}",
+            f"train.run_name={group}-budget-{budget:.2f}", f"train.wandb_group={group}"]
+    if os.path.isdir(os.path.join(run, "checkpoints")):
+        args.append("--resume")
+    print(f"[sweep] budget {budget:.0%}: training -> {run}")
+    if launch:
+        cmd = [*shlex.split(launch), os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), *args]
+        subprocess.run(cmd, check=True)
+    else:
+        import train
+
+        if train.main(args) != 0:
+            raise SystemExit(f"[sweep] training at budget {budget} failed; fix the error above and rerun (finished points are kept).")
+
+
+def run_eval(config: str, budget: float, out: str, overrides: list[str], eval_args: list[str], base_model: str) -> list[dict]:
+    """Evaluate one budget point with all baselines (shared work folder); returns its rows."""
+    import eval as evalmod
+
+    done = os.path.join(point_dir(out, budget), "eval.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
+    name = f"budget-{budget:.2f}"
+    args = ["--config", config, *overrides, "--model", f"{name}={point_dir(out, budget)}/final", "--base-model", base_model,
+            "--budget", str(budget), "--out", os.path.join(out, "eval"), *eval_args]
+    if evalmod.main(args) != 0:
+        raise SystemExit(f"[sweep] evaluation at budget {budget} failed; see the error above.")
+    with open(os.path.join(out, "eval", "summary.json")) as f:
+        summary = json.load(f)
+    suites = summary["suites"]
+    rows = summary["average"] if len(suites) > 1 else next(iter(suites.values()))
+    rows = [{**r, "method": "policy" if r["method"] == name else r["method"], "budget": budget} for r in rows]
+    with open(done + ".tmp", "w") as f:
+        json.dump(rows, f, indent=2)
+    os.replace(done + ".tmp", done)
+    return rows
+
+
+def write_table(rows: list[dict], out: str) -> tuple[str, str]:
+    """sweep.csv (FIELDS, one row per budget x method, sorted) and sweep.json (full rows)."""
+    rows = sorted(rows, key=lambda r: (r["budget"], r["method"]))
+    csv_path, json_path = os.path.join(out, "sweep.csv"), os.path.join(out, "sweep.json")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in FIELDS})
+    with open(json_path, "w") as f:
+        json.dump(rows, f, indent=2)
+    return csv_path, json_path
+
+
+def read_table(csv_path: str) -> list[dict]:
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    num = lambda v: None if v == "" else float(v)  # noqa: E731
+    return [{k: (v if k == "method" else num(v)) for k, v in r.items()} for r in rows]
+
+
+def plot(rows: list[dict], path: str, title: str = "") -> str:
+    """Overall accuracy against the cloud share used; one line per method; cloud-only and device-only levels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    by = {}
+    for r in rows:
+        by.setdefault(r["method"], []).append(r)
+    avg = lambda m: sum(r["overall_acc"] for r in by[m]) / len(by[m])  # noqa: E731
+    if "cloud" in by:
+        ax.axhline(100 * avg("cloud"), color="black", ls="--", lw=1, label=f"cloud only ({100 * avg('cloud'):.1f}%)")
+    if "never" in by:
+        ax.axhline(100 * avg("never"), color="grey", ls=":", lw=1.2, label=f"device only / never ({100 * avg('never'):.1f}%)")
+    style = {"policy": ("C3", "o", "GAPG policy (trained per budget)"), "random": ("C0", "s", "naive offloading (random)"),
+             "router": ("C2", "^", "router (prompt classifier)")}
+    for m, rs in by.items():
+        if m in ("cloud", "never"):
+            continue
+        color, marker, label = style.get(m, (None, "d", m))
+        rs = sorted(rs, key=lambda r: r["budget"])
+        ax.plot([100 * r["offload_rate"] for r in rs], [100 * r["overall_acc"] for r in rs], marker=marker, color=color, label=label)
+        for r in rs:
+            ax.annotate(f"{r['budget']:.0%}", (100 * r["offload_rate"], 100 * r["overall_acc"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color=color)
+    ax.set_xlabel("cloud share used (% of problems sent to the cloud)")
+    ax.set_ylabel("overall accuracy (%)")
+    ax.set_title(title or "Accuracy vs cloud budget (labels: the budget cap)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="training config (YAML); key=value overrides follow and apply to train and eval")
+    ap.add_argument("--budgets", default="0.2,0.3,0.4,0.5", help="comma list of cloud budgets in (0,1)")
+    ap.add_argument("--out", default="outputs/sweep", help="sweep folder: one budget-<b>/ run per budget, eval/, sweep.csv/json/png")
+    ap.add_argument("--launch", default=None, help='run training as a separate job, e.g. "accelerate launch --num_processes 2"')
+    ap.add_argument("--baselines", default="never,random,router,cloud", help="eval.py --baselines at every budget")
+    ap.add_argument("--eval-args", default="", help='extra eval.py arguments, e.g. "--suites math500 --limit 100"')
+    ap.add_argument("--group", default=None, help="wandb group of the training runs (default: the --out folder's name)")
+    ap.add_argument("--plot-only", action="store_true", help="redraw sweep.png from sweep.csv")
+    args, overrides = ap.parse_known_args(argv)
+    try:
+        budgets = [float(b) for b in args.budgets.split(",") if b]
+    except ValueError:
+        print(f"error: --budgets {args.budgets!r} must be numbers like 0.1,0.3", file=sys.stderr)
+        return 2
+    bad = [b for b in budgets if not 0 < b < 1]
+    if bad:
+        print(f"error: budgets {bad} are outside (0, 1); a budget is the share of problems the cloud may answer.", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    if args.plot_only:
+        print(plot(read_table(os.path.join(args.out, "sweep.csv")), os.path.join(args.out, "sweep.png")))
+        return 0
+    from rl.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    group = args.group or os.path.basename(os.path.normpath(args.out))
+    eval_args = ["--baselines", args.baselines, *shlex.split(args.eval_args)]
+    rows = []
+    for b in budgets:
+        run_training(args.config, b, args.out, overrides, args.launch, group)
+        rows += run_eval(args.config, b, args.out, overrides, eval_args, cfg.model.name_or_path)
+        write_table(rows, args.out)  # the table grows point by point
+    csv_path, json_path = write_table(rows, args.out)
+    png = plot(rows, os.path.join(args.out, "sweep.png"))
+    print(f"\n[sweep] wrote {csv_path}, {json_path}, {png}")
+    for r in sorted(rows, key=lambda r: (r["method"], r["budget"])):
+        print(f"  budget {r['budget']:.0%}  {r['method']:<8} overall {100 * r['overall_acc']:5.1f}%  offload {100 * r['offload_rate']:5.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
