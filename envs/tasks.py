@@ -6,41 +6,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from envs import arithmetic, countdown
 from envs.problem import Problem
+from envs.suites import read_jsonl_rows, rows_to_problems
 from rewards import countdown as countdown_grader
 from rewards.math_grader import grade as math_grade
-from rewards.math_grader import last_boxed
 
 
 def read_math_jsonl(path: str, limit: int = 0, name: str = "") -> list[Problem]:
-    """A MATH-style JSONL file: question = problem/question, gold = answer field or last \\boxed{} of solution."""
-    problems = []
-    with open(path) as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i + 1} is not valid JSON ({e}); fix or remove that line.") from None
-            question = row.get("problem") or row.get("question")
-            answer = row.get("answer")
-            if answer is None and row.get("solution"):
-                answer = last_boxed(row["solution"])
-            if not question or answer is None:
-                raise ValueError(f"{path}:{i + 1} has no problem/question or no answer/solution with \\boxed{{}}.")
-            level = row.get("level", 0)
-            if isinstance(level, str):
-                level = int(level.split()[-1]) if level.split()[-1].isdigit() else 0
-            uid = str(row.get("unique_id") or row.get("id") or row.get("idx") or i)
-            problems.append(Problem(uid=f"{name or os.path.basename(path)}:{uid}", question=question, answer=str(answer), level=level))
-            if limit and len(problems) >= limit:
-                break
-    return problems
+    """A MATH-style JSONL file: question = problem/question, gold = answer field or last \\boxed{} of solution.
+
+    Kept for existing callers; ``envs.suites.load_jsonl`` does the work (uid = "<name or file name>:<row id>")."""
+    return rows_to_problems(read_jsonl_rows(path), name or os.path.basename(path), path, limit=limit)
 
 
 def _load_math(cfg, filename: str, split: str, limit: int) -> list[Problem]:
@@ -57,13 +36,7 @@ def _load_math(cfg, filename: str, split: str, limit: int) -> list[Problem]:
             f"loaded ({type(e).__name__}). Point task.data_dir at the folder with the JSONL suites "
             "(e.g. task.data_dir=../shared/data) or make the hub reachable."
         ) from None
-    problems = []
-    for i, row in enumerate(ds):
-        answer = row.get("answer") or last_boxed(row.get("solution", ""))
-        problems.append(Problem(uid=f"{cfg.hub_id}:{split}:{i}", question=row["problem"], answer=str(answer)))
-        if limit and len(problems) >= limit:
-            break
-    return problems
+    return rows_to_problems(((i + 1, dict(r)) for i, r in enumerate(ds)), f"{cfg.hub_id}:{split}", cfg.hub_id, limit=limit)
 
 
 def load_problems(cfg) -> tuple[list[Problem], list[Problem]]:
