@@ -452,10 +452,15 @@ def main(argv=None):
             device[suite][name] = run_device(env, gen, probs, bs, max_new(template), args.temperature, wpath, desc=f"{suite}:{name}")
             if name == base_name and "router" in baselines:
                 router = routers.get(template)
-                if router is None:
-                    router = train_router(args, cfg, env, gen, template, max_new(template), bs, out, path) if not args.router else PromptRouter.load(args.router)
-                    routers[template] = router
-                router_scores[suite] = router.score([p.question for p in probs])
+                if template not in routers:
+                    try:
+                        routers[template] = (PromptRouter.load(args.router) if args.router
+                                             else train_router(args, cfg, env, gen, template, max_new(template), bs, out, path))
+                    except ValueError as e:  # e.g. the device never (or always) solved the router's training problems
+                        print(f"warning: no router row for the {template} suites: {e}", file=sys.stderr)
+                        routers[template] = None
+                if routers[template] is not None:
+                    router_scores[suite] = routers[template].score([p.question for p in probs])
         del model, gen
 
     # 2. the cloud, the cap, the rows
