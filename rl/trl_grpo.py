@@ -1,0 +1,223 @@
+"""The "collaboration-aware tuning" baseline: TRL ``GRPOTrainer`` with Dr.GRPO on the hierarchical reward.
+
+    accelerate launch train.py --config configs/cpu_drgrpo.yaml        # rl.trainer: trl_drgrpo
+
+The paper's baseline (SPEC §4, §7): the same device model, route environment, prompts and
+cloud as the GAPG run, rewarded with the hierarchical reward of SPEC §3 (α_a for a correct
+local answer, α_c for an escalation the cloud gets right, else 0, minus a *fixed*
+γ = ``rl.gamma`` per charged cloud call), but trained by TRL's own rollout and update
+machinery with ``loss_type="dr_grpo"`` and ``scale_rewards="none"`` (advantage r − mean r,
+token losses summed and divided by a constant), ``beta=0`` (no KL).  There is no adaptive
+prompt filtering and no dual ascent on γ.  Each optimizer step generates ``rl.batch_prompts``
+prompts × ``rl.group_size`` responses and updates once on them.
+
+Prompts are the strings ``RouteEnv.prompt`` renders (chat template, system prompt and worked
+examples already applied), so TRL tokenizes them as plain text and never applies the chat
+template again.  Rewards reuse ``RouteEnv.judge``, the cloud cache and
+``rewards.collaboration.collaboration_reward``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+
+from envs.route import RouteEnv
+from envs.tasks import grade_response, load_problems, template_for
+from policies.cloud import make_cloud
+from policies.device import load_device_model
+from policies.generation import Sample
+from rewards.collaboration import collaboration_reward
+
+log = logging.getLogger("train.trl")
+
+
+def make_reward_fn(env: RouteEnv, problems, reward_cfg, gamma: float):
+    """``reward_fn(prompts, completions, uid, **kw) -> list[float]``: the hierarchical reward r − γ·1{charged}.
+
+    Each completion is judged by ``env.judge`` (escalated iff it ENDS with ``<unknown>...</unknown>``);
+    the cloud (cached, one call per problem ever) is asked for every problem with an escalation.
+    ``log_metric`` (passed by TRL) receives the offload rate, device and cloud accuracy of the batch.
+    """
+    by_uid = {p.uid: p for p in problems}
+
+    def reward_fn(prompts, completions, uid, completion_ids=None, **kw) -> list[float]:
+        probs = [by_uid[u] for u in uid]
+        ids = completion_ids or [[] for _ in completions]
+        rolls = [env.judge(p, Sample([], list(c_ids), text, False)) for p, text, c_ids in zip(probs, completions, ids)]
+        asked = list(dict.fromkeys(p for p, r in zip(probs, rolls) if r.escalated))
+        cloud_ok = {}
+        if asked:
+            for p, text in zip(asked, env.cloud.answer_many(asked)):
+                cloud_ok[p.uid] = grade_response(p, text)[1]
+        rewards = [
+            collaboration_reward(
+                r.escalated, r.local_correct, r.escalated and cloud_ok[p.uid], reward_cfg.alpha_local,
+                reward_cfg.alpha_cloud, gamma, reward_cfg.charge,
+            )
+            for p, r in zip(probs, rolls)
+        ]
+        log_metric = kw.get("log_metric")
+        if log_metric is not None:
+            n, esc = len(rolls), sum(r.escalated for r in rolls)
+            log_metric("offload_rate", esc / max(n, 1))
+            log_metric("device_acc", sum(r.local_correct for r in rolls) / max(n - esc, 1))
+            log_metric("cloud_acc", sum(cloud_ok[p.uid] for p, r in zip(probs, rolls) if r.escalated) / max(esc, 1))
+            per_level = defaultdict(list)
+            for p, r in zip(probs, rolls):
+                per_level[p.level].append(r.escalated)
+            for level, v in sorted(per_level.items()):
+                log_metric(f"offload_level/{level}", sum(v) / len(v))
+        return rewards
+
+    return reward_fn
+
+
+def build_dataset(env: RouteEnv, problems, max_prompt_tokens: int = 0):
+    """A ``datasets.Dataset`` with the rendered (already chat-templated) string prompt, the uid and the level."""
+    from datasets import Dataset
+
+    rows = [{"prompt": env.prompt(p), "uid": p.uid, "level": p.level} for p in problems]
+    tok = env.tokenizer
+    if max_prompt_tokens:
+        for p, row in zip(problems, rows):
+            n = len(tok(row["prompt"], add_special_tokens=False)["input_ids"])
+            if n > max_prompt_tokens:
+                raise ValueError(
+                    f"Problem {p.uid} has a {n}-token prompt, over rl.max_prompt_tokens={max_prompt_tokens}. "
+                    "Raise rl.max_prompt_tokens or drop long problems from the data."
+                )
+    if rows and tok(rows[0]["prompt"])["input_ids"] != tok(rows[0]["prompt"], add_special_tokens=False)["input_ids"]:
+        log.warning(
+            "The tokenizer adds special tokens (e.g. BOS) to plain text; TRL tokenizes the rendered prompts with them, "
+            "so its prompts differ from RouteEnv's by those tokens."
+        )
+    return Dataset.from_list(rows)
+
+
+def _per_device_batch(total: int, cap: int) -> int:
+    """The largest divisor of ``total`` that is <= ``cap`` (sequences per forward/backward)."""
+    return max(d for d in range(1, min(total, max(cap, 1)) + 1) if total % d == 0)
+
+
+def grpo_config(cfg, num_processes: int = 1):
+    """The TRL ``GRPOConfig`` for this run (see the mapping table in README: Baselines)."""
+    from trl import GRPOConfig
+
+    t, rl = cfg.train, cfg.rl
+    gen_batch = rl.batch_prompts * rl.group_size  # completions per optimizer step, all processes together
+    if gen_batch % num_processes:
+        raise ValueError(
+            f"rl.batch_prompts * rl.group_size = {gen_batch} completions per step must divide evenly among "
+            f"{num_processes} processes."
+        )
+    per_device = _per_device_batch(gen_batch // num_processes, t.micro_batch_size)
+    accum = gen_batch // (per_device * num_processes)
+    if t.wandb and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        os.environ["WANDB_MODE"] = "offline"  # as train.init_wandb: never block on a login prompt
+    if t.wandb:  # transformers' WandbCallback reads these
+        os.environ.setdefault("WANDB_PROJECT", t.wandb_project)
+        os.environ.setdefault("WANDB_DIR", t.output_dir)
+        if getattr(t, "wandb_group", ""):
+            os.environ.setdefault("WANDB_RUN_GROUP", t.wandb_group)
+    return GRPOConfig(
+        output_dir=t.output_dir,
+        run_name=t.run_name or os.path.basename(os.path.normpath(t.output_dir)),
+        report_to=["wandb"] if t.wandb else "none",
+        seed=t.seed,
+        data_seed=t.seed,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type="constant",  # GAPG's AdamW runs at a constant rate too
+        warmup_steps=0,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accum,  # one optimizer step per generation batch: on-policy, no reuse
+        generation_batch_size=gen_batch,
+        num_iterations=1,
+        num_generations=rl.group_size,
+        max_completion_length=rl.max_new_tokens,
+        temperature=rl.temperature,
+        top_p=rl.top_p,
+        beta=0.0,
+        loss_type="dr_grpo",
+        scale_rewards="none",
+        bf16=t.mixed_precision == "bf16",
+        fp16=t.mixed_precision == "fp16",
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        logging_steps=1,
+        save_strategy="steps" if t.save_every else "no",
+        save_steps=t.save_every or 500,
+        save_total_limit=t.keep_checkpoints,
+        remove_unused_columns=False,  # the reward needs the uid column
+        shuffle_dataset=True,
+        log_completions=False,
+    )
+
+
+def _callbacks(path: str, eval_every: int, eval_hook):
+    from transformers import TrainerCallback
+
+    class MetricsJsonl(TrainerCallback):
+        """Append every per-step TRL log (reward, offload_rate, loss, ...) to ``metrics.jsonl``, as the GAPG loop does;
+        call ``eval_hook(tag, model, tokenizer)`` every ``eval_every`` steps before the last."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.is_world_process_zero and logs and "reward" in logs:
+                with open(path, "a") as f:
+                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+        def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
+            step = state.global_step
+            if eval_hook and eval_every and step % eval_every == 0 and step < state.max_steps:
+                eval_hook(f"step-{step}", model, processing_class)
+
+    return [MetricsJsonl()]
+
+
+def train_with_trl(cfg, resume: bool = False, eval_hook=None) -> str:
+    """Train the device policy with TRL GRPOTrainer (Dr.GRPO); save ``<output_dir>/final`` and return its path.
+
+    ``resume`` continues from the last ``<output_dir>/checkpoint-N``; ``eval_hook(tag, model, tokenizer)``, if
+    given, runs every ``train.eval_every`` steps (train.py passes its held-out evaluation).
+    """
+    from accelerate import PartialState
+    from trl import GRPOTrainer
+
+    out = cfg.train.output_dir
+    os.makedirs(out, exist_ok=True)
+    train_problems, _ = load_problems(cfg.task)
+    model, tok = load_device_model(cfg.model)  # LoRA adapters already attached when cfg.model.lora
+    cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
+    env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
+    args = grpo_config(cfg, PartialState().num_processes)
+    log.info(
+        "TRL Dr.GRPO baseline: %d prompts x G=%d per step (%d per forward, %d accumulation steps), fixed gamma %.3f; "
+        "rl.filtering, rl.d1_rule, rl.rollout_prompts and rl.gamma_lr do not apply",
+        cfg.rl.batch_prompts, cfg.rl.group_size, args.per_device_train_batch_size, args.gradient_accumulation_steps, cfg.rl.gamma,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=make_reward_fn(env, train_problems, cfg.reward, cfg.rl.gamma),
+        args=args,
+        train_dataset=build_dataset(env, train_problems, cfg.rl.max_prompt_tokens),
+        processing_class=tok,
+        callbacks=_callbacks(os.path.join(out, "metrics.jsonl"), cfg.train.eval_every, eval_hook),
+    )
+    if cfg.train.max_steps > 0:
+        has_ckpt = resume and any(d.startswith("checkpoint-") for d in os.listdir(out))
+        if resume and not has_ckpt:
+            log.warning("--resume: no TRL checkpoint-N in %s; starting from step 0", out)
+        trainer.train(resume_from_checkpoint=True if has_ckpt else None)
+
+    final = os.path.join(out, "final")
+    if trainer.accelerator.is_main_process:
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        to_save = unwrapped.merge_and_unload() if cfg.model.lora else unwrapped
+        to_save.save_pretrained(final)
+        tok.save_pretrained(final)
+    trainer.accelerator.wait_for_everyone()
+    return final
