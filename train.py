@@ -27,6 +27,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import nullcontext
+from dataclasses import replace
 
 import torch
 from accelerate import Accelerator
@@ -157,6 +158,31 @@ def run_eval(tag, env, generator, test, cfg, accelerator):
     return rows
 
 
+def run_trl_baseline(cfg, resume: bool) -> int:
+    """rl.trainer=trl_drgrpo: the Dr.GRPO baseline trained by TRL's GRPOTrainer (rl/trl_grpo.py), evaluated as above."""
+    from rl.trl_grpo import train_with_trl
+
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    os.makedirs(cfg.train.output_dir, exist_ok=True)
+    if accelerator.is_main_process:
+        with open(os.path.join(cfg.train.output_dir, "config.json"), "w") as f:
+            json.dump(to_dict(cfg), f, indent=2)
+    test_problems = load_problems(cfg.task)[1]
+
+    def eval_model(tag, model, tok):
+        cloud = make_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "cloud_cache.sqlite"))
+        env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
+        return run_eval(tag, env, HFGenerator(model, tok), test_problems, cfg, accelerator)
+
+    if cfg.train.eval_before and cfg.train.max_steps > 0 and not resume and accelerator.is_main_process:
+        eval_model("before", *load_device_model(replace(cfg.model, lora=False), for_training=False))
+    final = train_with_trl(cfg, resume, eval_hook=eval_model)
+    if accelerator.is_main_process:
+        eval_model("final", *load_device_model(replace(cfg.model, name_or_path=final, gguf_file=None, lora=False), for_training=False))
+        tqdm.write(f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})")
+    return 0
+
+
 def init_wandb(cfg, accelerator):
     if not (cfg.train.wandb and accelerator.is_main_process):
         return None
@@ -168,6 +194,7 @@ def init_wandb(cfg, accelerator):
         return wandb.init(
             project=cfg.train.wandb_project,
             name=cfg.train.run_name or os.path.basename(os.path.normpath(cfg.train.output_dir)),
+            group=cfg.train.wandb_group or None,
             config=to_dict(cfg),
             dir=cfg.train.output_dir,
         )
@@ -194,6 +221,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if cfg.rl.trainer == "trl_drgrpo":  # the collaboration-aware tuning baseline: TRL's own loop, same evaluation
+        return run_trl_baseline(cfg, args.resume)
 
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
     set_seed(cfg.train.seed + accelerator.process_index)
@@ -213,7 +242,7 @@ def main(argv=None) -> int:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     generator = HFGenerator(accelerator.unwrap_model(model), tok)
-    cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.jsonl"))
+    cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
     env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
     dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
     rho_ = rho(cfg.rl.budget)
@@ -227,7 +256,7 @@ def main(argv=None) -> int:
             accelerator.load_state(ckpt)
             state = json.load(open(os.path.join(ckpt, "trainer_state.json")))
             start, dual.gamma = state["step"], state["gamma"]
-            log.info("resumed from %s (step %d, gamma %.4f, %d cached cloud answers)", ckpt, start, dual.gamma, len(cloud.cache))
+            log.info("resumed from %s (step %d, gamma %.4f, %d cached cloud answers)", ckpt, start, dual.gamma, len(cloud))
     wb = init_wandb(cfg, accelerator)
     if start == 0 and cfg.train.eval_before and cfg.train.max_steps > 0:
         run_eval("before", env, generator, test_problems, cfg, accelerator)
@@ -261,7 +290,7 @@ def main(argv=None) -> int:
         dual.update(offload)
         gen_tokens = sum(len(r.sample.completion_ids) for g in groups for r in g.rollouts)
         m.update(step=step + 1, loss=loss, gamma=gamma_used, gamma_next=dual.gamma, offload_rate_global=offload, trained_prompts=len(picked),
-                 rollout_tokens_per_s=gen_tokens / max(t_roll, 1e-9), step_time_s=time.time() - t0, cloud_calls_total=len(cloud.cache), **fstats)
+                 rollout_tokens_per_s=gen_tokens / max(t_roll, 1e-9), step_time_s=time.time() - t0, cloud_calls_total=len(cloud), **{f"cloud_{k}": v for k, v in cloud.usage().items()}, **fstats)
         if accelerator.is_main_process:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(m) + "\n")

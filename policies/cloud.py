@@ -1,35 +1,79 @@
 """Cloud backends and the persistent cache of their answers.
 
-    cloud = make_cloud(cfg.cloud, cache_path="outputs/run/cloud_cache.jsonl")
-    text = cloud.answer(problem)        # at most one real call per problem, ever
+    cloud = make_cloud(cfg.cloud, cache_path="outputs/run/cloud_cache.sqlite")
+    text = cloud.answer(problem)        # at most one real call per (model, messages, sampling), ever
+    cloud.usage()                       # {'calls': .., 'cache_hits': .., 'prompt_tokens': .., 'completion_tokens': .., ...}
 
-* ``SimulatedCloud``: seeded, accuracy configurable overall and per difficulty
-  level.  Whether it solves a problem is a fixed draw from (seed, problem uid), so
-  repeated and resumed runs see the same cloud.  A correct answer is the gold in
-  ``\\boxed{}``; a wrong one is a plausible wrong number.
-* ``HFCloud``: a local transformers model answering greedily.
+Every backend has ``name``, ``answer_many(problems) -> list[CloudReply]`` and
+``cache_key(problem) -> str``; ``cloud.backend`` picks one:
 
-``CachedCloud`` wraps either one with a JSON-lines file keyed by problem uid: an
-answer is written (and flushed) as soon as it arrives, so a crash loses nothing
-and a resumed run never pays twice.
+* ``SimulatedCloud`` (``simulated``): seeded, accuracy configurable overall and per
+  difficulty level.  Whether it solves a problem is a fixed draw from (seed, problem
+  uid), so repeated and resumed runs see the same cloud.  A correct answer is the gold
+  in ``\\boxed{}``; a wrong one is a plausible wrong number.
+* ``HFCloud`` (``hf``): a local transformers model (loaded on first use).
+* ``OpenAICloud`` (``openai``): any OpenAI-compatible ``/v1/chat/completions`` server
+  (vLLM, llama.cpp, a hosted API) over ``httpx``: per-request timeout, bounded
+  concurrency, retries with exponential backoff and jitter on 429/5xx/timeouts/
+  connection errors/malformed replies, ``Retry-After`` honoured, and a clear
+  ``CloudError`` without retrying on 400/401/403/404.  The API key is read from the
+  environment variable ``cloud.api_key_env`` and is never logged, cached or written.
+
+``CachedCloud`` wraps a backend with an SQLite file (WAL mode, one row per answer,
+committed as each answer arrives, safe for several processes) keyed by
+``backend.cache_key(problem)``: a sha256 over the backend's identity (model, seed...),
+the chat messages and the sampling parameters.  Training, evaluation and sweeps that
+point at the same file never pay twice for the same request.
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
+import inspect
 import json
+import logging
 import os
 import random
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from envs.problem import Problem
 from envs.prompts import CLOUD_SYSTEM
 
+log = logging.getLogger(__name__)
+
+
+class CloudError(RuntimeError):
+    """A cloud request that cannot succeed (bad key, wrong URL or model, retries exhausted)."""
+
 
 @dataclass
 class CloudReply:
     text: str
-    tokens: int  # completion tokens the cloud produced (cost accounting)
+    prompt_tokens: int = 0  # prompt tokens the cloud read (cost accounting)
+    completion_tokens: int = 0  # completion tokens the cloud produced (cost accounting)
+    cached: bool = False  # served from the cache (disk, or asked before in this process)
+
+
+def cloud_messages(problem: Problem) -> list[dict]:
+    """The chat the cloud sees: the cloud system prompt and the bare question."""
+    return [{"role": "system", "content": CLOUD_SYSTEM}, {"role": "user", "content": problem.question}]
+
+
+def request_key(identity: dict, messages: list[dict], sampling: dict) -> str:
+    """sha256 over canonical JSON of (backend identity, messages, sampling parameters)."""
+    blob = json.dumps(
+        {"backend": identity, "messages": messages, "sampling": sampling},
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+# Backends ----------------------------------------------------------------------------------------
 
 
 class SimulatedCloud:
@@ -39,6 +83,16 @@ class SimulatedCloud:
         self.accuracy = accuracy
         self.accuracy_per_level = {int(k): float(v) for k, v in (accuracy_per_level or {}).items()}
         self.seed = seed
+
+    def cache_key(self, problem: Problem) -> str:
+        # The simulated answer is a function of the problem's uid and gold answer, so both are part
+        # of its identity (a real model's answer depends on the messages alone).
+        identity = {
+            "name": "simulated", "seed": self.seed, "accuracy": self.accuracy,
+            "accuracy_per_level": {str(k): v for k, v in sorted(self.accuracy_per_level.items())},
+            "problem": {"uid": problem.uid, "answer": problem.answer},
+        }
+        return request_key(identity, cloud_messages(problem), {})
 
     def solves(self, problem: Problem) -> bool:
         acc = self.accuracy_per_level.get(problem.level, self.accuracy)
@@ -61,83 +115,497 @@ class SimulatedCloud:
                 text = f"<think> Let me search for a combination. </think>\n<answer> {eq} </answer>"
             else:
                 text = f"Working it out carefully, the answer is \\boxed{{{ans}}}."
-            replies.append(CloudReply(text=text, tokens=len(text.split())))
+            prompt_words = sum(len(m["content"].split()) for m in cloud_messages(p))
+            replies.append(CloudReply(text=text, prompt_tokens=prompt_words, completion_tokens=len(text.split())))
         return replies
 
 
 class HFCloud:
-    """A local transformers model as the cloud (greedy, batched)."""
+    """A local transformers model as the cloud (batched; greedy unless temperature > 0). Loaded on first use."""
 
     name = "hf"
 
-    def __init__(self, model_path: str, max_new_tokens: int = 256, template: str = "math"):
-        from policies.device import load_tokenizer, resolve_model_path
-        from policies.generation import HFGenerator
+    def __init__(self, model_path: str, max_new_tokens: int = 256, template: str = "math", temperature: float = 0.0):
+        self.model_path, self.max_new_tokens, self.temperature = model_path, max_new_tokens, temperature
+        self.tokenizer = self.model = self.generator = None
+
+    def cache_key(self, problem: Problem) -> str:
+        sampling = {"temperature": self.temperature, "max_tokens": self.max_new_tokens}
+        return request_key({"name": "hf", "model": self.model_path}, cloud_messages(problem), sampling)
+
+    def _load(self):
         from transformers import AutoModelForCausalLM
 
-        path = resolve_model_path(model_path)
+        from policies.device import load_tokenizer, resolve_model_path
+        from policies.generation import HFGenerator
+
+        path = resolve_model_path(self.model_path)
         self.tokenizer = load_tokenizer(path)
         self.model = AutoModelForCausalLM.from_pretrained(path)
         self.generator = HFGenerator(self.model, self.tokenizer)
-        self.max_new_tokens = max_new_tokens
 
     def answer_many(self, problems: list[Problem]) -> list[CloudReply]:
         from policies.generation import chat_prompt
 
-        prompts = [chat_prompt(self.tokenizer, p.question, CLOUD_SYSTEM) for p in problems]
-        out = self.generator.generate(prompts, n=1, temperature=0.0, max_new_tokens=self.max_new_tokens)
-        return [CloudReply(text=g[0].text, tokens=len(g[0].completion_ids)) for g in out]
+        if self.generator is None:
+            self._load()
+        prompts = [chat_prompt(self.tokenizer, cloud_messages(p)) for p in problems]
+        out = self.generator.generate(prompts, n=1, temperature=self.temperature, max_new_tokens=self.max_new_tokens)
+        return [
+            CloudReply(text=g[0].text, prompt_tokens=len(g[0].prompt_ids), completion_tokens=len(g[0].completion_ids))
+            for g in out
+        ]
+
+
+class _Retryable(Exception):
+    def __init__(self, cause: str, retry_after: float | None = None):
+        super().__init__(cause)
+        self.cause, self.retry_after = cause, retry_after
+
+
+RETRYABLE_STATUS = {408, 409, 425, 429}  # plus every 5xx
+RETRY_AFTER_MAX_S = 600.0
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class OpenAICloud:
+    """An OpenAI-compatible chat-completions server (vLLM, llama.cpp server, hosted APIs) as the cloud."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 120.0,
+        max_retries: int = 5,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        concurrency: int = 8,
+        temperature: float = 0.0,
+        max_new_tokens: int = 256,
+    ):
+        import httpx
+
+        self._httpx = httpx
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self.model, self.api_key_env = model, api_key_env
+        self.timeout_s, self.max_retries = float(timeout_s), int(max_retries)
+        self.backoff_base_s, self.backoff_max_s = float(backoff_base_s), float(backoff_max_s)
+        self.concurrency = max(1, int(concurrency))
+        self.temperature, self.max_new_tokens = float(temperature), int(max_new_tokens)
+        key = os.environ.get(api_key_env, "") if api_key_env else ""
+        if not key:
+            log.info("cloud: $%s is not set; sending the placeholder key 'EMPTY' (fine for local servers)", api_key_env)
+            key = "EMPTY"
+        self._api_key = key  # never logged, never part of a cache key, never written
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(self.timeout_s),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        self._lock = threading.Lock()
+        self.requests = 0  # HTTP requests sent (retries included)
+        self.retries = 0
+        log.info(
+            "cloud: OpenAI-compatible backend %s model=%s (timeout %.0fs, %d retries, concurrency %d)",
+            self.url, model, self.timeout_s, self.max_retries, self.concurrency,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAICloud(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+
+    def sampling(self) -> dict:
+        return {"temperature": self.temperature, "max_tokens": self.max_new_tokens}
+
+    def cache_key(self, problem: Problem) -> str:
+        # base_url is deliberately left out: the same model behind another server gives the same answers.
+        return request_key({"name": "openai", "model": self.model}, cloud_messages(problem), self.sampling())
+
+    def close(self):
+        self._client.close()
+
+    # one request, with retries -------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key and self._api_key != "EMPTY" else text
+
+    def _fatal(self, status: int, body: str) -> CloudError:
+        where = f"{status} from {self.url}"
+        if status == 401:
+            fix = (f"the server rejected the API key. Set the API key in ${self.api_key_env} "
+                   "(cloud.api_key_env names the variable; the key itself never goes in a config).")
+        elif status == 403:
+            fix = (f"the API key in ${self.api_key_env} has no access to model {self.model!r}. "
+                   "Check the key's permissions or cloud.model.")
+        elif status == 404:
+            fix = (f"check cloud.base_url (OpenAI-compatible servers usually serve under .../v1) and that the "
+                   f"server serves cloud.model={self.model!r}.")
+        elif status == 400 or status == 422:
+            fix = (f"the server refused the request; check cloud.model={self.model!r}, "
+                   f"cloud.max_new_tokens={self.max_new_tokens} and cloud.temperature={self.temperature}. "
+                   f"Server said: {self._scrub(body[:300])!r}")
+        else:
+            fix = f"the server refused the request (not retried). Server said: {self._scrub(body[:300])!r}"
+        return CloudError(f"cloud request failed with HTTP {where}: {fix}")
+
+    def _parse(self, response) -> CloudReply:
+        try:
+            data = response.json()
+        except ValueError as e:
+            raise _Retryable(f"malformed JSON in the reply ({e.__class__.__name__}: {str(e)[:80]})") from None
+        try:
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise _Retryable("reply has no choices[0].message.content") from None
+        if not isinstance(content, str):
+            raise _Retryable(f"choices[0].message.content is {type(content).__name__}, not text")
+        usage = data.get("usage") or {}
+        try:
+            pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        except (TypeError, ValueError, AttributeError):
+            pt, ct = 0, 0
+        return CloudReply(text=content, prompt_tokens=pt, completion_tokens=ct)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter before retry ``attempt`` (1-based): uniform in [d/2, d]."""
+        d = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+        return d * (0.5 + 0.5 * random.random())
+
+    def ask(self, problem: Problem, stop: threading.Event | None = None) -> CloudReply:
+        httpx = self._httpx
+        body = {"model": self.model, "messages": cloud_messages(problem), **self.sampling()}
+        attempts = 1 + self.max_retries
+        last: _Retryable | None = None
+        for attempt in range(attempts):
+            if attempt:
+                delay = self._backoff(attempt)
+                if last.retry_after is not None:
+                    delay = max(delay, min(last.retry_after, RETRY_AFTER_MAX_S))
+                log.warning(
+                    "cloud: %s for problem %s (attempt %d/%d); retrying in %.2fs%s",
+                    last.cause, problem.uid, attempt, attempts, delay,
+                    " (Retry-After)" if last.retry_after is not None else "",
+                )
+                if stop is not None and stop.wait(delay):
+                    raise CloudError(f"cloud request for problem {problem.uid} abandoned: another request failed")
+                if stop is None:
+                    time.sleep(delay)
+            with self._lock:
+                self.requests += 1
+                self.retries += attempt > 0
+            try:
+                response = self._client.post(self.url, json=body)
+            except httpx.TimeoutException as e:
+                last = _Retryable(f"no reply within cloud.timeout_s={self.timeout_s:g}s ({type(e).__name__})")
+                continue
+            except httpx.TransportError as e:  # refused, reset, closed mid-reply, protocol errors
+                last = _Retryable(f"connection error to {self.url} ({type(e).__name__}: {self._scrub(str(e))[:120]})")
+                continue
+            status = response.status_code
+            if 200 <= status < 300:
+                try:
+                    return self._parse(response)
+                except _Retryable as e:
+                    last = e
+                    continue
+            if status in RETRYABLE_STATUS or status >= 500:
+                last = _Retryable(f"HTTP {status}", parse_retry_after(response.headers.get("retry-after")))
+                continue
+            raise self._fatal(status, response.text)
+        raise CloudError(
+            f"cloud request to {self.url} (model {self.model!r}) for problem {problem.uid} failed after "
+            f"{attempts} attempts (cloud.max_retries={self.max_retries}); last cause: {last.cause}. "
+            "Check the server, or raise cloud.max_retries / cloud.timeout_s."
+        )
+
+    def answer_many(self, problems: list[Problem], on_reply=None) -> list[CloudReply]:
+        """Ask ``cloud.concurrency`` requests at a time; ``on_reply(i, reply)`` is called (in this thread)
+        as each answer arrives.  On a permanent failure the requests not yet sent are dropped, those in
+        flight finish (and are reported), then the first error is raised."""
+        replies: list[CloudReply | None] = [None] * len(problems)
+        if not problems:
+            return []
+        stop = threading.Event()
+        error: BaseException | None = None
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(problems)), thread_name_prefix="cloud")
+        try:
+
+            def task(p):
+                if stop.is_set():  # another request failed for good: do not send this one
+                    raise CloudError(f"cloud request for problem {p.uid} not sent: another request failed")
+                try:
+                    return self.ask(p, stop)
+                except BaseException:
+                    stop.set()
+                    raise
+
+            futures = {pool.submit(task, p): i for i, p in enumerate(problems)}
+            for fut in as_completed(futures):
+                if fut.cancelled():
+                    continue
+                i = futures[fut]
+                try:
+                    reply = fut.result()
+                except BaseException as e:  # noqa: BLE001 -- re-raised below, after the others are saved
+                    if error is None:
+                        error = e
+                        stop.set()
+                        for other in futures:
+                            other.cancel()
+                    continue
+                replies[i] = reply
+                if on_reply is not None:
+                    on_reply(i, reply)
+        finally:
+            stop.set()  # requests waiting to retry give up
+            pool.shutdown(wait=True, cancel_futures=True)
+        if error is not None:
+            raise error
+        return replies
+
+
+# The cache ---------------------------------------------------------------------------------------
+
+
+def _cache_paths(path: str | None) -> tuple[str | None, str | None]:
+    """(sqlite file, legacy JSON-lines file or None) for a configured cache path."""
+    if not path:
+        return None, None
+    if path.endswith(".jsonl"):
+        return path[: -len(".jsonl")] + ".sqlite", path
+    stem = path[: -len(".sqlite")] if path.endswith(".sqlite") else path
+    legacy = stem + ".jsonl"
+    return path, legacy if os.path.exists(legacy) else None
+
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS answers (
+    key TEXT PRIMARY KEY, backend TEXT NOT NULL, model TEXT, uid TEXT, text TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0, created_at REAL
+)"""
 
 
 class CachedCloud:
-    """Any backend plus a JSON-lines answer cache keyed by problem uid (one call per problem, ever)."""
+    """Any backend plus an SQLite answer cache keyed by ``backend.cache_key(problem)``.
+
+    ``answer_many(problems) -> list[str]``; ``replies(problems) -> list[CloudReply]``;
+    ``usage()`` counts this process's real calls, cache hits and tokens; ``len(cloud)`` is the
+    number of answers in the cache file.  A ``.jsonl`` path (the old format, keyed by problem uid)
+    is still read; new answers go to the ``.sqlite`` file beside it.
+    """
 
     def __init__(self, backend, path: str | None):
-        self.backend, self.path = backend, path
-        self.cache: dict[str, dict] = {}
-        self.calls = 0  # real backend calls made by this process
-        self.tokens = 0
-        if path and os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line torn by a crash mid-write: that answer is simply asked again
-                    self.cache[row["uid"]] = row
+        self.backend = backend
+        self.path, self.legacy_path = _cache_paths(path)
+        self.cache: dict[str, dict] = {}  # key -> row, for the answers this process has seen
+        self._legacy: dict[str, dict] = {}
+        self._usage = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        if self.path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            # autocommit (isolation_level=None): every INSERT is its own committed transaction
+            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("cloud cache %s: WAL journal unavailable (%s); concurrent writers will wait on each other", self.path, mode)
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_SCHEMA)
+        if self.legacy_path and os.path.exists(self.legacy_path):
+            self._read_legacy(self.legacy_path)
+
+    def _read_legacy(self, path: str):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    row = json.loads(line)
+                    self._legacy[row["uid"]] = row
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line torn by a crash mid-write: that answer is simply asked again
+        if self._legacy:
+            log.info("cloud cache: read %d answers from the legacy file %s; new answers go to %s", len(self._legacy), path, self.path)
+
+    # compatibility with the old attributes
+    @property
+    def calls(self) -> int:
+        return self._usage["calls"]
+
+    @property
+    def tokens(self) -> int:
+        return self._usage["completion_tokens"]
+
+    def usage(self) -> dict:
+        """Real backend calls this process made, cache hits, and the tokens of those real calls."""
+        out = dict(self._usage)
+        for extra in ("requests", "retries"):  # HTTP backends: requests sent, retries among them
+            if hasattr(self.backend, extra):
+                out[extra] = getattr(self.backend, extra)
+        return out
+
+    def __bool__(self) -> bool:  # a cloud with an empty cache is still a cloud
+        return True
+
+    def __len__(self) -> int:
+        if self._db is None:
+            return len(self.cache)
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+
+    def _lookup(self, wanted: dict[str, Problem]):
+        """Fill ``self.cache`` for the keys in ``wanted`` that the file (or the legacy file) holds."""
+        todo = [k for k in wanted if k not in self.cache]
+        if self._db is not None and todo:
+            with self._lock:
+                for s in range(0, len(todo), 500):
+                    chunk = todo[s : s + 500]
+                    rows = self._db.execute(
+                        f"SELECT key, text, prompt_tokens, completion_tokens FROM answers WHERE key IN ({','.join('?' * len(chunk))})",
+                        chunk,
+                    ).fetchall()
+                    for key, text, pt, ct in rows:
+                        self.cache[key] = {"text": text, "prompt_tokens": pt, "completion_tokens": ct}
+        if self._legacy:
+            migrated = []
+            for k in todo:
+                row = self._legacy.get(wanted[k].uid)
+                if k not in self.cache and row is not None and row.get("backend") == self.backend.name:
+                    reply = CloudReply(row["text"], 0, int(row.get("tokens", 0) or 0))
+                    self.cache[k] = {"text": reply.text, "prompt_tokens": 0, "completion_tokens": reply.completion_tokens}
+                    migrated.append((k, wanted[k], reply))
+            self._write(migrated)
+
+    def _write(self, items: list[tuple[str, Problem, CloudReply]]):
+        if self._db is None or not items:
+            return
+        model = getattr(self.backend, "model_path", None) or getattr(self.backend, "model", None)  # hf / openai
+        model = model if isinstance(model, str) else None
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(k, self.backend.name, model, p.uid, r.text, r.prompt_tokens, r.completion_tokens, time.time()) for k, p, r in items],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _record(self, items: list[tuple[str, Problem, CloudReply]]):
+        """Answers that just came from the backend: count them, keep them, commit them (one transaction)."""
+        with self._lock:
+            for key, _, reply in items:
+                self.cache[key] = {"text": reply.text, "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
+                self._usage["calls"] += 1
+                self._usage["prompt_tokens"] += reply.prompt_tokens
+                self._usage["completion_tokens"] += reply.completion_tokens
+            self._write(items)
+
+    def replies(self, problems: list[Problem]) -> list[CloudReply]:
+        if not problems:
+            return []
+        t0, before = time.time(), dict(self._usage)
+        keys = [self.backend.cache_key(p) for p in problems]
+        wanted = dict(zip(keys, problems))
+        self._lookup(wanted)
+        missing = [(k, p) for k, p in wanted.items() if k not in self.cache]  # each request once, in order
+        fresh: set[str] = set()
+        if missing:
+
+            def store(i: int, reply: CloudReply):  # an answer arrived: committed before the next one is awaited
+                k, p = missing[i]
+                if k not in fresh:
+                    fresh.add(k)
+                    self._record([(k, p, reply)])
+
+            batch = [p for _, p in missing]
+            try:
+                if "on_reply" in inspect.signature(self.backend.answer_many).parameters:
+                    out = self.backend.answer_many(batch, on_reply=store)
+                else:
+                    out = self.backend.answer_many(batch)
+                if len(out) != len(batch):
+                    raise CloudError(f"cloud backend {self.backend.name} returned {len(out)} answers for {len(batch)} problems")
+                rest = [(k, p, r) for (k, p), r in zip(missing, out) if k not in fresh]
+                fresh.update(k for k, _, _ in rest)
+                self._record(rest)  # a backend that answers all at once: one transaction
+            except BaseException:
+                self._log_batch(len(problems), before, t0, failed=True)
+                raise
+        out, first_seen = [], set()
+        for k in keys:
+            row = self.cache[k]
+            new = k in fresh and k not in first_seen
+            if new:
+                first_seen.add(k)
+            else:
+                self._usage["cache_hits"] += 1
+            out.append(CloudReply(row["text"], row["prompt_tokens"], row["completion_tokens"], cached=not new))
+        self._log_batch(len(problems), before, t0)
+        return out
+
+    def _log_batch(self, asked: int, before: dict, t0: float, failed: bool = False):
+        u = self._usage
+        log.info(
+            "cloud %s: %d asked%s, %d new answers in %.1fs (+%d prompt / +%d completion tokens), %d from the cache; "
+            "this process so far: %d calls, %d cache hits, %d prompt + %d completion tokens (%s)",
+            self.backend.name, asked, " (FAILED, answers received so far are kept)" if failed else "",
+            u["calls"] - before["calls"], time.time() - t0, u["prompt_tokens"] - before["prompt_tokens"],
+            u["completion_tokens"] - before["completion_tokens"], u["cache_hits"] - before["cache_hits"],
+            u["calls"], u["cache_hits"], u["prompt_tokens"], u["completion_tokens"],
+            f"cache {self.path}" if self.path else "no cache file",
+        )
 
     def answer_many(self, problems: list[Problem]) -> list[str]:
-        missing = [p for p in dict.fromkeys(problems) if p.uid not in self.cache]
-        if missing:
-            replies = self.backend.answer_many(missing)
-            self.calls += len(missing)
-            rows = []
-            for p, r in zip(missing, replies):
-                self.tokens += r.tokens
-                row = {"uid": p.uid, "backend": self.backend.name, "text": r.text, "tokens": r.tokens}
-                self.cache[p.uid] = row
-                rows.append(row)
-            if self.path:
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                with open(self.path, "a") as f:
-                    for row in rows:
-                        f.write(json.dumps(row) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-        return [self.cache[p.uid]["text"] for p in problems]
+        return [r.text for r in self.replies(problems)]
 
     def answer(self, problem: Problem) -> str:
         return self.answer_many([problem])[0]
 
+    def close(self):
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if hasattr(self.backend, "close"):
+            self.backend.close()
+
+
+def make_backend(cfg):
+    """The backend ``cloud.backend`` names, built from the ``cloud`` config section."""
+    if cfg.backend == "simulated":
+        return SimulatedCloud(cfg.accuracy, cfg.accuracy_per_level, cfg.seed)
+    if cfg.backend == "hf":
+        return HFCloud(cfg.model, cfg.max_new_tokens, temperature=getattr(cfg, "temperature", 0.0))
+    if cfg.backend == "openai":
+        return OpenAICloud(
+            base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries, backoff_base_s=cfg.backoff_base_s, backoff_max_s=cfg.backoff_max_s,
+            concurrency=cfg.concurrency, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+        )
+    raise ValueError(f"cloud.backend={cfg.backend!r}: use simulated, hf or openai")
+
 
 def make_cloud(cfg, cache_path: str | None) -> CachedCloud:
-    if cfg.backend == "simulated":
-        backend = SimulatedCloud(cfg.accuracy, cfg.accuracy_per_level, cfg.seed)
-    elif cfg.backend == "hf":
-        backend = HFCloud(cfg.model, cfg.max_new_tokens)
-    else:
-        raise ValueError(f"cloud.backend={cfg.backend!r}: use simulated or hf")
-    return CachedCloud(backend, cfg.cache_file or cache_path)
+    return CachedCloud(make_backend(cfg), cfg.cache_file or cache_path)

@@ -75,13 +75,36 @@ class TaskConfig:
 
 @dataclass
 class CloudConfig:
-    backend: str = _h("simulated", "Cloud model: simulated (seeded, accuracy per level) or hf (a local HF model).")
+    backend: str = _h(
+        "simulated",
+        "Cloud model: simulated (seeded, accuracy per level), hf (a local HF model) or openai (any "
+        "OpenAI-compatible chat-completions server: vLLM, llama.cpp, a hosted API).",
+    )
     accuracy: float = _h(0.95, "Simulated cloud: probability of a correct answer.")
     accuracy_per_level: dict = _h({}, "Simulated cloud: accuracy per difficulty level, e.g. {6: 0.9}; overrides accuracy.")
     seed: int = _h(1234, "Simulated cloud: seed that fixes which problems it gets right.")
-    model: str = _h("", "hf backend: hub id or local directory of the cloud model.")
-    max_new_tokens: int = _h(256, "hf backend: tokens per cloud answer.")
-    cache_file: str = _h("", "JSON-lines cache of cloud answers (default: <output_dir>/cloud_cache.jsonl).")
+    model: str = _h("", "hf backend: hub id or local directory of the cloud model; openai backend: the model name the server serves.")
+    max_new_tokens: int = _h(256, "hf/openai backends: tokens per cloud answer (max_tokens).")
+    temperature: float = _h(0.0, "hf/openai backends: cloud sampling temperature (0 = greedy); part of the cache key.")
+    base_url: str = _h("", "openai backend: server URL up to /v1, e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1.")
+    api_key_env: str = _h(
+        "OPENAI_API_KEY",
+        "openai backend: NAME of the environment variable holding the API key (the key itself never goes in a "
+        "config, log, cache or checkpoint). Unset: the placeholder 'EMPTY' is sent (local servers).",
+    )
+    timeout_s: float = _h(120.0, "openai backend: seconds to wait for one reply before retrying.")
+    max_retries: int = _h(
+        5, "openai backend: retries (exponential backoff + jitter, Retry-After honoured) on 429/5xx, timeouts, "
+        "connection errors and malformed replies; 400/401/403/404 fail at once.",
+    )
+    backoff_base_s: float = _h(1.0, "openai backend: first retry waits about this long; each next one twice as long.")
+    backoff_max_s: float = _h(60.0, "openai backend: longest wait between retries (a longer Retry-After is still honoured).")
+    concurrency: int = _h(8, "openai backend: requests in flight at once.")
+    cache_file: str = _h(
+        "",
+        "SQLite cache of cloud answers, shared by training, eval and sweeps (default: <output_dir>/cloud_cache.sqlite). "
+        "A legacy .jsonl path is still read; new answers go to the .sqlite beside it.",
+    )
 
 
 @dataclass
@@ -100,6 +123,12 @@ class RewardConfig:
 @dataclass
 class RLConfig:
     env: str = _h("route", "Environment mode: route (answer or escalate the whole problem with <unknown>).")
+    trainer: str = _h(
+        "gapg",
+        "gapg: this repo's loop (GAPG + adaptive filtering + Lagrangian γ, SPEC §4-5). trl_drgrpo: the paper's "
+        "'collaboration-aware tuning' baseline, TRL GRPOTrainer with Dr.GRPO (no std scaling, β=0) on the same "
+        "hierarchical reward with a fixed γ=rl.gamma; it ignores filtering, d1_rule, rollout_prompts and gamma_lr.",
+    )
     budget: float = _h(0.3, "Maximum share of problems sent to the cloud, in (0, 1); ρ = budget / (1 - budget).")
     group_size: int = _h(8, "G: responses sampled per prompt (>= 2).")
     rollout_prompts: int = _h(16, "Prompts sampled per step before filtering.")
@@ -137,6 +166,7 @@ class TrainConfig:
     wandb: bool = _h(True, "Log to Weights & Biases (offline unless WANDB_API_KEY is set or WANDB_MODE says otherwise).")
     wandb_project: str = _h("cloudroute", "W&B project.")
     run_name: str = _h("", "Run name (default: the output_dir's name).")
+    wandb_group: str = _h("", "W&B group, e.g. the sweep a run belongs to (sweep.py sets it).")
 
 
 @dataclass
@@ -156,9 +186,10 @@ class ConfigError(ValueError):
 CHOICES = {
     "task.name": ("arithmetic", "countdown", "math"),
     "task.template": ("auto", "math", "countdown", "arithmetic"),
-    "cloud.backend": ("simulated", "hf"),
+    "cloud.backend": ("simulated", "hf", "openai"),
     "reward.charge": ("all_escalations", "correct_escalations"),
     "rl.env": ("route",),
+    "rl.trainer": ("gapg", "trl_drgrpo"),
     "rl.d1_rule": ("any_correct", "mixed"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
@@ -258,7 +289,7 @@ def validate(c: Config) -> None:
             f"rl.group_size={c.rl.group_size}: the group policy gradient needs at least 2 responses per prompt "
             "(its baseline is the group mean and it divides by G-1). Set rl.group_size=2 or more."
         )
-    if c.rl.batch_prompts < 1 or c.rl.rollout_prompts < c.rl.batch_prompts:
+    if c.rl.batch_prompts < 1 or (c.rl.trainer == "gapg" and c.rl.rollout_prompts < c.rl.batch_prompts):
         raise ConfigError(
             f"rl.rollout_prompts={c.rl.rollout_prompts} must be >= rl.batch_prompts={c.rl.batch_prompts} >= 1 "
             "(filtering picks the update batch from the sampled prompts)."
@@ -281,6 +312,25 @@ def validate(c: Config) -> None:
         raise ConfigError(f"cloud.accuracy={c.cloud.accuracy} must be a probability in [0, 1].")
     if c.cloud.backend == "hf" and not c.cloud.model:
         raise ConfigError("cloud.backend=hf needs cloud.model=<hub id or local directory>.")
+    if c.cloud.backend == "openai":
+        if not c.cloud.base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"cloud.backend=openai needs cloud.base_url=<http(s) URL of an OpenAI-compatible server up to /v1>, "
+                f"e.g. cloud.base_url=http://127.0.0.1:8000/v1 (got {c.cloud.base_url!r})."
+            )
+        if not c.cloud.model:
+            raise ConfigError("cloud.backend=openai needs cloud.model=<model name the server serves> (see GET <base_url>/models).")
+    if not c.cloud.api_key_env.replace("_", "").isalnum() or c.cloud.api_key_env.lower().startswith("sk-"):
+        raise ConfigError(
+            "cloud.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself: "
+            "export OPENAI_API_KEY=... and leave the key out of configs and command lines."
+        )
+    if c.cloud.timeout_s <= 0 or c.cloud.max_retries < 0 or c.cloud.concurrency < 1:
+        raise ConfigError("cloud.timeout_s must be > 0, cloud.max_retries >= 0 and cloud.concurrency >= 1.")
+    if c.cloud.backoff_base_s < 0 or c.cloud.backoff_max_s < c.cloud.backoff_base_s:
+        raise ConfigError("cloud.backoff_base_s must be >= 0 and cloud.backoff_max_s >= cloud.backoff_base_s.")
+    if c.cloud.temperature < 0 or c.cloud.max_new_tokens < 1:
+        raise ConfigError("cloud.temperature must be >= 0 (0 = greedy) and cloud.max_new_tokens >= 1.")
 
 
 def to_dict(c: Config) -> dict:

@@ -2,7 +2,7 @@ import json
 
 from envs.problem import Problem
 from envs.tasks import read_math_jsonl
-from policies.cloud import CachedCloud, SimulatedCloud
+from policies.cloud import CachedCloud, HFCloud, SimulatedCloud
 from rewards.math_grader import grade
 
 
@@ -28,18 +28,43 @@ def test_simulated_cloud_accuracy_per_level_and_seeded():
 
 
 def test_cache_asks_once_and_survives_restart(tmp_path):
-    path = str(tmp_path / "cache.jsonl")
+    path = str(tmp_path / "cache.sqlite")
     probs = [Problem(f"p{i}", "q", str(i)) for i in range(5)]
     backend = CountingCloud()
     cloud = CachedCloud(backend, path)
-    first = cloud.answer_many(probs[:3] + probs[:2])
-    assert backend.asked == ["p0", "p1", "p2"] and cloud.calls == 3
-    with open(path, "a") as f:
-        f.write('{"uid": "torn')  # a crash mid-write leaves a torn line
+    first = cloud.replies(probs[:3] + probs[:2])
+    assert backend.asked == ["p0", "p1", "p2"] and cloud.usage()["calls"] == 3 and len(cloud) == 3
+    assert [r.cached for r in first] == [False, False, False, True, True]
+    assert all(r.completion_tokens > 0 for r in first)
     backend2 = CountingCloud()
     again = CachedCloud(backend2, path)
-    assert again.answer_many(probs) [:3] == first[:3]
+    assert again.answer_many(probs)[:3] == [r.text for r in first[:3]]
     assert backend2.asked == ["p3", "p4"]  # nothing already answered is asked again
+    u = again.usage()
+    assert (u["calls"], u["cache_hits"]) == (2, 3) and len(again) == 5
+
+
+def test_legacy_jsonl_cache_is_still_read(tmp_path):
+    path = str(tmp_path / "cloud_cache.jsonl")
+    probs = [Problem(f"p{i}", "q", str(i)) for i in range(3)]
+    with open(path, "w") as f:
+        f.write(json.dumps({"uid": "p0", "backend": "simulated", "text": "legacy \\boxed{0}", "tokens": 2}) + "\n")
+        f.write('{"uid": "torn')  # a crash mid-write leaves a torn line
+    backend = CountingCloud()
+    cloud = CachedCloud(backend, path)
+    texts = cloud.answer_many(probs)
+    assert texts[0] == "legacy \\boxed{0}" and backend.asked == ["p1", "p2"]
+    assert cloud.path == str(tmp_path / "cloud_cache.sqlite") and len(cloud) == 3  # migrated beside it
+    assert CachedCloud(CountingCloud(), str(tmp_path / "cloud_cache.sqlite")).answer_many(probs) == texts
+
+
+def test_cache_key_covers_backend_identity_and_sampling():
+    p = Problem("p0", "What is 2 + 2?", "4")
+    assert SimulatedCloud(seed=1).cache_key(p) != SimulatedCloud(seed=2).cache_key(p)
+    assert SimulatedCloud(seed=1).cache_key(p) == SimulatedCloud(seed=1).cache_key(p)
+    assert HFCloud("m", 64).cache_key(p) != HFCloud("m", 128).cache_key(p)
+    assert HFCloud("m", 64).cache_key(p) == HFCloud("m", 64).cache_key(Problem("other-uid", "What is 2 + 2?", "4"))
+    assert HFCloud("m", 64).cache_key(p) != HFCloud("m2", 64).cache_key(p)
 
 
 def test_math_loaders_normalise_fields(tmp_path):
@@ -69,3 +94,23 @@ def test_shipped_math500_loads():
         pytest.skip("shared data not beside the checkout")
     probs = read_math_jsonl(path)
     assert len(probs) == 500 and all(p.answer for p in probs)
+
+
+def test_two_processes_share_one_sqlite_cache(tmp_path):
+    """Two processes (as DDP ranks do) answer overlapping problems into the same file at the same time."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "shared.sqlite")
+    code = (
+        "import sys; from envs.problem import Problem; from policies.cloud import CachedCloud, SimulatedCloud\n"
+        "lo = int(sys.argv[2]); c = CachedCloud(SimulatedCloud(), sys.argv[1])\n"
+        "for i in range(lo, lo + 300): c.answer_many([Problem(f'p{i}', 'q', str(i))])\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, path, str(lo)]) for lo in (0, 150)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    backend = CountingCloud()
+    cloud = CachedCloud(backend, path)
+    assert len(cloud) == 450
+    cloud.answer_many([Problem(f"p{i}", "q", str(i)) for i in range(450)])
+    assert backend.asked == []

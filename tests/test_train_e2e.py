@@ -16,6 +16,13 @@ COMMON = [
 ]
 
 
+def _cache_rows(out) -> dict:
+    import sqlite3
+
+    with sqlite3.connect(os.path.join(out, "cloud_cache.sqlite")) as db:
+        return {k: {"backend": b, "uid": u} for k, b, u in db.execute("SELECT key, backend, uid FROM answers")}
+
+
 def _weights(out):
     return load_file(os.path.join(out, "final", "model.safetensors"))
 
@@ -42,7 +49,8 @@ def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path):
     # interrupted after step 2, then resumed: identical final weights and metrics
     part = str(tmp_path / "part")
     assert train.main(base + [f"train.output_dir={part}", "train.max_steps=2", "train.save_every=2"]) == 0
-    cache_lines = open(os.path.join(part, "cloud_cache.jsonl")).read().count("\n")
+    cached = _cache_rows(part)
+    assert cached
     assert train.main(base + [f"train.output_dir={part}", "train.max_steps=4", "train.save_every=2", "--resume"]) == 0
     resumed = _weights(part)
     for k in trained:
@@ -50,7 +58,8 @@ def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path):
     m2 = [json.loads(l) for l in open(os.path.join(part, "metrics.jsonl"))]
     assert [m["step"] for m in m2] == [1, 2, 3, 4]
     assert [round(m["reward"], 6) for m in m2] == [round(m["reward"], 6) for m in metrics]
-    assert open(os.path.join(part, "cloud_cache.jsonl")).read().count("\n") >= cache_lines
+    assert set(cached) <= set(_cache_rows(part))  # nothing answered before the interruption is lost
+    assert all(m["cloud_calls"] >= 0 and m["cloud_calls_total"] >= m["cloud_calls"] for m in m2)  # usage in metrics
 
 
 def test_lora_run_with_local_hf_cloud_saves_a_merged_model(tiny_model_dir, tmp_path):
@@ -66,8 +75,8 @@ def test_lora_run_with_local_hf_cloud_saves_a_merged_model(tiny_model_dir, tmp_p
     assert train.main(args) == 0
     merged = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"))
     assert not any("lora" in k for k in merged.state_dict())
-    rows = [json.loads(l) for l in open(os.path.join(out, "cloud_cache.jsonl"))]
-    assert rows and all(r["backend"] == "hf" for r in rows)
+    rows = _cache_rows(out)
+    assert rows and all(r["backend"] == "hf" for r in rows.values())
 
 
 def test_prompt_over_max_prompt_tokens_is_a_clear_error(tiny_model_dir, tmp_path):
