@@ -30,6 +30,15 @@ cost sweep of each method (its own escalation order, every budget from 0 to 1):
 PGR(c) = (acc(c) - acc(never)) / (acc(cloud) - acc(never)); APGR = ∫ PGR dc;
 CPT(x) = the smallest cloud share c with PGR(c) >= x.
 
+Query mode (``rl.env=query``, envs/query.py; ``evaluate_query``).  The budget counts
+calls: at most ``floor(budget·N)`` calls (answered ``<query>``s + escalations) per suite,
+granted in dataset order; once they are used, a ``<query>`` gets ``<response>call limit
+reached</response>`` and an escalation is graded as the device's answer.  Rows per model:
+``<model>`` (capped), ``<model>/uncapped`` (every call granted), ``<model>/never`` (no call
+granted), and ``cloud``; columns add calls per problem and cloud tokens per problem, and
+"w/ call" is the share of problems that made at least one call.  The router and random
+rows are route-mode only.
+
 Outputs under ``--out`` (default ``<train.output_dir>/eval``): ``summary.json``
 (every row of every suite), ``<suite>/samples.jsonl`` (prompt, device output,
 escalated?, cloud output, extracted answers, correct?, per method), and the
@@ -277,7 +286,140 @@ def evaluate(env, generator, problems, budget: float, batch_size: int = 32, max_
     return rows, records
 
 
+# ---------------------------------------------------------------------------- query mode (rl.env=query)
+
+
+def query_pass(env, generator, problems, batch_size=32, max_new_tokens=64, call_limits=None, progress=True, desc="query"):
+    """Greedy multi-turn rollouts (one per problem) of a ``QueryEnv``; ``call_limits[i]`` caps problem i's calls."""
+    out = []
+    bar = tqdm(total=len(problems), desc=desc, unit="prob", disable=not progress, leave=False)
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        limits = None if call_limits is None else call_limits[start : start + batch_size]
+        groups = env.rollout(generator, chunk, 1, temperature=0.0, max_new_tokens=max_new_tokens, call_limits=limits)
+        out += [g.rollouts[0] for g in groups]
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def call_cap_limits(calls: list[int], cap: int) -> list[int | None]:
+    """The test-time call cap in dataset order: problems are granted the calls they make until ``cap`` calls are
+    used; the problem that would cross the cap gets what is left, every later one 0 (None = not limited)."""
+    limits, used = [], 0
+    for c in calls:
+        if used + c <= cap:
+            limits.append(None)
+            used += c
+        else:
+            limits.append(cap - used)
+            used = cap
+    return limits
+
+
+def rerun_with_limits(env, generator, problems, rolls, limits, batch_size, max_new_tokens, progress=True, desc="capped"):
+    """``rolls`` with every problem whose call limit is below the calls it made generated again under that limit."""
+    redo = [i for i, (r, lim) in enumerate(zip(rolls, limits)) if lim is not None and r.calls > lim]
+    out = list(rolls)
+    if redo:
+        again = query_pass(env, generator, [problems[i] for i in redo], batch_size, max_new_tokens, [limits[i] for i in redo], progress, desc)
+        for i, r in zip(redo, again):
+            out[i] = r
+    return out
+
+
+def summarise_query(method, problems, rolls, wanted=None) -> dict:
+    """One query-mode row: accuracy, conditional (no-call) accuracy, share of problems with a call, calls and
+    cloud tokens (in total and per problem), per level."""
+    n = len(problems)
+    unaided = [r for r in rolls if r.calls == 0]
+    by_level = defaultdict(list)
+    for p, r in zip(problems, rolls):
+        by_level[p.level].append(r)
+    row = {
+        "method": method,
+        "n": n,
+        "overall_acc": sum(r.correct for r in rolls) / max(n, 1),
+        "device_acc": sum(r.correct for r in unaided) / max(len(unaided), 1),
+        "offload_rate": sum(r.calls > 0 for r in rolls) / max(n, 1),
+        "cloud_calls": sum(r.calls for r in rolls),
+        "cloud_tokens": sum(r.cloud_tokens for r in rolls),
+        "calls_per_problem": sum(r.calls for r in rolls) / max(n, 1),
+        "cloud_tokens_per_problem": sum(r.cloud_tokens for r in rolls) / max(n, 1),
+        "queries_per_problem": sum(r.num_queries for r in rolls) / max(n, 1),
+        "escalation_rate": sum(r.escalated for r in rolls) / max(n, 1),
+        "per_level": {
+            str(k): {
+                "n": len(v), "offload_rate": sum(r.calls > 0 for r in v) / len(v), "calls_per_problem": sum(r.calls for r in v) / len(v),
+                "acc": sum(r.correct for r in v) / len(v),
+                "device_acc": sum(r.correct for r in v if r.calls == 0) / max(sum(r.calls == 0 for r in v), 1),
+            }
+            for k, v in sorted(by_level.items())
+        },
+    }
+    if wanted is not None:
+        row["wanted_calls_per_problem"] = sum(r.calls for r in wanted) / max(n, 1)
+    return row
+
+
+def query_record(r) -> dict:
+    return {
+        "output": r.sample.text, "queries": r.queries, "refused": r.refused, "calls": r.calls, "cloud_tokens": r.cloud_tokens,
+        "escalated": r.escalated, "wanted_escalation": r.wanted_escalation, "answer": r.local_answer,
+        "device_correct": bool(r.device_correct), "correct": bool(r.correct),
+    }
+
+
+def evaluate_query(env, generator, problems, budget: float, batch_size: int = 32, max_new_tokens: int = 64, seed: int = 0, progress=True):
+    """Query-mode evaluation (rl.env=query), greedy.  Returns (rows, records); the rows:
+
+      * policy    -- calls capped at the budget: granted in dataset order until floor(budget·N) calls
+                     are used; later queries get "call limit reached", later escalations are graded as
+                     device answers (the route cap, counted in calls);
+      * uncapped  -- every call granted (up to rl.max_queries queries per problem, plus the escalation);
+      * never     -- the same model with no call granted at all (the device alone).
+
+    Only problems that called the cloud are generated again for the capped rows (greedy decoding
+    makes the others' outputs identical).  ``seed`` is unused (no random baseline in query mode).
+    """
+    n = len(problems)
+    cap = math.floor(budget * n + 1e-9)
+    free = query_pass(env, generator, problems, batch_size, max_new_tokens, progress=progress, desc="eval")
+    capped_rolls = rerun_with_limits(env, generator, problems, free, call_cap_limits([r.calls for r in free], cap), batch_size, max_new_tokens, progress)
+    never = rerun_with_limits(env, generator, problems, free, [0] * n, batch_size, max_new_tokens, progress, desc="no calls")
+    rows = [
+        summarise_query("policy", problems, capped_rolls, wanted=free),
+        summarise_query("uncapped", problems, free),
+        summarise_query("never", problems, never),
+    ]
+    records = [
+        {"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer, **query_record(c),
+         "uncapped": query_record(f), "never": query_record(nv)}
+        for p, c, f, nv in zip(problems, capped_rolls, free, never)
+    ]
+    return rows, records
+
+
+def format_query_table(rows, title: str | None = None) -> str:
+    head = f"{'method':<16} {'overall':>8} {'device':>8} {'w/ call':>8} {'calls/p':>8} {'tok/p':>7} {'calls':>6} {'c.tokens':>9}"
+    lines = ([title] if title else []) + [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['method']:<16} {100 * r['overall_acc']:>7.1f}% {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
+            f"{r.get('calls_per_problem', r['cloud_calls'] / max(r['n'], 1)):>8.3f} "
+            f"{r.get('cloud_tokens_per_problem', r['cloud_tokens'] / max(r['n'], 1)):>7.1f} {r['cloud_calls']:>6} {r['cloud_tokens']:>9}"
+        )
+    for r in rows:
+        levels = r.get("per_level", {})
+        if len(levels) > 1:
+            extra = f"  (wanted {r['wanted_calls_per_problem']:.3f} calls/problem)" if "wanted_calls_per_problem" in r else ""
+            lines.append(f"{r['method']} calls per level: " + "  ".join(f"L{k}={v.get('calls_per_problem', v['offload_rate']):.2f}" for k, v in levels.items()) + extra)
+    return "\n".join(lines)
+
+
 def format_table(rows, title: str | None = None) -> str:
+    if rows and "calls_per_problem" in rows[0]:
+        return format_query_table(rows, title)
     head = f"{'method':<10} {'overall':>8} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} {'APGR':>6} {'CPT50':>6}"
     lines = ([title] if title else []) + [head, "-" * len(head)]
     fmt = lambda v, pct=False: "     -" if v is None else (f"{100 * v:>5.1f}%" if pct else f"{v:>6.3f}")  # noqa: E731
@@ -307,6 +449,10 @@ def average_rows(per_suite: dict[str, list[dict]]) -> list[dict]:
         for k in ("overall_acc", "device_acc", "offload_rate", "apgr", "cpt50", "cpt80"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             avg[k] = sum(vals) / len(vals) if vals else None
+        for k in ("calls_per_problem", "cloud_tokens_per_problem"):  # query-mode rows only
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            if vals:
+                avg[k] = sum(vals) / len(vals)
         out.append(avg)
     return out
 
@@ -438,6 +584,9 @@ def main(argv=None):
             return args.max_new_tokens
         return MATH_SUITE_MAX_NEW_TOKENS if template == "math" and cfg.task.name != "math" else cfg.train.eval_max_new_tokens
 
+    if cfg.rl.env == "query":
+        return main_query(args, cfg, models, suites, cloud, out, bs, max_new, baselines, budget)
+
     # 1. device passes: every model on every suite (resumable), and the router's rollouts with the base model
     device = defaultdict(dict)  # suite -> model name -> outputs
     router_scores, routers = {}, {}
@@ -482,6 +631,54 @@ def main(argv=None):
         summary["average"] = average_rows(per_suite)
         print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites =="))
     summary["cloud_usage"] = cloud.usage()  # real calls and tokens paid by this run (cache hits are free)
+    print(f"\ncloud usage this run: {summary['cloud_usage']}")
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"wrote {out}/summary.json and {out}/<suite>/samples.jsonl")
+    return 0
+
+
+def main_query(args, cfg, models, suites, cloud, out, bs, max_new, baselines, budget) -> int:
+    """rl.env=query: per model and suite the rows of ``evaluate_query`` (capped / uncapped / no calls), named
+    ``<model>``, ``<model>/uncapped``, ``<model>/never``, and the ``cloud`` row (the cloud answers every problem).
+    The router and random baselines are route-mode rows; query-mode evaluation regenerates instead of resuming
+    (the cloud cache still answers every request it has seen)."""
+    from envs.query import QueryEnv
+    from policies.device import load_device_model
+    from policies.generation import HFGenerator
+
+    skipped = [b for b in baselines if b not in ("cloud", "never")]
+    if skipped:
+        print(f"note: rl.env=query has no {', '.join(skipped)} baseline rows (route mode only); each model gets its own never row")
+    per_suite = {suite: [] for suite, _, _ in suites}
+    records = {suite: [{"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer} for p in probs] for suite, probs, _ in suites}
+    for name, path in models.items():
+        cfg.model.name_or_path, cfg.model.lora = path, False
+        model, tok = load_device_model(cfg.model, for_training=False)
+        gen = HFGenerator(model, tok)
+        for suite, probs, template in suites:
+            env = QueryEnv(template, tok, cloud, cfg.rl.max_queries, cfg.rl.max_response_tokens, cfg.task.max_solve_steps)
+            rows, recs = evaluate_query(env, gen, probs, budget, bs, max_new(template), cfg.train.seed)
+            for r in rows:
+                r["method"] = name if r["method"] == "policy" else f"{name}/{r['method']}"
+            per_suite[suite] += rows
+            for rec, r in zip(records[suite], recs):
+                rec[name] = {k: v for k, v in r.items() if k not in ("uid", "level", "question", "gold")}
+        del model, gen
+    for suite, probs, _ in suites:
+        if "cloud" in baselines:
+            res = run_cloud(cloud, probs, set(range(len(probs))), os.path.join(out, suite, "cloud.jsonl"))
+            per_suite[suite].append(summarise("cloud", probs, [None] * len(probs), range(len(probs)), res))
+        print("\n" + format_table(per_suite[suite], f"== {suite}: {len(probs)} problems, {budget:g} calls per problem, cloud {cfg.cloud.backend} (query mode) =="))
+        os.makedirs(os.path.join(out, suite), exist_ok=True)
+        with open(os.path.join(out, suite, "samples.jsonl"), "w") as f:
+            for r in records[suite]:
+                f.write(json.dumps(r) + "\n")
+    summary = {"budget": budget, "env": "query", "cloud": cfg.cloud.backend, "models": models, "suites": per_suite}
+    if len(per_suite) > 1:
+        summary["average"] = average_rows(per_suite)
+        print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites =="))
+    summary["cloud_usage"] = cloud.usage()
     print(f"\ncloud usage this run: {summary['cloud_usage']}")
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -7,12 +7,14 @@
 
 One step, top to bottom (read ``step()``):
   1. take the next ``rl.rollout_prompts`` training problems (a seeded, resumable order);
-  2. the route environment samples G responses each and grades them; the cloud is
-     asked once per problem that needs it (cached on disk);
-  3. rewards r̃ = r − γ·1{cloud} (rewards/collaboration.py, SPEC §3);
+  2. the environment (``rl.env``) samples G responses each and grades them: ``route``
+     (envs/route.py) asks the cloud once per problem that needs it; ``query``
+     (envs/query.py) answers ``<query>``s mid-generation, batched (cached on disk);
+  3. rewards r̃ = r − γ·1{cloud} (route) or r̃ = r − γ·calls − γ_tok·cloud tokens (query)
+     (rewards/collaboration.py, SPEC §3);
   4. adaptive prompt filtering keeps D1 and up to ρ|D1| D2 prompts (rl/filtering.py, SPEC §5);
   5. GAPG update on the device tokens (rl/gapg.py, SPEC §4);
-  6. dual ascent on γ toward the budget (rl/lagrangian.py).
+  6. dual ascent on γ toward the budget: offload rate (route) or calls per rollout (query) (rl/lagrangian.py).
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from envs.query import QueryEnv
 from envs.route import RouteEnv
 from envs.tasks import load_problems, template_for
-from eval import evaluate, format_table
+from eval import evaluate, evaluate_query, format_table
 from policies.cloud import make_cloud
 from policies.device import load_device_model
 from policies.generation import HFGenerator
-from rewards.collaboration import collaboration_reward
+from rewards.collaboration import collaboration_reward, query_reward
 from rl.config import ConfigError, format_help, load_config, rho, to_dict
 from rl.filtering import select_prompts
 from policies.generation import common_prefix_len
@@ -85,12 +88,30 @@ def save_checkpoint(accelerator, cfg, step: int, dual: DualVariable):
     accelerator.wait_for_everyone()
 
 
+def make_env(cfg, tok, cloud):
+    """The environment ``rl.env`` names: route (answer or escalate) or query (ask mid-reasoning)."""
+    if cfg.rl.env == "query":
+        return QueryEnv(
+            template_for(cfg.task), tok, cloud, cfg.rl.max_queries, cfg.rl.max_response_tokens, cfg.task.max_solve_steps,
+            max_prompt_tokens=cfg.rl.max_prompt_tokens,
+        )
+    return RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
+
+
 def compute_rewards(groups, cfg, gamma: float):
+    rc = cfg.reward
     for g in groups:
-        g.rewards = [
-            collaboration_reward(r.escalated, r.local_correct, r.cloud_correct, cfg.reward.alpha_local, cfg.reward.alpha_cloud, gamma, cfg.reward.charge)
-            for r in g.rollouts
-        ]
+        if cfg.rl.env == "query":
+            g.rewards = [
+                query_reward(r.local_correct, r.escalated, r.cloud_correct, r.calls, r.cloud_tokens, rc.alpha_local, rc.alpha_cloud,
+                             gamma, cfg.rl.gamma_tokens, rc.charge)
+                for r in g.rollouts
+            ]
+        else:
+            g.rewards = [
+                collaboration_reward(r.escalated, r.local_correct, r.cloud_correct, rc.alpha_local, rc.alpha_cloud, gamma, rc.charge)
+                for r in g.rollouts
+            ]
 
 
 def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int, zero_weight: bool = False) -> float:
@@ -98,7 +119,8 @@ def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int, zero_
     coefs = group_advantages(torch.tensor([g.rewards for g in groups], dtype=torch.float32)).flatten()
     if zero_weight:
         coefs.zero_()
-    seqs = [(r.sample.prompt_ids, r.sample.completion_ids) for g in groups for r in g.rollouts]
+    # (prompt, completion, per-token mask): the query mode's inserted cloud tokens are context only, never trained
+    seqs = [(r.sample.prompt_ids, r.sample.completion_ids, r.sample.loss_mask) for g in groups for r in g.rollouts]
     keep = [i for i in range(len(seqs)) if coefs[i] != 0]  # zero-coefficient sequences add nothing to the gradient
     if not keep and accelerator.num_processes > 1:
         keep = [0]  # DDP: every process must join the gradient all-reduce; a zero coefficient adds nothing
@@ -133,7 +155,7 @@ def rollout_metrics(groups) -> dict:
     per_level = defaultdict(list)
     for g in groups:
         per_level[g.problem.level] += [r.escalated for r in g.rollouts]
-    return {
+    out = {
         "reward": sum(x for g in groups for x in g.rewards) / max(len(rolls), 1),
         "offload_rate": sum(r.escalated for r in rolls) / max(len(rolls), 1),
         "device_acc": sum(r.local_correct for r in local) / max(len(local), 1),
@@ -141,12 +163,30 @@ def rollout_metrics(groups) -> dict:
         "truncated": sum(r.sample.truncated for r in rolls) / max(len(rolls), 1),
         "offload_by_level": {str(k): sum(v) / len(v) for k, v in sorted(per_level.items())},
     }
+    if rolls and hasattr(rolls[0], "queries"):  # query mode: calls, queries and cloud tokens per rollout
+        n = len(rolls)
+        calls_level = defaultdict(list)
+        for g in groups:
+            calls_level[g.problem.level] += [r.calls for r in g.rollouts]
+        out.update(
+            calls_per_rollout=sum(r.calls for r in rolls) / n,
+            queries_per_rollout=sum(r.num_queries for r in rolls) / n,
+            refused_per_rollout=sum(r.refused for r in rolls) / n,
+            cloud_tokens_per_rollout=sum(r.cloud_tokens for r in rolls) / n,
+            query_rate=sum(r.num_queries > 0 for r in rolls) / n,
+            acc=sum(r.correct for r in rolls) / n,
+            unaided_acc=sum(r.unaided_correct for r in rolls) / max(sum(r.calls == 0 for r in rolls), 1),
+            helped_acc=sum(r.local_correct for r in rolls if r.queries) / max(sum(bool(r.queries) for r in rolls), 1),
+            calls_by_level={str(k): sum(v) / len(v) for k, v in sorted(calls_level.items())},
+        )
+    return out
 
 
 def run_eval(tag, env, generator, test, cfg, accelerator):
     if not accelerator.is_main_process:
         return None
-    rows, records = evaluate(env, generator, test, cfg.rl.budget, cfg.train.eval_batch_size, cfg.train.eval_max_new_tokens, cfg.train.seed)
+    run = evaluate_query if isinstance(env, QueryEnv) else evaluate
+    rows, records = run(env, generator, test, cfg.rl.budget, cfg.train.eval_batch_size, cfg.train.eval_max_new_tokens, cfg.train.seed)
     tqdm.write(f"\n== held-out evaluation ({tag}, {len(test)} problems, budget {cfg.rl.budget:.0%}) ==\n{format_table(rows)}\n")
     out = os.path.join(cfg.train.output_dir, "eval")
     os.makedirs(out, exist_ok=True)
@@ -243,7 +283,7 @@ def main(argv=None) -> int:
     model, optimizer = accelerator.prepare(model, optimizer)
     generator = HFGenerator(accelerator.unwrap_model(model), tok)
     cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
-    env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
+    env = make_env(cfg, tok, cloud)
     dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
     rho_ = rho(cfg.rl.budget)
 
@@ -283,20 +323,23 @@ def main(argv=None) -> int:
             loss = 0.0
 
         m = rollout_metrics(groups)
-        counts = torch.tensor([sum(r.escalated for g in groups for r in g.rollouts), sum(len(g.rollouts) for g in groups)], dtype=torch.float64, device=accelerator.device)
+        # the constrained quantity: escalations per rollout (route: the offload rate) or calls per rollout (query)
+        counts = torch.tensor([sum(r.calls for g in groups for r in g.rollouts), sum(len(g.rollouts) for g in groups)], dtype=torch.float64, device=accelerator.device)
         counts = accelerator.reduce(counts, reduction="sum")
         offload = (counts[0] / counts[1]).item()
         gamma_used = dual.gamma
         dual.update(offload)
         gen_tokens = sum(len(r.sample.completion_ids) for g in groups for r in g.rollouts)
-        m.update(step=step + 1, loss=loss, gamma=gamma_used, gamma_next=dual.gamma, offload_rate_global=offload, trained_prompts=len(picked),
+        used = "calls" if cfg.rl.env == "query" else "offload"
+        m["calls_per_rollout_global" if used == "calls" else "offload_rate_global"] = offload
+        m.update(step=step + 1, loss=loss, gamma=gamma_used, gamma_next=dual.gamma, trained_prompts=len(picked),
                  rollout_tokens_per_s=gen_tokens / max(t_roll, 1e-9), step_time_s=time.time() - t0, cloud_calls_total=len(cloud), **{f"cloud_{k}": v for k, v in cloud.usage().items()}, **fstats)
         if accelerator.is_main_process:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(m) + "\n")
-            bar.set_postfix(reward=f"{m['reward']:.3f}", offload=f"{offload:.2f}", gamma=f"{gamma_used:.3f}")
+            bar.set_postfix({"reward": f"{m['reward']:.3f}", used: f"{offload:.2f}", "gamma": f"{gamma_used:.3f}"})
             tqdm.write(
-                f"step {step + 1:>4} | reward {m['reward']:+.3f} | device acc {m['device_acc']:.3f} | offload {offload:.3f} | "
+                f"step {step + 1:>4} | reward {m['reward']:+.3f} | device acc {m['device_acc']:.3f} | {used} {offload:.3f} | "
                 f"gamma {gamma_used:.3f} | D1 {fstats.get('d1', '-')} D2 {fstats.get('d2', '-')} | loss {loss:+.4f} | "
                 f"{m['rollout_tokens_per_s']:.0f} tok/s | {m['step_time_s']:.1f}s"
             )

@@ -1,8 +1,10 @@
-"""Prompt templates of the route environment (SPEC §2, paper templates paraphrased).
+"""Prompt templates of the route and query environments (SPEC §2, paper templates paraphrased).
 
 Every template tells the device model how to answer and how to escalate: the
 escalation tag ``<unknown> I need external assistance </unknown>`` at the end of
-its response hands the whole problem to the cloud.
+its response hands the whole problem to the cloud.  The query mode (``mode="query"``)
+adds mid-reasoning help: ``<query>sub-question</query>`` stops generation, the
+cloud's answer comes back as ``<response>...</response>`` and the device goes on.
 """
 
 from __future__ import annotations
@@ -44,20 +46,69 @@ FEW_SHOT = {
 }
 
 
-def render(template: str, question: str, max_steps: int = 6) -> str:
-    return TEMPLATES[template].format(question=question, max_steps=max_steps)
+# Query mode ---------------------------------------------------------------------------------------
+
+QUERY_HOWTO = (
+    "You may ask a stronger model for help at any point: write <query>your question</query>, its answer "
+    "comes back as <response>...</response>, then continue. Each query costs, so ask only what you cannot do."
+)
+
+QUERY_TEMPLATES = {
+    "math": (
+        "Solve the following math problem step by step (\"Step 1: ...\", \"Step 2: ...\"). "
+        "Put your final answer in \\boxed{{}}.\n" + QUERY_HOWTO + "\n"
+        "If you cannot solve it even with help, stop and return " + ESCALATION + "\n\n"
+        "Problem: {question}"
+    ),
+    "countdown": COUNTDOWN + "\n" + QUERY_HOWTO,
+    "arithmetic": ARITHMETIC,
+}
+ARITHMETIC_QUERY_SYSTEM = (
+    "Compute the result and give the final answer in \\boxed{{}}. If a calculation is too hard for you, ask a "
+    "calculator: write <query>the expression</query> and its value comes back as <response>...</response>; "
+    "then give the final answer. If you cannot solve it at all, reply only with " + ESCALATION
+)
+
+# A 135M model needs worked examples to use a tag at all (see FEW_SHOT): two solved
+# examples and two that ask the calculator a sub-expression, then copy its value.
+# "</query><response>" is written without a space, as the device sees it after the
+# environment inserts the response (envs/query.py).
+QUERY_FEW_SHOT = {
+    "arithmetic": [
+        ("What is 3 + 4?", "3 + 4 = 7. \\boxed{7}"),
+        ("What is 4821 * 967?", "<query>4821 * 967</query><response>4661907</response> 4821 * 967 = 4661907. \\boxed{4661907}"),
+        ("What is 6 * 2?", "6 * 2 = 12. \\boxed{12}"),
+        ("What is 738 * 56?", "<query>738 * 56</query><response>41328</response> 738 * 56 = 41328. \\boxed{41328}"),
+    ],
+}
+
+
+def render(template: str, question: str, max_steps: int = 6, mode: str = "route") -> str:
+    table = QUERY_TEMPLATES if mode == "query" else TEMPLATES
+    return table[template].format(question=question, max_steps=max_steps)
 
 
 SYSTEMS = {"arithmetic": ARITHMETIC_SYSTEM.format()}
+QUERY_SYSTEMS = {"arithmetic": ARITHMETIC_QUERY_SYSTEM.format()}
 
 
-def messages(template: str, question: str, max_steps: int = 6, few_shot: bool = True, system: str | None = None) -> list[dict]:
-    """Chat messages: system prompt (the template's own unless given), worked examples, then the problem."""
-    system = system or SYSTEMS.get(template)
+def messages(
+    template: str, question: str, max_steps: int = 6, few_shot: bool = True, system: str | None = None, mode: str = "route"
+) -> list[dict]:
+    """Chat messages: system prompt (the template's own unless given), worked examples, then the problem.
+
+    ``mode="query"`` uses the query-mode prompts (``<query>`` help and ``<unknown>`` escalation)."""
+    system = system or (QUERY_SYSTEMS if mode == "query" else SYSTEMS).get(template)
+    shots = (QUERY_FEW_SHOT if mode == "query" else FEW_SHOT).get(template, []) if few_shot else []
     msgs = [{"role": "system", "content": system}] if system else []
-    for q, a in FEW_SHOT.get(template, []) if few_shot else []:
-        msgs += [{"role": "user", "content": render(template, q, max_steps)}, {"role": "assistant", "content": a}]
-    return msgs + [{"role": "user", "content": render(template, question, max_steps)}]
+    for q, a in shots:
+        msgs += [{"role": "user", "content": render(template, q, max_steps, mode)}, {"role": "assistant", "content": a}]
+    return msgs + [{"role": "user", "content": render(template, question, max_steps, mode)}]
 
 
 CLOUD_SYSTEM = "You are an expert problem solver. Answer the problem; put the final answer in \\boxed{}."
+# A <query> from the device mid-reasoning (query mode): a short, direct answer it can use.
+CLOUD_QUERY_SYSTEM = (
+    "A smaller model asks you a question in the middle of solving a problem. Answer it correctly and briefly: "
+    "give the result, not a full solution."
+)

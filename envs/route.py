@@ -39,6 +39,16 @@ class Rollout:
     device_correct: bool = False  # the device's own answer (text before any tag) is correct
     cloud_correct: bool = False  # meaningful only when escalated
 
+    @property
+    def calls(self) -> int:
+        """Cloud calls this response made (route: the escalation, if any)."""
+        return int(self.escalated)
+
+    @property
+    def unaided_correct(self) -> bool:
+        """Correct without any cloud help (adaptive filtering's D1 test)."""
+        return self.local_correct and not self.escalated
+
 
 @dataclass
 class Group:

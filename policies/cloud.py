@@ -24,6 +24,12 @@ committed as each answer arrives, safe for several processes) keyed by
 ``backend.cache_key(problem)``: a sha256 over the backend's identity (model, seed...),
 the chat messages and the sampling parameters.  Training, evaluation and sweeps that
 point at the same file never pay twice for the same request.
+
+Query mode (``envs/query.py``): a free-text ``<query>`` is wrapped by ``query_problem(text)``
+into a ``Problem`` whose question is the query and whose uid is a hash of it, so the same
+cache and every backend serve it (``cloud.answer_queries(texts)``).  A real backend gets the
+query as the user message under ``CLOUD_QUERY_SYSTEM``; the simulated cloud evaluates the
+arithmetic it asks for (``policies/calculator.py``), always correctly.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from envs.problem import Problem
-from envs.prompts import CLOUD_SYSTEM
+from envs.prompts import CLOUD_QUERY_SYSTEM, CLOUD_SYSTEM
+from policies.calculator import answer_query
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +66,25 @@ class CloudReply:
     cached: bool = False  # served from the cache (disk, or asked before in this process)
 
 
+QUERY_KIND = "query"
+SIMULATED_QUERY_FAILURE = "I can only evaluate arithmetic expressions."
+
+
+def query_problem(text: str) -> Problem:
+    """A free-text sub-question as a Problem: question = the text, uid = a hash of it (keys the cache)."""
+    text = text.strip()
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+    return Problem(uid=f"query-{digest}", question=text, answer="", level=0, meta={"kind": QUERY_KIND})
+
+
+def is_query(problem: Problem) -> bool:
+    return problem.meta.get("kind") == QUERY_KIND
+
+
 def cloud_messages(problem: Problem) -> list[dict]:
-    """The chat the cloud sees: the cloud system prompt and the bare question."""
-    return [{"role": "system", "content": CLOUD_SYSTEM}, {"role": "user", "content": problem.question}]
+    """The chat the cloud sees: the cloud system prompt (a query's own for a ``<query>``) and the bare question."""
+    system = CLOUD_QUERY_SYSTEM if is_query(problem) else CLOUD_SYSTEM
+    return [{"role": "system", "content": system}, {"role": "user", "content": problem.question}]
 
 
 def request_key(identity: dict, messages: list[dict], sampling: dict) -> str:
@@ -102,6 +125,11 @@ class SimulatedCloud:
     def answer_many(self, problems: list[Problem]) -> list[CloudReply]:
         replies = []
         for p in problems:
+            if is_query(p):  # a <query> mid-reasoning: evaluate the arithmetic it asks for, honestly
+                text = answer_query(p.question) or SIMULATED_QUERY_FAILURE
+                prompt_words = sum(len(m["content"].split()) for m in cloud_messages(p))
+                replies.append(CloudReply(text=text, prompt_tokens=prompt_words, completion_tokens=len(text.split())))
+                continue
             if self.solves(p):
                 ans = p.answer
             else:
@@ -583,6 +611,10 @@ class CachedCloud:
 
     def answer(self, problem: Problem) -> str:
         return self.answer_many([problem])[0]
+
+    def answer_queries(self, texts: list[str]) -> list[CloudReply]:
+        """Replies to free-text ``<query>`` questions (query mode), cached like any problem."""
+        return self.replies([query_problem(t) for t in texts])
 
     def close(self):
         if self._db is not None:

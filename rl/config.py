@@ -122,14 +122,24 @@ class RewardConfig:
 
 @dataclass
 class RLConfig:
-    env: str = _h("route", "Environment mode: route (answer or escalate the whole problem with <unknown>).")
+    env: str = _h(
+        "route",
+        "Environment mode: route (answer, or escalate the whole problem with <unknown>) or query (ask the cloud "
+        "mid-reasoning with <query>...</query>, answered inside <response>...</response>; envs/query.py). Same "
+        "trainer, filtering and dual ascent; in query mode rl.budget counts cloud calls per problem.",
+    )
     trainer: str = _h(
         "gapg",
         "gapg: this repo's loop (GAPG + adaptive filtering + Lagrangian γ, SPEC §4-5). trl_drgrpo: the paper's "
         "'collaboration-aware tuning' baseline, TRL GRPOTrainer with Dr.GRPO (no std scaling, β=0) on the same "
         "hierarchical reward with a fixed γ=rl.gamma; it ignores filtering, d1_rule, rollout_prompts and gamma_lr.",
     )
-    budget: float = _h(0.3, "Maximum share of problems sent to the cloud, in (0, 1); ρ = budget / (1 - budget).")
+    budget: float = _h(
+        0.3,
+        "Maximum share of problems sent to the cloud, in (0, 1); ρ = budget / (1 - budget). rl.env=query: the "
+        "maximum mean number of cloud calls (answered queries + escalations) per problem, in (0, 1): the dual "
+        "ascent targets it and eval caps the calls of a suite at floor(budget·N).",
+    )
     group_size: int = _h(8, "G: responses sampled per prompt (>= 2).")
     rollout_prompts: int = _h(16, "Prompts sampled per step before filtering.")
     batch_prompts: int = _h(8, "Prompts per update after adaptive filtering (D1 + D2).")
@@ -139,12 +149,22 @@ class RLConfig:
     )
     gamma: float = _h(0.0, "Initial Lagrange multiplier γ (the cloud-call penalty).")
     gamma_lr: float = _h(
-        0.0, "Dual-ascent step η: γ ← max(0, γ + η (offload_rate − budget)). 0 keeps γ fixed as in the paper."
+        0.0, "Dual-ascent step η: γ ← max(0, γ + η (offload_rate − budget)); rl.env=query: calls per rollout "
+        "instead of offload_rate. 0 keeps γ fixed as in the paper."
     )
     temperature: float = _h(1.0, "Sampling temperature for training rollouts.")
     top_p: float = _h(1.0, "Nucleus sampling for training rollouts.")
     max_new_tokens: int = _h(64, "Response tokens per rollout.")
     max_prompt_tokens: int = _h(512, "Prompts longer than this (in tokens) are rejected with an error.")
+    max_queries: int = _h(
+        2, "rl.env=query: <query> calls answered per rollout; a later <query> gets <response>call limit reached</response> "
+        "(no call, no charge). An <unknown> escalation is one more call on top."
+    )
+    max_response_tokens: int = _h(64, "rl.env=query: a cloud answer inserted as <response> is cut to this many device tokens (0 = no cut).")
+    gamma_tokens: float = _h(
+        0.0, "rl.env=query: fixed extra cost per cloud token (prompt + completion, as the cloud reports them): "
+        "r̃ = r − γ·calls − gamma_tokens·cloud_tokens."
+    )
 
 
 @dataclass
@@ -188,7 +208,7 @@ CHOICES = {
     "task.template": ("auto", "math", "countdown", "arithmetic"),
     "cloud.backend": ("simulated", "hf", "openai"),
     "reward.charge": ("all_escalations", "correct_escalations"),
-    "rl.env": ("route",),
+    "rl.env": ("route", "query"),
     "rl.trainer": ("gapg", "trl_drgrpo"),
     "rl.d1_rule": ("any_correct", "mixed"),
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -299,6 +319,10 @@ def validate(c: Config) -> None:
             f"reward.alpha_cloud={c.reward.alpha_cloud} must be < reward.alpha_local={c.reward.alpha_local}: "
             "with α_c >= α_a the policy collapses to always escalating (SPEC §3). Paper values: 0.2-0.6."
         )
+    if c.rl.env == "query" and c.rl.trainer != "gapg":
+        raise ConfigError("rl.env=query trains with rl.trainer=gapg only (the TRL baseline is single-turn).")
+    if c.rl.max_queries < 0 or c.rl.max_response_tokens < 0 or c.rl.gamma_tokens < 0:
+        raise ConfigError("rl.max_queries, rl.max_response_tokens and rl.gamma_tokens must be >= 0.")
     if c.rl.gamma < 0 or c.rl.gamma_lr < 0:
         raise ConfigError("rl.gamma and rl.gamma_lr must be >= 0 (γ is a Lagrange multiplier for an inequality).")
     if c.rl.temperature <= 0:

@@ -6,6 +6,9 @@
   (``any_correct``) or, by the paper's other wording, both right and wrong local
   responses (``mixed``).
 * D2: prompts no local response solves but the cloud does; at most ρ·|D1| of them.
+  Query mode (envs/query.py): "local" means without any cloud call, so D1 = some rollout
+  solved it with no ``<query>`` and no escalation; D2 = none did, but some rollout solved it
+  with help (``group.cloud_correct`` is set that way by the query environment).
 * The update batch mixes D1 : D2 as 1/(1+ρ) : ρ/(1+ρ).  Prompts that teach nothing
   -- zero reward variance (e.g. all correct), or unsolved by device and cloud --
   are dropped.
@@ -21,8 +24,7 @@ def classify(group, d1_rule: str = "any_correct") -> str:
     """'d1', 'd2' or 'drop' for one group (rewards must already be set)."""
     if len(group.rewards) and pvariance(group.rewards) == 0.0:
         return "drop"  # zero variance: every coefficient (r̃ − mean) is 0
-    local = [r.local_correct for r in group.rollouts if not r.escalated]
-    n_ok = sum(local)
+    n_ok = sum(r.unaided_correct for r in group.rollouts)
     if d1_rule == "any_correct" and n_ok >= 1:
         return "d1"
     if d1_rule == "mixed" and n_ok >= 1 and n_ok < len(group.rollouts):

@@ -40,22 +40,29 @@ def gapg_loss(seq_logprobs: torch.Tensor, coefficients: torch.Tensor, num_prompt
     return -(coefficients.detach().to(seq_logprobs.dtype) * seq_logprobs).sum() / num_prompts
 
 
-def collate(sequences: list[tuple[list[int], list[int]]], pad_id: int):
-    """Right-padded (input_ids, attention_mask, loss_mask) from (prompt_ids, completion_ids) pairs."""
-    width = max(len(p) + len(c) for p, c in sequences)
+def collate(sequences: list[tuple], pad_id: int):
+    """Right-padded (input_ids, attention_mask, loss_mask) from (prompt_ids, completion_ids[, completion_mask]).
+
+    The loss mask is 0 on the prompt and 1 on the completion, or the completion's own per-token
+    mask when one is given (query mode: 0 on the inserted cloud ``<response>`` tokens)."""
+    width = max(len(s[0]) + len(s[1]) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(sequences), width), dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, (p, c) in enumerate(sequences):
+    for i, seq in enumerate(sequences):
+        p, c = seq[0], seq[1]
+        m = seq[2] if len(seq) > 2 else None
         n = len(p) + len(c)
+        if m is not None and len(m) != len(c):
+            raise ValueError(f"sequence {i}: {len(m)} mask entries for {len(c)} completion tokens")
         ids[i, :n] = torch.tensor(p + c)
         attn[i, :n] = 1
-        mask[i, len(p) : n] = 1
+        mask[i, len(p) : n] = 1 if m is None else torch.tensor(m, dtype=torch.long)
     return ids, attn, mask
 
 
-def score_sequences(model, sequences: list[tuple[list[int], list[int]]], pad_id: int, device, shared_prefix: int = 0) -> torch.Tensor:
-    """Sum of device-token log-probs for each (prompt_ids, completion_ids), with gradient: (B,).
+def score_sequences(model, sequences: list[tuple], pad_id: int, device, shared_prefix: int = 0) -> torch.Tensor:
+    """Sum of device-token log-probs for each (prompt_ids, completion_ids[, completion_mask]), with gradient: (B,).
 
     With ``shared_prefix = P > 0`` (all sequences start with the same P tokens), the prefix
     goes through the model once and its KV cache is repeated for every row, with the
@@ -70,7 +77,7 @@ def score_sequences(model, sequences: list[tuple[list[int], list[int]]], pad_id:
     prefix = torch.tensor([sequences[0][0][:shared_prefix]], device=device)
     cache = model(input_ids=prefix, use_cache=True).past_key_values
     cache.batch_repeat_interleave(len(sequences))
-    rest = [(p[shared_prefix:], c) for p, c in sequences]
+    rest = [(s[0][shared_prefix:], *s[1:]) for s in sequences]
     ids, attn, mask = collate(rest, pad_id)
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
     full_attn = torch.cat([torch.ones((len(sequences), shared_prefix), dtype=attn.dtype, device=device), attn], dim=1)

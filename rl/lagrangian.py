@@ -4,6 +4,10 @@ Constraint E[1{cloud}] ≤ ρ E[1{local}], i.e. offload share ≤ ρ/(1+ρ) = bu
 The paper keeps γ fixed; dual ascent is the natural Lagrangian extension:
 
     γ ← max(0, γ + η · (offload_rate − ρ/(1+ρ)))
+
+Query mode (rl.env=query): the constraint is on calls, E[calls per problem] ≤ budget, and the
+same update runs on the mean calls per rollout (answered queries + escalations) in place of
+the offload rate: γ ← max(0, γ + η · (calls_per_rollout − budget)).
 """
 
 from __future__ import annotations

@@ -1,0 +1,242 @@
+"""The ``query`` collaboration environment (SPEC §1): ask the cloud in the middle of reasoning.
+
+    env = QueryEnv("arithmetic", tokenizer=tok, cloud=cloud, max_queries=2)
+    groups = env.rollout(generator, problems, group_size=8, temperature=1.0, max_new_tokens=64)
+
+The device may write ``<query>question</query>`` at any point.  Generation stops right
+after the token that completes ``</query>``, the cloud's answer is inserted as
+``<response>answer</response>`` and the device continues.  One rollout step is batched
+over every unfinished row of all G×P rollouts (``HFGenerator.extend``):
+
+  1. continue each unfinished row until EOS, its device-token budget (``max_new_tokens`` in
+     total, over all its turns) or ``</query>``;
+  2. send the queries of every row that stopped on ``</query>`` to the cloud in one
+     ``answer_queries`` call (cached; the same query is asked once);
+  3. append ``<response>...</response>`` to those rows and go back to 1 with them.
+
+Call limit: a rollout's first ``max_queries`` queries are answered.  A later ``<query>``
+gets ``<response>call limit reached</response>``: no cloud call, no charge, and the device
+goes on, so it can still finish its answer.  A ``</query>`` on the last token of the budget
+ends the rollout unanswered (and uncharged): the device could not use the answer.
+
+Masks: ``sample.loss_mask`` has one entry per completion token, 1 for every token the device
+sampled and 0 for each inserted ``<response>`` token (cloud text and the tags the environment
+writes), so cloud tokens are context only and never trained.  Token ids are kept exactly as
+they were fed to the model, so the trainer scores the very sequence that was sampled.
+
+Grading: the final answer is extracted from the device's own text, with every
+``<query>...</query>`` and ``<response>...</response>`` removed (the cloud's numbers never
+count as the device's answer).  ``<unknown> ... </unknown>`` at the end still escalates the
+whole problem, as in the route environment.  Calls of a rollout = answered queries + the
+escalation (if any); ``rewards/collaboration.py: query_reward`` charges γ per call.
+
+Adaptive filtering (rl/filtering.py): a rollout is *unaided* when it made no call; D1 =
+some unaided rollout is correct, D2 = none is but help (a query or the escalation) solved
+it at least once (``Group.cloud_correct``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from envs.problem import Problem
+from envs.prompts import messages
+from envs.route import _ESCALATION_AT_END, Group, Rollout, is_escalation
+from envs.tasks import grade_response
+from policies.generation import Sample, chat_prompt
+
+QUERY_OPEN, QUERY_CLOSE = "<query>", "</query>"
+RESPONSE_OPEN, RESPONSE_CLOSE = "<response>", "</response>"
+CALL_LIMIT_TEXT = "call limit reached"
+
+_EXCHANGE = re.compile(r"<query>.*?</query>|<response>.*?</response>", re.DOTALL)
+
+
+def device_text(text: str) -> str:
+    """The device's own words: ``text`` without its ``<query>...</query>`` and ``<response>...</response>`` spans."""
+    return _EXCHANGE.sub(" ", text)
+
+
+def response_text(reply: str, overhang: str = "") -> str:
+    """``<response>reply</response>`` to insert after a query.
+
+    ``overhang`` is what the device's last token added after ``</query>`` (a BPE token such as
+    ``><`` completes the tag and starts the next one): when it begins ``<response>``, only the
+    rest of the tag is inserted, so the context reads ``</query><response>`` exactly once."""
+    reply = reply.replace(RESPONSE_OPEN, "").replace(RESPONSE_CLOSE, "").strip()
+    text = RESPONSE_OPEN + reply + RESPONSE_CLOSE
+    if overhang and RESPONSE_OPEN.startswith(overhang):
+        text = text[len(overhang) :]
+    return text
+
+
+@dataclass
+class QueryRollout(Rollout):
+    """One multi-turn rollout: ``escalated``/``cloud_correct`` as in route, plus its queries."""
+
+    queries: list[str] = field(default_factory=list)  # the questions the cloud answered, in order
+    refused: int = 0  # queries past the call limit (answered "call limit reached"; not calls)
+    cloud_tokens: int = 0  # prompt + completion tokens the cloud reported for every call (queries, escalation)
+    wanted_escalation: bool = False  # ended with <unknown>; ``escalated`` is False when the call limit refused it
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.queries)
+
+    @property
+    def calls(self) -> int:
+        """Cloud calls: answered queries + the escalation."""
+        return len(self.queries) + int(self.escalated)
+
+    @property
+    def unaided_correct(self) -> bool:
+        return self.local_correct and not self.queries and not self.escalated
+
+    @property
+    def correct(self) -> bool:
+        """The final answer is right: the cloud's when it escalated, the device's (helped or not) otherwise."""
+        return self.cloud_correct if self.escalated else self.local_correct
+
+
+@dataclass
+class _Row:
+    """A rollout being generated."""
+
+    index: int  # which problem
+    prompt_ids: list[int]
+    query_limit: int  # queries the cloud will answer
+    call_limit: int | None  # all calls (queries + escalation); None = no limit on the escalation
+    ids: list[int] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    device_tokens: int = 0
+    queries: list[str] = field(default_factory=list)
+    refused: int = 0
+    cloud_tokens: int = 0
+    done: bool = False
+    truncated: bool = False
+
+    def add(self, ids: list[int], trained: bool):
+        self.ids += ids
+        self.mask += [int(trained)] * len(ids)
+        self.device_tokens += len(ids) if trained else 0
+
+
+class QueryEnv:
+    """Same surface as ``RouteEnv``: ``prompt``, ``rollout`` (-> ``Group``s of ``QueryRollout``s), ``judge``."""
+
+    def __init__(
+        self, template: str, tokenizer, cloud, max_queries: int = 2, max_response_tokens: int = 64, max_solve_steps: int = 6,
+        few_shot: bool = True, system_prompt: str | None = None, max_prompt_tokens: int = 0,
+    ):
+        self.template, self.tokenizer, self.cloud = template, tokenizer, cloud
+        self.max_queries, self.max_response_tokens = max_queries, max_response_tokens
+        self.max_solve_steps, self.few_shot, self.system_prompt = max_solve_steps, few_shot, system_prompt
+        self.max_prompt_tokens = max_prompt_tokens
+
+    def prompt(self, problem: Problem) -> str:
+        msgs = messages(self.template, problem.question, self.max_solve_steps, self.few_shot, self.system_prompt, mode="query")
+        return chat_prompt(self.tokenizer, msgs)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _response_ids(self, reply: str, overhang: str) -> list[int]:
+        reply = reply.strip()
+        if self.max_response_tokens:
+            ids = self._encode(reply)
+            if len(ids) > self.max_response_tokens:  # a long cloud answer is cut to rl.max_response_tokens
+                reply = self.tokenizer.decode(ids[: self.max_response_tokens], skip_special_tokens=True)
+        return self._encode(response_text(reply, overhang))
+
+    def judge(
+        self, problem: Problem, sample: Sample, queries: list[str] | tuple = (), refused: int = 0, cloud_tokens: int = 0,
+        may_escalate: bool = True,
+    ) -> QueryRollout:
+        """Grade the device's own final answer; ``may_escalate=False``: an ``<unknown>`` ending is refused (call cap)."""
+        wants = is_escalation(sample.text)
+        escalated = wants and may_escalate
+        text = sample.text[: _ESCALATION_AT_END.search(sample.text).start()] if wants else sample.text
+        answer, correct = grade_response(problem, device_text(text))
+        return QueryRollout(
+            sample, escalated, answer, correct and not escalated, device_correct=correct, queries=list(queries),
+            refused=refused, cloud_tokens=cloud_tokens, wanted_escalation=wants,
+        )
+
+    def rollout(
+        self,
+        generator,
+        problems: list[Problem],
+        group_size: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        call_limits: list[int] | None = None,
+    ) -> list[Group]:
+        """G multi-turn rollouts per problem (batched over all of them), graded; see the module docstring.
+
+        ``call_limits[i]`` caps every rollout of problem i at that many calls (queries first, then the
+        escalation), on top of ``max_queries``; evaluation uses it for the test-time budget cap.
+        """
+        tok = self.tokenizer
+        prompt_ids = [self._encode(self.prompt(p)) for p in problems]
+        if self.max_prompt_tokens:
+            for p, ids in zip(problems, prompt_ids):
+                if len(ids) > self.max_prompt_tokens:
+                    raise ValueError(
+                        f"Problem {p.uid} has a {len(ids)}-token prompt, over rl.max_prompt_tokens="
+                        f"{self.max_prompt_tokens}. Raise rl.max_prompt_tokens or drop long problems from the data."
+                    )
+        rows = []
+        for i in range(len(problems)):
+            limit = None if call_limits is None else call_limits[i]
+            qlimit = self.max_queries if limit is None else min(self.max_queries, limit)
+            rows += [_Row(i, prompt_ids[i], qlimit, limit) for _ in range(group_size)]
+
+        active = rows
+        while active:
+            outs = generator.extend(
+                [r.prompt_ids + r.ids for r in active], [max_new_tokens - r.device_tokens for r in active],
+                temperature=temperature, top_p=top_p, stop=QUERY_CLOSE,
+            )
+            asking = []  # (row, question, overhang)
+            for r, o in zip(active, outs):
+                r.add(o.ids, trained=True)
+                if o.reason != "stop" or r.device_tokens >= max_new_tokens:
+                    r.done, r.truncated = True, o.reason != "eos"
+                    continue
+                turn = tok.decode(o.ids, skip_special_tokens=True)
+                before, overhang = turn.split(QUERY_CLOSE, 1) if QUERY_CLOSE in turn else (turn, "")
+                opened = before.rfind(QUERY_OPEN)
+                question = (before[opened + len(QUERY_OPEN) :] if opened >= 0 else before).strip()
+                if len(r.queries) < r.query_limit:
+                    asking.append((r, question, overhang))
+                else:
+                    r.refused += 1
+                    r.add(self._response_ids(CALL_LIMIT_TEXT, overhang), trained=False)
+            if asking:
+                for (r, question, overhang), rep in zip(asking, self.cloud.answer_queries([q for _, q, _ in asking])):
+                    r.queries.append(question)
+                    r.cloud_tokens += rep.prompt_tokens + rep.completion_tokens
+                    r.add(self._response_ids(rep.text, overhang), trained=False)
+            active = [r for r in active if not r.done]
+
+        rolls = []
+        for r in rows:
+            sample = Sample(r.prompt_ids, r.ids, tok.decode(r.ids, skip_special_tokens=True), r.truncated, loss_mask=r.mask)
+            may = r.call_limit is None or len(r.queries) < r.call_limit
+            rolls.append(self.judge(problems[r.index], sample, r.queries, r.refused, r.cloud_tokens, may_escalate=may))
+        groups = [Group(p, rolls[i * group_size : (i + 1) * group_size]) for i, p in enumerate(problems)]
+
+        need = [g for g in groups if any(r.escalated for r in g.rollouts)]  # escalations: the whole problem to the cloud
+        if need:
+            for g, rep in zip(need, self.cloud.replies([g.problem for g in need])):
+                g.cloud_text = rep.text
+                solved = grade_response(g.problem, rep.text)[1]
+                for r in g.rollouts:
+                    if r.escalated:
+                        r.cloud_correct = solved
+                        r.cloud_tokens += rep.prompt_tokens + rep.completion_tokens
+        for g in groups:  # for D2: did help (a query or the escalation) solve it at least once?
+            g.cloud_correct = any((r.local_correct and r.queries) or r.cloud_correct for r in g.rollouts)
+        return groups
