@@ -378,3 +378,21 @@ def test_train_query_mode_end_to_end(tiny_model_dir, tmp_path):
     assert [r["method"] for r in rows] == ["policy", "uncapped", "never"]
     assert rows[0]["cloud_calls"] <= int(0.3 * 6) and "calls_per_problem" in rows[0]
     assert json.load(open(os.path.join(out, "config.json")))["rl"]["env"] == "query"
+
+
+def test_eval_cli_query_mode_rows_and_samples(tiny_model_dir, tmp_path, capsys):
+    import eval as evalmod
+
+    out = str(tmp_path / "ev")
+    argv = ["--model", tiny_model_dir, "rl.env=query", "task.levels=[1+1,1x1]", "task.num_test=6", "train.wandb=false",
+            "--max-new-tokens", "5", "--batch-size", "4", "--baselines", "never,random,cloud", "--out", out]
+    assert evalmod.main(argv) == 0
+    printed = capsys.readouterr().out
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    rows = summary["suites"]["arithmetic"]
+    assert summary["env"] == "query"
+    assert [r["method"] for r in rows] == ["policy", "policy/uncapped", "policy/never", "cloud"]
+    assert all("calls_per_problem" in r for r in rows[:3]) and rows[-1]["cloud_calls"] == 6
+    assert "calls/p" in printed and "has no random baseline rows (route mode only)" in printed
+    samples = [json.loads(line) for line in open(os.path.join(out, "arithmetic", "samples.jsonl"))]
+    assert len(samples) == 6 and {"calls", "queries", "uncapped", "never"} <= set(samples[0]["policy"])
