@@ -130,7 +130,7 @@ def plot(rows: list[dict], path: str, title: str = "") -> str:
     ax.set_ylabel("overall accuracy (%)")
     ax.set_title(title or "Accuracy vs cloud budget (labels: the budget cap)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
