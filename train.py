@@ -187,7 +187,8 @@ def run_eval(tag, env, generator, test, cfg, accelerator):
         return None
     run = evaluate_query if isinstance(env, QueryEnv) else evaluate
     rows, records = run(env, generator, test, cfg.rl.budget, cfg.train.eval_batch_size, cfg.train.eval_max_new_tokens, cfg.train.seed)
-    tqdm.write(f"\n== held-out evaluation ({tag}, {len(test)} problems, budget {cfg.rl.budget:.0%}) ==\n{format_table(rows)}\n")
+    cap = f"{cfg.rl.budget:g} calls per problem" if isinstance(env, QueryEnv) else f"{cfg.rl.budget:.0%}"
+    tqdm.write(f"\n== held-out evaluation ({tag}, {len(test)} problems, budget {cap}) ==\n{format_table(rows)}\n")
     out = os.path.join(cfg.train.output_dir, "eval")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"{tag}.json"), "w") as f:
