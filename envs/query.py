@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from envs.problem import Problem
 from envs.prompts import messages
-from envs.route import _ESCALATION_AT_END, Group, Rollout, is_escalation
+from envs.route import Group, Rollout, check_prompt_tokens, split_escalation
 from envs.tasks import grade_response
 from policies.generation import Sample, chat_prompt
 
@@ -154,9 +154,8 @@ class QueryEnv:
         may_escalate: bool = True,
     ) -> QueryRollout:
         """Grade the device's own final answer; ``may_escalate=False``: an ``<unknown>`` ending is refused (call cap)."""
-        wants = is_escalation(sample.text)
+        wants, text = split_escalation(sample.text)
         escalated = wants and may_escalate
-        text = sample.text[: _ESCALATION_AT_END.search(sample.text).start()] if wants else sample.text
         answer, correct = grade_response(problem, device_text(text))
         return QueryRollout(
             sample, escalated, answer, correct and not escalated, device_correct=correct, queries=list(queries),
@@ -180,13 +179,8 @@ class QueryEnv:
         """
         tok = self.tokenizer
         prompt_ids = [self._encode(self.prompt(p)) for p in problems]
-        if self.max_prompt_tokens:
-            for p, ids in zip(problems, prompt_ids):
-                if len(ids) > self.max_prompt_tokens:
-                    raise ValueError(
-                        f"Problem {p.uid} has a {len(ids)}-token prompt, over rl.max_prompt_tokens="
-                        f"{self.max_prompt_tokens}. Raise rl.max_prompt_tokens or drop long problems from the data."
-                    )
+        for p, ids in zip(problems, prompt_ids):
+            check_prompt_tokens(p, len(ids), self.max_prompt_tokens)
         rows = []
         for i in range(len(problems)):
             limit = None if call_limits is None else call_limits[i]

@@ -28,6 +28,21 @@ def is_escalation(text: str) -> bool:
     return _ESCALATION_AT_END.search(text) is not None
 
 
+def split_escalation(text: str) -> tuple[bool, str]:
+    """(ends with an escalation?, the device's own text before that final tag) -- the text that gets graded."""
+    m = _ESCALATION_AT_END.search(text)
+    return (True, text[: m.start()]) if m else (False, text)
+
+
+def check_prompt_tokens(problem: Problem, n_tokens: int, limit: int) -> None:
+    """Refuse a prompt longer than rl.max_prompt_tokens (0 = no limit) with the fix in the message."""
+    if limit and n_tokens > limit:
+        raise ValueError(
+            f"Problem {problem.uid} has a {n_tokens}-token prompt, over rl.max_prompt_tokens="
+            f"{limit}. Raise rl.max_prompt_tokens or drop long problems from the data."
+        )
+
+
 @dataclass
 class Rollout:
     """One response of the device and what came of it."""
@@ -79,8 +94,7 @@ class RouteEnv:
         return chat_prompt(self.tokenizer, msgs)
 
     def judge(self, problem: Problem, sample: Sample) -> Rollout:
-        escalated = is_escalation(sample.text)
-        text = sample.text[: _ESCALATION_AT_END.search(sample.text).start()] if escalated else sample.text
+        escalated, text = split_escalation(sample.text)
         answer, correct = grade_response(problem, text)
         return Rollout(sample, escalated, answer, correct and not escalated, device_correct=correct)
 
@@ -102,13 +116,8 @@ class RouteEnv:
         samples = generator.generate(
             [self.prompt(p) for p in problems], n=group_size, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens
         )
-        if self.max_prompt_tokens:
-            for p, group in zip(problems, samples):
-                if len(group[0].prompt_ids) > self.max_prompt_tokens:
-                    raise ValueError(
-                        f"Problem {p.uid} has a {len(group[0].prompt_ids)}-token prompt, over rl.max_prompt_tokens="
-                        f"{self.max_prompt_tokens}. Raise rl.max_prompt_tokens or drop long problems from the data."
-                    )
+        for p, group in zip(problems, samples):
+            check_prompt_tokens(p, len(group[0].prompt_ids), self.max_prompt_tokens)
         groups = [Group(p, [self.judge(p, s) for s in group]) for p, group in zip(problems, samples)]
         need = [g for g in groups if any(r.escalated for r in g.rollouts) or (ask_cloud_when_unsolved and not g.any_local_correct)]
         if need:

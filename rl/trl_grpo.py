@@ -24,7 +24,7 @@ import logging
 import os
 from collections import defaultdict
 
-from envs.route import RouteEnv
+from envs.route import RouteEnv, check_prompt_tokens
 from envs.tasks import grade_response, load_problems, template_for
 from policies.cloud import make_cloud
 from policies.device import load_device_model
@@ -83,12 +83,7 @@ def build_dataset(env: RouteEnv, problems, max_prompt_tokens: int = 0):
     tok = env.tokenizer
     if max_prompt_tokens:
         for p, row in zip(problems, rows):
-            n = len(tok(row["prompt"], add_special_tokens=False)["input_ids"])
-            if n > max_prompt_tokens:
-                raise ValueError(
-                    f"Problem {p.uid} has a {n}-token prompt, over rl.max_prompt_tokens={max_prompt_tokens}. "
-                    "Raise rl.max_prompt_tokens or drop long problems from the data."
-                )
+            check_prompt_tokens(p, len(tok(row["prompt"], add_special_tokens=False)["input_ids"]), max_prompt_tokens)
     if rows and tok(rows[0]["prompt"])["input_ids"] != tok(rows[0]["prompt"], add_special_tokens=False)["input_ids"]:
         log.warning(
             "The tokenizer adds special tokens (e.g. BOS) to plain text; TRL tokenizes the rendered prompts with them, "
