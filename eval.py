@@ -197,7 +197,7 @@ def apgr_cpt(curve: np.ndarray, weak: float, strong: float) -> dict:
 
 def summarise(method, problems, device, sent, cloud, wants=None, order=None, cloud_all=None) -> dict:
     """One row: overall / conditional accuracy, offload, calls, tokens, per level; APGR/CPT when every cloud answer is known."""
-    n, sent = len(problems), set(sent)
+    n, sent = len(problems), set(sent)  # the cloud row passes a range
     kept = [i for i in range(n) if i not in sent]
     device_ok = sum(device[i]["correct"] for i in kept)
     cloud_ok = sum(cloud[i]["correct"] for i in sent)
@@ -240,17 +240,17 @@ def suite_rows(problems, policies: dict, base: list[dict], cloud, budget, seed=0
     plans = {}  # method -> (device outputs, capped cloud set, wanted requests, cost-sweep order)
     for name, dev in policies.items():
         wants = [i for i, d in enumerate(dev) if d["escalated"]]
-        plans[name] = (dev, capped(wants, cap), wants, wants)
+        plans[name] = (dev, set(capped(wants, cap)), wants, wants)
     if "never" in baselines:
-        plans["never"] = (base, [], None, [])
+        plans["never"] = (base, set(), None, [])
     if "random" in baselines:
         perm = random.Random(seed).sample(range(n), n)
-        plans["random"] = (base, capped(sorted(perm[:cap]), cap), None, perm)
+        plans["random"] = (base, set(perm[:cap]), None, perm)
     if "router" in baselines and router_scores is not None:
         wants = [i for i in range(n) if router_scores[i] > router_threshold]
-        plans["router"] = (base, capped(wants, cap), wants, list(np.argsort(-np.asarray(router_scores), kind="stable")))
+        plans["router"] = (base, set(capped(wants, cap)), wants, list(np.argsort(-np.asarray(router_scores), kind="stable")))
     every = "cloud" in baselines
-    asked = set(range(n)) if every else set().union(*(set(p[1]) for p in plans.values()))
+    asked = set(range(n)) if every else set().union(*(p[1] for p in plans.values()))
     cloud_res = run_cloud(cloud, problems, asked, cloud_path)
     cloud_all = cloud_res if every else None
     rows = [summarise(m, problems, dev, sent, cloud_res, wants, order, cloud_all) for m, (dev, sent, wants, order) in plans.items()]
@@ -264,7 +264,7 @@ def suite_rows(problems, policies: dict, base: list[dict], cloud, budget, seed=0
             rec.update(cloud_output=c["text"], cloud_answer=c["answer"], cloud_correct=c["correct"])
         for m, (dev, sent, wants, _) in plans.items():
             d = dev[i]
-            to_cloud = i in set(sent)
+            to_cloud = i in sent
             rec[m] = {
                 "prompt": d.get("prompt"), "device_output": d["output"], "device_answer": d["answer"],
                 "device_correct": d["correct"], "escalated": d["escalated"], "sent_to_cloud": to_cloud,
@@ -600,7 +600,6 @@ def main(argv=None):
             check_meta(wpath, {"model": path, "template": template, "max_new_tokens": max_new(template), "temperature": args.temperature})
             device[suite][name] = run_device(env, gen, probs, bs, max_new(template), args.temperature, wpath, desc=f"{suite}:{name}")
             if name == base_name and "router" in baselines:
-                router = routers.get(template)
                 if template not in routers:
                     try:
                         routers[template] = (PromptRouter.load(args.router) if args.router
@@ -614,9 +613,9 @@ def main(argv=None):
 
     # 2. the cloud, the cap, the rows
     per_suite = {}
-    for suite, probs, _ in suites:
+    for suite, probs, template in suites:
         policies = {n: device[suite][n] for n in models if n != "base"}
-        router = routers.get(next(t for s, _, t in suites if s == suite))
+        router = routers.get(template)
         rows, records = suite_rows(
             probs, policies, device[suite][base_name], cloud, budget, cfg.train.seed, router_scores.get(suite),
             router.threshold_for(budget) if router else None, baselines, os.path.join(out, suite, "cloud.jsonl"),
