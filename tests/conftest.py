@@ -46,6 +46,16 @@ def build_tiny_model(path: str, seed: int = 0) -> str:
     return path
 
 
+def score_with_grads(model, seqs, coef, shared_prefix: int):
+    """rl.gapg.score_sequences, then backward of (coef · log-probs): (log-probs, {param: grad}) for exactness tests."""
+    from rl.gapg import score_sequences
+
+    model.zero_grad()
+    lp = score_sequences(model, seqs, pad_id=0, device="cpu", shared_prefix=shared_prefix)
+    (coef * lp).sum().backward()
+    return lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny-llama")))

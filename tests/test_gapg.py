@@ -60,21 +60,14 @@ def test_masked_cloud_tokens_get_no_gradient():
 def test_shared_prefix_scoring_matches_full_sequences_value_and_gradient(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from rl.gapg import score_sequences
+    from conftest import score_with_grads
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     head = list(range(10, 50))
     seqs = [(head + [60, 61], [70, 71, 72]), (head + [62], [73, 74]), (head + [63, 64, 65], [75])]
     coef = torch.tensor([0.5, -1.0, 0.25])
-
-    def run(shared):
-        model.zero_grad()
-        lp = score_sequences(model, seqs, pad_id=0, device="cpu", shared_prefix=shared)
-        (coef * lp).sum().backward()
-        return lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    lp_full, g_full = run(0)
-    lp_shared, g_shared = run(len(head))
+    lp_full, g_full = score_with_grads(model, seqs, coef, 0)
+    lp_shared, g_shared = score_with_grads(model, seqs, coef, len(head))
     assert torch.allclose(lp_full, lp_shared, atol=1e-5)
     for n in g_full:
         assert torch.allclose(g_full[n], g_shared[n], atol=1e-5, rtol=1e-4), n

@@ -290,7 +290,8 @@ def test_filtering_in_query_mode_d1_unaided_d2_helped():
 
 
 def test_gapg_scores_exactly_the_device_tokens_of_a_multi_call_rollout(tiny_model_dir):
-    from rl.gapg import collate, score_sequences, token_logprobs
+    from conftest import score_with_grads
+    from rl.gapg import collate, token_logprobs
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     head = list(range(10, 50))
@@ -307,15 +308,8 @@ def test_gapg_scores_exactly_the_device_tokens_of_a_multi_call_rollout(tiny_mode
         by_hand = lp[0, len(head) + 1] + lp[0, len(head) + 2] + lp[0, len(head) + 5] + lp[0, len(head) + 6]
     assert torch.allclose(want[0], by_hand)
     coef = torch.tensor([0.5, -1.0, 0.25])
-
-    def run(shared):
-        model.zero_grad()
-        out = score_sequences(model, seqs, pad_id=0, device="cpu", shared_prefix=shared)
-        (coef * out).sum().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    full, g_full = run(0)
-    shared, g_shared = run(len(head))
+    full, g_full = score_with_grads(model, seqs, coef, 0)
+    shared, g_shared = score_with_grads(model, seqs, coef, len(head))
     assert torch.allclose(full, want, atol=1e-5) and torch.allclose(shared, want, atol=1e-5)
     for n in g_full:
         assert torch.allclose(g_full[n], g_shared[n], atol=1e-5, rtol=1e-4), n
