@@ -59,10 +59,7 @@ def query_reward(
     """
     if charge not in ("all_escalations", "correct_escalations"):
         raise ValueError(f"reward.charge={charge!r}: use all_escalations or correct_escalations")
-    if escalated:
-        reward = alpha_cloud if cloud_correct else 0.0
-    else:
-        reward = alpha_local if correct else 0.0
+    reward = collaboration_reward(escalated, correct, cloud_correct, alpha_local, alpha_cloud)  # r, no charge yet
     if charge == "all_escalations" or reward > 0:
         reward -= gamma * calls + gamma_tokens * cloud_tokens
     return reward
