@@ -432,6 +432,19 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS answers (
 )"""
 
 
+def _set_wal(db: sqlite3.Connection, wait_s: float = 60.0) -> str:
+    """Switch the file to WAL.  Two processes opening a new file at once (DDP ranks) can get SQLITE_BUSY here
+    without sqlite's busy handler ever waiting, so the switch is retried until ``wait_s`` has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class CachedCloud:
     """Any backend plus an SQLite answer cache keyed by ``backend.cache_key(problem)``.
 
@@ -453,7 +466,7 @@ class CachedCloud:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             # autocommit (isolation_level=None): every INSERT is its own committed transaction
             self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _set_wal(self._db)
             if str(mode).lower() != "wal":
                 log.warning("cloud cache %s: WAL journal unavailable (%s); concurrent writers will wait on each other", self.path, mode)
             self._db.execute("PRAGMA synchronous=FULL")
