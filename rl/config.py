@@ -141,8 +141,17 @@ class RLConfig:
         "ascent targets it and eval caps the calls of a suite at floor(budget·N).",
     )
     group_size: int = _h(8, "G: responses sampled per prompt (>= 2).")
-    rollout_prompts: int = _h(16, "Prompts sampled per step before filtering.")
-    batch_prompts: int = _h(8, "Prompts per update after adaptive filtering (D1 + D2).")
+    rollout_prompts: int = _h(
+        16, "Prompts sampled per step before filtering, over all processes (each process rolls out its contiguous share)."
+    )
+    batch_prompts: int = _h(
+        8, "Prompts per update after adaptive filtering (D1 + D2), over all processes: filtering runs on the gathered groups."
+    )
+    seed_per_prompt: bool = _h(
+        False,
+        "Sample each prompt's G responses alone, seeded by (train.seed, step, position): rollouts then do not depend "
+        "on the number of processes or on batching, so N processes reproduce 1 (the scale-out test). Slower on GPUs.",
+    )
     filtering: bool = _h(True, "Adaptive prompt filtering (paper Algorithm 1); off = train on every sampled prompt.")
     d1_rule: str = _h(
         "any_correct", "D1 membership: any_correct (>= 1 local response correct) or mixed (some right, some wrong)."
