@@ -284,12 +284,13 @@ def run_trl_baseline(cfg, resume: bool) -> int:
 
 
 def make_accelerator(cfg) -> Accelerator:
-    """The Accelerator of the launch config (configs/accelerate/). DeepSpeed on a machine without GPUs needs the gloo
-    backend named: otherwise accelerate counts one process while torch.distributed runs N (accelerate 1.15)."""
-    handlers = []
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not torch.cuda.is_available():
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=handlers)
+    """The Accelerator of the launch config (configs/accelerate/). On a machine without GPUs, accelerate 1.15 counts
+    one process while torch.distributed runs N unless told: CPU processes (gloo DDP) for a multi-process launch, and
+    the gloo backend named for DeepSpeed."""
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    no_gpu = not torch.cuda.is_available()
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if deepspeed and no_gpu else []
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=no_gpu and not deepspeed, kwargs_handlers=handlers)
 
 
 def init_wandb(cfg, accelerator):
