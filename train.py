@@ -353,7 +353,13 @@ def main(argv=None) -> int:
         accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = cfg.train.max_grad_norm
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    generator = HFGenerator(accelerator.unwrap_model(model), tok)
+    generator = HFGenerator(accelerator.unwrap_model(model), tok)  # evaluation, and rollouts with rl.generator=hf
+    if cfg.rl.generator == "vllm":
+        from policies.vllm_generation import VLLMGenerator
+
+        rollout_generator = VLLMGenerator(accelerator.unwrap_model(model), accelerator, tok, cfg.rl)
+    else:
+        rollout_generator = generator
     cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
     env = make_env(cfg, tok, cloud)
     dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
@@ -369,6 +375,8 @@ def main(argv=None) -> int:
             state = json.load(open(os.path.join(ckpt, "trainer_state.json")))
             start, dual.gamma = state["step"], state["gamma"]
             log.info("resumed from %s (step %d, gamma %.4f, %d cached cloud answers)", ckpt, start, dual.gamma, len(cloud))
+            if rollout_generator is not generator:
+                rollout_generator.sync_weights()  # vLLM loaded the initial weights from disk
     wb = init_wandb(cfg, accelerator)
     if start == 0 and cfg.train.eval_before and cfg.train.max_steps > 0:
         run_eval("before", env, generator, test_problems, cfg, accelerator, model)
@@ -379,9 +387,12 @@ def main(argv=None) -> int:
     for step in bar:
         t0 = time.time()
         problems = problems_for_step(train_problems, step, cfg.rl.rollout_prompts, cfg.train.seed)
-        with unwrap_model_for_generation(model, accelerator) as policy:  # ZeRO-3: gathers the weights for generation
-            generator.model = policy
-            groups = rollout_step(env, generator, problems, step, cfg, accelerator)  # all processes' groups
+        if rollout_generator is generator:
+            with unwrap_model_for_generation(model, accelerator) as policy:  # ZeRO-3: gathers the weights for generation
+                generator.model = policy
+                groups = rollout_step(env, generator, problems, step, cfg, accelerator)  # all processes' groups
+        else:  # vLLM holds its own copy of the weights, synced after every update
+            groups = rollout_step(env, rollout_generator, problems, step, cfg, accelerator)
         t_roll = time.time() - t0
         compute_rewards(groups, cfg, dual.gamma)
         if cfg.rl.filtering:
@@ -390,6 +401,8 @@ def main(argv=None) -> int:
             picked, fstats = list(range(min(len(groups), cfg.rl.batch_prompts))), {}
         # the same groups on every process, so every process picks the same prompts (or none, and skips together)
         loss = policy_update(model, optimizer, accelerator, [groups[i] for i in picked], cfg, tok.pad_token_id) if picked else 0.0
+        if picked and rollout_generator is not generator:
+            rollout_generator.sync_weights()
 
         m = rollout_metrics(groups)
         # the constrained quantity: escalations per rollout (route: the offload rate) or calls per rollout (query)

@@ -152,6 +152,18 @@ class RLConfig:
         "Sample each prompt's G responses alone, seeded by (train.seed, step, position): rollouts then do not depend "
         "on the number of processes or on batching, so N processes reproduce 1 (the scale-out test). Slower on GPUs.",
     )
+    generator: str = _h(
+        "hf",
+        "Rollout generation: hf (batched transformers generate, CPU or GPU) or vllm (GPU only, pip install -e "
+        "\".[gpu]\"; TRL's vLLM backend, weights pushed to it after every update). Evaluation always uses hf.",
+    )
+    vllm_mode: str = _h(
+        "colocate", "rl.generator=vllm: colocate (a vLLM engine in each training process, sharing its GPU) or server "
+        "(a separate `trl vllm-serve --model <path>` at rl.vllm_server_base_url), as TRL's GRPOTrainer offers."
+    )
+    vllm_server_base_url: str = _h("http://127.0.0.1:8000", "rl.vllm_mode=server: the URL of `trl vllm-serve`.")
+    vllm_gpu_memory_utilization: float = _h(0.3, "rl.vllm_mode=colocate: share of the GPU memory vLLM may take.")
+    vllm_max_model_len: int = _h(0, "vLLM context length (prompt + completion); 0 = the model's own.")
     filtering: bool = _h(True, "Adaptive prompt filtering (paper Algorithm 1); off = train on every sampled prompt.")
     d1_rule: str = _h(
         "any_correct", "D1 membership: any_correct (>= 1 local response correct) or mixed (some right, some wrong)."
@@ -219,6 +231,8 @@ CHOICES = {
     "reward.charge": ("all_escalations", "correct_escalations"),
     "rl.env": ("route", "query"),
     "rl.trainer": ("gapg", "trl_drgrpo"),
+    "rl.generator": ("hf", "vllm"),
+    "rl.vllm_mode": ("colocate", "server"),
     "rl.d1_rule": ("any_correct", "mixed"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
@@ -330,6 +344,11 @@ def validate(c: Config) -> None:
         )
     if c.rl.env == "query" and c.rl.trainer != "gapg":
         raise ConfigError("rl.env=query trains with rl.trainer=gapg only (the TRL baseline is single-turn).")
+    if c.rl.generator == "vllm" and (c.rl.env != "route" or c.rl.seed_per_prompt or c.rl.trainer != "gapg"):
+        raise ConfigError(
+            "rl.generator=vllm generates single-turn rollouts in one batch per step: it needs rl.env=route, "
+            "rl.trainer=gapg and rl.seed_per_prompt=false (query mode continues rollouts turn by turn: use rl.generator=hf)."
+        )
     if c.rl.max_queries < 0 or c.rl.max_response_tokens < 0 or c.rl.gamma_tokens < 0:
         raise ConfigError("rl.max_queries, rl.max_response_tokens and rl.gamma_tokens must be >= 0.")
     if c.rl.gamma < 0 or c.rl.gamma_lr < 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -102,3 +103,20 @@ def test_deepspeed_zero3_with_lora_matches_one_process(tiny_model_dir, tmp_path)
     m1, m2, w1, w2 = _run_pair(tmp_path, tiny_model_dir, "configs/accelerate/zero3.yaml", lora, deepspeed=True)
     _assert_same_run(m1, m2, w1, w2, tiny_model_dir)
     assert not any("lora" in k for k in w2)  # merged into a plain model
+
+
+def test_cpu_install_never_imports_vllm_and_asking_for_it_is_a_clear_error(tiny_model_dir, tmp_path):
+    probe = "import sys, train, eval, sweep, policies.generation; print('vllm' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "False", done.stderr[-2000:]
+    from rl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="rl.generator=vllm"):
+        load_config(None, ["rl.generator=vllm", "rl.env=query"])
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        args = ARGS + [f"model.name_or_path={tiny_model_dir}", f"train.output_dir={tmp_path}", "rl.generator=vllm",
+                       "rl.seed_per_prompt=false"]
+        with pytest.raises(ImportError, match=re.escape('pip install -e ".[gpu]"')):
+            train.main(args)
