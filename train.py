@@ -30,6 +30,7 @@ import time
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import replace
+from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
@@ -289,7 +290,8 @@ def make_accelerator(cfg) -> Accelerator:
     the gloo backend named for DeepSpeed."""
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     no_gpu = not torch.cuda.is_available()
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if deepspeed and no_gpu else []
+    # the main process evaluates alone while the others wait: a longer timeout than NCCL's 10 minutes
+    handlers = [InitProcessGroupKwargs(backend="gloo" if deepspeed and no_gpu else None, timeout=timedelta(hours=3))]
     return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=no_gpu and not deepspeed, kwargs_handlers=handlers)
 
 

@@ -25,7 +25,7 @@ ARGS = [
     "task.name=arithmetic", "task.num_train=64", "task.num_test=4", "task.levels=[1+1,1x1]",
     "rl.group_size=8", "rl.rollout_prompts=8", "rl.batch_prompts=4", "rl.max_new_tokens=10",
     "rl.gamma=0.05", "rl.gamma_lr=0.5", "rl.seed_per_prompt=true",
-    "train.learning_rate=1e-2", "train.micro_batch_size=5", "train.max_steps=3", "train.save_every=2",
+    "train.learning_rate=1e-2", "train.micro_batch_size=2", "train.max_steps=3", "train.save_every=2",
     "train.wandb=false", "train.eval_max_new_tokens=4", "train.eval_before=false",
 ]
 
