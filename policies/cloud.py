@@ -58,6 +58,11 @@ class CloudError(RuntimeError):
     """A cloud request that cannot succeed (bad key, wrong URL or model, retries exhausted)."""
 
 
+class CloudConfigError(CloudError):
+    """The cloud refuses every request until the configuration is fixed: HTTP 401/403/404 (the key, its access to the
+    model, the URL or the model name).  Training stops on it, where a failure of single requests is only counted."""
+
+
 @dataclass
 class CloudReply:
     text: str
@@ -294,7 +299,8 @@ class OpenAICloud:
                    f"Server said: {self._scrub(body[:300])!r}")
         else:
             fix = f"the server refused the request (not retried). Server said: {self._scrub(body[:300])!r}"
-        return CloudError(f"cloud request failed with HTTP {where}: {fix}")
+        kind = CloudConfigError if status in (401, 403, 404) else CloudError
+        return kind(f"cloud request failed with HTTP {where}: {fix}")
 
     def _parse(self, response) -> CloudReply:
         try:
@@ -618,6 +624,17 @@ class CachedCloud:
             u["calls"], u["cache_hits"], u["prompt_tokens"], u["completion_tokens"],
             f"cache {self.path}" if self.path else "no cache file",
         )
+
+    def lookup(self, problems: list[Problem]) -> list[CloudReply | None]:
+        """The cached reply of each problem, or None; never calls the backend.  After a ``CloudError`` the
+        environments take what did arrive (answers are committed as they come) and mark only the rest as failed."""
+        keys = [self.backend.cache_key(p) for p in problems]
+        self._lookup(dict(zip(keys, problems)))
+        out = []
+        for k in keys:
+            row = self.cache.get(k)
+            out.append(None if row is None else CloudReply(row["text"], row["prompt_tokens"], row["completion_tokens"], cached=True))
+        return out
 
     def answer_many(self, problems: list[Problem]) -> list[str]:
         return [r.text for r in self.replies(problems)]

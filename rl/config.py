@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
@@ -195,6 +196,10 @@ class TrainConfig:
     learning_rate: float = _h(1e-5, "AdamW learning rate.")
     weight_decay: float = _h(0.0, "AdamW weight decay.")
     max_grad_norm: float = _h(1.0, "Gradient clipping (0 = off).")
+    max_skipped_updates: int = _h(
+        3, "A non-finite (NaN/inf) loss or gradient norm skips that update (counted in metrics.jsonl as skipped_updates, "
+        "with a warning); more than this many in a row stops the run with an error (0 = stop at the first).",
+    )
     micro_batch_size: int = _h(16, "Sequences per forward/backward pass (gradient accumulation splits the batch).")
     mixed_precision: str = _h("no", "Accelerate mixed precision: no, bf16 or fp16 (GPU).")
     seed: int = _h(0, "Seed for sampling, data order and initialisation.")
@@ -315,8 +320,30 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     return config
 
 
+# what an API key looks like, as opposed to the NAME of the variable that holds one
+_KEY_PREFIXES = ("sk-", "sk_", "pk-", "rk-", "hf_", "gsk_", "xai-", "aiza", "ghp_", "github_pat_", "glpat-", "nvapi-", "r8_")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _looks_like_a_key(value: str) -> bool:
+    """True unless ``value`` can be an environment variable's name: a known key prefix, characters a name cannot have,
+    or a long run of letters and digits with no underscore (names are words joined by ``_``, keys are random)."""
+    if value.lower().startswith(_KEY_PREFIXES) or not _ENV_NAME.fullmatch(value):
+        return True
+    return len(value) >= 20 and "_" not in value and any(ch.isdigit() for ch in value)
+
+
 def validate(c: Config) -> None:
     """Reject values that cannot work, naming the key and the fix."""
+    for key, value in (("reward.alpha_local", c.reward.alpha_local), ("reward.alpha_cloud", c.reward.alpha_cloud),
+                       ("rl.gamma", c.rl.gamma), ("rl.gamma_lr", c.rl.gamma_lr), ("rl.gamma_tokens", c.rl.gamma_tokens),
+                       ("train.learning_rate", c.train.learning_rate), ("train.max_grad_norm", c.train.max_grad_norm)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value} must be a finite number: a NaN or inf there makes every reward or update NaN.")
+    if c.train.learning_rate <= 0:
+        raise ConfigError(f"train.learning_rate={c.train.learning_rate} must be > 0 (e.g. 1e-5).")
+    if c.train.max_skipped_updates < 0:
+        raise ConfigError(f"train.max_skipped_updates={c.train.max_skipped_updates} must be >= 0 (0 = stop at the first NaN/inf update).")
     for key, choices in CHOICES.items():
         sec, name = key.split(".")
         value = getattr(getattr(c, sec), name)
@@ -372,10 +399,11 @@ def validate(c: Config) -> None:
             )
         if not c.cloud.model:
             raise ConfigError("cloud.backend=openai needs cloud.model=<model name the server serves> (see GET <base_url>/models).")
-    if not c.cloud.api_key_env.replace("_", "").isalnum() or c.cloud.api_key_env.lower().startswith("sk-"):
+    if _looks_like_a_key(c.cloud.api_key_env):  # the message never repeats the value: it may be a secret
         raise ConfigError(
-            "cloud.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself: "
-            "export OPENAI_API_KEY=... and leave the key out of configs and command lines."
+            "cloud.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself "
+            "(the value given looks like a key, so it is not shown here): export OPENAI_API_KEY=... and leave the key "
+            "out of configs and command lines. A variable name is letters, digits and '_', not starting with a digit."
         )
     if c.cloud.timeout_s <= 0 or c.cloud.max_retries < 0 or c.cloud.concurrency < 1:
         raise ConfigError("cloud.timeout_s must be > 0, cloud.max_retries >= 0 and cloud.concurrency >= 1.")
