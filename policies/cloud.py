@@ -58,6 +58,10 @@ class CloudError(RuntimeError):
     """A cloud request that cannot succeed (bad key, wrong URL or model, retries exhausted)."""
 
 
+class _NotSent(CloudError):
+    """A request dropped or abandoned because another request of the batch failed for good: never the cause."""
+
+
 class CloudConfigError(CloudError):
     """The cloud refuses every request until the configuration is fixed: HTTP 401/403/404 (the key, its access to the
     model, the URL or the model name).  Training stops on it, where a failure of single requests is only counted."""
@@ -341,7 +345,7 @@ class OpenAICloud:
                     " (Retry-After)" if last.retry_after is not None else "",
                 )
                 if stop is not None and stop.wait(delay):
-                    raise CloudError(f"cloud request for problem {problem.uid} abandoned: another request failed")
+                    raise _NotSent(f"cloud request for problem {problem.uid} abandoned: another request failed")
                 if stop is None:
                     time.sleep(delay)
             with self._lock:
@@ -386,7 +390,7 @@ class OpenAICloud:
 
             def task(p):
                 if stop.is_set():  # another request failed for good: do not send this one
-                    raise CloudError(f"cloud request for problem {p.uid} not sent: another request failed")
+                    raise _NotSent(f"cloud request for problem {p.uid} not sent: another request failed")
                 try:
                     return self.ask(p, stop)
                 except BaseException:
@@ -402,10 +406,11 @@ class OpenAICloud:
                     reply = fut.result()
                 except BaseException as e:  # noqa: BLE001 -- re-raised below, after the others are saved
                     if error is None:
-                        error = e
                         stop.set()
                         for other in futures:
                             other.cancel()
+                    if error is None or (isinstance(error, _NotSent) and not isinstance(e, _NotSent)):
+                        error = e  # raise the failure itself, not a request dropped because of it
                     continue
                 replies[i] = reply
                 if on_reply is not None:

@@ -311,8 +311,12 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         except (ConfigKeyError, ConfigAttributeError) as e:
             raise _unknown_key_error(str(e.full_key)) from None
         except ValidationError as e:
+            msg = e.msg.splitlines()[0]
+            m = re.match(r"Value '(.*)' of type", msg)
+            if m and _may_be_secret(m.group(1)):  # e.g. an API key pasted into the wrong key: never echo it
+                msg = "Value <not shown: it looks like a secret>" + msg[m.end() - len(" of type"):]
             raise ConfigError(
-                f"Config key '{e.full_key}' got a value of the wrong type: {e.msg.splitlines()[0]}. "
+                f"Config key '{e.full_key}' got a value of the wrong type: {msg}. "
                 "See `python train.py --help` for its type."
             ) from None
     config: Config = OmegaConf.to_object(cfg)
@@ -321,16 +325,24 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
 
 
 # what an API key looks like, as opposed to the NAME of the variable that holds one
-_KEY_PREFIXES = ("sk-", "sk_", "pk-", "rk-", "hf_", "gsk_", "xai-", "aiza", "ghp_", "github_pat_", "glpat-", "nvapi-", "r8_")
+_KEY_PREFIXES = ("sk-", "sk_", "pk-", "rk-", "hf_", "gsk_", "xai-", "AIza", "ghp_", "github_pat_", "glpat-", "nvapi-", "r8_")  # case matters: HF_TOKEN is a name
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _may_be_secret(value: str) -> bool:
+    """A known key prefix, or a long token mixing letters and digits: not to be repeated in an error message."""
+    v = value.strip()
+    return v.startswith(_KEY_PREFIXES) or (
+        len(v) >= 20 and " " not in v and any(c.isdigit() for c in v) and any(c.isalpha() for c in v)
+    )
 
 
 def _looks_like_a_key(value: str) -> bool:
     """True unless ``value`` can be an environment variable's name: a known key prefix, characters a name cannot have,
     or a long run of letters and digits with no underscore (names are words joined by ``_``, keys are random)."""
-    if value.lower().startswith(_KEY_PREFIXES) or not _ENV_NAME.fullmatch(value):
+    if _may_be_secret(value) and "_" not in value.strip("_") or value.startswith(_KEY_PREFIXES):
         return True
-    return len(value) >= 20 and "_" not in value and any(ch.isdigit() for ch in value)
+    return not _ENV_NAME.fullmatch(value)
 
 
 def validate(c: Config) -> None:

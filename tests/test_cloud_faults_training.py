@@ -97,6 +97,19 @@ def test_a_failed_cloud_call_is_an_escalation_without_reward_and_the_answers_tha
     assert m["device_acc"] == pytest.approx(2 / 4) and m["offload_rate"] == pytest.approx(2 / 6)
 
 
+def test_the_error_raised_is_the_failure_not_a_request_dropped_because_of_it(serve, tmp_path):
+    """When one request fails for good, the others are dropped with their own CloudError; whichever finishes first,
+    the batch must raise (and the step log) the cause.  Repeated, since the order of the threads varies."""
+    from policies.cloud import CloudError
+
+    for attempt in range(6):
+        qs = [f"r{attempt}q{i}?" for i in range(8)]
+        server = serve({qs[0]: [("status", 400)], **{q: [("delay", 0.02)] for q in qs[1:]}})
+        cloud = CachedCloud(OpenAICloud(server.base_url, MODEL, api_key_env=KEY_ENV, max_retries=0, concurrency=4), None)
+        with pytest.raises(CloudError, match="HTTP 400"):
+            cloud.answer_many([Problem(f"u{i}", q, "1") for i, q in enumerate(qs)])
+
+
 def test_a_wrong_key_stops_the_rollout_with_the_fix(serve, tiny_model_dir, tmp_path):
     server = serve({None: [("status", 401)] * 5})
     cloud = CachedCloud(OpenAICloud(server.base_url, MODEL, api_key_env=KEY_ENV, max_retries=3), str(tmp_path / "c.sqlite"))
