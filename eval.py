@@ -712,5 +712,17 @@ def train_router(args, cfg, env, gen, template, max_new_tokens, bs, out, base_pa
     return router
 
 
+def cli(argv=None) -> int:
+    """``python eval.py``: ``main``, with a cloud that fails for good reported as one clear line (exit 3), not a traceback."""
+    from policies.cloud import CloudError
+
+    try:
+        return main(argv)
+    except CloudError as e:
+        print(f"error: {e}\nEverything finished so far is kept in the work files under --out: run the same command "
+              "again to resume (nothing is generated or paid for twice).", file=sys.stderr)
+        return 3
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -236,3 +236,31 @@ def test_resume_drops_metrics_of_steps_after_the_checkpoint(tmp_path):
     assert train.truncate_metrics(str(path), 2) == 2
     assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [1, 2]
     assert train.truncate_metrics(str(path), 2) == 0
+
+
+def test_eval_stopped_by_a_cloud_outage_says_so_and_resumes(tiny_model_dir, tmp_path):
+    """The cloud fails for good mid-way (503 after retries): eval.py exits 3 with one clear line, keeps what it has,
+    and the same command finishes once the cloud is back, generating nothing again."""
+    n = 12
+    outage = ScriptedServer({None: [("ok",)] * 5 + [("status", 503)] * 2})  # 5 answers, then one request fails twice
+    try:
+        out = str(tmp_path / "ev")
+        args = ["eval.py", "--model", tiny_model_dir, "--out", out, "--baselines", "never,cloud", "--max-new-tokens", "4",
+                "task.levels=[1+1,1x1]", f"task.num_test={n}", "train.wandb=false",
+                *_cloud_args(outage, **{"cloud.concurrency": 1, "cloud.max_retries": 1})]
+        proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 3, proc.stderr[-3000:]
+        assert "error: cloud request" in proc.stderr and "HTTP 503" in proc.stderr and "run the same command again" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        device = os.path.join(out, "arithmetic", "policy.device.jsonl")
+        before = _lines(device)
+        assert len(before) == n and len(_cache_keys(os.path.join(out, "cloud_cache.sqlite"))) == 5
+
+        _run(args)  # the cloud answers again
+    finally:
+        outage.close()
+    assert _lines(device) == before
+    asked = [r["question"] for r in outage.requests]
+    assert len(asked) == n + 1 and len(set(asked)) == n  # only the failed question was asked twice
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["cloud_usage"]["calls"] == n - 5
