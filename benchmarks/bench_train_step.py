@@ -113,7 +113,7 @@ class GapgStepper:
             "total_s": total, "generation_s": ph["generation"], "scoring_s": ph["rollout"] - ph["generation"],
             "update_s": ph["update"], "other_s": total - ph["rollout"] - ph["update"],
             "samples": len(rolls), "completion_tokens": sum(len(r.sample.completion_ids) for r in rolls),
-            "sequences_in_update": forwarded, "loss": loss,
+            "sequences_in_update": forwarded, "loss": loss, "problem_uids": sorted(p.uid for p in problems),
         }
 
 
@@ -138,12 +138,13 @@ def build_trl(cfg, problems_in_order, fixed_length: bool = False, callbacks=()):
     timer = Timer()
     timer.wrap(trainer, "_generate", "generation")
     timer.wrap(trainer, "_generate_and_score_completions", "prepare")
-    counts = {"completion_tokens": 0, "samples": 0}
+    counts = {"completion_tokens": 0, "samples": 0, "uids": set()}
     calc = trainer._calculate_rewards
 
     def calculate_rewards(inputs, prompts, completions, completion_ids_list):
         counts["completion_tokens"] += sum(len(c) for c in completion_ids_list)
         counts["samples"] += len(completion_ids_list)
+        counts["uids"].update(x["uid"] for x in inputs)
         with timer("scoring"):
             return calc(inputs, prompts, completions, completion_ids_list)
 
@@ -200,9 +201,10 @@ def main(argv=None) -> dict:
                 "scoring_s": ph.get("scoring", 0.0), "update_s": now - clock["start"] - ph.get("prepare", 0.0),
                 "samples": trl_counts["samples"], "completion_tokens": trl_counts["completion_tokens"],
                 "sequences_in_update": trl_counts["samples"],  # TRL forwards every completion, zero advantage or not
+                "problem_uids": sorted(trl_counts["uids"]),
             }
             rec["other_s"] = rec["total_s"] - rec["generation_s"] - rec["scoring_s"] - rec["update_s"]
-            trl_counts.update(samples=0, completion_tokens=0)
+            trl_counts.update(samples=0, completion_tokens=0, uids=set())
             trl_rec.append(rec)
             gapg_rec.append(gapg.step(per_step[k]))
             print(f"step {k + 1}/{n}{' (warm-up)' if k < args.warmup else ''}: TRL {rec['total_s']:.2f}s  GAPG {gapg_rec[-1]['total_s']:.2f}s",
