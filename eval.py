@@ -88,7 +88,14 @@ def append_jsonl(path: str | None, rows: list[dict]) -> None:
     if not path or not rows:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torn = False
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:  # a run killed mid-write left a line without its newline
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
     with open(path, "a") as f:
+        if torn:  # end the torn line, so the first new row gets a line of its own (read_jsonl skips the torn one)
+            f.write("\n")
         for row in rows:
             f.write(json.dumps(row) + "\n")
         f.flush()
@@ -705,5 +712,17 @@ def train_router(args, cfg, env, gen, template, max_new_tokens, bs, out, base_pa
     return router
 
 
+def cli(argv=None) -> int:
+    """``python eval.py``: ``main``, with a cloud that fails for good reported as one clear line (exit 3), not a traceback."""
+    from policies.cloud import CloudError
+
+    try:
+        return main(argv)
+    except CloudError as e:
+        print(f"error: {e}\nEverything finished so far is kept in the work files under --out: run the same command "
+              "again to resume (nothing is generated or paid for twice).", file=sys.stderr)
+        return 3
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

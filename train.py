@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -41,7 +42,7 @@ from envs.query import QueryEnv
 from envs.route import RouteEnv
 from envs.tasks import load_problems, template_for
 from eval import evaluate, evaluate_query, format_table
-from policies.cloud import make_cloud
+from policies.cloud import CloudError, make_cloud
 from policies.device import load_device_model
 from policies.generation import HFGenerator
 from rewards.collaboration import collaboration_reward, query_reward
@@ -75,6 +76,33 @@ def latest_checkpoint(output_dir: str) -> str | None:
         return None
     steps = sorted(int(d.split("-")[1]) for d in os.listdir(root) if d.startswith("step-") and os.path.exists(os.path.join(root, d, "trainer_state.json")))
     return os.path.join(root, f"step-{steps[-1]}") if steps else None
+
+
+def truncate_metrics(path: str, last_step: int) -> int:
+    """Keep the metrics.jsonl lines of steps <= ``last_step`` (the checkpoint a run resumes from): the steps after it
+    are run again, so their old lines (from a killed run) would appear twice.  A line torn by the kill is dropped too.
+    Returns how many lines were dropped."""
+    if not os.path.exists(path):
+        return 0
+    keep, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                step = json.loads(line)["step"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                dropped += 1
+                continue
+            if step <= last_step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+        log.info("metrics.jsonl: dropped %d line(s) after step %d (they are run again)", dropped, last_step)
+    return dropped
 
 
 def save_checkpoint(accelerator, cfg, step: int, dual: DualVariable):
@@ -135,9 +163,39 @@ def compute_rewards(groups, cfg, gamma: float):
             ]
 
 
-def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int) -> float:
+class SkippedUpdates:
+    """Updates skipped because the loss or the gradient norm was not finite (NaN/inf).
+
+    ``policy_update`` calls ``skip`` instead of stepping the optimizer: the gradients are dropped, the weights stay as
+    they were, a warning names the cause, and ``total`` goes into metrics.jsonl as ``skipped_updates``.  More than
+    ``limit`` in a row (``train.max_skipped_updates``; 0 = stop at the first) stops the run with ``FloatingPointError``."""
+
+    def __init__(self, limit: int):
+        self.limit, self.total, self.in_a_row = limit, 0, 0
+
+    def skip(self, what: str):
+        self.total += 1
+        self.in_a_row += 1
+        fix = ("Lower train.learning_rate, check the rewards (reward.*), or use train.mixed_precision=no or bf16 "
+               "instead of fp16; --resume restarts from the last checkpoint.")
+        if self.in_a_row > self.limit:
+            raise FloatingPointError(
+                f"{what}: {self.in_a_row} update(s) in a row skipped, more than train.max_skipped_updates={self.limit}; "
+                f"the run stops. {fix}"
+            )
+        log.warning("%s: this update is skipped (%d in a row, %d in total; the run stops after more than "
+                    "train.max_skipped_updates=%d in a row). %s", what, self.in_a_row, self.total, self.limit, fix)
+
+    def ok(self):
+        self.in_a_row = 0
+
+
+def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int, skipped: SkippedUpdates | None = None) -> float:
     """One GAPG step on the picked groups (the same list on every process): each process scores every
-    W-th sequence, micro-batched, and the gradients meet in one all-reduce and one optimizer step."""
+    W-th sequence, micro-batched, and the gradients meet in one all-reduce and one optimizer step.
+
+    A non-finite loss or gradient norm skips the optimizer step on every process alike and is counted in
+    ``skipped``; without ``skipped`` it raises ``FloatingPointError`` at once."""
     coefs = group_advantages(torch.tensor([g.rewards for g in groups], dtype=torch.float32)).flatten()
     # (prompt, completion, per-token mask): the query mode's inserted cloud tokens are context only, never trained
     seqs = [(r.sample.prompt_ids, r.sample.completion_ids, r.sample.loss_mask) for g in groups for r in g.rollouts]
@@ -169,11 +227,21 @@ def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int) -> fl
         total += loss.item()
     if world > 1:  # the logged loss is the global one: the mean of the processes' W-scaled partial sums
         total = accelerator.reduce(torch.tensor(total, device=accelerator.device), reduction="mean").item()
-    if not torch.isfinite(torch.tensor(total)):
+    # the reduced loss (and the all-reduced gradients' norm) is the same on every process: they skip together
+    skipped = skipped if skipped is not None else SkippedUpdates(0)
+    what = None if math.isfinite(total) else f"GAPG loss is {total}"
+    if what is None and cfg.train.max_grad_norm > 0 and not deepspeed:  # DeepSpeed clips inside its step (gradient_clipping)
+        norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm))
+        if not math.isfinite(norm):
+            what = f"gradient norm is {norm} (loss {total})"
+    if what is not None:
         optimizer.zero_grad(set_to_none=True)
-        raise FloatingPointError(f"GAPG loss is {total}: the update was skipped. Lower train.learning_rate or check rewards.")
-    if cfg.train.max_grad_norm > 0 and not deepspeed:  # DeepSpeed clips inside its step (gradient_clipping)
-        accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        if deepspeed:  # the engine stepped inside backward: this update cannot be undone, only stopped
+            raise FloatingPointError(f"{what} under DeepSpeed, whose engine steps inside backward, so the update could "
+                                     "not be skipped. Resume from the last checkpoint (--resume) with a lower train.learning_rate.")
+        skipped.skip(what)
+        return float("nan")
+    skipped.ok()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total
@@ -185,13 +253,22 @@ def rollout_metrics(groups) -> dict:
     per_level = defaultdict(list)
     for g in groups:
         per_level[g.problem.level] += [r.escalated for r in g.rollouts]
+    # a group whose cloud call failed has no known reward: it is left out of the reward (and of the update)
+    scored = [x for g in groups if getattr(g, "trainable", True) for x in g.rewards]
+    answered = [r for r in rolls if r.escalated and not r.cloud_failed]
     out = {
-        "reward": sum(x for g in groups for x in g.rewards) / max(len(rolls), 1),
+        "reward": sum(scored) / len(scored) if scored else float("nan"),
         "offload_rate": sum(r.escalated for r in rolls) / max(len(rolls), 1),
         "device_acc": sum(r.local_correct for r in local) / max(len(local), 1),
-        "cloud_acc": sum(r.cloud_correct for r in rolls if r.escalated) / max(sum(r.escalated for r in rolls), 1),
+        "cloud_acc": sum(r.cloud_correct for r in answered) / max(len(answered), 1),
         "truncated": sum(r.sample.truncated for r in rolls) / max(len(rolls), 1),
         "offload_by_level": {str(k): sum(v) / len(v) for k, v in sorted(per_level.items())},
+        # the cloud failed (CloudError) for this many problems; their rollouts that needed it were not trained on
+        "cloud_errors": sum(g.cloud_error is not None for g in groups),
+        "cloud_failed_rollouts": sum(r.cloud_failed for r in rolls),
+        # an <unknown>/</unknown> tag that is not a final escalation (unbalanced, or text after it): graded as the device's answer
+        "stray_tags": sum(("<unknown>" in r.sample.text or "</unknown>" in r.sample.text) and not r.escalated
+                          for r in rolls if not getattr(r, "wanted_escalation", False)) / max(len(rolls), 1),
     }
     if rolls and hasattr(rolls[0], "queries"):  # query mode: calls, queries and cloud tokens per rollout
         n = len(rolls)
@@ -224,7 +301,11 @@ def run_eval(tag, env, generator, test, cfg, accelerator, model=None):
     if not accelerator.is_main_process:
         return None
     run = evaluate_query if isinstance(env, QueryEnv) else evaluate
-    rows, records = run(env, generator, test, cfg.rl.budget, cfg.train.eval_batch_size, cfg.train.eval_max_new_tokens, cfg.train.seed)
+    try:
+        rows, records = run(env, generator, test, cfg.rl.budget, cfg.train.eval_batch_size, cfg.train.eval_max_new_tokens, cfg.train.seed)
+    except CloudError as e:  # training goes on; the checkpoint can be evaluated later
+        log.warning("held-out evaluation '%s' skipped: the cloud failed (%s). Evaluate the checkpoint later with eval.py.", tag, e)
+        return None
     cap = f"{cfg.rl.budget:g} calls per problem" if isinstance(env, QueryEnv) else f"{cfg.rl.budget:.0%}"
     tqdm.write(f"\n== held-out evaluation ({tag}, {len(test)} problems, budget {cap}) ==\n{format_table(rows)}\n")
     out = os.path.join(cfg.train.output_dir, "eval")
@@ -366,6 +447,7 @@ def main(argv=None) -> int:
     env = make_env(cfg, tok, cloud)
     dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
     rho_ = rho(cfg.rl.budget)
+    skipped = SkippedUpdates(cfg.train.max_skipped_updates)
 
     start = 0
     if args.resume:
@@ -379,6 +461,8 @@ def main(argv=None) -> int:
             log.info("resumed from %s (step %d, gamma %.4f, %d cached cloud answers)", ckpt, start, dual.gamma, len(cloud))
             if rollout_generator is not generator:
                 rollout_generator.sync_weights()  # vLLM loaded the initial weights from disk
+    if args.resume and accelerator.is_main_process:
+        truncate_metrics(os.path.join(out, "metrics.jsonl"), start)
     wb = init_wandb(cfg, accelerator)
     if start == 0 and cfg.train.eval_before and cfg.train.max_steps > 0:
         run_eval("before", env, generator, test_problems, cfg, accelerator, model)
@@ -400,9 +484,9 @@ def main(argv=None) -> int:
         if cfg.rl.filtering:
             picked, fstats = select_prompts(groups, cfg.rl.batch_prompts, rho_, cfg.rl.d1_rule)
         else:
-            picked, fstats = list(range(min(len(groups), cfg.rl.batch_prompts))), {}
+            picked, fstats = [i for i, g in enumerate(groups) if g.trainable][: cfg.rl.batch_prompts], {}
         # the same groups on every process, so every process picks the same prompts (or none, and skips together)
-        loss = policy_update(model, optimizer, accelerator, [groups[i] for i in picked], cfg, tok.pad_token_id) if picked else 0.0
+        loss = policy_update(model, optimizer, accelerator, [groups[i] for i in picked], cfg, tok.pad_token_id, skipped) if picked else 0.0
         if picked and rollout_generator is not generator:
             rollout_generator.sync_weights()
 
@@ -415,7 +499,8 @@ def main(argv=None) -> int:
         used = "calls" if cfg.rl.env == "query" else "offload"
         m["calls_per_rollout_global" if used == "calls" else "offload_rate_global"] = offload
         m.update(step=step + 1, loss=loss, gamma=gamma_used, gamma_next=dual.gamma, trained_prompts=len(picked),
-                 rollout_tokens_per_s=gen_tokens / max(t_roll, 1e-9), step_time_s=time.time() - t0, cloud_calls_total=len(cloud), **{f"cloud_{k}": v for k, v in cloud.usage().items()}, **fstats)
+                 rollout_tokens_per_s=gen_tokens / max(t_roll, 1e-9), step_time_s=time.time() - t0, cloud_calls_total=len(cloud), **{f"cloud_{k}": v for k, v in cloud.usage().items()}, **fstats,
+                 skipped_updates=skipped.total, problem_uids=[p.uid for p in problems])
         if accelerator.is_main_process:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(m) + "\n")
@@ -426,7 +511,7 @@ def main(argv=None) -> int:
                 f"{m['rollout_tokens_per_s']:.0f} tok/s | {m['step_time_s']:.1f}s"
             )
             if wb is not None:
-                wb.log({k: v for k, v in m.items() if not isinstance(v, dict)} | {f"offload_level/{k}": v for k, v in m["offload_by_level"].items()}, step=step + 1)
+                wb.log({k: v for k, v in m.items() if not isinstance(v, (dict, list))} | {f"offload_level/{k}": v for k, v in m["offload_by_level"].items()}, step=step + 1)
         if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.max_steps:
             save_checkpoint(accelerator, cfg, step + 1, dual)
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.max_steps:

@@ -33,6 +33,11 @@ escalation (if any); ``rewards/collaboration.py: query_reward`` charges γ per c
 Adaptive filtering (rl/filtering.py): a rollout is *unaided* when it made no call; D1 =
 some unaided rollout is correct, D2 = none is but help (a query or the escalation) solved
 it at least once (``Group.cloud_correct``).
+
+Cloud failures (``CloudError``), as in the route environment: a query the cloud could not
+answer gets ``<response>cloud unavailable</response>`` (not a call, not trained) so the
+row can finish, an escalation gets no verdict, and such rollouts are ``cloud_failed``:
+their group is left out of the update (``Group.trainable``) and counted in ``cloud_errors``.
 """
 
 from __future__ import annotations
@@ -42,13 +47,15 @@ from dataclasses import dataclass, field
 
 from envs.problem import Problem
 from envs.prompts import messages
-from envs.route import Group, Rollout, check_prompt_tokens, split_escalation
+from envs.route import Group, Rollout, check_prompt_tokens, cloud_replies_or_none, split_escalation
 from envs.tasks import grade_response
+from policies.cloud import query_problem
 from policies.generation import Sample, chat_prompt
 
 QUERY_OPEN, QUERY_CLOSE = "<query>", "</query>"
 RESPONSE_OPEN, RESPONSE_CLOSE = "<response>", "</response>"
 CALL_LIMIT_TEXT = "call limit reached"
+CLOUD_UNAVAILABLE_TEXT = "cloud unavailable"
 
 _EXCHANGE = re.compile(r"<query>.*?</query>|<response>.*?</response>", re.DOTALL)
 
@@ -115,6 +122,7 @@ class _Row:
     cloud_tokens: int = 0
     done: bool = False
     truncated: bool = False
+    cloud_error: str | None = None  # a query of this row got no answer: the CloudError's message
 
     def add(self, ids: list[int], trained: bool):
         self.ids += ids
@@ -151,7 +159,7 @@ class QueryEnv:
 
     def judge(
         self, problem: Problem, sample: Sample, queries: list[str] | tuple = (), refused: int = 0, cloud_tokens: int = 0,
-        may_escalate: bool = True,
+        may_escalate: bool = True, cloud_failed: bool = False,
     ) -> QueryRollout:
         """Grade the device's own final answer; ``may_escalate=False``: an ``<unknown>`` ending is refused (call cap)."""
         wants, text = split_escalation(sample.text)
@@ -159,7 +167,7 @@ class QueryEnv:
         answer, correct = grade_response(problem, device_text(text))
         return QueryRollout(
             sample, escalated, answer, correct and not escalated, device_correct=correct, queries=list(queries),
-            refused=refused, cloud_tokens=cloud_tokens, wanted_escalation=wants,
+            refused=refused, cloud_tokens=cloud_tokens, wanted_escalation=wants, cloud_failed=cloud_failed,
         )
 
     def rollout(
@@ -209,7 +217,12 @@ class QueryEnv:
                     r.refused += 1
                     r.add(self._response_ids(CALL_LIMIT_TEXT, overhang), trained=False)
             if asking:
-                for (r, question, overhang), rep in zip(asking, self.cloud.answer_queries([q for _, q, _ in asking])):
+                replies, error = cloud_replies_or_none(self.cloud, [query_problem(q) for _, q, _ in asking], "queries")
+                for (r, question, overhang), rep in zip(asking, replies):
+                    if rep is None:  # no answer: the row goes on without one, and its reward is unknown
+                        r.cloud_error = r.cloud_error or error
+                        r.add(self._response_ids(CLOUD_UNAVAILABLE_TEXT, overhang), trained=False)
+                        continue
                     r.queries.append(question)
                     r.cloud_tokens += rep.prompt_tokens + rep.completion_tokens
                     r.add(self._response_ids(rep.text, overhang), trained=False)
@@ -219,12 +232,21 @@ class QueryEnv:
         for r in rows:
             sample = Sample(r.prompt_ids, r.ids, tok.decode(r.ids, skip_special_tokens=True), r.truncated, loss_mask=r.mask)
             may = r.call_limit is None or len(r.queries) < r.call_limit
-            rolls.append(self.judge(problems[r.index], sample, r.queries, r.refused, r.cloud_tokens, may_escalate=may))
+            rolls.append(self.judge(problems[r.index], sample, r.queries, r.refused, r.cloud_tokens, may_escalate=may,
+                                    cloud_failed=r.cloud_error is not None))
         groups = [Group(p, rolls[i * group_size : (i + 1) * group_size]) for i, p in enumerate(problems)]
+        for i, g in enumerate(groups):
+            g.cloud_error = next((r.cloud_error for r in rows[i * group_size : (i + 1) * group_size] if r.cloud_error), None)
 
         need = [g for g in groups if any(r.escalated for r in g.rollouts)]  # escalations: the whole problem to the cloud
         if need:
-            for g, rep in zip(need, self.cloud.replies([g.problem for g in need])):
+            replies, error = cloud_replies_or_none(self.cloud, [g.problem for g in need])
+            for g, rep in zip(need, replies):
+                if rep is None:
+                    g.cloud_error = error
+                    for r in g.rollouts:
+                        r.cloud_failed = r.cloud_failed or r.escalated
+                    continue
                 g.cloud_text = rep.text
                 solved = grade_response(g.problem, rep.text)[1]
                 for r in g.rollouts:

@@ -8,10 +8,20 @@ For each problem the device policy writes G responses ``y^θ``.  A response whos
 (asked once per problem, cached) is appended and graded; otherwise the device's
 own answer is graded.  Only the ``y^θ`` tokens are kept for training
 (``loss_mask``); cloud tokens never enter the policy's loss.
+
+Cloud failures.  When the cloud cannot answer (``CloudError``: retries exhausted on
+429/5xx/timeouts, a 400 for one request), the answers that did arrive are used (they
+are cached as they come), and each problem still without one gets
+``Group.cloud_error``.  Its escalated responses are marked ``cloud_failed``: they stay
+escalations (never graded as device answers), their reward is unknown, and the group
+is left out of the update (``Group.trainable``; train.py counts them in
+``cloud_errors``).  The step goes on.  A ``CloudConfigError`` (401/403/404: the key,
+the URL or the model is wrong, so every request would fail) is raised.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -19,6 +29,8 @@ from envs.problem import Problem
 from envs.prompts import messages
 from envs.tasks import grade_response
 from policies.generation import Sample, chat_prompt
+
+log = logging.getLogger(__name__)
 
 _ESCALATION_AT_END = re.compile(r"<unknown>(.*?)</unknown>\s*$", re.DOTALL)
 
@@ -53,6 +65,7 @@ class Rollout:
     local_correct: bool  # answered locally (no escalation) and correct
     device_correct: bool = False  # the device's own answer (text before any tag) is correct
     cloud_correct: bool = False  # meaningful only when escalated
+    cloud_failed: bool = False  # it needed the cloud (escalation, query) and the cloud failed: its reward is unknown
 
     @property
     def calls(self) -> int:
@@ -74,10 +87,36 @@ class Group:
     cloud_text: str | None = None
     cloud_correct: bool | None = None  # None: the cloud was not asked for this problem
     rewards: list[float] = field(default_factory=list)
+    cloud_error: str | None = None  # the cloud failed for this problem (the CloudError's message)
 
     @property
     def any_local_correct(self) -> bool:
         return any(r.local_correct and not r.escalated for r in self.rollouts)
+
+    @property
+    def trainable(self) -> bool:
+        """False when a rollout needed the cloud and it failed: that reward is unknown, so the update skips the group."""
+        return not any(r.cloud_failed for r in self.rollouts)
+
+
+def cloud_replies_or_none(cloud, problems: list[Problem], what: str = "problems"):
+    """``(cloud.replies(problems), None)``, or after a ``CloudError`` ``(replies with None where none arrived, message)``.
+
+    Answers received before the failure are committed to the cache as they arrive; ``cloud.lookup`` reads them back
+    without calling the backend again."""
+    from policies.cloud import CloudConfigError, CloudError
+
+    try:
+        return cloud.replies(problems), None
+    except CloudConfigError:
+        raise  # a wrong key, URL or model fails every request: stop and say what to fix
+    except CloudError as e:
+        got = cloud.lookup(problems) if hasattr(cloud, "lookup") else [None] * len(problems)
+        log.warning(
+            "cloud failed for %d of %d %s this step; their rollouts are left out of the update and counted in "
+            "cloud_errors. Cause: %s", sum(r is None for r in got), len(problems), what, e,
+        )
+        return got, str(e)
 
 
 class RouteEnv:
@@ -121,10 +160,15 @@ class RouteEnv:
         groups = [Group(p, [self.judge(p, s) for s in group]) for p, group in zip(problems, samples)]
         need = [g for g in groups if any(r.escalated for r in g.rollouts) or (ask_cloud_when_unsolved and not g.any_local_correct)]
         if need:
-            texts = self.cloud.answer_many([g.problem for g in need])
-            for g, text in zip(need, texts):
-                g.cloud_text = text
-                g.cloud_correct = grade_response(g.problem, text)[1]
+            replies, error = cloud_replies_or_none(self.cloud, [g.problem for g in need])
+            for g, rep in zip(need, replies):
+                if rep is None:  # the cloud failed for this problem: escalations stay escalations, with no verdict
+                    g.cloud_error = error
+                    for r in g.rollouts:
+                        r.cloud_failed = r.escalated
+                    continue
+                g.cloud_text = rep.text
+                g.cloud_correct = grade_response(g.problem, rep.text)[1]
                 for r in g.rollouts:
                     r.cloud_correct = r.escalated and g.cloud_correct
         return groups

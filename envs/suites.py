@@ -80,7 +80,7 @@ def normalize_gold(value) -> str | None:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if value != value:  # NaN
+        if value != value or value in (float("inf"), float("-inf")):  # NaN/Infinity in a JSON row: no usable gold
             return None
         return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
     if isinstance(value, (list, tuple)):

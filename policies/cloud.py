@@ -58,6 +58,15 @@ class CloudError(RuntimeError):
     """A cloud request that cannot succeed (bad key, wrong URL or model, retries exhausted)."""
 
 
+class _NotSent(CloudError):
+    """A request dropped or abandoned because another request of the batch failed for good: never the cause."""
+
+
+class CloudConfigError(CloudError):
+    """The cloud refuses every request until the configuration is fixed: HTTP 401/403/404 (the key, its access to the
+    model, the URL or the model name).  Training stops on it, where a failure of single requests is only counted."""
+
+
 @dataclass
 class CloudReply:
     text: str
@@ -294,7 +303,8 @@ class OpenAICloud:
                    f"Server said: {self._scrub(body[:300])!r}")
         else:
             fix = f"the server refused the request (not retried). Server said: {self._scrub(body[:300])!r}"
-        return CloudError(f"cloud request failed with HTTP {where}: {fix}")
+        kind = CloudConfigError if status in (401, 403, 404) else CloudError
+        return kind(f"cloud request failed with HTTP {where}: {fix}")
 
     def _parse(self, response) -> CloudReply:
         try:
@@ -335,7 +345,7 @@ class OpenAICloud:
                     " (Retry-After)" if last.retry_after is not None else "",
                 )
                 if stop is not None and stop.wait(delay):
-                    raise CloudError(f"cloud request for problem {problem.uid} abandoned: another request failed")
+                    raise _NotSent(f"cloud request for problem {problem.uid} abandoned: another request failed")
                 if stop is None:
                     time.sleep(delay)
             with self._lock:
@@ -380,7 +390,7 @@ class OpenAICloud:
 
             def task(p):
                 if stop.is_set():  # another request failed for good: do not send this one
-                    raise CloudError(f"cloud request for problem {p.uid} not sent: another request failed")
+                    raise _NotSent(f"cloud request for problem {p.uid} not sent: another request failed")
                 try:
                     return self.ask(p, stop)
                 except BaseException:
@@ -396,10 +406,11 @@ class OpenAICloud:
                     reply = fut.result()
                 except BaseException as e:  # noqa: BLE001 -- re-raised below, after the others are saved
                     if error is None:
-                        error = e
                         stop.set()
                         for other in futures:
                             other.cancel()
+                    if error is None or (isinstance(error, _NotSent) and not isinstance(e, _NotSent)):
+                        error = e  # raise the failure itself, not a request dropped because of it
                     continue
                 replies[i] = reply
                 if on_reply is not None:
@@ -618,6 +629,17 @@ class CachedCloud:
             u["calls"], u["cache_hits"], u["prompt_tokens"], u["completion_tokens"],
             f"cache {self.path}" if self.path else "no cache file",
         )
+
+    def lookup(self, problems: list[Problem]) -> list[CloudReply | None]:
+        """The cached reply of each problem, or None; never calls the backend.  After a ``CloudError`` the
+        environments take what did arrive (answers are committed as they come) and mark only the rest as failed."""
+        keys = [self.backend.cache_key(p) for p in problems]
+        self._lookup(dict(zip(keys, problems)))
+        out = []
+        for k in keys:
+            row = self.cache.get(k)
+            out.append(None if row is None else CloudReply(row["text"], row["prompt_tokens"], row["completion_tokens"], cached=True))
+        return out
 
     def answer_many(self, problems: list[Problem]) -> list[str]:
         return [r.text for r in self.replies(problems)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
@@ -195,6 +196,10 @@ class TrainConfig:
     learning_rate: float = _h(1e-5, "AdamW learning rate.")
     weight_decay: float = _h(0.0, "AdamW weight decay.")
     max_grad_norm: float = _h(1.0, "Gradient clipping (0 = off).")
+    max_skipped_updates: int = _h(
+        3, "A non-finite (NaN/inf) loss or gradient norm skips that update (counted in metrics.jsonl as skipped_updates, "
+        "with a warning); more than this many in a row stops the run with an error (0 = stop at the first).",
+    )
     micro_batch_size: int = _h(16, "Sequences per forward/backward pass (gradient accumulation splits the batch).")
     mixed_precision: str = _h("no", "Accelerate mixed precision: no, bf16 or fp16 (GPU).")
     seed: int = _h(0, "Seed for sampling, data order and initialisation.")
@@ -306,8 +311,12 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         except (ConfigKeyError, ConfigAttributeError) as e:
             raise _unknown_key_error(str(e.full_key)) from None
         except ValidationError as e:
+            msg = e.msg.splitlines()[0]
+            m = re.match(r"Value '(.*)' of type", msg)
+            if m and _may_be_secret(m.group(1)):  # e.g. an API key pasted into the wrong key: never echo it
+                msg = "Value <not shown: it looks like a secret>" + msg[m.end() - len(" of type"):]
             raise ConfigError(
-                f"Config key '{e.full_key}' got a value of the wrong type: {e.msg.splitlines()[0]}. "
+                f"Config key '{e.full_key}' got a value of the wrong type: {msg}. "
                 "See `python train.py --help` for its type."
             ) from None
     config: Config = OmegaConf.to_object(cfg)
@@ -315,8 +324,38 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     return config
 
 
+# what an API key looks like, as opposed to the NAME of the variable that holds one
+_KEY_PREFIXES = ("sk-", "sk_", "pk-", "rk-", "hf_", "gsk_", "xai-", "AIza", "ghp_", "github_pat_", "glpat-", "nvapi-", "r8_")  # case matters: HF_TOKEN is a name
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _may_be_secret(value: str) -> bool:
+    """A known key prefix, or a long token mixing letters and digits: not to be repeated in an error message."""
+    v = value.strip()
+    return v.startswith(_KEY_PREFIXES) or (
+        len(v) >= 20 and " " not in v and any(c.isdigit() for c in v) and any(c.isalpha() for c in v)
+    )
+
+
+def _looks_like_a_key(value: str) -> bool:
+    """True unless ``value`` can be an environment variable's name: a known key prefix, characters a name cannot have,
+    or a long run of letters and digits with no underscore (names are words joined by ``_``, keys are random)."""
+    if _may_be_secret(value) and "_" not in value.strip("_") or value.startswith(_KEY_PREFIXES):
+        return True
+    return not _ENV_NAME.fullmatch(value)
+
+
 def validate(c: Config) -> None:
     """Reject values that cannot work, naming the key and the fix."""
+    for key, value in (("reward.alpha_local", c.reward.alpha_local), ("reward.alpha_cloud", c.reward.alpha_cloud),
+                       ("rl.gamma", c.rl.gamma), ("rl.gamma_lr", c.rl.gamma_lr), ("rl.gamma_tokens", c.rl.gamma_tokens),
+                       ("train.learning_rate", c.train.learning_rate), ("train.max_grad_norm", c.train.max_grad_norm)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value} must be a finite number: a NaN or inf there makes every reward or update NaN.")
+    if c.train.learning_rate <= 0:
+        raise ConfigError(f"train.learning_rate={c.train.learning_rate} must be > 0 (e.g. 1e-5).")
+    if c.train.max_skipped_updates < 0:
+        raise ConfigError(f"train.max_skipped_updates={c.train.max_skipped_updates} must be >= 0 (0 = stop at the first NaN/inf update).")
     for key, choices in CHOICES.items():
         sec, name = key.split(".")
         value = getattr(getattr(c, sec), name)
@@ -372,10 +411,11 @@ def validate(c: Config) -> None:
             )
         if not c.cloud.model:
             raise ConfigError("cloud.backend=openai needs cloud.model=<model name the server serves> (see GET <base_url>/models).")
-    if not c.cloud.api_key_env.replace("_", "").isalnum() or c.cloud.api_key_env.lower().startswith("sk-"):
+    if _looks_like_a_key(c.cloud.api_key_env):  # the message never repeats the value: it may be a secret
         raise ConfigError(
-            "cloud.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself: "
-            "export OPENAI_API_KEY=... and leave the key out of configs and command lines."
+            "cloud.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself "
+            "(the value given looks like a key, so it is not shown here): export OPENAI_API_KEY=... and leave the key "
+            "out of configs and command lines. A variable name is letters, digits and '_', not starting with a digit."
         )
     if c.cloud.timeout_s <= 0 or c.cloud.max_retries < 0 or c.cloud.concurrency < 1:
         raise ConfigError("cloud.timeout_s must be > 0, cloud.max_retries >= 0 and cloud.concurrency >= 1.")

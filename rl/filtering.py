@@ -11,7 +11,8 @@
   with help (``group.cloud_correct`` is set that way by the query environment).
 * The update batch mixes D1 : D2 as 1/(1+ρ) : ρ/(1+ρ).  Prompts that teach nothing
   -- zero reward variance (e.g. all correct), or unsolved by device and cloud --
-  are dropped.
+  are dropped, and so are prompts whose reward is unknown because the cloud failed
+  for one of their rollouts (``group.trainable`` is False; envs/route.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from statistics import pvariance
 
 def classify(group, d1_rule: str = "any_correct") -> str:
     """'d1', 'd2' or 'drop' for one group (rewards must already be set)."""
+    if not getattr(group, "trainable", True):
+        return "drop"  # a rollout needed the cloud and it failed: its reward is unknown
     if len(group.rewards) and pvariance(group.rewards) == 0.0:
         return "drop"  # zero variance: every coefficient (r̃ − mean) is 0
     n_ok = sum(r.unaided_correct for r in group.rollouts)

@@ -24,7 +24,7 @@ import logging
 import os
 from collections import defaultdict
 
-from envs.route import RouteEnv, check_prompt_tokens
+from envs.route import RouteEnv, check_prompt_tokens, cloud_replies_or_none
 from envs.tasks import grade_response, load_problems, template_for
 from policies.cloud import make_cloud
 from policies.device import load_device_model
@@ -40,6 +40,9 @@ def make_reward_fn(env: RouteEnv, problems, reward_cfg, gamma: float):
     Each completion is judged by ``env.judge`` (escalated iff it ENDS with ``<unknown>...</unknown>``);
     the cloud (cached, one call per problem ever) is asked for every problem with an escalation.
     ``log_metric`` (passed by TRL) receives the offload rate, device and cloud accuracy of the batch.
+    A problem whose cloud call fails (``CloudError``) has no known reward: all of its completions get the same
+    reward, 0, so its Dr.GRPO advantages (r − mean r) are 0 and it adds nothing to the update; ``cloud_errors``
+    counts such problems.
     """
     by_uid = {p.uid: p for p in problems}
 
@@ -48,12 +51,16 @@ def make_reward_fn(env: RouteEnv, problems, reward_cfg, gamma: float):
         ids = completion_ids or [[] for _ in completions]
         rolls = [env.judge(p, Sample([], list(c_ids), text, False)) for p, text, c_ids in zip(probs, completions, ids)]
         asked = list(dict.fromkeys(p for p, r in zip(probs, rolls) if r.escalated))
-        cloud_ok = {}
+        cloud_ok, failed = {}, set()
         if asked:
-            for p, text in zip(asked, env.cloud.answer_many(asked)):
-                cloud_ok[p.uid] = grade_response(p, text)[1]
+            replies, _ = cloud_replies_or_none(env.cloud, asked)
+            for p, rep in zip(asked, replies):
+                if rep is None:
+                    failed.add(p.uid)
+                else:
+                    cloud_ok[p.uid] = grade_response(p, rep.text)[1]
         rewards = [
-            collaboration_reward(
+            0.0 if p.uid in failed else collaboration_reward(
                 r.escalated, r.local_correct, r.escalated and cloud_ok[p.uid], reward_cfg.alpha_local,
                 reward_cfg.alpha_cloud, gamma, reward_cfg.charge,
             )
@@ -64,7 +71,9 @@ def make_reward_fn(env: RouteEnv, problems, reward_cfg, gamma: float):
             n, esc = len(rolls), sum(r.escalated for r in rolls)
             log_metric("offload_rate", esc / max(n, 1))
             log_metric("device_acc", sum(r.local_correct for r in rolls) / max(n - esc, 1))
-            log_metric("cloud_acc", sum(cloud_ok[p.uid] for p, r in zip(probs, rolls) if r.escalated) / max(esc, 1))
+            answered = [cloud_ok[p.uid] for p, r in zip(probs, rolls) if r.escalated and p.uid not in failed]
+            log_metric("cloud_acc", sum(answered) / max(len(answered), 1))
+            log_metric("cloud_errors", len(failed))
             per_level = defaultdict(list)
             for p, r in zip(probs, rolls):
                 per_level[p.level].append(r.escalated)
@@ -173,39 +182,56 @@ def _callbacks(path: str, eval_every: int, eval_hook):
     return [MetricsJsonl()]
 
 
+def build_trainer(cfg, model, tok, cloud, train_problems, eval_hook=None, callbacks=(), args=None):
+    """The ``GRPOTrainer`` of the Dr.GRPO baseline: RouteEnv prompts, the hierarchical reward, ``grpo_config(cfg)``.
+
+    ``train_with_trl`` and ``benchmarks/bench_train_step.py`` build it here, so the baseline that is trained and the
+    one that is timed are the same object.  ``args`` replaces the ``GRPOConfig`` (e.g. the benchmark turns off the
+    dataset shuffle to feed GAPG's prompts in GAPG's order); ``callbacks`` are added to the metrics callback.
+    """
+    from accelerate import PartialState
+    from trl import GRPOTrainer
+
+    env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
+    args = args if args is not None else grpo_config(cfg, PartialState().num_processes)
+    log.info(
+        "TRL Dr.GRPO baseline: %d prompts x G=%d per step (%d per forward, %d accumulation steps), fixed gamma %.3f; "
+        "rl.filtering, rl.d1_rule, rl.rollout_prompts and rl.gamma_lr do not apply",
+        cfg.rl.batch_prompts, cfg.rl.group_size, args.per_device_train_batch_size, args.gradient_accumulation_steps, cfg.rl.gamma,
+    )
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=make_reward_fn(env, train_problems, cfg.reward, cfg.rl.gamma),
+        args=args,
+        train_dataset=build_dataset(env, train_problems, cfg.rl.max_prompt_tokens),
+        processing_class=tok,
+        callbacks=_callbacks(os.path.join(cfg.train.output_dir, "metrics.jsonl"), cfg.train.eval_every, eval_hook) + list(callbacks),
+    )
+
+
 def train_with_trl(cfg, resume: bool = False, eval_hook=None) -> str:
     """Train the device policy with TRL GRPOTrainer (Dr.GRPO); save ``<output_dir>/final`` and return its path.
 
     ``resume`` continues from the last ``<output_dir>/checkpoint-N``; ``eval_hook(tag, model, tokenizer)``, if
     given, runs every ``train.eval_every`` steps (train.py passes its held-out evaluation).
     """
-    from accelerate import PartialState
-    from trl import GRPOTrainer
-
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
     train_problems, _ = load_problems(cfg.task)
     model, tok = load_device_model(cfg.model)  # LoRA adapters already attached when cfg.model.lora
     cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
-    env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
-    args = grpo_config(cfg, PartialState().num_processes)
-    log.info(
-        "TRL Dr.GRPO baseline: %d prompts x G=%d per step (%d per forward, %d accumulation steps), fixed gamma %.3f; "
-        "rl.filtering, rl.d1_rule, rl.rollout_prompts and rl.gamma_lr do not apply",
-        cfg.rl.batch_prompts, cfg.rl.group_size, args.per_device_train_batch_size, args.gradient_accumulation_steps, cfg.rl.gamma,
-    )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=make_reward_fn(env, train_problems, cfg.reward, cfg.rl.gamma),
-        args=args,
-        train_dataset=build_dataset(env, train_problems, cfg.rl.max_prompt_tokens),
-        processing_class=tok,
-        callbacks=_callbacks(os.path.join(out, "metrics.jsonl"), cfg.train.eval_every, eval_hook),
-    )
+    trainer = build_trainer(cfg, model, tok, cloud, train_problems, eval_hook=eval_hook)
     if cfg.train.max_steps > 0:
         has_ckpt = resume and any(d.startswith("checkpoint-") for d in os.listdir(out))
         if resume and not has_ckpt:
             log.warning("--resume: no TRL checkpoint-N in %s; starting from step 0", out)
+        if resume and trainer.accelerator.is_main_process:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            from train import truncate_metrics
+
+            last = get_last_checkpoint(out) if has_ckpt else None
+            truncate_metrics(os.path.join(out, "metrics.jsonl"), int(last.rsplit("-", 1)[1]) if last else 0)
         trainer.train(resume_from_checkpoint=True if has_ckpt else None)
 
     final = os.path.join(out, "final")
