@@ -374,3 +374,24 @@ def test_train_py_sft_mode_tunes_saves_and_reports(tiny_model_dir, tmp_path):
     rl_out = str(tmp_path / "rl")
     assert train.main(["--config", TINY, f"model.name_or_path={final}", f"train.output_dir={rl_out}", "train.max_steps=1"]) == 0
     assert os.path.exists(os.path.join(rl_out, "final", "model.safetensors"))
+
+
+def test_format_compliance_script(tiny_model_dir, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("format_compliance", os.path.join(os.path.dirname(__file__), "..", "scripts", "format_compliance.py"))
+    fc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fc)
+    rows = [  # an answer right, an answer wrong, a well-formed escalation, an unformatted reply
+        {"format_ok": True, "answer": "7", "escalated": False, "correct": True},
+        {"format_ok": True, "answer": "8", "escalated": False, "correct": False},
+        {"format_ok": True, "answer": None, "escalated": True, "correct": False},
+        {"format_ok": False, "answer": None, "escalated": False, "correct": False},
+    ]
+    m = fc.measure(rows)
+    assert (m["format_rate"], m["answer_rate"], m["escalation_rate"], m["device_acc_all"]) == (0.75, 0.5, 0.25, 0.25)
+    assert m["device_acc_answered"] == pytest.approx(1 / 3)
+    out = tmp_path / "fmt.json"
+    assert fc.main(["--config", TINY, "--models", f"tiny={tiny_model_dir}", "--limit", "3", "--out", str(out)]) == 0
+    got = json.load(open(out))
+    assert [(r["model"], r["prompt"], r["n"]) for r in got["rows"]] == [("tiny", "few-shot", 3), ("tiny", "zero-shot", 3)]
