@@ -73,6 +73,8 @@ def parse_pairs(text: str, k: int | None = None) -> list[tuple[str, str]]:
 def augment(cloud, examples: list[tuple[Problem, str]], template: str, k: int, chunk_size: int = 16):
     """(candidates, stats): k synthetic pairs per real example (problem, response), parsed from the cloud's reply.
 
+    ``cloud`` is a ``CachedCloud`` (``policies.cloud.make_cloud``): every reply is cached, its usage is counted.
+
     Requests go out ``chunk_size`` at a time; each reply is committed to the cloud cache as it arrives."""
     requests = [augment_problem(augment_prompt(template, p.question, y, k), p, k) for p, y in examples]
     cands, short, empty = [], 0, 0

@@ -167,7 +167,7 @@ def prepare_data(cfg, generator, tok, cloud, out_dir: str):
         verifier = AnswerVerifier(template, cloud) if s.verify_answers else None
         nli = NLIScorer(s.nli_model) if s.nli_model else None
         kept, stats["filters"] = filter_pairs(cands, s, verifier, nli)
-        append_jsonl_fresh(os.path.join(out_dir, "candidates.jsonl"), [asdict(c) for c in cands])
+        write_jsonl(os.path.join(out_dir, "candidates.jsonl"), [asdict(c) for c in cands])
         answers += [Example(c.x, c.y, "synthetic", f"{c.source_uid}:syn{i}", c.level) for i, c in enumerate(kept)]
         f = stats["filters"]
         log.info(
@@ -194,7 +194,7 @@ def prepare_data(cfg, generator, tok, cloud, out_dir: str):
     for e in examples:  # the RL prompt of every example must fit, as RL checks it
         prompt = chat_prompt(tok, messages(template, e.question, cfg.task.max_solve_steps))
         check_prompt_tokens(Problem(e.uid, e.question, ""), len(tok(prompt, add_special_tokens=False)["input_ids"]), cfg.rl.max_prompt_tokens)
-    append_jsonl_fresh(os.path.join(out_dir, "mix.jsonl"), [asdict(e) for e in examples])
+    write_jsonl(os.path.join(out_dir, "mix.jsonl"), [asdict(e) for e in examples])
     with open(os.path.join(out_dir, "stats.json"), "w") as f:
         json.dump(stats, f, indent=2)
     m = stats["mix"]
@@ -203,7 +203,8 @@ def prepare_data(cfg, generator, tok, cloud, out_dir: str):
     return examples, stats
 
 
-def append_jsonl_fresh(path: str, rows: list[dict]) -> None:
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    """``rows`` as a fresh JSON-lines file (the outputs that are rebuilt on every run)."""
     if os.path.exists(path):
         os.remove(path)
     append_jsonl(path, rows)
