@@ -31,10 +31,11 @@ import time
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import replace
+from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from envs.query import QueryEnv
@@ -50,6 +51,7 @@ from rl.filtering import select_prompts
 from policies.generation import common_prefix_len
 from rl.gapg import gapg_loss, group_advantages, score_sequences
 from rl.lagrangian import DualVariable
+from trl.models.utils import unwrap_model_for_generation
 
 log = logging.getLogger("train")
 
@@ -99,6 +101,25 @@ def make_env(cfg, tok, cloud):
     return RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
 
 
+def rollout_step(env, generator, problems, step: int, cfg, accelerator):
+    """Roll out this process's contiguous share of the step's problems; return every process's groups, in order.
+
+    Every process ends with the same global list, so the filtering, the update batch and γ are computed over
+    all of them and N processes make the update 1 process makes on the same global batch.
+    ``rl.seed_per_prompt`` samples each prompt's group alone, seeded by its position in the step, so the
+    samples too do not depend on the number of processes."""
+    rl = cfg.rl
+    with accelerator.split_between_processes(list(enumerate(problems))) as mine:
+        if rl.seed_per_prompt:
+            groups = []
+            for pos, problem in mine:
+                torch.manual_seed(random.Random(f"{cfg.train.seed}-{step}-{pos}").getrandbits(63))
+                groups += env.rollout(generator, [problem], rl.group_size, rl.temperature, rl.top_p, rl.max_new_tokens)
+        else:
+            groups = env.rollout(generator, [p for _, p in mine], rl.group_size, rl.temperature, rl.top_p, rl.max_new_tokens)
+    return gather_object(groups) if accelerator.num_processes > 1 else groups
+
+
 def compute_rewards(groups, cfg, gamma: float):
     rc = cfg.reward
     for g in groups:
@@ -115,35 +136,44 @@ def compute_rewards(groups, cfg, gamma: float):
             ]
 
 
-def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int, zero_weight: bool = False) -> float:
-    """One GAPG step on the picked groups: micro-batched forward/backward, then one optimizer step."""
+def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int) -> float:
+    """One GAPG step on the picked groups (the same list on every process): each process scores every
+    W-th sequence, micro-batched, and the gradients meet in one all-reduce and one optimizer step."""
     coefs = group_advantages(torch.tensor([g.rewards for g in groups], dtype=torch.float32)).flatten()
-    if zero_weight:
-        coefs.zero_()
     # (prompt, completion, per-token mask): the query mode's inserted cloud tokens are context only, never trained
     seqs = [(r.sample.prompt_ids, r.sample.completion_ids, r.sample.loss_mask) for g in groups for r in g.rollouts]
     keep = [i for i in range(len(seqs)) if coefs[i] != 0]  # zero-coefficient sequences add nothing to the gradient
-    if not keep and accelerator.num_processes > 1:
-        keep = [0]  # DDP: every process must join the gradient all-reduce; a zero coefficient adds nothing
+    world, rank = accelerator.num_processes, accelerator.process_index
+    mine = keep[rank::world]
+    if not mine and world > 1:  # every process must join the gradient all-reduce: a zero-weight pass
+        mine, coefs = keep[:1] or [0], torch.zeros_like(coefs)
+    # DDP and DeepSpeed average gradients over W processes: dividing by |batch|/W gives the global mean (SPEC §4)
+    num_prompts = len(groups) / world
     # a prompt head shared by every sequence (chat template, worked examples) is scored once;
     # DDP allows one forward per backward, so several processes score full sequences
-    shared = common_prefix_len([seqs[i][0] for i in keep]) - 1 if keep and accelerator.num_processes == 1 else 0
+    shared = common_prefix_len([seqs[i][0] for i in mine]) - 1 if mine and world == 1 else 0
     shared = shared if shared >= 32 else 0
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     total = 0.0
     mbs = cfg.train.micro_batch_size
-    for start in range(0, len(keep), mbs):
-        idx = keep[start : start + mbs]
-        last = start + mbs >= len(keep)
-        ctx = accelerator.no_sync(model) if (not last and accelerator.num_processes > 1) else nullcontext()
+    for start in range(0, len(mine), mbs):
+        idx = mine[start : start + mbs]
+        last = start + mbs >= len(mine)
+        # gradients are all-reduced on the last micro-batch only; DeepSpeed steps there too (ZeRO-2/3 have no no_sync)
+        ctx = accelerator.no_sync(model) if (not last and world > 1 and not deepspeed) else nullcontext()
+        if deepspeed:
+            accelerator.gradient_state._set_sync_gradients(last)
         with ctx, accelerator.autocast():
             logps = score_sequences(model, [seqs[i] for i in idx], pad_id, accelerator.device, shared)
-            loss = gapg_loss(logps, coefs[idx].to(accelerator.device), len(groups))
+            loss = gapg_loss(logps, coefs[idx].to(accelerator.device), num_prompts)
             accelerator.backward(loss)
         total += loss.item()
+    if world > 1:  # the logged loss is the global one: the mean of the processes' W-scaled partial sums
+        total = accelerator.reduce(torch.tensor(total, device=accelerator.device), reduction="mean").item()
     if not torch.isfinite(torch.tensor(total)):
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError(f"GAPG loss is {total}: the update was skipped. Lower train.learning_rate or check rewards.")
-    if cfg.train.max_grad_norm > 0:
+    if cfg.train.max_grad_norm > 0 and not deepspeed:  # DeepSpeed clips inside its step (gradient_clipping)
         accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -183,7 +213,15 @@ def rollout_metrics(groups) -> dict:
     return out
 
 
-def run_eval(tag, env, generator, test, cfg, accelerator):
+def run_eval(tag, env, generator, test, cfg, accelerator, model=None):
+    """Held-out evaluation on the main process. With ``model`` (the prepared training model) every process joins
+    so that ZeRO-3 can gather the weights first; the others wait."""
+    if model is not None:
+        with unwrap_model_for_generation(model, accelerator) as policy:
+            generator.model = policy
+            rows = run_eval(tag, env, generator, test, cfg, accelerator)
+        accelerator.wait_for_everyone()
+        return rows
     if not accelerator.is_main_process:
         return None
     run = evaluate_query if isinstance(env, QueryEnv) else evaluate
@@ -198,6 +236,28 @@ def run_eval(tag, env, generator, test, cfg, accelerator):
         for r in records:
             f.write(json.dumps(r) + "\n")
     return rows
+
+
+def save_final(accelerator, model, tok, cfg, path: str):
+    """Save the trained policy to ``path`` (LoRA merged), loadable with ``from_pretrained``; return it on the main process.
+
+    Under ZeRO-3 each process holds a shard: the weights are gathered (a collective) into a fresh copy first."""
+    zero3 = accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    state = accelerator.get_state_dict(model) if zero3 else None
+    if not accelerator.is_main_process:
+        return None
+    policy = accelerator.unwrap_model(model)
+    if zero3:  # training is over: a plain full copy on this process (transformers would zero.Init it, a collective)
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        policy = load_device_model(cfg.model, for_training=False)[0]
+        policy.load_state_dict(state)
+    if cfg.model.lora:
+        policy = policy.merge_and_unload()
+    policy.save_pretrained(path)
+    tok.save_pretrained(path)
+    return policy
 
 
 def run_trl_baseline(cfg, resume: bool) -> int:
@@ -250,6 +310,17 @@ def run_task_tuning(cfg, resume: bool) -> int:
     return 0
 
 
+def make_accelerator(cfg) -> Accelerator:
+    """The Accelerator of the launch config (configs/accelerate/). On a machine without GPUs, accelerate 1.15 counts
+    one process while torch.distributed runs N unless told: CPU processes (gloo DDP) for a multi-process launch, and
+    the gloo backend named for DeepSpeed."""
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    no_gpu = not torch.cuda.is_available()
+    # the main process evaluates alone while the others wait: a longer timeout than NCCL's 10 minutes
+    handlers = [InitProcessGroupKwargs(backend="gloo" if deepspeed and no_gpu else None, timeout=timedelta(hours=3))]
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=no_gpu and not deepspeed, kwargs_handlers=handlers)
+
+
 def init_wandb(cfg, accelerator):
     if not (cfg.train.wandb and accelerator.is_main_process):
         return None
@@ -293,7 +364,7 @@ def main(argv=None) -> int:
     if cfg.rl.trainer == "sft":  # task tuning: the supervised warm start and the task-tuning-only baseline
         return run_task_tuning(cfg, args.resume)
 
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    accelerator = make_accelerator(cfg)
     set_seed(cfg.train.seed + accelerator.process_index)
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
@@ -308,9 +379,17 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model, tok = load_device_model(cfg.model)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # one clipping setting: DeepSpeed clips in its step
+        accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = cfg.train.max_grad_norm
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    generator = HFGenerator(accelerator.unwrap_model(model), tok)
+    generator = HFGenerator(accelerator.unwrap_model(model), tok)  # evaluation, and rollouts with rl.generator=hf
+    if cfg.rl.generator == "vllm":
+        from policies.vllm_generation import VLLMGenerator
+
+        rollout_generator = VLLMGenerator(accelerator.unwrap_model(model), accelerator, tok, cfg.rl)
+    else:
+        rollout_generator = generator
     cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
     env = make_env(cfg, tok, cloud)
     dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
@@ -326,9 +405,11 @@ def main(argv=None) -> int:
             state = json.load(open(os.path.join(ckpt, "trainer_state.json")))
             start, dual.gamma = state["step"], state["gamma"]
             log.info("resumed from %s (step %d, gamma %.4f, %d cached cloud answers)", ckpt, start, dual.gamma, len(cloud))
+            if rollout_generator is not generator:
+                rollout_generator.sync_weights()  # vLLM loaded the initial weights from disk
     wb = init_wandb(cfg, accelerator)
     if start == 0 and cfg.train.eval_before and cfg.train.max_steps > 0:
-        run_eval("before", env, generator, test_problems, cfg, accelerator)
+        run_eval("before", env, generator, test_problems, cfg, accelerator, model)
 
     # The loop ------------------------------------------------------------------------------
     metrics_path = os.path.join(out, "metrics.jsonl")
@@ -336,26 +417,26 @@ def main(argv=None) -> int:
     for step in bar:
         t0 = time.time()
         problems = problems_for_step(train_problems, step, cfg.rl.rollout_prompts, cfg.train.seed)
-        shard = problems[accelerator.process_index :: accelerator.num_processes]
-        groups = env.rollout(generator, shard, cfg.rl.group_size, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.max_new_tokens)
+        if rollout_generator is generator:
+            with unwrap_model_for_generation(model, accelerator) as policy:  # ZeRO-3: gathers the weights for generation
+                generator.model = policy
+                groups = rollout_step(env, generator, problems, step, cfg, accelerator)  # all processes' groups
+        else:  # vLLM holds its own copy of the weights, synced after every update
+            groups = rollout_step(env, rollout_generator, problems, step, cfg, accelerator)
         t_roll = time.time() - t0
         compute_rewards(groups, cfg, dual.gamma)
         if cfg.rl.filtering:
             picked, fstats = select_prompts(groups, cfg.rl.batch_prompts, rho_, cfg.rl.d1_rule)
         else:
             picked, fstats = list(range(min(len(groups), cfg.rl.batch_prompts))), {}
-        if picked:
-            loss = policy_update(model, optimizer, accelerator, [groups[i] for i in picked], cfg, tok.pad_token_id)
-        elif accelerator.num_processes > 1:  # DDP: join the all-reduce with a zero-weight pass
-            loss = policy_update(model, optimizer, accelerator, groups[:1], cfg, tok.pad_token_id, zero_weight=True)
-        else:
-            loss = 0.0
+        # the same groups on every process, so every process picks the same prompts (or none, and skips together)
+        loss = policy_update(model, optimizer, accelerator, [groups[i] for i in picked], cfg, tok.pad_token_id) if picked else 0.0
+        if picked and rollout_generator is not generator:
+            rollout_generator.sync_weights()
 
         m = rollout_metrics(groups)
         # the constrained quantity: escalations per rollout (route: the offload rate) or calls per rollout (query)
-        counts = torch.tensor([sum(r.calls for g in groups for r in g.rollouts), sum(len(g.rollouts) for g in groups)], dtype=torch.float64, device=accelerator.device)
-        counts = accelerator.reduce(counts, reduction="sum")
-        offload = (counts[0] / counts[1]).item()
+        offload = sum(r.calls for g in groups for r in g.rollouts) / max(sum(len(g.rollouts) for g in groups), 1)
         gamma_used = dual.gamma
         dual.update(offload)
         gen_tokens = sum(len(r.sample.completion_ids) for g in groups for r in g.rollouts)
@@ -377,19 +458,15 @@ def main(argv=None) -> int:
         if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.max_steps:
             save_checkpoint(accelerator, cfg, step + 1, dual)
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.max_steps:
-            run_eval(f"step-{step + 1}", env, generator, test_problems, cfg, accelerator)
+            run_eval(f"step-{step + 1}", env, generator, test_problems, cfg, accelerator, model)
 
     # The end: checkpoint, final model, held-out evaluation -----------------------------------
     if cfg.train.max_steps > start:
         save_checkpoint(accelerator, cfg, cfg.train.max_steps, dual)
     final = os.path.join(out, "final")
+    policy = save_final(accelerator, model, tok, cfg, final)
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        to_save = unwrapped.merge_and_unload() if cfg.model.lora else unwrapped
-        to_save.save_pretrained(final)
-        tok.save_pretrained(final)
-        if cfg.model.lora:  # merge_and_unload replaced the modules: evaluate the merged model
-            generator = HFGenerator(to_save, tok)
+        generator = HFGenerator(policy, tok)  # the saved (merged) weights are the ones evaluated
     rows = run_eval("final", env, generator, test_problems, cfg, accelerator)
     if accelerator.is_main_process:
         tqdm.write(f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})")

@@ -73,6 +73,23 @@ def chat_prompt(tokenizer, user_text: str | list[dict], system: str | None = Non
     return "\n\n".join(m["content"] for m in messages) + "\n"
 
 
+def eos_ids(model, tokenizer) -> set[int]:
+    """The token ids that end a response: the generation config's EOS (one or several), else the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
+
+
+def to_sample(tokenizer, prompt_ids: list[int], gen: list[int], eos: set[int]) -> Sample:
+    """A generated row as a Sample: cut after the first EOS (kept, it is a sampled token), truncated if none came."""
+    ids, stopped = [], False
+    for t in gen:
+        ids.append(t)
+        if t in eos:
+            stopped = True
+            break
+    return Sample(prompt_ids, ids, tokenizer.decode(ids, skip_special_tokens=True), truncated=not stopped)
+
+
 def common_prefix_len(seqs: list[list[int]]) -> int:
     first = seqs[0]
     n = min(len(s) for s in seqs)
@@ -126,17 +143,10 @@ class HFGenerator:
         return kwargs
 
     def _eos_ids(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
-        return set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
+        return eos_ids(self.model, self.tokenizer)
 
     def _to_sample(self, prompt_ids: list[int], gen: list[int], eos_ids: set[int]) -> Sample:
-        ids, stopped = [], False
-        for t in gen:
-            ids.append(t)
-            if t in eos_ids:
-                stopped = True
-                break
-        return Sample(prompt_ids, ids, self.tokenizer.decode(ids, skip_special_tokens=True), truncated=not stopped)
+        return to_sample(self.tokenizer, prompt_ids, gen, eos_ids)
 
     @torch.no_grad()
     def extend(

@@ -144,8 +144,29 @@ class RLConfig:
         "ascent targets it and eval caps the calls of a suite at floor(budget·N).",
     )
     group_size: int = _h(8, "G: responses sampled per prompt (>= 2).")
-    rollout_prompts: int = _h(16, "Prompts sampled per step before filtering.")
-    batch_prompts: int = _h(8, "Prompts per update after adaptive filtering (D1 + D2).")
+    rollout_prompts: int = _h(
+        16, "Prompts sampled per step before filtering, over all processes (each process rolls out its contiguous share)."
+    )
+    batch_prompts: int = _h(
+        8, "Prompts per update after adaptive filtering (D1 + D2), over all processes: filtering runs on the gathered groups."
+    )
+    seed_per_prompt: bool = _h(
+        False,
+        "Sample each prompt's G responses alone, seeded by (train.seed, step, position): rollouts then do not depend "
+        "on the number of processes or on batching, so N processes reproduce 1 (the scale-out test). Slower on GPUs.",
+    )
+    generator: str = _h(
+        "hf",
+        "Rollout generation: hf (batched transformers generate, CPU or GPU) or vllm (GPU only, pip install -e "
+        "\".[gpu]\"; TRL's vLLM backend, weights pushed to it after every update). Evaluation always uses hf.",
+    )
+    vllm_mode: str = _h(
+        "colocate", "rl.generator=vllm: colocate (a vLLM engine in each training process, sharing its GPU) or server "
+        "(a separate `trl vllm-serve --model <path>` at rl.vllm_server_base_url), as TRL's GRPOTrainer offers."
+    )
+    vllm_server_base_url: str = _h("http://127.0.0.1:8000", "rl.vllm_mode=server: the URL of `trl vllm-serve`.")
+    vllm_gpu_memory_utilization: float = _h(0.3, "rl.vllm_mode=colocate: share of the GPU memory vLLM may take.")
+    vllm_max_model_len: int = _h(0, "vLLM context length (prompt + completion); 0 = the model's own.")
     filtering: bool = _h(True, "Adaptive prompt filtering (paper Algorithm 1); off = train on every sampled prompt.")
     d1_rule: str = _h(
         "any_correct", "D1 membership: any_correct (>= 1 local response correct) or mixed (some right, some wrong)."
@@ -255,6 +276,8 @@ CHOICES = {
     "reward.charge": ("all_escalations", "correct_escalations"),
     "rl.env": ("route", "query"),
     "rl.trainer": ("gapg", "trl_drgrpo", "sft"),
+    "rl.generator": ("hf", "vllm"),
+    "rl.vllm_mode": ("colocate", "server"),
     "rl.d1_rule": ("any_correct", "mixed"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
@@ -380,6 +403,11 @@ def validate(c: Config) -> None:
         raise ConfigError("sft.rouge_l_max must lie in (0, 1], sft.scf_threshold and sft.unknown_max_level_acc in [0, 1].")
     if s.num_real < 1 or s.augment_k < 0 or s.probe_problems < 0 or s.probe_samples < 1 or s.batch_size < 1:
         raise ConfigError("sft.num_real, sft.probe_samples and sft.batch_size must be >= 1; sft.augment_k and sft.probe_problems >= 0.")
+    if c.rl.generator == "vllm" and (c.rl.env != "route" or c.rl.seed_per_prompt or c.rl.trainer != "gapg"):
+        raise ConfigError(
+            "rl.generator=vllm generates single-turn rollouts in one batch per step: it needs rl.env=route, "
+            "rl.trainer=gapg and rl.seed_per_prompt=false (query mode continues rollouts turn by turn: use rl.generator=hf)."
+        )
     if c.rl.max_queries < 0 or c.rl.max_response_tokens < 0 or c.rl.gamma_tokens < 0:
         raise ConfigError("rl.max_queries, rl.max_response_tokens and rl.gamma_tokens must be >= 0.")
     if c.rl.gamma < 0 or c.rl.gamma_lr < 0:
