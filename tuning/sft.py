@@ -195,8 +195,8 @@ def prepare_data(cfg, generator, tok, cloud, out_dir: str):
         prompt = chat_prompt(tok, messages(template, e.question, cfg.task.max_solve_steps))
         check_prompt_tokens(Problem(e.uid, e.question, ""), len(tok(prompt, add_special_tokens=False)["input_ids"]), cfg.rl.max_prompt_tokens)
     write_jsonl(os.path.join(out_dir, "mix.jsonl"), [asdict(e) for e in examples])
-    with open(os.path.join(out_dir, "stats.json"), "w") as f:
-        json.dump(stats, f, indent=2)
+    with open(os.path.join(out_dir, "stats.json"), "w") as fh:
+        json.dump(stats, fh, indent=2)
     m = stats["mix"]
     log.info("sft mix: %d real + %d synthetic + %d <unknown> = %d examples (%.1f%% <unknown>)",
              m["real"], m["synthetic"], m["unknown"], m["total"], 100 * m["unknown_share"])
@@ -283,7 +283,8 @@ def train_sft(cfg, resume: bool = False, eval_hook=None) -> str:
     if eval_hook is not None and not resume:
         eval_hook("before", model, tok)
     cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
-    examples, _ = prepare_data(cfg, HFGenerator(model, tok), tok, cloud, os.path.join(out, "sft_data"))
+    with PartialState().main_process_first():  # the main process asks the cloud and probes; the others read its work
+        examples, _ = prepare_data(cfg, HFGenerator(model, tok), tok, cloud, os.path.join(out, "sft_data"))
     if not examples:
         raise ValueError("sft: no training examples (no real example had a reference response). Check task and sft.num_real.")
     args = sft_config(cfg, PartialState().num_processes)
