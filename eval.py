@@ -25,8 +25,11 @@ another ``--model`` (train it with ``train.py rl.trainer=trl_drgrpo``).
 
 Columns: overall accuracy (device + cloud), conditional accuracy (device correct
 / problems kept on device), offload rate, cloud calls, cloud tokens (prompt +
-completion), and RouteLLM's cost-quality metrics computed on the full
-cost sweep of each method (its own escalation order, every budget from 0 to 1):
+completion), format compliance (the share of device responses in the template's
+form: a final ``\\boxed{}`` (``<answer>`` for Countdown) and no stray tag, or a
+well-formed ``<unknown>`` escalation at the end; ``envs/route.py: format_ok``),
+and RouteLLM's cost-quality metrics computed on the full cost sweep of each
+method (its own escalation order, every budget from 0 to 1):
 PGR(c) = (acc(c) - acc(never)) / (acc(cloud) - acc(never)); APGR = ∫ PGR dc;
 CPT(x) = the smallest cloud share c with PGR(c) >= x.
 
@@ -61,6 +64,7 @@ from collections import defaultdict
 import numpy as np
 from tqdm.auto import tqdm
 
+from envs.route import format_ok
 from envs.tasks import grade_response
 
 BASELINES = ("never", "random", "router", "cloud")
@@ -140,6 +144,7 @@ def run_device(env, generator, problems, batch_size=32, max_new_tokens=64, tempe
             rows.append({
                 "uid": p.uid, "prompt": prompt, "output": r.sample.text, "escalated": r.escalated,
                 "answer": r.local_answer, "correct": bool(r.device_correct), "tokens": len(g[0].completion_ids),
+                "format_ok": format_ok(r.sample.text, env.template),
             })
         append_jsonl(path, rows)
         done.update((row["uid"], row) for row in rows)
@@ -261,6 +266,9 @@ def suite_rows(problems, policies: dict, base: list[dict], cloud, budget, seed=0
     cloud_res = run_cloud(cloud, problems, asked, cloud_path)
     cloud_all = cloud_res if every else None
     rows = [summarise(m, problems, dev, sent, cloud_res, wants, order, cloud_all) for m, (dev, sent, wants, order) in plans.items()]
+    for row, (dev, _, _, _) in zip(rows, plans.values()):
+        flags = [d["format_ok"] for d in dev if d.get("format_ok") is not None]  # work files from before the field: none
+        row["format_rate"] = sum(flags) / len(flags) if flags else None
     if every:
         rows.append(summarise("cloud", problems, base, range(n), cloud_res))
     records = []
@@ -427,13 +435,13 @@ def format_query_table(rows, title: str | None = None) -> str:
 def format_table(rows, title: str | None = None) -> str:
     if rows and "calls_per_problem" in rows[0]:
         return format_query_table(rows, title)
-    head = f"{'method':<12} {'overall':>8} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} {'APGR':>6} {'CPT50':>6}"
+    head = f"{'method':<12} {'overall':>8} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} {'format':>7} {'APGR':>6} {'CPT50':>6}"
     lines = ([title] if title else []) + [head, "-" * len(head)]
     fmt = lambda v, pct=False: "     -" if v is None else (f"{100 * v:>5.1f}%" if pct else f"{v:>6.3f}")  # noqa: E731
     for r in rows:
         lines.append(
             f"{r['method']:<12} {100 * r['overall_acc']:>7.1f}% {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
-            f"{r['cloud_calls']:>6} {r.get('cloud_tokens', 0):>9} {fmt(r.get('apgr'))} {fmt(r.get('cpt50'), pct=True)}"
+            f"{r['cloud_calls']:>6} {r.get('cloud_tokens', 0):>9} {fmt(r.get('format_rate'), pct=True):>7} {fmt(r.get('apgr'))} {fmt(r.get('cpt50'), pct=True)}"
         )
     for r in rows:
         levels = r["per_level"]
@@ -453,7 +461,7 @@ def average_rows(per_suite: dict[str, list[dict]]) -> list[dict]:
     for m, rs in by_method.items():
         avg = {"method": m, "n": sum(r["n"] for r in rs), "cloud_calls": sum(r["cloud_calls"] for r in rs),
                "cloud_tokens": sum(r["cloud_tokens"] for r in rs), "per_level": {}}
-        for k in ("overall_acc", "device_acc", "offload_rate", "apgr", "cpt50", "cpt80"):
+        for k in ("overall_acc", "device_acc", "offload_rate", "format_rate", "apgr", "cpt50", "cpt80"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             avg[k] = sum(vals) / len(vals) if vals else None
         for k in ("calls_per_problem", "cloud_tokens_per_problem"):  # query-mode rows only

@@ -3,6 +3,7 @@
     accelerate launch train.py --config configs/cpu_default.yaml            # the CPU default, a few minutes
     accelerate launch train.py --config configs/cpu_default.yaml rl.budget=0.2 train.max_steps=40
     accelerate launch train.py --config configs/cpu_default.yaml --resume   # continue the last checkpoint
+    accelerate launch train.py --config configs/cpu_sft.yaml                # rl.trainer=sft: task tuning (tuning/sft.py)
     python train.py --help                                                  # every option
 
 One step, top to bottom (read ``step()``):
@@ -365,6 +366,31 @@ def run_trl_baseline(cfg, resume: bool) -> int:
     return 0
 
 
+def run_task_tuning(cfg, resume: bool) -> int:
+    """rl.trainer=sft: cloud-augmented supervised task tuning (tuning/sft.py), evaluated before and after as above."""
+    from tuning.sft import train_sft
+
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    os.makedirs(cfg.train.output_dir, exist_ok=True)
+    if accelerator.is_main_process:
+        with open(os.path.join(cfg.train.output_dir, "config.json"), "w") as f:
+            json.dump(to_dict(cfg), f, indent=2)
+    test_problems = load_problems(cfg.task)[1]
+
+    def eval_model(tag, model, tok):
+        if tag == "before" and not (cfg.train.eval_before and cfg.train.max_steps > 0):
+            return None
+        cloud = make_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "cloud_cache.sqlite"))
+        env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
+        return run_eval(tag, env, HFGenerator(model, tok), test_problems, cfg, accelerator)
+
+    final = train_sft(cfg, resume, eval_hook=eval_model)
+    if accelerator.is_main_process:
+        eval_model("final", *load_device_model(replace(cfg.model, name_or_path=final, gguf_file=None, lora=False), for_training=False))
+        tqdm.write(f"saved the task-tuned model to {final}  (RL from it: train.py --config <yaml> model.name_or_path={final})")
+    return 0
+
+
 def make_accelerator(cfg) -> Accelerator:
     """The Accelerator of the launch config (configs/accelerate/). On a machine without GPUs, accelerate 1.15 counts
     one process while torch.distributed runs N unless told: CPU processes (gloo DDP) for a multi-process launch, and
@@ -416,6 +442,8 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if cfg.rl.trainer == "trl_drgrpo":  # the collaboration-aware tuning baseline: TRL's own loop, same evaluation
         return run_trl_baseline(cfg, args.resume)
+    if cfg.rl.trainer == "sft":  # task tuning: the supervised warm start and the task-tuning-only baseline
+        return run_task_tuning(cfg, args.resume)
 
     accelerator = make_accelerator(cfg)
     set_seed(cfg.train.seed + accelerator.process_index)

@@ -56,3 +56,24 @@ def make_problems(n: int, seed: int, levels: list[str] | None = None, split: str
         )
     rng.shuffle(problems)
     return problems
+
+
+def worked_response(a: int, op: str, b: int, value: int | str) -> str:
+    """The device's answer format for a ladder problem, as in the prompt's worked examples: ``37 * 46 = 1702. \\boxed{1702}``."""
+    sym = "+" if op == "+" else "*"
+    return f"{a} {sym} {b} = {value}. \\boxed{{{value}}}"
+
+
+def similar_problems(meta: dict, k: int, seed: str) -> list[dict]:
+    """``k`` new problems of the same level as a ladder problem (same digit counts and operation), seeded.
+
+    Each is ``{"question", "a", "b", "op", "value"}``; the simulated cloud's offline augmentation
+    (policies/cloud.py) writes them as Input/Response pairs.  These are generated, not written by an LLM."""
+    a0, b0, op = int(meta["a"]), int(meta["b"]), meta["op"]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(k):
+        a, b = _operand(rng, len(str(a0))), _operand(rng, len(str(b0)))
+        sym = "+" if op == "+" else "*"
+        out.append({"question": f"What is {a} {sym} {b}?", "a": a, "b": b, "op": op, "value": a + b if op == "+" else a * b})
+    return out

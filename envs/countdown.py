@@ -37,13 +37,36 @@ def make_problems(n: int, seed: int, split: str = "train") -> list[Problem]:
         problems.append(
             Problem(
                 uid=f"countdown-{split}-{seed}-{i}",
-                question=(
-                    f"Using the numbers {nums}, create an equation that equals {target}. You can use basic "
-                    "arithmetic operations (+, -, *, /) and each number can only be used once."
-                ),
+                question=question(nums, target),
                 answer=str(target),
                 level=0,
                 meta={"numbers": nums, "target": target, "solution": expr},
             )
         )
     return problems
+
+
+def worked_response(numbers: list[int], target: int, solution: str) -> str:
+    """The device's answer format for a Countdown problem: reasoning in <think>, the equation in <answer>."""
+    return f"<think> {solution} = {target} uses {', '.join(map(str, numbers))} once each. </think>\n<answer> {solution} </answer>"
+
+
+def similar_problems(k: int, seed: str) -> list[dict]:
+    """``k`` new solvable Countdown instances (four numbers, a target, a solution), seeded; the simulated cloud's
+    offline augmentation (policies/cloud.py) writes them as Input/Response pairs.  Generated, not written by an LLM."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < k:
+        nums = [rng.randint(1, 99) for _ in range(4)]
+        expr, value = _random_expression(rng, nums)
+        if value != int(value) or not (1 <= value <= 999):
+            continue
+        out.append({"question": question(nums, int(value)), "numbers": nums, "target": int(value), "solution": expr})
+    return out
+
+
+def question(numbers: list[int], target: int) -> str:
+    return (
+        f"Using the numbers {numbers}, create an equation that equals {target}. You can use basic "
+        "arithmetic operations (+, -, *, /) and each number can only be used once."
+    )

@@ -112,3 +112,25 @@ CLOUD_QUERY_SYSTEM = (
     "A smaller model asks you a question in the middle of solving a problem. Answer it correctly and briefly: "
     "give the result, not a full solution."
 )
+
+
+# Cloud data augmentation for task tuning (tuning/augment.py; CDCDA-PLM, seed 004 §3 "Data augmentation
+# with server LLM") ---------------------------------------------------------------------------------
+
+CLOUD_AUGMENT_SYSTEM = "You write training data for a small model. Follow the requested format exactly."
+# The paper's prompt, paraphrased: "Generate an Input and Response pairs semantically similar to the
+# following example, no need to explain. Input: [], Response: []."  Asked once per example for k pairs.
+AUGMENT_PROMPT = (
+    "Generate {k} Input and Response pairs semantically similar to the following example, no need to explain. "
+    "Write each pair as a line starting with \"Input:\" followed by a line starting with \"Response:\". {rule}\n\n"
+    "Input: {input}\nResponse: {response}"
+)
+# What a Response must look like: the device's own answer format for the task (the template it trains on).
+AUGMENT_RULES = {
+    "arithmetic": "Each Input asks for one calculation like the example's; each Response shows the calculation "
+    "and ends with the exact result in \\boxed{}.",
+    "math": "Each Input is a new problem of the same kind; each Response is a full step-by-step solution "
+    "(\"Step 1: ...\", \"Step 2: ...\") that ends with the final answer in \\boxed{}.",
+    "countdown": "Each Input gives four numbers and a target in the example's words; each Response reasons in "
+    "<think> </think> and gives one equation in <answer> </answer> that uses each number exactly once.",
+}

@@ -29,6 +29,7 @@ from envs.problem import Problem
 from envs.prompts import messages
 from envs.tasks import grade_response
 from policies.generation import Sample, chat_prompt
+from rewards.math_grader import last_boxed
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,21 @@ def split_escalation(text: str) -> tuple[bool, str]:
     """(ends with an escalation?, the device's own text before that final tag) -- the text that gets graded."""
     m = _ESCALATION_AT_END.search(text)
     return (True, text[: m.start()]) if m else (False, text)
+
+
+def format_ok(text: str, template: str) -> bool:
+    """Does a response follow the template's answer format?  Either an escalation (it ends with
+    ``<unknown> ... </unknown>`` and holds no other tag) or an answer (no ``<unknown>``/``</unknown>``
+    anywhere, and a final answer in the template's form: ``\\boxed{...}`` with closed braces, or
+    ``<answer> ... </answer>`` for countdown).  Eval reports the share as ``format_rate``."""
+    n_open, n_close = text.count("<unknown>"), text.count("</unknown>")
+    if is_escalation(text):
+        return n_open == 1 and n_close == 1
+    if n_open or n_close:
+        return False
+    if template == "countdown":
+        return re.search(r"<answer>.*?</answer>", text, re.DOTALL) is not None
+    return last_boxed(text) is not None
 
 
 def check_prompt_tokens(problem: Problem, n_tokens: int, limit: int) -> None:

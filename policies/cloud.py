@@ -30,6 +30,12 @@ into a ``Problem`` whose question is the query and whose uid is a hash of it, so
 cache and every backend serve it (``cloud.answer_queries(texts)``).  A real backend gets the
 query as the user message under ``CLOUD_QUERY_SYSTEM``; the simulated cloud evaluates the
 arithmetic it asks for (``policies/calculator.py``), always correctly.
+
+Task tuning (``tuning/augment.py``): ``augment_problem(prompt, source, k)`` asks for k Input/Response
+pairs similar to a training example, under ``CLOUD_AUGMENT_SYSTEM``; a real backend writes them.  The
+simulated cloud has no language model: for the arithmetic ladder and Countdown it draws k new problems
+of the source's kind from the task generator and writes them in the same Input/Response text, with the
+answer right as often as its accuracy says; for other tasks it writes nothing.
 """
 
 from __future__ import annotations
@@ -47,8 +53,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
+from envs import arithmetic, countdown
 from envs.problem import Problem
-from envs.prompts import CLOUD_QUERY_SYSTEM, CLOUD_SYSTEM
+from envs.prompts import CLOUD_AUGMENT_SYSTEM, CLOUD_QUERY_SYSTEM, CLOUD_SYSTEM
 from policies.calculator import answer_query
 
 log = logging.getLogger(__name__)
@@ -76,6 +83,7 @@ class CloudReply:
 
 
 QUERY_KIND = "query"
+AUGMENT_KIND = "augment"
 SIMULATED_QUERY_FAILURE = "I can only evaluate arithmetic expressions."
 
 
@@ -90,9 +98,24 @@ def is_query(problem: Problem) -> bool:
     return problem.meta.get("kind") == QUERY_KIND
 
 
+def augment_problem(prompt: str, source: Problem, k: int) -> Problem:
+    """A data-augmentation request as a Problem: question = the augmentation prompt (it holds the source example),
+    uid = a hash of it (keys the cache); the source problem rides along for the simulated cloud."""
+    digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:24]
+    meta = {"kind": AUGMENT_KIND, "k": k, "source_uid": source.uid, "source_meta": dict(source.meta)}
+    return Problem(uid=f"augment-{digest}", question=prompt, answer="", level=source.level, meta=meta)
+
+
+def is_augment(problem: Problem) -> bool:
+    return problem.meta.get("kind") == AUGMENT_KIND
+
+
+_SYSTEMS = {QUERY_KIND: CLOUD_QUERY_SYSTEM, AUGMENT_KIND: CLOUD_AUGMENT_SYSTEM}
+
+
 def cloud_messages(problem: Problem) -> list[dict]:
-    """The chat the cloud sees: the cloud system prompt (a query's own for a ``<query>``) and the bare question."""
-    system = CLOUD_QUERY_SYSTEM if is_query(problem) else CLOUD_SYSTEM
+    """The chat the cloud sees: the system prompt of the request's kind (answer, ``<query>``, augmentation) and the question."""
+    system = _SYSTEMS.get(problem.meta.get("kind"), CLOUD_SYSTEM)
     return [{"role": "system", "content": system}, {"role": "user", "content": problem.question}]
 
 
@@ -131,22 +154,45 @@ class SimulatedCloud:
         h = hashlib.sha256(f"{self.seed}:{problem.uid}".encode()).digest()
         return int.from_bytes(h[:8], "big") / 2**64 < acc
 
+    def _wrong(self, uid: str, answer: str) -> str:
+        """A plausible wrong number for a problem the draw says it gets wrong."""
+        rng = random.Random(f"{self.seed}:{uid}:wrong")
+        try:
+            return str(int(float(answer)) + rng.choice([-10, -2, -1, 1, 2, 10]))
+        except ValueError:
+            return "\\text{no answer}"
+
+    def augment(self, p: Problem) -> str:
+        """Offline augmentation: k generated problems of the source's kind as Input/Response pairs (see module doc).
+        Each answer is right iff the seeded draw for that new problem says so (accuracy per the source's level)."""
+        src, k = p.meta.get("source_meta", {}), int(p.meta.get("k", 1))
+        pairs = []
+        if "op" in src:  # the arithmetic ladder
+            for j, s in enumerate(arithmetic.similar_problems(src, k, f"{self.seed}:{p.uid}:similar")):
+                new = Problem(uid=f"{p.uid}:{j}", question=s["question"], answer=str(s["value"]), level=p.level)
+                value = new.answer if self.solves(new) else self._wrong(new.uid, new.answer)
+                pairs.append((s["question"], arithmetic.worked_response(s["a"], s["op"], s["b"], value)))
+        elif "numbers" in src:  # Countdown
+            for j, s in enumerate(countdown.similar_problems(k, f"{self.seed}:{p.uid}:similar")):
+                new = Problem(uid=f"{p.uid}:{j}", question=s["question"], answer=str(s["target"]), level=p.level)
+                eq = s["solution"] if self.solves(new) else " + ".join(map(str, s["numbers"]))
+                pairs.append((s["question"], countdown.worked_response(s["numbers"], s["target"], eq)))
+        return "\n\n".join(f"Input: {q}\nResponse: {r}" for q, r in pairs)
+
     def answer_many(self, problems: list[Problem]) -> list[CloudReply]:
         replies = []
         for p in problems:
+            if is_augment(p):
+                text = self.augment(p)
+                prompt_words = sum(len(m["content"].split()) for m in cloud_messages(p))
+                replies.append(CloudReply(text=text, prompt_tokens=prompt_words, completion_tokens=len(text.split())))
+                continue
             if is_query(p):  # a <query> mid-reasoning: evaluate the arithmetic it asks for, honestly
                 text = answer_query(p.question) or SIMULATED_QUERY_FAILURE
                 prompt_words = sum(len(m["content"].split()) for m in cloud_messages(p))
                 replies.append(CloudReply(text=text, prompt_tokens=prompt_words, completion_tokens=len(text.split())))
                 continue
-            if self.solves(p):
-                ans = p.answer
-            else:
-                rng = random.Random(f"{self.seed}:{p.uid}:wrong")
-                try:
-                    ans = str(int(float(p.answer)) + rng.choice([-10, -2, -1, 1, 2, 10]))
-                except ValueError:
-                    ans = "\\text{no answer}"
+            ans = p.answer if self.solves(p) else self._wrong(p.uid, p.answer)
             if "numbers" in p.meta:  # countdown: the cloud writes an equation
                 eq = p.meta["solution"] if self.solves(p) else " + ".join(map(str, p.meta["numbers"]))
                 text = f"<think> Let me search for a combination. </think>\n<answer> {eq} </answer>"

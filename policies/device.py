@@ -66,6 +66,11 @@ def resolve_model_path(name_or_path: str, gguf_file: str | None = None, cache_di
         directory, found = find_package_gguf(name_or_path.split(":", 1)[1])
         return _materialise_gguf(directory, gguf_file or found, cache_dir)
     if gguf_file:
+        if os.path.isdir(name_or_path) and not os.path.exists(os.path.join(name_or_path, gguf_file)):
+            raise FileNotFoundError(
+                f"model.gguf_file={gguf_file!r} is not in {name_or_path!r}. A saved checkpoint (e.g. a task-tuned "
+                "final/) is a safetensors directory: set model.gguf_file=null."
+            )
         return _materialise_gguf(name_or_path, gguf_file, cache_dir)
     return name_or_path
 

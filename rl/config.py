@@ -133,7 +133,10 @@ class RLConfig:
         "gapg",
         "gapg: this repo's loop (GAPG + adaptive filtering + Lagrangian γ, SPEC §4-5). trl_drgrpo: the paper's "
         "'collaboration-aware tuning' baseline, TRL GRPOTrainer with Dr.GRPO (no std scaling, β=0) on the same "
-        "hierarchical reward with a fixed γ=rl.gamma; it ignores filtering, d1_rule, rollout_prompts and gamma_lr.",
+        "hierarchical reward with a fixed γ=rl.gamma; it ignores filtering, d1_rule, rollout_prompts and gamma_lr. "
+        "sft: supervised task tuning (tuning/sft.py, TRL SFTTrainer + LoRA, the sft.* keys): the warm start that RL "
+        "starts from (model.name_or_path=<output_dir>/final) and the paper's 'task tuning only' baseline; of rl.* it "
+        "uses budget (evaluation), max_new_tokens and max_prompt_tokens.",
     )
     budget: float = _h(
         0.3,
@@ -190,6 +193,47 @@ class RLConfig:
 
 
 @dataclass
+class TuningConfig:
+    """rl.trainer=sft: cloud-augmented supervised task tuning (CDCDA-PLM, seed 004 §3; tuning/)."""
+
+    num_real: int = _h(
+        200, "Real examples: the first N training problems, each with its reference response in the device's answer "
+        "format (ladder: '37 * 46 = 1702. \\boxed{1702}'; Countdown: <think>/<answer>; MATH: the dataset's solution).",
+    )
+    augment_k: int = _h(5, "k: Input/Response pairs the cloud writes per real example (paper eq. 1, default 5); 0 = no augmentation.")
+    verify_answers: bool = _h(
+        True, "Semantic consistency for math-like tasks: keep a synthetic pair only if its final answer is right (ladder: "
+        "exact evaluation; Countdown: the equation checker; MATH: agreement with an independent cloud solution, one more "
+        "cached call per pair).",
+    )
+    nli_model: str = _h(
+        "", "Semantic consistency filter (eq. 2): local directory or hub id of an NLI classifier; a pair is kept if "
+        "P(entail) >= scf_threshold in both directions between the inputs. Empty = answer check only (no NLI ships offline).",
+    )
+    scf_threshold: float = _h(0.5, "ε_scf: entailment probability both ways must reach this (only with sft.nli_model).")
+    rouge_l_max: float = _h(
+        0.7, "ε_tdf, token diversity filter (eq. 3): drop a synthetic pair whose input has ROUGE-L F1 above this with "
+        "the original input (near-copies). 1.0 = keep all.",
+    )
+    length_ratio_min: float = _h(0.5, "ε_min, length filter (eq. 4): len(x_syn)/len(x) and len(y_syn)/len(y), in words, at least this.")
+    length_ratio_max: float = _h(2.0, "ε_max, length filter (eq. 4): those ratios at most this.")
+    unknown_share: float = _h(
+        0.15, "Share of the SFT mix that answers <unknown> I need external assistance </unknown> (problems the base "
+        "model failed on), so the escalation tag exists before RL. 0 = pure task tuning (the 'task tuning only' baseline).",
+    )
+    probe_problems: int = _h(
+        200, "Training problems after the real ones that the base model tries, to find those it cannot solve "
+        "(the <unknown> examples come from these).",
+    )
+    probe_samples: int = _h(1, "Attempts per probed problem: 1 = greedy; n > 1 = n samples at temperature 1 (failed = none correct).")
+    unknown_max_level_acc: float = _h(
+        1.0, "Only failures from difficulty levels whose probe accuracy is at most this become <unknown> examples "
+        "(1.0 = every failed problem; e.g. 0.2 = only levels the base model nearly never solves).",
+    )
+    batch_size: int = _h(16, "Examples per optimizer step (split into train.micro_batch_size with gradient accumulation).")
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = _h("outputs/run", "Checkpoints, metrics.jsonl, cloud cache and the final model go here.")
     max_steps: int = _h(20, "Policy-gradient updates.")
@@ -222,6 +266,7 @@ class Config:
     cloud: CloudConfig = field(default_factory=CloudConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    sft: TuningConfig = field(default_factory=TuningConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -235,7 +280,7 @@ CHOICES = {
     "cloud.backend": ("simulated", "hf", "openai"),
     "reward.charge": ("all_escalations", "correct_escalations"),
     "rl.env": ("route", "query"),
-    "rl.trainer": ("gapg", "trl_drgrpo"),
+    "rl.trainer": ("gapg", "trl_drgrpo", "sft"),
     "rl.generator": ("hf", "vllm"),
     "rl.vllm_mode": ("colocate", "server"),
     "rl.d1_rule": ("any_correct", "mixed"),
@@ -279,7 +324,7 @@ def _unknown_key_error(key: str) -> ConfigError:
 def _flatten(d: dict, prefix="") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and prefix + k in {"model", "task", "cloud", "reward", "rl", "train"} and not prefix:
+        if isinstance(v, dict) and prefix + k in {"model", "task", "cloud", "reward", "rl", "sft", "train"} and not prefix:
             out.update(_flatten(v, k + "."))
         else:
             out[prefix + k] = v
@@ -381,8 +426,22 @@ def validate(c: Config) -> None:
             f"reward.alpha_cloud={c.reward.alpha_cloud} must be < reward.alpha_local={c.reward.alpha_local}: "
             "with α_c >= α_a the policy collapses to always escalating (SPEC §3). Paper values: 0.2-0.6."
         )
+    s = c.sft
+    if c.rl.trainer == "sft" and c.rl.env != "route":
+        raise ConfigError("rl.trainer=sft teaches the route format (answers and <unknown>); set rl.env=route.")
     if c.rl.env == "query" and c.rl.trainer != "gapg":
         raise ConfigError("rl.env=query trains with rl.trainer=gapg only (the TRL baseline is single-turn).")
+    if not 0.0 <= s.unknown_share < 1.0:
+        raise ConfigError(f"sft.unknown_share={s.unknown_share} must lie in [0, 1): it is the <unknown> share of the SFT mix (e.g. 0.15).")
+    if not (0.0 < s.length_ratio_min <= s.length_ratio_max):
+        raise ConfigError(
+            f"sft.length_ratio_min={s.length_ratio_min} and sft.length_ratio_max={s.length_ratio_max} must satisfy "
+            "0 < min <= max (e.g. 0.5 and 2.0)."
+        )
+    if not 0.0 < s.rouge_l_max <= 1.0 or not 0.0 <= s.scf_threshold <= 1.0 or not 0.0 <= s.unknown_max_level_acc <= 1.0:
+        raise ConfigError("sft.rouge_l_max must lie in (0, 1], sft.scf_threshold and sft.unknown_max_level_acc in [0, 1].")
+    if s.num_real < 1 or s.augment_k < 0 or s.probe_problems < 0 or s.probe_samples < 1 or s.batch_size < 1:
+        raise ConfigError("sft.num_real, sft.probe_samples and sft.batch_size must be >= 1; sft.augment_k and sft.probe_problems >= 0.")
     if c.rl.generator == "vllm" and (c.rl.env != "route" or c.rl.seed_per_prompt or c.rl.trainer != "gapg"):
         raise ConfigError(
             "rl.generator=vllm generates single-turn rollouts in one batch per step: it needs rl.env=route, "
