@@ -71,12 +71,12 @@ def best_strategies(records: dict, pairs, weights) -> list[str]:
 
 
 def format_rows(rows: list[dict], title: str) -> str:
-    head = f"| {title} | S | Q-A Rel. | Persona | UDRR | PPL | FRE | Q-A Rel. (emb) | Persona (emb) |"
-    lines = [head, "|" + "---|" * 9]
+    head = f"| {title} | S | Q-A Rel. | Persona | UDRR | PPL | FRE | Q-A Rel. (emb) | Persona (emb) | LLM-judged |"
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['S']:+.3f} | {r['qa_rel']:.2f} | {r['persona']:.2f} | {r['udrr']:.3f} | {r['ppl']:.2f} | "
-            f"{r['flesch']:.1f} | {r['qa_rel_emb']:.2f} | {r['persona_emb']:.2f} |"
+            f"{r['flesch']:.1f} | {r['qa_rel_emb']:.2f} | {r['persona_emb']:.2f} | {r['llm_judged']:.0%} |"
         )
     return "\n".join(lines)
 
@@ -88,7 +88,7 @@ def run_lsrp(cfg) -> int:
         json.dump(to_dict(cfg), f, indent=2)
     set_seed(cfg.train.seed)
     t_start, timings = time.time(), {}
-    say = lambda msg: (log.info(msg), print(msg, flush=True))  # noqa: E731
+    say = lambda msg: print(msg, flush=True)  # noqa: E731  (tables and stage summaries; progress goes to the log)
 
     index_pairs = make_pairs(s.num_users, s.tasks_per_user, s.seed, "synthetic")
     test_pairs = make_pairs(s.num_test_users, s.tasks_per_user, s.seed, "real")
@@ -101,21 +101,26 @@ def run_lsrp(cfg) -> int:
     from policies.router import load_encoder
 
     cache = cfg.cloud.cache_file or os.path.join(out, "cloud_cache.sqlite")
-    leader_at = lambda model, t: CachedCloud(make_backend(replace(cfg.cloud, model=model, temperature=float(t))), cache)  # noqa: E731
+
+    def leader_at(model: str, temperature: float) -> CachedCloud:
+        """The leader (cloud.model, or the DPO'd one) at one sampling temperature, sharing the one answer cache."""
+        return CachedCloud(make_backend(replace(cfg.cloud, model=model, temperature=float(temperature))), cache)
+
     leader = leader_at(cfg.cloud.model, cfg.cloud.temperature)
     model, tok = load_device_model(replace(cfg.model, lora=False), for_training=False)
     device = Device(model, tok)
     encoder = load_encoder(s.encoder)
-    embed = lambda texts: encoder.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False)  # noqa: E731
     judge_cloud = None
-    if s.judge == "cloud":
+    if s.judge == "cloud":  # greedy, a few tokens: the reply is a number
         judge_cfg = replace(cfg.cloud, model=s.judge_model or cfg.cloud.model, temperature=0.0, max_new_tokens=8)
         judge_cloud = CachedCloud(make_backend(judge_cfg), cache)
-    judge = Judge(judge_cloud, embed)
+    judge = Judge(judge_cloud, lambda texts: encoder.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False))
     store = RecordStore(os.path.join(out, "records.jsonl"))
-    run = lambda pairs, strategies, ldr, tag, t: execute(  # noqa: E731
-        [(p, st) for p in pairs for st in strategies], ldr, tag, t, device, judge, store, s.device_max_new_tokens,
-        s.device_temperature, log=say)
+
+    def run(pairs, strategies, ldr, tag: str, temperature: float) -> list[dict]:
+        """Records of every (pair, strategy): guideline by ``ldr`` at ``temperature``, device answer, metrics."""
+        jobs = [(p, st) for p in pairs for st in strategies]
+        return execute(jobs, ldr, tag, temperature, device, judge, store, s.device_max_new_tokens, s.device_temperature, log=log.info)
 
     # 1. the index ---------------------------------------------------------------------------------
     t0 = time.time()
@@ -198,9 +203,16 @@ def run_lsrp(cfg) -> int:
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(f"Judge: {report['judge']}. Weights of S: {weights.w}.\n\n")
+        f.write(f"Judge: {report['judge']}. S = {w[0]:.3f}·QA-Rel + {w[1]:.3f}·UDRR − {w[2]:.3f}·PPL (min-max normalised, "
+                f"knee of a {len(weights.front)}-point NSGA-II front).\n\n")
+        f.write(f"Best strategy of the {len(index_pairs)} synthetic pairs (the index): {report['index_best']}.\n")
+        f.write("Agreement with the best strategy in hindsight on the real pairs: "
+                + ", ".join(f"{m} {a:.0%}" for m, a in agree.items() if not m.startswith("best")) + ".\n\n")
         f.write(format_rows(rows_before, "before SMFB-DPO") + "\n\n")
+        if "smfb" in report:
+            f.write(f"SMFB-DPO: {report['smfb']}\n\n")
         if "after" in report:
-            f.write(format_rows(report["after"], "after SMFB-DPO") + "\n")
+            f.write(format_rows(report["after"], "after SMFB-DPO") + "\n\n")
+        f.write(f"Timings (s): { {k: round(v) for k, v in timings.items()} }\n")
     say(f"LSRP report: {os.path.join(out, 'report.md')} ({timings['total_s'] / 60:.1f} min)")
     return 0
