@@ -19,8 +19,8 @@ Choices the paper leaves open, made explicit here:
   (eq. 5). The knee of the Pareto front is the point farthest from the hyperplane through the
   front's extreme points, on the ideal point's side (Zhang et al. 2014, KnEA), in the front's own
   min-max normalised objective space.
-* The judge: any cloud backend (``hf``, ``openai``) through the cached cloud; its reply's first number
-  in 0-10 is the score. ``judge="offline"``, or a reply without a number, falls back to the
+* The judge: any cloud backend (``hf``, ``openai``) through the cached cloud; its reply is the score when it
+  has one of the forms of ``parse_score``. ``judge="offline"``, or a reply without a number, falls back to the
   embedding score ``10·max(0, cos(e(a), e(b)))`` (task vs output for Q-A Rel., profile vs output for
   Persona). Every score carries its source (``llm`` or ``offline-embedding``); reports count them.
 """
@@ -99,13 +99,24 @@ PERSONA_PROMPT = (
     "(generic, ignores the user) to 10 (clearly tailored to the user's life, preferences and style). Reply with "
     "the number only.\n\nUser profile: {user_data}\n\nTask: {task}\n\nAnswer: {output}\n\nScore (0-10):"
 )
-_SCORE = re.compile(r"(?<![\d.])(10|\d)(?:\.\d+)?(?![\d])")
+_NUM = r"(10(?:\.0+)?|\d(?:\.\d+)?)"
+_SCORE = (
+    re.compile(rf"^\W*{_NUM}\W*$"),  # the reply is the number alone: "7", "7.", "**7**"
+    re.compile(rf"(?<![\d.]){_NUM}\s*(?:/|out of)\s*10(?!\d)", re.I),  # "7/10", "7 out of 10"
+    re.compile(rf"\b(?:score|rating|rate it)\W{{0,3}}(?:is\W{{0,3}}|of\W{{0,3}})?{_NUM}(?![\d.]\d)", re.I),  # "Score: 7"
+)
 
 
 def parse_score(reply: str) -> float | None:
-    """The first number 0-10 in a judge's reply (``'Score: 7/10'`` -> 7.0), or None."""
-    m = _SCORE.search(reply)
-    return float(m.group(0)) if m and 0.0 <= float(m.group(0)) <= 10.0 else None
+    """A judge's 0-10 score, only in an unambiguous form: the number alone, "N/10", "N out of 10" or "Score: N".
+
+    Anything else is None (the record then falls back to the offline score): a small judge often answers with a
+    numbered list ("1. Plan ...") or half a sentence ("Your answer is 0 out of"), which are not scores."""
+    for pattern in _SCORE:
+        m = pattern.search(reply.strip())
+        if m:
+            return float(m.group(1))
+    return None
 
 
 def judge_messages(prompt: str, **fields) -> list[dict]:

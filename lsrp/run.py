@@ -14,11 +14,12 @@ Stages (everything cached; a killed run restarts with the same command and redoe
              of the leader with LoRA (leader_dpo/final).
   4. after:  stage 2 again with the DPO'd leader: S before and after SMFB-DPO for every choice.
 Outputs in train.output_dir: users.jsonl, records.jsonl, score_weights.json, uurag/, smfb_pairs.jsonl,
-leader_dpo/, report.json and report.md (the tables printed at the end).
+leader_dpo/<hash of its training pairs and settings>/final, report.json and report.md (the tables printed at the end).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -178,8 +179,15 @@ def run_lsrp(cfg) -> int:
         say(f"SMFB-DPO pairs per strategy: {report['smfb']['pairs']} -> balanced {report['smfb']['balanced']}")
         timings["smfb_pairs_s"] = time.time() - t0
         t0 = time.time()
-        leader_dir = os.path.join(out, "leader_dpo")
+        # the DPO'd leader lives in a folder named by what it was trained from, so the cloud cache (keyed by the
+        # model's path) and the records (keyed by the tag) never serve a previous leader's guidelines
+        recipe = json.dumps({"pairs": kept, "dpo": to_dict(cfg)["dpo"], "leader": cfg.cloud.model, "seed": cfg.train.seed,
+                             "lora": [cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, list(cfg.model.lora_target_modules)]},
+                            sort_keys=True)
+        digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+        leader_dir = os.path.join(out, "leader_dpo", digest)
         final = os.path.join(leader_dir, "final")
+        report["smfb"]["leader"] = final
         if not kept:
             say("SMFB-DPO skipped: no preference pairs (every two guidelines tied on S). Use more users, two temperatures "
                 "further apart (lsrp.dpo_temperatures) or a lower lsrp.min_score_gap.")
@@ -190,7 +198,7 @@ def run_lsrp(cfg) -> int:
     if s.dpo and kept:  # 4. the real pairs again, with the leader after SMFB-DPO
         t0 = time.time()
         after_leader = leader_at(final, cfg.cloud.temperature)
-        after = {(r["uid"], r["strategy"]): r for r in run(test_pairs, STRATEGIES + ("general",), after_leader, "dpo", cfg.cloud.temperature)}
+        after = {(r["uid"], r["strategy"]): r for r in run(test_pairs, STRATEGIES + ("general",), after_leader, f"dpo-{digest}", cfg.cloud.temperature)}
         after_choices = dict(choices, **{"best in hindsight (oracle)": best_strategies(after, test_pairs, weights)})
         rows_after = choice_rows(after, test_pairs, after_choices, weights) + [random_row(after, test_pairs, weights)]
         report["after"] = rows_after
