@@ -342,7 +342,8 @@ def save_final(accelerator, model, tok, cfg, path: str):
 
 
 def run_trl_baseline(cfg, resume: bool) -> int:
-    """rl.trainer=trl_drgrpo: the Dr.GRPO baseline trained by TRL's GRPOTrainer (rl/trl_grpo.py), evaluated as above."""
+    """rl.trainer=trl_drgrpo (TRL GRPOTrainer, rl/trl_grpo.py) or dpo (TRL DPOTrainer, rl/dpo.py), evaluated as above."""
+    from rl.dpo import train_with_dpo
     from rl.trl_grpo import train_with_trl
 
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
@@ -354,12 +355,11 @@ def run_trl_baseline(cfg, resume: bool) -> int:
 
     def eval_model(tag, model, tok):
         cloud = make_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "cloud_cache.sqlite"))
-        env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
-        return run_eval(tag, env, HFGenerator(model, tok), test_problems, cfg, accelerator)
+        return run_eval(tag, make_env(cfg, tok, cloud), HFGenerator(model, tok), test_problems, cfg, accelerator)
 
     if cfg.train.eval_before and cfg.train.max_steps > 0 and not resume and accelerator.is_main_process:
         eval_model("before", *load_device_model(replace(cfg.model, lora=False), for_training=False))
-    final = train_with_trl(cfg, resume, eval_hook=eval_model)
+    final = train_with_dpo(cfg, resume) if cfg.rl.trainer == "dpo" else train_with_trl(cfg, resume, eval_hook=eval_model)
     if accelerator.is_main_process:
         eval_model("final", *load_device_model(replace(cfg.model, name_or_path=final, gguf_file=None, lora=False), for_training=False))
         tqdm.write(f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})")
@@ -440,7 +440,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if cfg.rl.trainer == "trl_drgrpo":  # the collaboration-aware tuning baseline: TRL's own loop, same evaluation
+    if cfg.rl.env == "lsrp":  # the cloud leads, the device answers with private data (lsrp/run.py)
+        from lsrp.run import run_lsrp
+
+        return run_lsrp(cfg)
+    if cfg.rl.trainer in ("trl_drgrpo", "dpo"):  # TRL's own loops (Dr.GRPO baseline, DPO), same evaluation
         return run_trl_baseline(cfg, args.resume)
     if cfg.rl.trainer == "sft":  # task tuning: the supervised warm start and the task-tuning-only baseline
         return run_task_tuning(cfg, args.resume)

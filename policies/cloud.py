@@ -25,6 +25,9 @@ committed as each answer arrives, safe for several processes) keyed by
 the chat messages and the sampling parameters.  Training, evaluation and sweeps that
 point at the same file never pay twice for the same request.
 
+LSRP (``lsrp/``): ``chat_problem(messages)`` carries a whole chat (a leader's or a judge's prompt);
+every backend sends those messages as they are, and the cache keys them like any other request.
+
 Query mode (``envs/query.py``): a free-text ``<query>`` is wrapped by ``query_problem(text)``
 into a ``Problem`` whose question is the query and whose uid is a hash of it, so the same
 cache and every backend serve it (``cloud.answer_queries(texts)``).  A real backend gets the
@@ -113,8 +116,18 @@ def is_augment(problem: Problem) -> bool:
 _SYSTEMS = {QUERY_KIND: CLOUD_QUERY_SYSTEM, AUGMENT_KIND: CLOUD_AUGMENT_SYSTEM}
 
 
+def chat_problem(messages: list[dict], kind: str = "chat") -> Problem:
+    """A whole chat as a Problem (LSRP's leader and judge prompts): uid = a hash of the messages (keys the cache)."""
+    blob = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+    digest = hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+    return Problem(uid=f"{kind}-{digest}", question=messages[-1]["content"], answer="", level=0, meta={"kind": kind, "messages": messages})
+
+
 def cloud_messages(problem: Problem) -> list[dict]:
-    """The chat the cloud sees: the system prompt of the request's kind (answer, ``<query>``, augmentation) and the question."""
+    """The chat the cloud sees: a ``chat_problem``'s own messages, else the system prompt of the request's kind
+    (answer, ``<query>``, augmentation) and the bare question."""
+    if "messages" in problem.meta:
+        return problem.meta["messages"]
     system = _SYSTEMS.get(problem.meta.get("kind"), CLOUD_SYSTEM)
     return [{"role": "system", "content": system}, {"role": "user", "content": problem.question}]
 
@@ -225,7 +238,9 @@ class HFCloud:
         path = resolve_model_path(self.model_path)
         self.tokenizer = load_tokenizer(path)
         self.model = AutoModelForCausalLM.from_pretrained(path)
-        self.generator = HFGenerator(self.model, self.tokenizer)
+        # min_shared_prefix=0: one left-padded batch for prompts of different lengths (the shared-head path
+        # batches equal lengths only, which runs free-text prompts such as LSRP's one by one); greedy outputs match
+        self.generator = HFGenerator(self.model, self.tokenizer, min_shared_prefix=0)
 
     def answer_many(self, problems: list[Problem]) -> list[CloudReply]:
         from policies.generation import chat_prompt

