@@ -108,7 +108,8 @@ class PeakRSS:
     """Peak resident set size of this process while the block runs, sampled every ``interval`` s by a thread.
 
     ``before`` is the RSS at entry, ``peak`` the highest sample (and the RSS at exit), in bytes.  Sampling
-    can miss a spike shorter than the interval; the process-lifetime ``ru_maxrss`` is reported alongside."""
+    can miss a spike shorter than the interval.  (``ru_maxrss`` is no substitute: on Linux a child process
+    started from a large parent inherits the parent's peak.)"""
 
     def __init__(self, interval: float = 0.002):
         import psutil
@@ -132,13 +133,6 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.proc.memory_info().rss)
-
-
-def ru_maxrss_bytes() -> int:
-    import resource
-
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb if sys.platform == "darwin" else kb * 1024
 
 
 def table(headers: list[str], rows: list[list], title: str | None = None) -> str:
