@@ -28,6 +28,8 @@ import os
 import random
 from itertools import combinations
 
+from rl.trl_run import metrics_callback, save_final, train_resumable
+
 log = logging.getLogger("train.dpo")
 
 PAIRS_FILE = "dpo_pairs.jsonl"
@@ -138,20 +140,6 @@ def lora_config(model_cfg):
                       target_modules=list(model_cfg.lora_target_modules), task_type="CAUSAL_LM")
 
 
-def metrics_callback(path: str):
-    from transformers import TrainerCallback
-
-    class MetricsJsonl(TrainerCallback):
-        """Append every TRL DPO log (loss, rewards/chosen, rewards/margins, rewards/accuracies...) to ``path``."""
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if state.is_world_process_zero and logs and "loss" in logs:
-                with open(path, "a") as f:
-                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
-
-    return MetricsJsonl()
-
-
 def train_dpo(model, tokenizer, rows: list[dict], cfg, output_dir: str, final_dir: str, collator=None, resume: bool = False) -> str:
     """DPOTrainer on ``rows`` (prompt/chosen/rejected, text or conversational); save the merged model to ``final_dir``."""
     from datasets import Dataset
@@ -172,15 +160,8 @@ def train_dpo(model, tokenizer, rows: list[dict], cfg, output_dir: str, final_di
         peft_config=lora_config(cfg.model) if cfg.dpo.lora else None,
         callbacks=[metrics_callback(os.path.join(output_dir, "metrics.jsonl"))],
     )
-    has_ckpt = resume and any(d.startswith("checkpoint-") for d in os.listdir(output_dir))
-    trainer.train(resume_from_checkpoint=True if has_ckpt else None)
-    if trainer.accelerator.is_main_process:
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        to_save = unwrapped.merge_and_unload() if cfg.dpo.lora else unwrapped
-        to_save.save_pretrained(final_dir)
-        tokenizer.save_pretrained(final_dir)
-    trainer.accelerator.wait_for_everyone()
-    return final_dir
+    train_resumable(trainer, output_dir, resume, os.path.join(output_dir, "metrics.jsonl"))
+    return save_final(trainer, tokenizer, final_dir, merge_lora=cfg.dpo.lora)
 
 
 # rl.trainer=dpo: the routing policy -------------------------------------------------------------

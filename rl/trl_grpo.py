@@ -19,7 +19,6 @@ template again.  Rewards reuse ``RouteEnv.judge``, the cloud cache and
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import defaultdict
@@ -30,6 +29,7 @@ from policies.cloud import make_cloud
 from policies.device import load_device_model
 from policies.generation import Sample
 from rewards.collaboration import collaboration_reward
+from rl.trl_run import metrics_callback, save_final, train_resumable
 
 log = logging.getLogger("train.trl")
 
@@ -162,26 +162,6 @@ def grpo_config(cfg, num_processes: int = 1):
     )
 
 
-def _callbacks(path: str, eval_every: int, eval_hook):
-    from transformers import TrainerCallback
-
-    class MetricsJsonl(TrainerCallback):
-        """Append every per-step TRL log (reward, offload_rate, loss, ...) to ``metrics.jsonl``, as the GAPG loop does;
-        call ``eval_hook(tag, model, tokenizer)`` every ``eval_every`` steps before the last."""
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if state.is_world_process_zero and logs and "reward" in logs:
-                with open(path, "a") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-        def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
-            step = state.global_step
-            if eval_hook and eval_every and step % eval_every == 0 and step < state.max_steps:
-                eval_hook(f"step-{step}", model, processing_class)
-
-    return [MetricsJsonl()]
-
-
 def build_trainer(cfg, model, tok, cloud, train_problems, eval_hook=None, callbacks=(), args=None):
     """The ``GRPOTrainer`` of the Dr.GRPO baseline: RouteEnv prompts, the hierarchical reward, ``grpo_config(cfg)``.
 
@@ -205,7 +185,8 @@ def build_trainer(cfg, model, tok, cloud, train_problems, eval_hook=None, callba
         args=args,
         train_dataset=build_dataset(env, train_problems, cfg.rl.max_prompt_tokens),
         processing_class=tok,
-        callbacks=_callbacks(os.path.join(cfg.train.output_dir, "metrics.jsonl"), cfg.train.eval_every, eval_hook) + list(callbacks),
+        callbacks=[metrics_callback(os.path.join(cfg.train.output_dir, "metrics.jsonl"), "reward", eval_hook, cfg.train.eval_every),
+                   *callbacks],
     )
 
 
@@ -222,23 +203,5 @@ def train_with_trl(cfg, resume: bool = False, eval_hook=None) -> str:
     cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
     trainer = build_trainer(cfg, model, tok, cloud, train_problems, eval_hook=eval_hook)
     if cfg.train.max_steps > 0:
-        has_ckpt = resume and any(d.startswith("checkpoint-") for d in os.listdir(out))
-        if resume and not has_ckpt:
-            log.warning("--resume: no TRL checkpoint-N in %s; starting from step 0", out)
-        if resume and trainer.accelerator.is_main_process:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            from train import truncate_metrics
-
-            last = get_last_checkpoint(out) if has_ckpt else None
-            truncate_metrics(os.path.join(out, "metrics.jsonl"), int(last.rsplit("-", 1)[1]) if last else 0)
-        trainer.train(resume_from_checkpoint=True if has_ckpt else None)
-
-    final = os.path.join(out, "final")
-    if trainer.accelerator.is_main_process:
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        to_save = unwrapped.merge_and_unload() if cfg.model.lora else unwrapped
-        to_save.save_pretrained(final)
-        tok.save_pretrained(final)
-    trainer.accelerator.wait_for_everyone()
-    return final
+        train_resumable(trainer, out, resume, os.path.join(out, "metrics.jsonl"))
+    return save_final(trainer, tok, os.path.join(out, "final"), merge_lora=cfg.model.lora)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -58,14 +59,14 @@ def test_dataset_prompts_are_routeenv_prompts_and_config_maps_to_dr_grpo(tiny_mo
     assert a.report_to in ([], "none", ["none"]) and a.logging_steps == 1 and not a.bf16
 
 
-def test_train_py_trl_drgrpo_trains_saves_and_evaluates(tiny_model_dir, tmp_path):
+def test_train_py_trl_drgrpo_trains_saves_evaluates_and_resumes(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = str(tmp_path / "drgrpo")
     args = [
         "--config", TINY, f"model.name_or_path={tiny_model_dir}", "rl.trainer=trl_drgrpo", "train.max_steps=2",
         f"train.output_dir={out}", "task.levels=[1+1]", "rl.group_size=8", "rl.batch_prompts=8", "rl.max_new_tokens=10",
-        "rl.gamma=0.05", "train.learning_rate=1e-2", "train.micro_batch_size=32", "train.save_every=2",
+        "rl.gamma=0.05", "train.learning_rate=1e-2", "train.micro_batch_size=32", "train.save_every=1",
     ]
     assert train.main(args) == 0
     # TRL logged two optimizer steps, each with the collaboration metrics
@@ -84,3 +85,13 @@ def test_train_py_trl_drgrpo_trains_saves_and_evaluates(tiny_model_dir, tmp_path
     # the same held-out evaluation as the GAPG path
     summary = json.load(open(os.path.join(out, "eval", "final.json")))
     assert [r["method"] for r in summary] == ["policy", "never", "random"] and summary[0]["n"] == 14
+
+    # a run killed after step 2's log line, before checkpoint-2 and final/: --resume runs step 2 again from
+    # checkpoint-1 and metrics.jsonl ends with each step once (the stale step-2 line and a torn line are dropped)
+    shutil.rmtree(os.path.join(out, "checkpoint-2"))
+    shutil.rmtree(final)
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 3, "rew')
+    assert train.main(args + ["--resume"]) == 0
+    assert [json.loads(l)["step"] for l in open(os.path.join(out, "metrics.jsonl"))] == [1, 2]
+    assert os.path.exists(os.path.join(out, "checkpoint-2")) and os.path.exists(os.path.join(final, "model.safetensors"))

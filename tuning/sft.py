@@ -42,6 +42,7 @@ from envs.tasks import load_problems, template_for
 from policies.generation import chat_prompt
 from eval import append_jsonl, read_jsonl
 from rewards.math_grader import grade
+from rl.trl_run import metrics_callback, save_final, train_resumable
 from tuning.augment import augment
 from tuning.filters import AnswerVerifier, NLIScorer, filter_pairs
 
@@ -255,18 +256,6 @@ def sft_config(cfg, num_processes: int = 1):
     )
 
 
-def _metrics_callback(path: str):
-    from transformers import TrainerCallback
-
-    class MetricsJsonl(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if state.is_world_process_zero and logs and "loss" in logs:
-                with open(path, "a") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-    return MetricsJsonl()
-
-
 def train_sft(cfg, resume: bool = False, eval_hook=None) -> str:
     """Prepare the data, fine-tune with TRL SFTTrainer (LoRA when ``model.lora``), save ``<output_dir>/final``
     (adapters merged) and return its path.  ``eval_hook("before", model, tokenizer)`` runs on the untouched model."""
@@ -293,18 +282,8 @@ def train_sft(cfg, resume: bool = False, eval_hook=None) -> str:
              cfg.train.max_steps * cfg.sft.batch_size / len(examples), "on" if cfg.model.lora else "off (all weights)")
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=to_dataset(examples, template_for(cfg.task), cfg.task.max_solve_steps),
-        processing_class=tok, callbacks=[_metrics_callback(os.path.join(out, "metrics.jsonl"))],
+        processing_class=tok, callbacks=[metrics_callback(os.path.join(out, "metrics.jsonl"))],
     )
     if cfg.train.max_steps > 0:
-        has_ckpt = resume and any(d.startswith("checkpoint-") for d in os.listdir(out))
-        if resume and not has_ckpt:
-            log.warning("--resume: no checkpoint-N in %s; starting from step 0", out)
-        trainer.train(resume_from_checkpoint=True if has_ckpt else None)
-    final = os.path.join(out, "final")
-    if trainer.accelerator.is_main_process:
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        to_save = unwrapped.merge_and_unload() if cfg.model.lora else unwrapped
-        to_save.save_pretrained(final)
-        tok.save_pretrained(final)
-    trainer.accelerator.wait_for_everyone()
-    return final
+        train_resumable(trainer, out, resume, os.path.join(out, "metrics.jsonl"))
+    return save_final(trainer, tok, os.path.join(out, "final"), merge_lora=cfg.model.lora)
