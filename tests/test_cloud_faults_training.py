@@ -20,23 +20,10 @@ from envs.route import RouteEnv
 from policies.cloud import CachedCloud, CloudConfigError, OpenAICloud
 from policies.device import load_tokenizer
 from policies.generation import Sample
-from test_cloud_http import MODEL, ScriptedServer
+from test_cloud_http import MODEL, serve  # noqa: F401  (serve: the pytest fixture, shared)
 
 KEY_ENV = "CLOUDROUTE_FAULT_TEST_KEY"
 ESC = "<unknown> I need external assistance </unknown>"
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(script=None) -> ScriptedServer:
-        servers.append(ScriptedServer(script))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
 
 
 @pytest.fixture(autouse=True)
