@@ -52,6 +52,7 @@ from rl.filtering import select_prompts
 from policies.generation import common_prefix_len
 from rl.gapg import gapg_loss, group_advantages, score_sequences
 from rl.lagrangian import DualVariable
+from rl.trl_run import wandb_offline_unless_configured
 from trl.models.utils import unwrap_model_for_generation
 
 log = logging.getLogger("train")
@@ -405,8 +406,7 @@ def make_accelerator(cfg) -> Accelerator:
 def init_wandb(cfg, accelerator):
     if not (cfg.train.wandb and accelerator.is_main_process):
         return None
-    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-        os.environ["WANDB_MODE"] = "offline"  # never block on a login prompt
+    wandb_offline_unless_configured()
     try:
         import wandb
 

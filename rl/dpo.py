@@ -28,7 +28,7 @@ import os
 import random
 from itertools import combinations
 
-from rl.trl_run import metrics_callback, save_final, train_resumable
+from rl.trl_run import common_args, metrics_callback, save_final, train_resumable
 
 log = logging.getLogger("train.dpo")
 
@@ -100,18 +100,9 @@ def dpo_args(cfg, output_dir: str, save: bool = True):
     """TRL ``DPOConfig`` from the ``dpo`` and ``train`` sections."""
     from trl import DPOConfig as TRLDPOConfig
 
-    d, t = cfg.dpo, cfg.train
-    if t.wandb and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-        os.environ["WANDB_MODE"] = "offline"  # as train.init_wandb: never block on a login prompt
-    if t.wandb:
-        os.environ.setdefault("WANDB_PROJECT", t.wandb_project)
-        os.environ.setdefault("WANDB_DIR", output_dir)
+    d = cfg.dpo
     return TRLDPOConfig(
-        output_dir=output_dir,
-        run_name=t.run_name or os.path.basename(os.path.normpath(output_dir)),
-        report_to=["wandb"] if t.wandb else "none",
-        seed=t.seed,
-        data_seed=t.seed,
+        **common_args(cfg, output_dir),
         beta=d.beta,
         loss_type=[d.loss_type],
         learning_rate=d.learning_rate,
@@ -120,14 +111,8 @@ def dpo_args(cfg, output_dir: str, save: bool = True):
         gradient_accumulation_steps=d.grad_accum,
         max_length=d.max_length,
         truncation_mode="keep_start",
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        bf16=t.mixed_precision == "bf16",
-        fp16=t.mixed_precision == "fp16",
         activation_checkpointing=cfg.model.gradient_checkpointing,
-        logging_steps=1,
         save_strategy="epoch" if save else "no",
-        save_total_limit=t.keep_checkpoints,
         remove_unused_columns=False,  # the exact ids and masks reach the collator
         dataset_num_proc=None,
     )

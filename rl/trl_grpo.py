@@ -29,7 +29,7 @@ from policies.cloud import make_cloud
 from policies.device import load_device_model
 from policies.generation import Sample
 from rewards.collaboration import collaboration_reward
-from rl.trl_run import metrics_callback, save_final, train_resumable
+from rl.trl_run import common_args, metrics_callback, per_device_batch, save_final, train_resumable
 
 log = logging.getLogger("train.trl")
 
@@ -101,11 +101,6 @@ def build_dataset(env: RouteEnv, problems, max_prompt_tokens: int = 0):
     return Dataset.from_list(rows)
 
 
-def _per_device_batch(total: int, cap: int) -> int:
-    """The largest divisor of ``total`` that is <= ``cap`` (sequences per forward/backward)."""
-    return max(d for d in range(1, min(total, max(cap, 1)) + 1) if total % d == 0)
-
-
 def grpo_config(cfg, num_processes: int = 1):
     """The TRL ``GRPOConfig`` for this run (see the mapping table in README: Baselines)."""
     from trl import GRPOConfig
@@ -117,27 +112,14 @@ def grpo_config(cfg, num_processes: int = 1):
             f"rl.batch_prompts * rl.group_size = {gen_batch} completions per step must divide evenly among "
             f"{num_processes} processes."
         )
-    per_device = _per_device_batch(gen_batch // num_processes, t.micro_batch_size)
+    per_device = per_device_batch(gen_batch // num_processes, t.micro_batch_size)
     accum = gen_batch // (per_device * num_processes)
-    if t.wandb and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-        os.environ["WANDB_MODE"] = "offline"  # as train.init_wandb: never block on a login prompt
-    if t.wandb:  # transformers' WandbCallback reads these
-        os.environ.setdefault("WANDB_PROJECT", t.wandb_project)
-        os.environ.setdefault("WANDB_DIR", t.output_dir)
-        if getattr(t, "wandb_group", ""):
-            os.environ.setdefault("WANDB_RUN_GROUP", t.wandb_group)
     return GRPOConfig(
-        output_dir=t.output_dir,
-        run_name=t.run_name or os.path.basename(os.path.normpath(t.output_dir)),
-        report_to=["wandb"] if t.wandb else "none",
-        seed=t.seed,
-        data_seed=t.seed,
+        **common_args(cfg, t.output_dir),
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type="constant",  # GAPG's AdamW runs at a constant rate too
         warmup_steps=0,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accum,  # one optimizer step per generation batch: on-policy, no reuse
         generation_batch_size=gen_batch,
@@ -149,13 +131,9 @@ def grpo_config(cfg, num_processes: int = 1):
         beta=0.0,
         loss_type="dr_grpo",
         scale_rewards="none",
-        bf16=t.mixed_precision == "bf16",
-        fp16=t.mixed_precision == "fp16",
         gradient_checkpointing=cfg.model.gradient_checkpointing,
-        logging_steps=1,
         save_strategy="steps" if t.save_every else "no",
         save_steps=t.save_every or 500,
-        save_total_limit=t.keep_checkpoints,
         remove_unused_columns=False,  # the reward needs the uid column
         shuffle_dataset=True,
         log_completions=False,

@@ -16,6 +16,43 @@ import os
 log = logging.getLogger(__name__)
 
 
+def wandb_offline_unless_configured() -> None:
+    """W&B never blocks on a login prompt: offline mode unless ``WANDB_API_KEY`` or ``WANDB_MODE`` is set."""
+    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        os.environ["WANDB_MODE"] = "offline"
+
+
+def per_device_batch(total: int, cap: int) -> int:
+    """The largest divisor of ``total`` that is <= ``cap`` (sequences per forward/backward)."""
+    return max(d for d in range(1, min(total, max(cap, 1)) + 1) if total % d == 0)
+
+
+def common_args(cfg, output_dir: str) -> dict:
+    """The ``TrainingArguments`` every TRL-backed mode takes from the ``train`` section (run name, W&B, seed, weight
+    decay, clipping, precision, a log line per step, checkpoints kept).  With ``train.wandb`` it also sets the
+    environment that transformers' ``WandbCallback`` reads (project, folder, group)."""
+    t = cfg.train
+    if t.wandb:
+        wandb_offline_unless_configured()
+        os.environ.setdefault("WANDB_PROJECT", t.wandb_project)
+        os.environ.setdefault("WANDB_DIR", output_dir)
+        if t.wandb_group:
+            os.environ.setdefault("WANDB_RUN_GROUP", t.wandb_group)
+    return dict(
+        output_dir=output_dir,
+        run_name=t.run_name or os.path.basename(os.path.normpath(output_dir)),
+        report_to=["wandb"] if t.wandb else "none",
+        seed=t.seed,
+        data_seed=t.seed,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=t.mixed_precision == "bf16",
+        fp16=t.mixed_precision == "fp16",
+        logging_steps=1,
+        save_total_limit=t.keep_checkpoints,
+    )
+
+
 def metrics_callback(path: str, require: str = "loss", eval_hook=None, eval_every: int = 0):
     """A ``TrainerCallback`` that appends every log holding ``require`` (per-step logs, not the end-of-training
     summary) to ``path`` as one JSON line, from the main process only; with ``eval_hook(tag, model, tokenizer)``

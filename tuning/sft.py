@@ -42,7 +42,7 @@ from envs.tasks import load_problems, template_for
 from policies.generation import chat_prompt
 from eval import append_jsonl, read_jsonl
 from rewards.math_grader import grade
-from rl.trl_run import metrics_callback, save_final, train_resumable
+from rl.trl_run import common_args, metrics_callback, per_device_batch, save_final, train_resumable
 from tuning.augment import augment
 from tuning.filters import AnswerVerifier, NLIScorer, filter_pairs
 
@@ -218,41 +218,24 @@ def sft_config(cfg, num_processes: int = 1):
     """The TRL ``SFTConfig`` of this run: ``sft.batch_size`` examples per optimizer step, ``train.max_steps`` steps."""
     from trl import SFTConfig
 
-    from rl.trl_grpo import _per_device_batch
-
     t = cfg.train
     if cfg.sft.batch_size % num_processes:
         raise ValueError(f"sft.batch_size={cfg.sft.batch_size} must divide evenly among {num_processes} processes.")
-    per_device = _per_device_batch(cfg.sft.batch_size // num_processes, t.micro_batch_size)
-    if t.wandb and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-        os.environ["WANDB_MODE"] = "offline"
-    if t.wandb:
-        os.environ.setdefault("WANDB_PROJECT", t.wandb_project)
-        os.environ.setdefault("WANDB_DIR", t.output_dir)
+    per_device = per_device_batch(cfg.sft.batch_size // num_processes, t.micro_batch_size)
     return SFTConfig(
-        output_dir=t.output_dir,
-        run_name=t.run_name or os.path.basename(os.path.normpath(t.output_dir)),
-        report_to=["wandb"] if t.wandb else "none",
-        seed=t.seed,
-        data_seed=t.seed,
+        **common_args(cfg, t.output_dir),
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type="linear",
         warmup_steps=0,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=cfg.sft.batch_size // (per_device * num_processes),
         completion_only_loss=True,  # cross-entropy on the response tokens only (eq. 6 over y given x)
         max_length=None,  # prompt lengths are checked against rl.max_prompt_tokens, responses against rl.max_new_tokens
         packing=False,
-        bf16=t.mixed_precision == "bf16",
-        fp16=t.mixed_precision == "fp16",
         **({"gradient_checkpointing": True} if cfg.model.gradient_checkpointing else {}),
-        logging_steps=1,
         save_strategy="steps" if t.save_every else "no",
         save_steps=t.save_every or 500,
-        save_total_limit=t.keep_checkpoints,
     )
 
 
