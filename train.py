@@ -47,7 +47,7 @@ from policies.cloud import CloudError, make_cloud
 from policies.device import load_device_model
 from policies.generation import HFGenerator
 from rewards.collaboration import collaboration_reward, query_reward
-from rl.config import ConfigError, format_help, load_config, rho, to_dict
+from rl.config import ConfigError, format_help, load_config, rho, save_config, to_dict
 from rl.filtering import select_prompts
 from policies.generation import common_prefix_len
 from rl.gapg import gapg_loss, group_advantages, score_sequences
@@ -348,10 +348,8 @@ def run_trl_baseline(cfg, resume: bool) -> int:
     from rl.trl_grpo import train_with_trl
 
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
-    os.makedirs(cfg.train.output_dir, exist_ok=True)
     if accelerator.is_main_process:
-        with open(os.path.join(cfg.train.output_dir, "config.json"), "w") as f:
-            json.dump(to_dict(cfg), f, indent=2)
+        save_config(cfg)
     test_problems = load_problems(cfg.task)[1]
 
     def eval_model(tag, model, tok):
@@ -372,18 +370,15 @@ def run_task_tuning(cfg, resume: bool) -> int:
     from tuning.sft import train_sft
 
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
-    os.makedirs(cfg.train.output_dir, exist_ok=True)
     if accelerator.is_main_process:
-        with open(os.path.join(cfg.train.output_dir, "config.json"), "w") as f:
-            json.dump(to_dict(cfg), f, indent=2)
+        save_config(cfg)
     test_problems = load_problems(cfg.task)[1]
 
     def eval_model(tag, model, tok):
         if tag == "before" and not (cfg.train.eval_before and cfg.train.max_steps > 0):
             return None
         cloud = make_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "cloud_cache.sqlite"))
-        env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
-        return run_eval(tag, env, HFGenerator(model, tok), test_problems, cfg, accelerator)
+        return run_eval(tag, make_env(cfg, tok, cloud), HFGenerator(model, tok), test_problems, cfg, accelerator)
 
     final = train_sft(cfg, resume, eval_hook=eval_model)
     if accelerator.is_main_process:
@@ -454,8 +449,7 @@ def main(argv=None) -> int:
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
     if accelerator.is_main_process:
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(to_dict(cfg), f, indent=2)
+        save_config(cfg)
 
     # Data, models, environment ------------------------------------------------------------
     try:

@@ -36,7 +36,7 @@ from lsrp.smfb_dpo import balance, smfb_pairs, train_leader
 from lsrp.strategies import STRATEGIES
 from lsrp.users import make_pairs
 from policies.cloud import CachedCloud, make_backend
-from rl.config import to_dict
+from rl.config import save_config, to_dict
 
 log = logging.getLogger("lsrp")
 COLUMNS = ("S", "qa_rel", "persona", "udrr", "ppl", "flesch", "qa_rel_emb", "persona_emb")
@@ -84,9 +84,7 @@ def format_rows(rows: list[dict], title: str) -> str:
 
 def run_lsrp(cfg) -> int:
     s, out = cfg.lsrp, cfg.train.output_dir
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(to_dict(cfg), f, indent=2)
+    save_config(cfg)
     set_seed(cfg.train.seed)
     t_start, timings = time.time(), {}
     say = lambda msg: print(msg, flush=True)  # noqa: E731  (tables and stage summaries; progress goes to the log)

@@ -12,6 +12,7 @@ errors are rewritten here to name the key and the fix.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
@@ -570,6 +571,16 @@ def validate_lsrp(c: Config) -> None:
 
 def to_dict(c: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(c))
+
+
+def save_config(c: Config) -> str:
+    """Create ``train.output_dir`` and write the resolved config to ``<output_dir>/config.json`` (no secret is in
+    it: the cloud key is read from the variable ``cloud.api_key_env`` names).  Returns the file's path."""
+    os.makedirs(c.train.output_dir, exist_ok=True)
+    path = os.path.join(c.train.output_dir, "config.json")
+    with open(path, "w") as f:
+        json.dump(to_dict(c), f, indent=2)
+    return path
 
 
 def rho(budget: float) -> float:

@@ -152,27 +152,15 @@ def train_dpo(model, tokenizer, rows: list[dict], cfg, output_dir: str, final_di
 # rl.trainer=dpo: the routing policy -------------------------------------------------------------
 
 
-def routing_rewards(groups, cfg) -> None:
-    """The collaboration reward with a fixed γ = rl.gamma (route) or the per-call query reward (query), into ``g.rewards``."""
-    from rewards.collaboration import collaboration_reward, query_reward
-
-    rc = cfg.reward
-    for g in groups:
-        if cfg.rl.env == "query":
-            g.rewards = [query_reward(r.local_correct, r.escalated, r.cloud_correct, r.calls, r.cloud_tokens, rc.alpha_local,
-                                      rc.alpha_cloud, cfg.rl.gamma, cfg.rl.gamma_tokens, rc.charge) for r in g.rollouts]
-        else:
-            g.rewards = [collaboration_reward(r.escalated, r.local_correct, r.cloud_correct, rc.alpha_local, rc.alpha_cloud,
-                                              cfg.rl.gamma, rc.charge) for r in g.rollouts]
-
-
 def rollout_pairs(cfg, env, generator, problems) -> tuple[list[dict], dict]:
     """Roll out ``problems`` (rl.rollout_prompts at a time), reward them and build the pairs; also rollout stats."""
+    from train import compute_rewards
+
     groups = []
     for start in range(0, len(problems), cfg.rl.rollout_prompts):
         chunk = problems[start : start + cfg.rl.rollout_prompts]
         part = env.rollout(generator, chunk, cfg.rl.group_size, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.max_new_tokens)
-        routing_rewards(part, cfg)
+        compute_rewards(part, cfg, cfg.rl.gamma)  # train.py's reward (route or query) with a fixed γ = rl.gamma
         groups += part
         log.info("dpo rollouts: %d/%d problems", len(groups), len(problems))
     pairs = preference_pairs(groups, cfg.dpo.max_pairs_per_prompt)
@@ -191,12 +179,11 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
     """rl.trainer=dpo: rollouts of the base policy -> pairs -> TRL DPOTrainer; returns ``<output_dir>/final``."""
     from dataclasses import replace
 
-    from envs.query import QueryEnv
-    from envs.route import RouteEnv
-    from envs.tasks import load_problems, template_for
+    from envs.tasks import load_problems
     from policies.cloud import make_cloud
     from policies.device import load_device_model
     from policies.generation import HFGenerator
+    from train import make_env
 
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
@@ -207,11 +194,7 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
         log.info("--resume: %d preference pairs from %s", len(pairs), pairs_path)
     else:
         cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
-        if cfg.rl.env == "query":
-            env = QueryEnv(template_for(cfg.task), tok, cloud, cfg.rl.max_queries, cfg.rl.max_response_tokens,
-                           cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
-        else:
-            env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
+        env = make_env(cfg, tok, cloud)  # rl.env: route or query
         train_problems = load_problems(cfg.task)[0]
         problems = random.Random(f"{cfg.train.seed}-dpo").sample(train_problems, min(cfg.dpo.num_prompts, len(train_problems)))
         pairs, stats = rollout_pairs(cfg, env, HFGenerator(model, tok), problems)
