@@ -74,17 +74,17 @@ MATH_SUITE_MAX_NEW_TOKENS = 1024  # the paper's response length on MATH (SPEC §
 # ---------------------------------------------------------------------------- resumable work files
 
 
-def read_jsonl(path: str | None) -> dict[str, dict]:
-    """Rows of a work file keyed by uid; a line torn by a crash is skipped (that item is simply redone)."""
+def read_jsonl(path: str | None, key: str = "uid") -> dict[str, dict]:
+    """Rows of a work file keyed by ``row[key]``; a line torn by a crash is skipped (that item is simply redone)."""
     rows = {}
     if path and os.path.exists(path):
         with open(path) as f:
             for line in f:
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError:
+                    rows[row[key]] = row
+                except (json.JSONDecodeError, KeyError, TypeError):
                     continue
-                rows[row["uid"]] = row
     return rows
 
 
@@ -104,6 +104,13 @@ def append_jsonl(path: str | None, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    """``rows`` as a fresh JSON-lines file (outputs rebuilt on every run, not resumable work files)."""
+    if os.path.exists(path):
+        os.remove(path)
+    append_jsonl(path, rows)
 
 
 def check_meta(path: str | None, meta: dict) -> None:

@@ -16,11 +16,9 @@ strategy, as the letter A-D with the highest next-token probability after ``choi
 
 from __future__ import annotations
 
-import json
-import os
-
 import torch
 
+from eval import append_jsonl, read_jsonl
 from lsrp.metrics import flesch, perplexities, udrr
 from lsrp.strategies import CHOICE_LETTERS, STRATEGIES, choice_prompt, device_messages, leader_messages
 from lsrp.users import UserTask
@@ -69,15 +67,7 @@ class RecordStore:
     """The JSONL work file of records, keyed by (leader tag, temperature, pair uid, strategy)."""
 
     def __init__(self, path: str | None):
-        self.path, self.rows = path, {}
-        if path and os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                        self.rows[row["key"]] = row
-                    except (json.JSONDecodeError, KeyError):
-                        continue  # a line torn by a crash: that record is redone
+        self.path, self.rows = path, read_jsonl(path, key="key")  # a line torn by a crash: that record is redone
 
     @staticmethod
     def key(tag: str, temperature: float, uid: str, strategy: str) -> str:
@@ -92,11 +82,7 @@ class RecordStore:
     def add(self, rows: list[dict]) -> None:
         for r in rows:
             self.rows[r["key"]] = r
-        if self.path:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            with open(self.path, "a") as f:
-                for r in rows:
-                    f.write(json.dumps(r) + "\n")
+        append_jsonl(self.path, rows)
 
 
 def execute(jobs, leader, tag: str, temperature: float, device: Device, judge, store: RecordStore,

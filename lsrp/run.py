@@ -29,6 +29,7 @@ from dataclasses import replace
 import numpy as np
 from accelerate.utils import set_seed
 
+from eval import write_jsonl
 from lsrp.metrics import Judge, fit_score_weights
 from lsrp.pipeline import Device, RecordStore, execute
 from lsrp.rag import UURAG
@@ -91,9 +92,7 @@ def run_lsrp(cfg) -> int:
 
     index_pairs = make_pairs(s.num_users, s.tasks_per_user, s.seed, "synthetic")
     test_pairs = make_pairs(s.num_test_users, s.tasks_per_user, s.seed, "real")
-    with open(os.path.join(out, "users.jsonl"), "w") as f:
-        for p in index_pairs + test_pairs:
-            f.write(json.dumps(p.to_dict()) + "\n")
+    write_jsonl(os.path.join(out, "users.jsonl"), [p.to_dict() for p in index_pairs + test_pairs])
     tasks = {p.uid: p.task for p in index_pairs + test_pairs}
 
     from policies.device import load_device_model
@@ -167,9 +166,7 @@ def run_lsrp(cfg) -> int:
         rec_b = run(index_pairs, bucket, leader if tb == cfg.cloud.temperature else leader_at(cfg.cloud.model, tb), "base", tb)
         pairs = smfb_pairs(rec_a, rec_b, weights, s.min_score_gap)
         kept = balance(pairs, s.seed) if (s.balance == "downsample" and s.dpo_prompt == "strategy") else pairs
-        with open(os.path.join(out, "smfb_pairs.jsonl"), "w") as f:
-            for p in kept:
-                f.write(json.dumps(p) + "\n")
+        write_jsonl(os.path.join(out, "smfb_pairs.jsonl"), kept)
         counts = lambda ps: {st: sum(p["strategy"] == st for p in ps) for st in bucket}  # noqa: E731
         report["smfb"] = {"candidates": len(rec_a), "pairs": counts(pairs), "balanced": counts(kept),
                           "chosen_at_T": {str(t): sum(p["t_chosen"] == t for p in kept) for t in (ta, tb)},

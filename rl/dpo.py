@@ -183,6 +183,7 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
     from policies.cloud import make_cloud
     from policies.device import load_device_model
     from policies.generation import HFGenerator
+    from eval import write_jsonl
     from train import make_env
 
     out = cfg.train.output_dir
@@ -198,9 +199,7 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
         train_problems = load_problems(cfg.task)[0]
         problems = random.Random(f"{cfg.train.seed}-dpo").sample(train_problems, min(cfg.dpo.num_prompts, len(train_problems)))
         pairs, stats = rollout_pairs(cfg, env, HFGenerator(model, tok), problems)
-        with open(pairs_path, "w") as f:
-            for p in pairs:
-                f.write(json.dumps(p) + "\n")
+        write_jsonl(pairs_path, pairs)
         with open(os.path.join(out, "dpo_rollouts.json"), "w") as f:
             json.dump(stats, f, indent=2)
         log.info("dpo: %s", stats)

@@ -212,3 +212,17 @@ def test_train_py_lsrp_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
     assert len(open(os.path.join(out, "records.jsonl")).readlines()) == len(records)
     assert os.path.getmtime(leader) == mtime and len(os.listdir(os.path.join(out, "leader_dpo"))) == 1
     assert json.load(open(os.path.join(out, "report.json")))["before"] == report["before"]
+
+
+def test_record_store_survives_a_line_torn_by_a_crash(tmp_path):
+    from lsrp.pipeline import RecordStore
+
+    path = str(tmp_path / "records.jsonl")
+    RecordStore(path).add([{"key": "a", "output": "first"}])
+    with open(path, "a") as f:
+        f.write('{"key": "b", "outp')  # killed mid-write
+    store = RecordStore(path)
+    assert "a" in store and "b" not in store  # the torn record is redone
+    store.add([{"key": "b", "output": "redone"}, {"key": "c", "output": "third"}])
+    again = RecordStore(path)  # the first new record did not merge into the torn line
+    assert [again[k]["output"] for k in ("a", "b", "c")] == ["first", "redone", "third"]

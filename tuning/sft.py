@@ -40,7 +40,7 @@ from envs.prompts import ESCALATION, messages
 from envs.route import RouteEnv, check_prompt_tokens
 from envs.tasks import load_problems, template_for
 from policies.generation import chat_prompt
-from eval import append_jsonl, read_jsonl
+from eval import append_jsonl, read_jsonl, write_jsonl
 from rewards.math_grader import grade
 from rl.trl_run import common_args, metrics_callback, per_device_batch, save_final, train_resumable
 from tuning.augment import augment
@@ -202,13 +202,6 @@ def prepare_data(cfg, generator, tok, cloud, out_dir: str):
     log.info("sft mix: %d real + %d synthetic + %d <unknown> = %d examples (%.1f%% <unknown>)",
              m["real"], m["synthetic"], m["unknown"], m["total"], 100 * m["unknown_share"])
     return examples, stats
-
-
-def write_jsonl(path: str, rows: list[dict]) -> None:
-    """``rows`` as a fresh JSON-lines file (the outputs that are rebuilt on every run)."""
-    if os.path.exists(path):
-        os.remove(path)
-    append_jsonl(path, rows)
 
 
 # ---- TRL SFTTrainer -------------------------------------------------------------------------------
