@@ -256,7 +256,7 @@ def rollout_metrics(groups) -> dict:
     for g in groups:
         per_level[g.problem.level] += [r.escalated for r in g.rollouts]
     # a group whose cloud call failed has no known reward: it is left out of the reward (and of the update)
-    scored = [x for g in groups if getattr(g, "trainable", True) for x in g.rewards]
+    scored = [x for g in groups if g.trainable for x in g.rewards]
     answered = [r for r in rolls if r.escalated and not r.cloud_failed]
     out = {
         "reward": sum(scored) / len(scored) if scored else float("nan"),

@@ -17,8 +17,6 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # `python benchmarks/x.py` puts benchmarks/ on the path, not the repository root
-    sys.path.insert(0, ROOT)
 
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "cpu_default.yaml")
 
@@ -64,11 +62,6 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     if not xs:
         return float("nan"), float("nan")
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
-def fmt_ms(xs: list[float], unit: str = "s") -> str:
-    m, s = mean_std(xs)
-    return f"{m:.2f} ± {s:.2f} {unit}"
 
 
 class Timer:

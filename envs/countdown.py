@@ -24,15 +24,20 @@ def _random_expression(rng: random.Random, nums: list[int]) -> tuple[str, float]
     return items[0]
 
 
+def _instance(rng: random.Random) -> tuple[list[int], int, str]:
+    """(four numbers, target, a solution): draws until the expression's value is a whole number in 1..999."""
+    while True:
+        nums = [rng.randint(1, 99) for _ in range(4)]
+        expr, value = _random_expression(rng, nums)
+        if value == int(value) and 1 <= value <= 999:
+            return nums, int(value), expr
+
+
 def make_problems(n: int, seed: int, split: str = "train") -> list[Problem]:
     rng = random.Random(f"countdown-{split}-{seed}")
     problems = []
     while len(problems) < n:
-        nums = [rng.randint(1, 99) for _ in range(4)]
-        expr, value = _random_expression(rng, nums)
-        if value != int(value) or not (1 <= value <= 999):
-            continue
-        target = int(value)
+        nums, target, expr = _instance(rng)
         i = len(problems)
         problems.append(
             Problem(
@@ -56,12 +61,9 @@ def similar_problems(k: int, seed: str) -> list[dict]:
     offline augmentation (policies/cloud.py) writes them as Input/Response pairs.  Generated, not written by an LLM."""
     rng = random.Random(seed)
     out = []
-    while len(out) < k:
-        nums = [rng.randint(1, 99) for _ in range(4)]
-        expr, value = _random_expression(rng, nums)
-        if value != int(value) or not (1 <= value <= 999):
-            continue
-        out.append({"question": question(nums, int(value)), "numbers": nums, "target": int(value), "solution": expr})
+    for _ in range(k):
+        nums, target, expr = _instance(rng)
+        out.append({"question": question(nums, target), "numbers": nums, "target": target, "solution": expr})
     return out
 
 

@@ -11,7 +11,7 @@ over every unfinished row of all G×P rollouts (``HFGenerator.extend``):
   1. continue each unfinished row until EOS, its device-token budget (``max_new_tokens`` in
      total, over all its turns) or ``</query>``;
   2. send the queries of every row that stopped on ``</query>`` to the cloud in one
-     ``answer_queries`` call (cached; the same query is asked once);
+     cached request (``query_problem``; the same query is asked once);
   3. append ``<response>...</response>`` to those rows and go back to 1 with them.
 
 Call limit: a rollout's first ``max_queries`` queries are answered.  A later ``<query>``

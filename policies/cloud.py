@@ -195,13 +195,8 @@ class SimulatedCloud:
     def answer_many(self, problems: list[Problem]) -> list[CloudReply]:
         replies = []
         for p in problems:
-            if is_augment(p):
-                text = self.augment(p)
-                prompt_words = sum(len(m["content"].split()) for m in cloud_messages(p))
-                replies.append(CloudReply(text=text, prompt_tokens=prompt_words, completion_tokens=len(text.split())))
-                continue
-            if is_query(p):  # a <query> mid-reasoning: evaluate the arithmetic it asks for, honestly
-                text = answer_query(p.question) or SIMULATED_QUERY_FAILURE
+            if is_augment(p) or is_query(p):  # augmentation; a <query> mid-reasoning: evaluate its arithmetic, honestly
+                text = self.augment(p) if is_augment(p) else (answer_query(p.question) or SIMULATED_QUERY_FAILURE)
                 prompt_words = sum(len(m["content"].split()) for m in cloud_messages(p))
                 replies.append(CloudReply(text=text, prompt_tokens=prompt_words, completion_tokens=len(text.split())))
                 continue

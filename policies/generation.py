@@ -142,12 +142,6 @@ class HFGenerator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def _eos_ids(self) -> set[int]:
-        return eos_ids(self.model, self.tokenizer)
-
-    def _to_sample(self, prompt_ids: list[int], gen: list[int], eos_ids: set[int]) -> Sample:
-        return to_sample(self.tokenizer, prompt_ids, gen, eos_ids)
-
     @torch.no_grad()
     def extend(
         self,
@@ -176,7 +170,7 @@ class HFGenerator:
         was_training = model.training
         model.eval()
         try:
-            eos_ids, pad = self._eos_ids(), tok.pad_token_id
+            eos, pad = eos_ids(self.model, tok), tok.pad_token_id
             shared = common_prefix_len([contexts[i] for i in todo]) - 1  # every row keeps >= 1 token of its own
             shared = shared if self.min_shared_prefix and shared >= self.min_shared_prefix else 0
             prefix_cache = None
@@ -201,24 +195,24 @@ class HFGenerator:
                     stopping_criteria=StoppingCriteriaList([stopper]), **kwargs, **generate_kwargs,
                 )
                 for j, i in enumerate(rows):
-                    out[i] = self._cut(seqs[j, width:].tolist(), budgets[i], stopper.stop_at[j], eos_ids)
+                    out[i] = self._cut(seqs[j, width:].tolist(), budgets[i], stopper.stop_at[j], eos)
         finally:
             model.train(was_training)
         return out
 
     @staticmethod
-    def _cut(gen: list[int], budget: int, stop_at: int | None, eos_ids: set[int]) -> Continuation:
+    def _cut(gen: list[int], budget: int, stop_at: int | None, eos: set[int]) -> Continuation:
         ids: list[int] = []
         for t in gen[:budget]:
             ids.append(t)
-            if t in eos_ids:
+            if t in eos:
                 return Continuation(ids, "eos")
             if stop_at is not None and len(ids) == stop_at:
                 return Continuation(ids, "stop")
         return Continuation(ids, "length")
 
     def _generate_shared(self, ids, shared, n, temperature, top_p, max_new_tokens) -> list[list[Sample]]:
-        model, eos_ids = self.model, self._eos_ids()
+        model, eos = self.model, eos_ids(self.model, self.tokenizer)
         prefix = torch.tensor([ids[0][:shared]], device=model.device)
         prefix_cache = model(input_ids=prefix, use_cache=True).past_key_values
         kwargs = self._sampling_kwargs(temperature, top_p, max_new_tokens)
@@ -235,12 +229,12 @@ class HFGenerator:
                 cache.batch_repeat_interleave(batch.shape[0])
                 seqs = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), past_key_values=cache, **kwargs)
                 for j, i in enumerate(rows):
-                    out[i] = [self._to_sample(ids[i], seqs[j * n + k, length:].tolist(), eos_ids) for k in range(n)]
+                    out[i] = [to_sample(self.tokenizer, ids[i], seqs[j * n + k, length:].tolist(), eos) for k in range(n)]
         return out
 
     def _generate_padded(self, prompts, n, temperature, top_p, max_new_tokens) -> list[list[Sample]]:
         tok, model = self.tokenizer, self.model
-        eos_ids = self._eos_ids()
+        eos = eos_ids(self.model, self.tokenizer)
         out: list[list[Sample]] = []
         per_call = max(1, self.batch_size // n)
         for start in range(0, len(prompts), per_call):
@@ -252,5 +246,5 @@ class HFGenerator:
             for j in range(len(chunk)):
                 mask = enc["attention_mask"][j].bool()
                 prompt_ids = enc["input_ids"][j][mask].tolist()
-                out.append([self._to_sample(prompt_ids, seqs[j * reps + k % reps, width:].tolist(), eos_ids) for k in range(n)])
+                out.append([to_sample(self.tokenizer, prompt_ids, seqs[j * reps + k % reps, width:].tolist(), eos) for k in range(n)])
         return out

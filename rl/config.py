@@ -444,7 +444,7 @@ def _may_be_secret(value: str) -> bool:
 def _looks_like_a_key(value: str) -> bool:
     """True unless ``value`` can be an environment variable's name: a known key prefix, characters a name cannot have,
     or a long run of letters and digits with no underscore (names are words joined by ``_``, keys are random)."""
-    if _may_be_secret(value) and "_" not in value.strip("_") or value.startswith(_KEY_PREFIXES):
+    if value.startswith(_KEY_PREFIXES) or (_may_be_secret(value) and "_" not in value.strip("_")):
         return True
     return not _ENV_NAME.fullmatch(value)
 

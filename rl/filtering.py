@@ -23,7 +23,7 @@ from statistics import pvariance
 
 def classify(group, d1_rule: str = "any_correct") -> str:
     """'d1', 'd2' or 'drop' for one group (rewards must already be set)."""
-    if not getattr(group, "trainable", True):
+    if not group.trainable:
         return "drop"  # a rollout needed the cloud and it failed: its reward is unknown
     if len(group.rewards) and pvariance(group.rewards) == 0.0:
         return "drop"  # zero variance: every coefficient (r̃ − mean) is 0

@@ -39,7 +39,6 @@ from envs.problem import Problem
 from envs.prompts import ESCALATION, messages
 from envs.route import RouteEnv, check_prompt_tokens
 from envs.tasks import load_problems, template_for
-from policies.generation import chat_prompt
 from eval import append_jsonl, read_jsonl, write_jsonl
 from rewards.math_grader import grade
 from rl.trl_run import common_args, metrics_callback, per_device_batch, save_final, train_resumable
@@ -184,8 +183,8 @@ def prepare_data(cfg, generator, tok, cloud, out_dir: str):
 
     # 4. probe the base model; <unknown> examples in the configured share
     pool = []
+    env = RouteEnv(template, tok, cloud, cfg.task.max_solve_steps)  # RL's prompts: the probe's and the length check's
     if s.unknown_share > 0:
-        env = RouteEnv(template, tok, cloud, cfg.task.max_solve_steps)
         rows = probe(generator, env, probe_problems, s.probe_samples, cfg.rl.max_new_tokens, cfg.train.eval_batch_size,
                      os.path.join(out_dir, "probe.jsonl"))
         pool = unknown_pool(probe_problems, rows, s.unknown_max_level_acc)
@@ -193,8 +192,8 @@ def prepare_data(cfg, generator, tok, cloud, out_dir: str):
                           "accuracy_by_level": {str(k): v for k, v in level_accuracy(rows).items()}, "unknown_pool": len(pool)}
     examples, stats["mix"] = build_mix(answers, pool, s.unknown_share, cfg.train.seed)
     for e in examples:  # the RL prompt of every example must fit, as RL checks it
-        prompt = chat_prompt(tok, messages(template, e.question, cfg.task.max_solve_steps))
-        check_prompt_tokens(Problem(e.uid, e.question, ""), len(tok(prompt, add_special_tokens=False)["input_ids"]), cfg.rl.max_prompt_tokens)
+        problem = Problem(e.uid, e.question, "")
+        check_prompt_tokens(problem, len(tok(env.prompt(problem), add_special_tokens=False)["input_ids"]), cfg.rl.max_prompt_tokens)
     write_jsonl(os.path.join(out_dir, "mix.jsonl"), [asdict(e) for e in examples])
     with open(os.path.join(out_dir, "stats.json"), "w") as fh:
         json.dump(stats, fh, indent=2)
