@@ -44,11 +44,11 @@ class UURAG:
         self.uids: list[str] = []
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        if self._encoder is None:
-            from policies.router import load_encoder
+        from policies.router import embed, load_encoder
 
+        if self._encoder is None:
             self._encoder = load_encoder(self.encoder_name)
-        e = self._encoder.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+        e = embed(self._encoder, texts)
         return np.ascontiguousarray(np.asarray(e, dtype=np.float32))
 
     def build(self, texts: list[str], strategies: list[str], uids: list[str] | None = None) -> "UURAG":

@@ -96,7 +96,7 @@ def run_lsrp(cfg) -> int:
     tasks = {p.uid: p.task for p in index_pairs + test_pairs}
 
     from policies.device import load_device_model
-    from policies.router import load_encoder
+    from policies.router import embed, load_encoder
 
     cache = cfg.cloud.cache_file or os.path.join(out, "cloud_cache.sqlite")
 
@@ -112,7 +112,7 @@ def run_lsrp(cfg) -> int:
     if s.judge == "cloud":  # greedy, a few tokens: the reply is a number
         judge_cfg = replace(cfg.cloud, model=s.judge_model or cfg.cloud.model, temperature=0.0, max_new_tokens=8)
         judge_cloud = CachedCloud(make_backend(judge_cfg), cache)
-    judge = Judge(judge_cloud, lambda texts: encoder.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False))
+    judge = Judge(judge_cloud, lambda texts: embed(encoder, texts))
     store = RecordStore(os.path.join(out, "records.jsonl"))
 
     def run(pairs, strategies, ldr, tag: str, temperature: float) -> list[dict]:

