@@ -214,8 +214,11 @@ def apgr_cpt(curve: np.ndarray, weak: float, strong: float) -> dict:
     return out
 
 
-def summarise(method, problems, device, sent, cloud, wants=None, order=None, cloud_all=None) -> dict:
-    """One row: overall / conditional accuracy, offload, calls, tokens, per level; APGR/CPT when every cloud answer is known."""
+def summarise(method, problems, device, sent, cloud, wants=None, order=None, cloud_all=None, weak=None) -> dict:
+    """One row: overall / conditional accuracy, offload, calls, tokens, per level; APGR/CPT when every cloud answer is known.
+
+    ``weak`` is the accuracy of the one weak model every row of the table is measured against (RouteLLM's PGR):
+    the base device model answering everything (the ``never`` row).  It is not this row's own device accuracy."""
     n, sent = len(problems), set(sent)  # the cloud row passes a range
     kept = [i for i in range(n) if i not in sent]
     device_ok = sum(device[i]["correct"] for i in kept)
@@ -244,9 +247,11 @@ def summarise(method, problems, device, sent, cloud, wants=None, order=None, clo
     if wants is not None:
         row["wanted_offload_rate"] = len(wants) / max(n, 1)
     if order is not None and cloud_all is not None:
+        if weak is None:
+            raise ValueError("summarise: APGR needs the weak model's accuracy (the never row's), one for every row")
         dev = [d["correct"] for d in device]
         cok = {i: c["correct"] for i, c in cloud_all.items()}
-        weak, strong = sum(dev) / max(n, 1), sum(cok.values()) / max(n, 1)
+        strong = sum(cok.values()) / max(n, 1)
         row.update(apgr_cpt(accuracy_curve(order, dev, cok), weak, strong))
     return row
 
@@ -272,7 +277,8 @@ def suite_rows(problems, policies: dict, base: list[dict], cloud, budget, seed=0
     asked = set(range(n)) if every else set().union(*(p[1] for p in plans.values()))
     cloud_res = run_cloud(cloud, problems, asked, cloud_path)
     cloud_all = cloud_res if every else None
-    rows = [summarise(m, problems, dev, sent, cloud_res, wants, order, cloud_all) for m, (dev, sent, wants, order) in plans.items()]
+    weak = sum(d["correct"] for d in base) / max(n, 1)  # the base device model answering everything: one weak model for every row
+    rows = [summarise(m, problems, dev, sent, cloud_res, wants, order, cloud_all, weak) for m, (dev, sent, wants, order) in plans.items()]
     for row, (dev, _, _, _) in zip(rows, plans.values()):
         flags = [d["format_ok"] for d in dev if d.get("format_ok") is not None]  # work files from before the field: none
         row["format_rate"] = sum(flags) / len(flags) if flags else None
@@ -539,7 +545,7 @@ def main(argv=None):
     ap.add_argument("--data", default=None, help="any JSONL suite instead of --suites")
     ap.add_argument("--question-field", default=None, help="--data: field holding the problem (auto: problem/question/...)")
     ap.add_argument("--answer-field", default=None, help="--data: field holding the gold answer or a solution with \\boxed{} (auto)")
-    ap.add_argument("--budget", type=float, default=None, help="cloud share cap in (0,1) (default: rl.budget)")
+    ap.add_argument("--budget", type=float, default=None, help="cloud share cap in (0,1); with rl.env=query, cloud calls per problem (any positive number) (default: rl.budget)")
     ap.add_argument("--cloud", default=None, help="cloud backend (sets cloud.backend): simulated, hf, openai")
     ap.add_argument("--baselines", default=",".join(BASELINES), help=f"comma list from {','.join(BASELINES)} ('' for none)")
     ap.add_argument("--limit", type=int, default=0, help="first N problems of each suite (0 = all)")

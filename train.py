@@ -472,7 +472,7 @@ def main(argv=None) -> int:
     cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
     env = make_env(cfg, tok, cloud)
     dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
-    rho_ = rho(cfg.rl.budget)
+    rho_ = rho(cfg.rl.budget, cfg.rl.env)
     skipped = SkippedUpdates(cfg.train.max_skipped_updates)
 
     start = 0

@@ -78,7 +78,7 @@ class GapgStepper:
         self.cloud = make_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "gapg_cloud.sqlite"))
         self.env = make_env(cfg, self.tok, self.cloud)
         self.dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
-        self.rho = rho(cfg.rl.budget)
+        self.rho = rho(cfg.rl.budget, cfg.rl.env)
         self.timer = Timer()
         self.timer.wrap(self.generator, "generate", "generation")
 

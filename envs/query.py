@@ -97,8 +97,13 @@ class QueryRollout(Rollout):
         return len(self.queries) + int(self.escalated)
 
     @property
+    def unaided(self) -> bool:
+        """Answered by the device alone: no answered ``<query>`` and no escalation."""
+        return not self.queries and not self.escalated
+
+    @property
     def unaided_correct(self) -> bool:
-        return self.local_correct and not self.queries and not self.escalated
+        return self.local_correct and self.unaided
 
     @property
     def correct(self) -> bool:

@@ -89,9 +89,14 @@ class Rollout:
         return int(self.escalated)
 
     @property
+    def unaided(self) -> bool:
+        """Answered by the device alone, with no cloud help (route: did not escalate)."""
+        return not self.escalated
+
+    @property
     def unaided_correct(self) -> bool:
         """Correct without any cloud help (adaptive filtering's D1 test)."""
-        return self.local_correct and not self.escalated
+        return self.local_correct and self.unaided
 
 
 @dataclass

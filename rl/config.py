@@ -145,8 +145,9 @@ class RLConfig:
     budget: float = _h(
         0.3,
         "Maximum share of problems sent to the cloud, in (0, 1); ρ = budget / (1 - budget). rl.env=query: the "
-        "maximum mean number of cloud calls (answered queries + escalations) per problem, in (0, 1): the dual "
-        "ascent targets it and eval caps the calls of a suite at floor(budget·N).",
+        "maximum mean number of cloud calls (answered queries + escalations) per problem, any positive number: the "
+        "dual ascent targets it, eval caps the calls of a suite at floor(budget·N), and filtering takes a D2 share of "
+        "min(budget, 1).",
     )
     group_size: int = _h(8, "G: responses sampled per prompt (>= 2).")
     rollout_prompts: int = _h(
@@ -174,7 +175,8 @@ class RLConfig:
     vllm_max_model_len: int = _h(0, "vLLM context length (prompt + completion); 0 = the model's own.")
     filtering: bool = _h(True, "Adaptive prompt filtering (paper Algorithm 1); off = train on every sampled prompt.")
     d1_rule: str = _h(
-        "any_correct", "D1 membership: any_correct (>= 1 local response correct) or mixed (some right, some wrong)."
+        "any_correct", "D1 membership: any_correct (>= 1 local response correct) or mixed (>= 1 local answer right and "
+        ">= 1 local answer wrong; escalations are not local answers)."
     )
     gamma: float = _h(0.0, "Initial Lagrange multiplier γ (the cloud-call penalty).")
     gamma_lr: float = _h(
@@ -465,7 +467,12 @@ def validate(c: Config) -> None:
         value = getattr(getattr(c, sec), name)
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}.")
-    if not (0.0 < c.rl.budget < 1.0) or math.isnan(c.rl.budget):
+    if c.rl.env == "query" and not (c.rl.budget > 0.0 and math.isfinite(c.rl.budget)):
+        raise ConfigError(
+            f"rl.budget={c.rl.budget}: with rl.env=query the budget is the mean number of cloud calls per problem; "
+            "it must be a positive number (e.g. rl.budget=0.3, or rl.budget=1.5 for one and a half calls per problem)."
+        )
+    if c.rl.env != "query" and (not (0.0 < c.rl.budget < 1.0) or math.isnan(c.rl.budget)):
         raise ConfigError(
             f"rl.budget={c.rl.budget} must lie strictly between 0 and 1 (it is the maximum cloud share, "
             "e.g. rl.budget=0.3 for 30%)."
@@ -583,6 +590,11 @@ def save_config(c: Config) -> str:
     return path
 
 
-def rho(budget: float) -> float:
-    """ρ of the constraint E[1{cloud}] <= ρ E[1{local}] for a cloud share ``budget`` (0.3 -> 3/7)."""
-    return budget / (1.0 - budget)
+def rho(budget: float, env: str = "route") -> float:
+    """ρ of the constraint E[1{cloud}] <= ρ E[1{local}], which sets the filtering mix D1 : D2 = 1 : ρ (SPEC §5).
+
+    route: ``budget`` is the cloud share, ρ = b / (1 − b) (0.3 -> 3/7).  query: ``budget`` is cloud calls per problem;
+    at one call each, at most a share min(b, 1) of the problems can be helped, so ρ = s / (1 − s) with s = min(b, 1),
+    and ρ = ∞ (every D2 prompt) from one call per problem up."""
+    share = min(budget, 1.0) if env == "query" else budget
+    return math.inf if share >= 1.0 else share / (1.0 - share)

@@ -3,13 +3,17 @@
     picked, stats = select_prompts(groups, batch_prompts=8, rho=3/7, d1_rule="any_correct")
 
 * D1: prompts the device can already solve: at least one local response correct
-  (``any_correct``) or, by the paper's other wording, both right and wrong local
-  responses (``mixed``).
-* D2: prompts no local response solves but the cloud does; at most ρ·|D1| of them.
+  (``any_correct``) or, by the paper's other wording, at least one local answer right
+  and at least one local answer wrong (``mixed``; an escalation is not a local answer).
+* D2: prompts no local response solves but the cloud does; about ρ·|D1| of them.
   Query mode (envs/query.py): "local" means without any cloud call, so D1 = some rollout
   solved it with no ``<query>`` and no escalation; D2 = none did, but some rollout solved it
   with help (``group.cloud_correct`` is set that way by the query environment).
-* The update batch mixes D1 : D2 as 1/(1+ρ) : ρ/(1+ρ).  Prompts that teach nothing
+* The update batch mixes D1 : D2 as 1/(1+ρ) : ρ/(1+ρ), as closely as integers allow:
+  the D2 count is the one whose share n2/(n1+n2) is nearest ρ/(1+ρ) (ties: the larger
+  batch), with n1 = min(|D1|, B − n2).  D1 is the anchor: no batch is D2 alone.
+  ρ = ∞ (a query-mode budget of a call per problem or more) takes every D2 prompt.
+  Prompts that teach nothing
   -- zero reward variance (e.g. all correct), or unsolved by device and cloud --
   are dropped, and so are prompts whose reward is unknown because the cloud failed
   for one of their rollouts (``group.trainable`` is False; envs/route.py).
@@ -28,13 +32,31 @@ def classify(group, d1_rule: str = "any_correct") -> str:
     if len(group.rewards) and pvariance(group.rewards) == 0.0:
         return "drop"  # zero variance: every coefficient (r̃ − mean) is 0
     n_ok = sum(r.unaided_correct for r in group.rollouts)
+    n_wrong = sum(r.unaided and not r.unaided_correct for r in group.rollouts)  # local answers that are wrong
     if d1_rule == "any_correct" and n_ok >= 1:
         return "d1"
-    if d1_rule == "mixed" and n_ok >= 1 and n_ok < len(group.rollouts):
+    if d1_rule == "mixed" and n_ok >= 1 and n_wrong >= 1:
         return "d1"
     if n_ok == 0 and group.cloud_correct:
         return "d2"
     return "drop"
+
+
+def batch_mix(n_d1: int, n_d2: int, batch_prompts: int, rho: float) -> tuple[int, int]:
+    """(n1, n2): how many D1 and D2 prompts to train on, the D2 share as near ρ/(1+ρ) as integers allow.
+
+    Every n2 in 0..min(|D2|, B) is tried with n1 = min(|D1|, B − n2); the nearest share wins, ties going to the
+    larger batch, then to fewer D2 prompts.  B = 6 at ρ = 3/7 gives 4 : 2 (33% against 30%), B = 8 gives 6 : 2."""
+    share = 1.0 if math.isinf(rho) else rho / (1.0 + rho)
+    best, best_key = (min(n_d1, batch_prompts), 0), None
+    for n2 in range(0, min(n_d2, batch_prompts) + 1):
+        n1 = min(n_d1, batch_prompts - n2)
+        if n1 == 0:  # no batch of D2 prompts alone: they teach escalation only next to what the device can do
+            continue
+        key = (round(abs(n2 / (n1 + n2) - share), 12), -(n1 + n2), n2)
+        if best_key is None or key < best_key:
+            best, best_key = (n1, n2), key
+    return best
 
 
 def select_prompts(groups, batch_prompts: int, rho: float, d1_rule: str = "any_correct"):
@@ -42,8 +64,7 @@ def select_prompts(groups, batch_prompts: int, rho: float, d1_rule: str = "any_c
     kinds = [classify(g, d1_rule) for g in groups]
     d1 = [i for i, k in enumerate(kinds) if k == "d1"]
     d2 = [i for i, k in enumerate(kinds) if k == "d2"]
-    n1 = min(len(d1), math.ceil(batch_prompts / (1.0 + rho) - 1e-9))
-    n2 = min(len(d2), math.floor(rho * n1 + 1e-9), batch_prompts - n1)
+    n1, n2 = batch_mix(len(d1), len(d2), batch_prompts, rho)
     picked = d1[:n1] + d2[:n2]
     stats = {"d1_available": len(d1), "d2_available": len(d2), "d1": n1, "d2": n2, "dropped": len(groups) - len(d1) - len(d2)}
     return picked, stats

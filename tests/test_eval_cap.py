@@ -109,3 +109,28 @@ def test_killed_evaluation_resumes_without_regenerating(tmp_path):
     assert second.seen == [env.prompt(p) for p in probs[8:]]  # only the unfinished problems are generated again
     clean = run_device(env, FlakyGenerator(outputs), probs, batch_size=4, progress=False)
     assert [(r["uid"], r["correct"], r["escalated"]) for r in resumed] == [(r["uid"], r["correct"], r["escalated"]) for r in clean]
+
+
+def test_apgr_measures_every_row_against_the_one_weak_model():
+    """RouteLLM's PGR uses one weak model (the base device model answering everything) for every row.
+
+    10 problems, a cloud right on all of them (strong = 1.0).  The base model is right on 0..2 (weak = 0.3).  The
+    policy is right on 0..4 on its own and escalates 5, 6, 7 (all within the 30% cap): 0.8 overall.  By hand, its
+    cost curve is .5, .6, .7 then .8 for k = 3..10 calls; the trapezoid area over cost steps of .1 is
+    (.55 + .65 + .75 + 7 × .8) / 10 = .755, so APGR = (.755 − .3) / (1 − .3) = .65.  Measured against the policy's own
+    device accuracy (.5), it was (.755 − .5) / .5 = .51, below random offloading of the weaker base model."""
+    from eval import suite_rows
+
+    probs = [Problem(f"w{i}", f"What is {i} + 4?", str(i + 4), level=1) for i in range(10)]
+    base = [{"output": "x", "escalated": False, "answer": None, "correct": i < 3} for i in range(10)]
+    policy = [{"output": "x", "escalated": i in (5, 6, 7), "answer": None, "correct": i < 5} for i in range(10)]
+    cloud = CachedCloud(SimulatedCloud(accuracy=1.0), None)
+    rows, _ = suite_rows(probs, {"policy": policy}, base, cloud, 0.3, seed=0, baselines=("never", "random", "cloud"))
+    by = {r["method"]: r for r in rows}
+    assert abs(by["policy"]["overall_acc"] - 0.8) < 1e-12 and by["never"]["overall_acc"] == 0.3
+    assert abs(by["policy"]["apgr"] - 0.65) < 1e-9
+    assert by["never"]["apgr"] == 0.0
+    # random offloading of the base model (0.5 overall at the cap) ranks below the policy (it was above before)
+    assert by["random"]["overall_acc"] < by["policy"]["overall_acc"] and by["random"]["apgr"] < by["policy"]["apgr"]
+    # CPT(50%): half the .7 gap is an accuracy of .65; the policy's curve reaches .7 at k = 2 calls, a cost of .2
+    assert by["policy"]["cpt50"] == 0.2

@@ -55,7 +55,7 @@ def test_classify_d1_d2_drop():
     one_right_rest_escalate = _rewarded("e", [T, F, F, F], [F, T, T, T], True)
     assert classify(one_right_rest_escalate, "any_correct") == "d1"
     all_right_one_esc = _rewarded("f", [T, T, T, F], [F, F, F, T], True)
-    assert classify(all_right_one_esc, "mixed") == "d1"
+    assert classify(all_right_one_esc, "mixed") == "drop"  # no local answer is wrong: the escalation is not one
 
 
 def test_select_prompts_mix_follows_rho():
@@ -86,3 +86,69 @@ def test_dual_ascent_moves_gamma_toward_budget():
     assert dual.update(0.0) == 0.1 and dual.update(0.0) == 0.0  # never negative
     fixed = DualVariable(gamma=0.2, lr=0.0, budget=0.3)
     assert fixed.update(1.0) == 0.2
+
+
+def test_mixed_rule_needs_a_wrong_local_answer_where_any_correct_does_not():
+    """The paper's "mixed": at least one local answer right and at least one local answer wrong.
+
+    [right, right, escalate, escalate] has non-zero reward variance (1, 1, .25, .25), so it is not dropped as
+    zero-variance; no local answer is wrong, so ``mixed`` leaves it out of D1 while ``any_correct`` keeps it.
+    With a wrong local answer added, both rules agree."""
+    F, T = False, True
+    right_or_escalate = _rewarded("g", [T, T, F, F], [F, F, T, T], True)
+    assert classify(right_or_escalate, "any_correct") == "d1"
+    assert classify(right_or_escalate, "mixed") == "drop"
+    right_wrong_escalate = _rewarded("h", [T, F, F, F], [F, F, T, T], True)
+    assert classify(right_wrong_escalate, "any_correct") == classify(right_wrong_escalate, "mixed") == "d1"
+    # the two rules select different batches from the same groups
+    groups = [right_or_escalate, right_wrong_escalate]
+    assert select_prompts(groups, 2, rho(0.3), "any_correct")[0] == [0, 1]
+    assert select_prompts(groups, 2, rho(0.3), "mixed")[0] == [1]
+
+
+@pytest.mark.parametrize("batch,n1,n2", [(6, 4, 2), (8, 6, 2), (12, 8, 4), (128, 90, 38)])
+def test_batch_mix_reaches_the_budget_share_as_closely_as_integers_allow(batch, n1, n2):
+    """ρ = 3/7 (a 30% budget) with plenty of both kinds: the D2 share is the nearest integer share to 30%."""
+    from rl.filtering import batch_mix
+
+    got = batch_mix(100, 100, batch, rho(0.3))
+    assert got == (n1, n2)
+    best = min(abs(k / batch - 0.3) for k in range(batch + 1))
+    assert abs(got[1] / batch - 0.3) == pytest.approx(best)  # no other integer split is nearer the share
+
+
+def test_batch_mix_when_one_kind_is_short():
+    from rl.filtering import batch_mix
+
+    assert batch_mix(2, 10, 6, rho(0.3)) == (2, 1)  # D1 short: 1 of 3 (33%) is nearest 30%
+    assert batch_mix(10, 1, 6, rho(0.3)) == (5, 1)  # D2 short: all of it, D1 fills the batch
+    assert batch_mix(0, 10, 6, rho(0.3)) == (0, 0)  # never D2 alone
+    assert batch_mix(10, 0, 6, rho(0.3)) == (6, 0)
+    assert batch_mix(10, 10, 6, float("inf")) == (1, 5)  # ρ = ∞: as much D2 as the batch holds, next to D1
+
+
+def test_query_budget_is_calls_per_problem():
+    import math
+
+    from rl.config import ConfigError, load_config
+
+    assert rho(0.3, "query") == pytest.approx(3 / 7)
+    assert math.isinf(rho(1.5, "query")) and math.isinf(rho(1.0, "query"))
+    cfg = load_config(None, ["rl.env=query", "rl.budget=1.5"])  # one and a half calls per problem is a valid budget
+    assert cfg.rl.budget == 1.5
+    with pytest.raises(ConfigError, match="calls per problem"):
+        load_config(None, ["rl.env=query", "rl.budget=0"])
+    with pytest.raises(ConfigError, match="strictly between 0 and 1"):
+        load_config(None, ["rl.env=route", "rl.budget=1.5"])
+
+
+@pytest.mark.parametrize("path", ["configs/math_qwen2.5_1.5b.yaml", "configs/countdown_qwen2.5_1.5b.yaml"])
+def test_paper_configs_train_with_the_lagrangian_penalty(path):
+    """The paper configs hold the budget with dual ascent on γ; fixed γ (gamma_lr=0) is the documented variant."""
+    from rl.config import load_config
+
+    cfg = load_config(path, [])
+    assert cfg.rl.gamma_lr > 0
+    dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
+    assert dual.update(cfg.rl.budget + 0.2) > cfg.rl.gamma  # over budget: the penalty rises
+    assert "rl.gamma_lr=0" in open(path).read()
