@@ -61,14 +61,26 @@ def collate(sequences: list[tuple], pad_id: int):
     return ids, attn, mask
 
 
+def recomputes_activations(model) -> bool:
+    """True when ``model`` (bare, PEFT- or DDP-wrapped) trains with gradient checkpointing.
+
+    A checkpointed forward in training mode returns no KV cache (each layer is run again in the backward pass, so
+    transformers turns ``use_cache`` off), which the shared-prefix path needs."""
+    inner = getattr(model, "module", model)
+    return bool(getattr(inner, "is_gradient_checkpointing", False)) and inner.training
+
+
 def score_sequences(model, sequences: list[tuple], pad_id: int, device, shared_prefix: int = 0) -> torch.Tensor:
     """Sum of device-token log-probs for each (prompt_ids, completion_ids[, completion_mask]), with gradient: (B,).
 
     With ``shared_prefix = P > 0`` (all sequences start with the same P tokens), the prefix
     goes through the model once and its KV cache is repeated for every row, with the
     gradient flowing back through the repeat: the same value and gradient as scoring the
-    full sequences, at a fraction of the tokens.
+    full sequences, at a fraction of the tokens.  A model trained with gradient checkpointing
+    has no cache to share, so it scores the full padded sequences (same value and gradient).
     """
+    if shared_prefix > 0 and recomputes_activations(model):
+        shared_prefix = 0
     if shared_prefix <= 0:
         ids, attn, mask = collate(sequences, pad_id)
         ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)

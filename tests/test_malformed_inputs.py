@@ -240,3 +240,43 @@ def test_training_stops_after_max_skipped_updates_in_a_row(tiny_model_dir, tmp_p
     metrics = [json.loads(l) for l in open(out / "metrics.jsonl")]
     assert [m["skipped_updates"] for m in metrics] == [1]  # step 2 raised before writing its line
     assert not os.path.exists(out / "final")
+
+
+def test_gradient_checkpointing_update_equals_the_padded_path(tiny_model_dir):
+    """The paper configs train with gradient checkpointing; a checkpointed forward returns no KV cache, and the
+    shared-prompt-head scoring (a head of 32+ tokens on one process) crashed on it at the first update
+    ('NoneType' object has no attribute 'batch_repeat_interleave').  With checkpointing on, the update scores the
+    full sequences: the same loss and gradients as without checkpointing."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from policies.device import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = load_config(None, ["train.micro_batch_size=3"])
+    head = "<|im_start|>system\n" + "Solve the problem and put the final answer in a box. " * 2 + "<|im_end|>\n"
+    prompt = tok(head + "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    assert len(prompt) > 64  # the shared head is long enough for the shared-prefix path
+
+    def run(checkpointing: bool):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights, the gradients stay
+        rolls = [Rollout(Sample(prompt, tok(f"so {i}{i}", add_special_tokens=False)["input_ids"], "", False), False, None, False)
+                 for i in range(4)]
+        groups = [Group(P, rolls, rewards=[1.0, 0.0, 0.5, 0.0])]
+        real_zero = opt.zero_grad
+        grads = {}
+        opt.zero_grad = lambda set_to_none=True: (grads.update({n: p.grad.clone() for n, p in model.named_parameters()}), real_zero())
+        loss = train.policy_update(model, opt, Accelerator(cpu=True), groups, cfg, tok.pad_token_id)
+        return loss, grads
+
+    loss_ckpt, g_ckpt = run(True)
+    loss_plain, g_plain = run(False)
+    assert math.isfinite(loss_ckpt) and abs(loss_ckpt - loss_plain) < 1e-5
+    assert g_ckpt.keys() == g_plain.keys() and g_ckpt
+    for n in g_plain:
+        assert torch.allclose(g_ckpt[n], g_plain[n], atol=1e-5, rtol=1e-4), n
