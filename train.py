@@ -204,8 +204,14 @@ def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int, skipp
     keep = [i for i in range(len(seqs)) if coefs[i] != 0]  # zero-coefficient sequences add nothing to the gradient
     world, rank = accelerator.num_processes, accelerator.process_index
     mine = keep[rank::world]
-    if not mine and world > 1:  # every process must join the gradient all-reduce: a zero-weight pass
-        mine, coefs = keep[:1] or [0], torch.zeros_like(coefs)
+    mbs = cfg.train.micro_batch_size
+    # Every process runs the same number of micro-batches (backward passes): DDP all-reduces on the last one, and
+    # ZeRO-2/3 communicate on every backward, so an uneven count hangs or mixes gradients.  Rank 0 holds the most
+    # sequences; a process with fewer pads with zero-weight passes (and joins even when it has none to score).
+    n_micro = -(-len(keep[0::world]) // mbs)
+    if world > 1:
+        n_micro = max(n_micro, 1)
+    pad = keep[:1] or [0]  # a zero-weight pass scores any one sequence with coefficient 0
     # DDP and DeepSpeed average gradients over W processes: dividing by |batch|/W gives the global mean (SPEC §4)
     num_prompts = len(groups) / world
     # a prompt head shared by every sequence (chat template, worked examples) is scored once;
@@ -214,17 +220,18 @@ def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int, skipp
     shared = shared if shared >= 32 else 0
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     total = 0.0
-    mbs = cfg.train.micro_batch_size
-    for start in range(0, len(mine), mbs):
-        idx = mine[start : start + mbs]
-        last = start + mbs >= len(mine)
+    for k in range(n_micro):
+        idx = mine[k * mbs : (k + 1) * mbs]
+        weight = coefs[idx] if idx else torch.zeros(1)
+        idx = idx or pad
+        last = k == n_micro - 1
         # gradients are all-reduced on the last micro-batch only; DeepSpeed steps there too (ZeRO-2/3 have no no_sync)
         ctx = accelerator.no_sync(model) if (not last and world > 1 and not deepspeed) else nullcontext()
         if deepspeed:
             accelerator.gradient_state._set_sync_gradients(last)
         with ctx, accelerator.autocast():
             logps = score_sequences(model, [seqs[i] for i in idx], pad_id, accelerator.device, shared)
-            loss = gapg_loss(logps, coefs[idx].to(accelerator.device), num_prompts)
+            loss = gapg_loss(logps, weight.to(accelerator.device), num_prompts)
             accelerator.backward(loss)
         total += loss.item()
     if world > 1:  # the logged loss is the global one: the mean of the processes' W-scaled partial sums

@@ -17,10 +17,17 @@ import torch.nn.functional as F
 
 
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """(P, G) rewards -> (P, G) coefficients (r̃_i − mean r̃) / (G − 1)."""
+    """(P, G) rewards -> (P, G) coefficients (r̃_i − mean r̃) / (G − 1).
+
+    A reward equal to its group's mean has coefficient exactly 0, also where float rounding of the mean says
+    otherwise (``[1, 1, .4, .4, .4, 0, 0, 0]`` has mean .4, but ``.4 − mean`` is −4e-9 in float32): those
+    responses are skipped by the update, as they add nothing to the gradient."""
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be (prompts, G>=2), got {tuple(rewards.shape)}")
-    return (rewards - rewards.mean(dim=1, keepdim=True)) / (rewards.shape[1] - 1)
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    rounding = 1e-6 * rewards.abs().amax(dim=1, keepdim=True).clamp(min=1.0)
+    centred = torch.where(centred.abs() <= rounding, torch.zeros_like(centred), centred)
+    return centred / (rewards.shape[1] - 1)
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

@@ -71,3 +71,17 @@ def test_shared_prefix_scoring_matches_full_sequences_value_and_gradient(tiny_mo
     assert torch.allclose(lp_full, lp_shared, atol=1e-5)
     for n in g_full:
         assert torch.allclose(g_full[n], g_shared[n], atol=1e-5, rtol=1e-4), n
+
+
+def test_a_reward_at_its_group_mean_has_exactly_zero_coefficient():
+    """[1, 1, .4, .4, .4, 0, 0, 0] has mean .4; float32 rounding made .4 − mean = −4e-9, so those three responses
+    were scored (and counted in the micro-batch shares) though they add nothing.  They are exactly 0 now."""
+    from rl.gapg import group_advantages
+
+    coefs = group_advantages(torch.tensor([[1.0, 1.0, 0.4, 0.4, 0.4, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]))
+    assert coefs[0, 2:5].tolist() == [0.0, 0.0, 0.0]
+    assert int((coefs != 0).sum()) == 13
+    assert coefs[0, 0].item() == pytest.approx(0.6 / 7) and coefs[1, 0].item() == pytest.approx(0.875 / 7)
+    # genuinely small differences are kept: only float rounding of the mean is zeroed
+    small = group_advantages(torch.tensor([[0.001, 0.0]]))
+    assert small[0, 0].item() == pytest.approx(0.0005)

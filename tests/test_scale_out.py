@@ -105,6 +105,47 @@ def test_deepspeed_zero3_with_lora_matches_one_process(tiny_model_dir, tmp_path)
     assert not any("lora" in k for k in w2)  # merged into a plain model
 
 
+@pytest.mark.parametrize("accelerate_config", ["configs/accelerate/zero2.yaml", "configs/accelerate/zero3.yaml"])
+def test_deepspeed_uneven_shares_run_the_same_backward_passes_and_match_one_process(tiny_model_dir, tmp_path, accelerate_config):
+    """13 sequences with a non-zero advantage on 2 processes with micro-batch 2: 7 and 6 sequences, so 4 and 3
+    micro-batches.  ZeRO-2/3 communicate on every backward, so each process must run the same number of backward
+    passes (the short one pads with a zero-weight pass).  The update finishes and equals 1 process's."""
+    pytest.importorskip("deepspeed")
+    from safetensors import safe_open
+
+    # small buckets (ZeRO-2 reduces a bucket as soon as it fills, inside every backward) and no persistent
+    # parameters (ZeRO-3 gathers every weight in every forward), as a real model of 1B+ weights does
+    ds_config = json.load(open(os.path.join(ROOT, "configs", "accelerate", os.path.basename(accelerate_config).replace(".yaml", ".json").replace("zero", "ds_zero"))))
+    ds_config["zero_optimization"].update(reduce_bucket_size=500, allgather_bucket_size=500, stage3_param_persistence_threshold=0)
+    json.dump(ds_config, open(tmp_path / "ds.json", "w"))
+    launch_config = open(os.path.join(ROOT, accelerate_config)).read().replace(
+        "configs/accelerate/ds_" + os.path.basename(accelerate_config).replace(".yaml", ".json"), str(tmp_path / "ds.json"))
+    assert str(tmp_path / "ds.json") in launch_config
+    open(tmp_path / "accelerate.yaml", "w").write(launch_config)
+    script = os.path.join(ROOT, "tests", "scripts", "one_update.py")
+    one, two = str(tmp_path / "one.safetensors"), str(tmp_path / "two.safetensors")
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    done = subprocess.run([sys.executable, script, tiny_model_dir, one], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "accelerate.yaml"),
+        "--num_processes", "2", "--main_process_port", str(_free_port()), script, tiny_model_dir, two,
+    ]
+    try:  # an uneven number of backward passes hangs in a collective: a timeout is the failure
+        done = subprocess.run(cmd, cwd=ROOT, env=dict(env, DS_ACCELERATOR="cpu"), capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"2-process {accelerate_config} update hung: {str(e.stderr)[-2000:]}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    w1, w2 = load_file(one), load_file(two)
+    with safe_open(one, "pt") as f1, safe_open(two, "pt") as f2:
+        assert float(f1.metadata()["loss"]) == pytest.approx(float(f2.metadata()["loss"]), abs=1e-5)
+    init = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    assert any(not torch.allclose(init[k], w1[k]) for k in init if k in w1), "the weights did not move"
+    assert sorted(w1) == sorted(w2)
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-5), (k, (w1[k] - w2[k]).abs().max().item())
+
+
 def test_cpu_install_never_imports_vllm_and_asking_for_it_is_a_clear_error(tiny_model_dir, tmp_path):
     probe = "import sys, train, eval, sweep, policies.generation; print('vllm' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
