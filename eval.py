@@ -23,6 +23,14 @@ Rows of each table (one table per suite, then the average over suites):
 The collaboration-aware baseline (Dr.GRPO) is a trained checkpoint: pass it as
 another ``--model`` (train it with ``train.py rl.trainer=trl_drgrpo``).
 
+Uncertainty.  Every row carries ``overall_ci``, a 95% percentile-bootstrap interval of
+its overall accuracy over the suite's problems (``bootstrap_ci``: 2000 seeded resamples).
+Each policy row is compared with every later policy row and every baseline by a paired
+bootstrap of the difference in overall accuracy (the same resampled problems for both
+rows): ``comparisons`` in summary.json (per suite: a, b, diff, ci, significant) and one
+line each under the table, "beyond noise" when the interval excludes 0.  The average
+over suites carries no CI (an average of bounds is not one); read each suite's.
+
 Columns: overall accuracy (device + cloud), conditional accuracy (device correct
 / problems kept on device), offload rate, cloud calls, cloud tokens (prompt +
 completion), format compliance (the share of device responses in the template's
@@ -40,10 +48,10 @@ reached</response>`` and an escalation is graded as the device's answer.  Rows p
 ``<model>`` (capped), ``<model>/uncapped`` (every call granted), ``<model>/never`` (no call
 granted), and ``cloud``; columns add calls per problem and cloud tokens per problem, and
 "w/ call" is the share of problems that made at least one call.  The router and random
-rows are route-mode only.
+rows are route-mode only; each ``<model>`` row is compared with its uncapped and never rows.
 
 Outputs under ``--out`` (default ``<train.output_dir>/eval``): ``summary.json``
-(every row of every suite), ``<suite>/samples.jsonl`` (prompt, device output,
+(every row of every suite, ``comparisons``), ``<suite>/samples.jsonl`` (prompt, device output,
 escalated?, cloud output, extracted answers, correct?, per method), and the
 resumable work files ``<suite>/<model>.device.jsonl`` and ``<suite>/cloud.jsonl``:
 a killed evaluation restarts where it stopped and never regenerates or regrades
@@ -68,6 +76,7 @@ from envs.route import format_ok
 from envs.tasks import grade_response
 
 BASELINES = ("never", "random", "router", "cloud")
+BOOTSTRAP_N, BOOTSTRAP_SEED = 2000, 0  # resamples of the problems for every confidence interval (bootstrap_ci)
 MATH_SUITE_MAX_NEW_TOKENS = 1024  # the paper's response length on MATH (SPEC §8)
 
 
@@ -214,6 +223,67 @@ def apgr_cpt(curve: np.ndarray, weak: float, strong: float) -> dict:
     return out
 
 
+def bootstrap_ci(correct_a, correct_b=None, n: int = 2000, seed: int = 0, level: float = 0.95) -> list[float] | None:
+    """A percentile-bootstrap confidence interval over problems (Efron & Tibshirani, *An Introduction to the
+    Bootstrap*, 1993, ch. 13): draw the problems ``n`` times with replacement, compute the statistic on each
+    resample, and take its ``(1-level)/2`` and ``(1+level)/2`` quantiles.
+
+    With ``correct_a`` alone the statistic is accuracy (the mean of the per-problem 0/1 correctness).  With
+    ``correct_b`` (the same problems, in the same order) it is the **paired** difference ``acc(a) - acc(b)``: both
+    rows are evaluated on the same resampled problems, so what the problems share (some are easy for everyone)
+    cancels and only the rows' disagreements make the interval wide.  Identical rows give exactly ``[0, 0]``.
+
+    Seeded: the same ``seed`` and number of problems draw the same resamples, so every row and every pair of a
+    suite is judged on one set of resamples.  Returns ``[lo, hi]``, or None when there are no problems."""
+    a = np.asarray(correct_a, dtype=np.float64)
+    if correct_b is not None:
+        b = np.asarray(correct_b, dtype=np.float64)
+        if b.shape != a.shape:
+            raise ValueError(f"bootstrap_ci: paired rows need the same problems ({a.shape[0]} vs {b.shape[0]})")
+        a = a - b  # the mean of per-problem differences is the difference of accuracies, on every resample
+    m = a.shape[0]
+    if m == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n)
+    chunk = max(1, 2_000_000 // m)  # resamples drawn per block: bounded memory on large suites, same draws either way
+    for start in range(0, n, chunk):
+        k = min(chunk, n - start)
+        stats[start : start + k] = a[rng.integers(0, m, size=(k, m))].mean(axis=1)
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+
+def compare_rows(correct: dict[str, list], policies: list[str], n: int = 2000, seed: int = 0, level: float = 0.95) -> list[dict]:
+    """Paired bootstrap comparisons of overall accuracy (``bootstrap_ci`` with two rows): each policy row against
+    every later policy row and every other row.  ``correct`` maps a row's method to its per-problem correctness.
+    ``significant``: the interval excludes 0 (the difference is beyond the noise of this many problems)."""
+    out = []
+    for i, a in enumerate(policies):
+        for b in [p for p in policies[i + 1 :]] + [m for m in correct if m not in policies]:
+            ca, cb = correct[a], correct[b]
+            diff = (sum(ca) - sum(cb)) / max(len(ca), 1)
+            ci = bootstrap_ci(ca, cb, n, seed, level)
+            out.append({"a": a, "b": b, "diff": diff, "ci": ci, "significant": bool(ci and (ci[0] > 0 or ci[1] < 0))})
+    return out
+
+
+def format_comparisons(comparisons: list[dict]) -> list[str]:
+    """``gapg - router: +1.4 pts [-8.6, +11.4] (within noise)``: the difference in overall accuracy, points, 95% CI."""
+    lines = []
+    for c in comparisons:
+        ci = c.get("ci")
+        band = f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""
+        verdict = "beyond noise" if c.get("significant") else "within noise"
+        lines.append(f"{c['a']} - {c['b']}: {100 * c['diff']:+.1f} pts{band} ({verdict})")
+    return lines
+
+
+def row_correct(n: int, device, sent, cloud) -> list[bool]:
+    """A row's per-problem correctness: the cloud's answer where it was sent, the device's elsewhere."""
+    return [bool(cloud[i]["correct"]) if i in sent else bool(device[i]["correct"]) for i in range(n)]
+
+
 def summarise(method, problems, device, sent, cloud, wants=None, order=None, cloud_all=None, weak=None) -> dict:
     """One row: overall / conditional accuracy, offload, calls, tokens, per level; APGR/CPT when every cloud answer is known.
 
@@ -221,6 +291,7 @@ def summarise(method, problems, device, sent, cloud, wants=None, order=None, clo
     the base device model answering everything (the ``never`` row).  It is not this row's own device accuracy."""
     n, sent = len(problems), set(sent)  # the cloud row passes a range
     kept = [i for i in range(n) if i not in sent]
+    correct = row_correct(n, device, sent, cloud)
     device_ok = sum(device[i]["correct"] for i in kept)
     cloud_ok = sum(cloud[i]["correct"] for i in sent)
     by_level = defaultdict(lambda: [0, 0, 0, 0])  # problems, sent, kept, kept-correct
@@ -236,6 +307,7 @@ def summarise(method, problems, device, sent, cloud, wants=None, order=None, clo
         "method": method,
         "n": n,
         "overall_acc": (device_ok + cloud_ok) / max(n, 1),
+        "overall_ci": bootstrap_ci(correct, n=BOOTSTRAP_N, seed=BOOTSTRAP_SEED),  # 95%, over problems
         "device_acc": device_ok / max(len(kept), 1),
         "offload_rate": len(sent) / max(n, 1),
         "cloud_calls": len(sent),
@@ -258,7 +330,10 @@ def summarise(method, problems, device, sent, cloud, wants=None, order=None, clo
 
 def suite_rows(problems, policies: dict, base: list[dict], cloud, budget, seed=0, router_scores=None, router_threshold=None,
                baselines=BASELINES, cloud_path=None):
-    """Every method's row for one suite, from the device outputs already computed.  Returns (rows, records)."""
+    """Every method's row for one suite, from the device outputs already computed.  Returns (rows, records).
+
+    Every row carries ``overall_ci`` (95% bootstrap over problems); each policy row carries ``comparisons``, the
+    paired bootstrap of its overall accuracy minus every later policy's and every baseline's (``compare_rows``)."""
     n = len(problems)
     cap = math.floor(budget * n + 1e-9)
     plans = {}  # method -> (device outputs, capped cloud set, wanted requests, cost-sweep order)
@@ -284,6 +359,13 @@ def suite_rows(problems, policies: dict, base: list[dict], cloud, budget, seed=0
         row["format_rate"] = sum(flags) / len(flags) if flags else None
     if every:
         rows.append(summarise("cloud", problems, base, range(n), cloud_res))
+    correct = {m: row_correct(n, dev, sent, cloud_res) for m, (dev, sent, _, _) in plans.items()}
+    if every:
+        correct["cloud"] = row_correct(n, None, range(n), cloud_res)
+    comparisons = compare_rows(correct, list(policies), BOOTSTRAP_N, BOOTSTRAP_SEED)
+    for row in rows:
+        if row["method"] in policies:
+            row["comparisons"] = [c for c in comparisons if c["a"] == row["method"]]
     records = []
     for i, p in enumerate(problems):
         rec = {"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer}
@@ -368,6 +450,7 @@ def summarise_query(method, problems, rolls, wanted=None) -> dict:
         "method": method,
         "n": n,
         "overall_acc": sum(r.correct for r in rolls) / max(n, 1),
+        "overall_ci": bootstrap_ci([bool(r.correct) for r in rolls], n=BOOTSTRAP_N, seed=BOOTSTRAP_SEED),
         "device_acc": sum(r.correct for r in unaided) / max(len(unaided), 1),
         "offload_rate": sum(r.calls > 0 for r in rolls) / max(n, 1),
         "cloud_calls": sum(r.calls for r in rolls),
@@ -409,6 +492,8 @@ def evaluate_query(env, generator, problems, budget: float, batch_size: int = 32
 
     Only problems that called the cloud are generated again for the capped rows (greedy decoding
     makes the others' outputs identical).  ``seed`` is unused (no random baseline in query mode).
+    Every row carries ``overall_ci``; the policy row carries ``comparisons`` against uncapped and never
+    (paired bootstrap, ``compare_rows``).
     """
     n = len(problems)
     cap = math.floor(budget * n + 1e-9)
@@ -420,6 +505,8 @@ def evaluate_query(env, generator, problems, budget: float, batch_size: int = 32
         summarise_query("uncapped", problems, free),
         summarise_query("never", problems, never),
     ]
+    correct = {m: [bool(r.correct) for r in rs] for m, rs in (("policy", capped_rolls), ("uncapped", free), ("never", never))}
+    rows[0]["comparisons"] = compare_rows(correct, ["policy"], BOOTSTRAP_N, BOOTSTRAP_SEED)
     records = [
         {"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer, **query_record(c),
          "uncapped": query_record(f), "never": query_record(nv)}
@@ -428,12 +515,27 @@ def evaluate_query(env, generator, problems, budget: float, batch_size: int = 32
     return rows, records
 
 
+def fmt_overall(r: dict) -> str:
+    """``70.0% [58.6, 80.0]``: overall accuracy and its 95% bootstrap CI (the CI left out where a row has none)."""
+    ci = r.get("overall_ci")
+    band = f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+    return f"{100 * r['overall_acc']:>5.1f}% {band:<14}"
+
+
+def comparison_lines(rows) -> list[str]:
+    """The paired comparisons the policy rows carry, one line each, under a note of what they mean."""
+    comps = [c for r in rows for c in r.get("comparisons", [])]
+    if not comps:
+        return []
+    return ["overall accuracy differences, paired 95% bootstrap CI over problems:"] + ["  " + line for line in format_comparisons(comps)]
+
+
 def format_query_table(rows, title: str | None = None) -> str:
-    head = f"{'method':<16} {'overall':>8} {'device':>8} {'w/ call':>8} {'calls/p':>8} {'tok/p':>7} {'calls':>6} {'c.tokens':>9}"
+    head = f"{'method':<16} {'overall [95% CI]':<21} {'device':>8} {'w/ call':>8} {'calls/p':>8} {'tok/p':>7} {'calls':>6} {'c.tokens':>9}"
     lines = ([title] if title else []) + [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['method']:<16} {100 * r['overall_acc']:>7.1f}% {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
+            f"{r['method']:<16} {fmt_overall(r)} {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
             f"{r.get('calls_per_problem', r['cloud_calls'] / max(r['n'], 1)):>8.3f} "
             f"{r.get('cloud_tokens_per_problem', r['cloud_tokens'] / max(r['n'], 1)):>7.1f} {r['cloud_calls']:>6} {r['cloud_tokens']:>9}"
         )
@@ -442,18 +544,18 @@ def format_query_table(rows, title: str | None = None) -> str:
         if len(levels) > 1:
             extra = f"  (wanted {r['wanted_calls_per_problem']:.3f} calls/problem)" if "wanted_calls_per_problem" in r else ""
             lines.append(f"{r['method']} calls per level: " + "  ".join(f"L{k}={v.get('calls_per_problem', v['offload_rate']):.2f}" for k, v in levels.items()) + extra)
-    return "\n".join(lines)
+    return "\n".join(lines + comparison_lines(rows))
 
 
 def format_table(rows, title: str | None = None) -> str:
     if rows and "calls_per_problem" in rows[0]:
         return format_query_table(rows, title)
-    head = f"{'method':<12} {'overall':>8} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} {'format':>7} {'APGR':>6} {'CPT50':>6}"
+    head = f"{'method':<12} {'overall [95% CI]':<21} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} {'format':>7} {'APGR':>6} {'CPT50':>6}"
     lines = ([title] if title else []) + [head, "-" * len(head)]
     fmt = lambda v, pct=False: "     -" if v is None else (f"{100 * v:>5.1f}%" if pct else f"{v:>6.3f}")  # noqa: E731
     for r in rows:
         lines.append(
-            f"{r['method']:<12} {100 * r['overall_acc']:>7.1f}% {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
+            f"{r['method']:<12} {fmt_overall(r)} {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
             f"{r['cloud_calls']:>6} {r.get('cloud_tokens', 0):>9} {fmt(r.get('format_rate'), pct=True):>7} {fmt(r.get('apgr'))} {fmt(r.get('cpt50'), pct=True)}"
         )
     for r in rows:
@@ -461,7 +563,7 @@ def format_table(rows, title: str | None = None) -> str:
         if "wanted_offload_rate" in r and len(levels) > 1:
             lines.append(f"{r['method']} offload per level: " + "  ".join(f"L{k}={100 * v['offload_rate']:.0f}%" for k, v in levels.items())
                          + f"  (asked for the cloud on {100 * r['wanted_offload_rate']:.1f}%)")
-    return "\n".join(lines)
+    return "\n".join(lines + comparison_lines(rows))
 
 
 def average_rows(per_suite: dict[str, list[dict]]) -> list[dict]:
@@ -653,10 +755,11 @@ def main(argv=None):
         with open(os.path.join(out, suite, "samples.jsonl"), "w") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
-    summary = {"budget": budget, "cloud": cfg.cloud.backend, "models": models, "suites": per_suite}
+    summary = {"budget": budget, "cloud": cfg.cloud.backend, "models": models, "suites": per_suite,
+               "comparisons": {suite: [c for r in rows for c in r.get("comparisons", [])] for suite, rows in per_suite.items()}}
     if len(per_suite) > 1:
         summary["average"] = average_rows(per_suite)
-        print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites =="))
+        print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites (no CIs: see each suite) =="))
     summary["cloud_usage"] = cloud.usage()  # real calls and tokens paid by this run (cache hits are free)
     print(f"\ncloud usage this run: {summary['cloud_usage']}")
     with open(os.path.join(out, "summary.json"), "w") as f:
@@ -686,8 +789,13 @@ def main_query(args, cfg, models, suites, cloud, out, bs, max_new, baselines, bu
         for suite, probs, template in suites:
             env = QueryEnv(template, tok, cloud, cfg.rl.max_queries, cfg.rl.max_response_tokens, cfg.task.max_solve_steps)
             rows, recs = evaluate_query(env, gen, probs, budget, bs, max_new(template), cfg.train.seed)
+            def rename(m, name=name):
+                return name if m == "policy" else f"{name}/{m}"
+
             for r in rows:
-                r["method"] = name if r["method"] == "policy" else f"{name}/{r['method']}"
+                r["method"] = rename(r["method"])
+                for c in r.get("comparisons", []):
+                    c["a"], c["b"] = rename(c["a"]), rename(c["b"])
             per_suite[suite] += rows
             for rec, r in zip(records[suite], recs):
                 rec[name] = {k: v for k, v in r.items() if k not in ("uid", "level", "question", "gold")}
@@ -701,10 +809,11 @@ def main_query(args, cfg, models, suites, cloud, out, bs, max_new, baselines, bu
         with open(os.path.join(out, suite, "samples.jsonl"), "w") as f:
             for r in records[suite]:
                 f.write(json.dumps(r) + "\n")
-    summary = {"budget": budget, "env": "query", "cloud": cfg.cloud.backend, "models": models, "suites": per_suite}
+    summary = {"budget": budget, "env": "query", "cloud": cfg.cloud.backend, "models": models, "suites": per_suite,
+               "comparisons": {suite: [c for r in rows for c in r.get("comparisons", [])] for suite, rows in per_suite.items()}}
     if len(per_suite) > 1:
         summary["average"] = average_rows(per_suite)
-        print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites =="))
+        print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites (no CIs: see each suite) =="))
     summary["cloud_usage"] = cloud.usage()
     print(f"\ncloud usage this run: {summary['cloud_usage']}")
     with open(os.path.join(out, "summary.json"), "w") as f:
