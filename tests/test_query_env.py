@@ -391,6 +391,7 @@ def test_eval_cli_query_mode_rows_and_samples(tiny_model_dir, tmp_path, capsys):
     assert [r["method"] for r in rows] == ["policy", "policy/uncapped", "policy/never", "cloud"]
     assert all("calls_per_problem" in r for r in rows[:3]) and rows[-1]["cloud_calls"] == 6
     assert "calls/p" in printed and "has no random baseline rows (route mode only)" in printed
+    assert summary["row_models"]["policy/never"] == tiny_model_dir and f"rows: policy, policy/uncapped, policy/never={tiny_model_dir}; cloud=simulated cloud" in printed
     assert [(c["a"], c["b"]) for c in summary["comparisons"]["arithmetic"]] == [("policy", "policy/uncapped"), ("policy", "policy/never")]
     samples = [json.loads(line) for line in open(os.path.join(out, "arithmetic", "samples.jsonl"))]
     assert len(samples) == 6 and {"calls", "queries", "uncapped", "never"} <= set(samples[0]["policy"])
