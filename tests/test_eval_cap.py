@@ -134,3 +134,72 @@ def test_apgr_measures_every_row_against_the_one_weak_model():
     assert by["random"]["overall_acc"] < by["policy"]["overall_acc"] and by["random"]["apgr"] < by["policy"]["apgr"]
     # CPT(50%): half the .7 gap is an accuracy of .65; the policy's curve reaches .7 at k = 2 calls, a cost of .2
     assert by["policy"]["cpt50"] == 0.2
+
+
+def test_bootstrap_ci_by_hand():
+    from eval import bootstrap_ci
+
+    # every problem right (or every one wrong): every resample has the same accuracy, a zero-width interval at it
+    assert bootstrap_ci([True] * 20) == [1.0, 1.0] and bootstrap_ci([0] * 20) == [0.0, 0.0]
+    assert bootstrap_ci([]) is None
+    # a paired difference of identical rows is 0 on every resample, whatever the rows are
+    row = [i % 3 == 0 for i in range(70)]
+    assert bootstrap_ci(row, row) == [0.0, 0.0]
+    # 70 problems, the rows differ on one: the difference (1/70) is within noise
+    other = list(row)
+    other[1] = True
+    lo, hi = bootstrap_ci(other, row)
+    assert lo <= 0.0 <= hi and lo <= 1 / 70 <= hi
+    # 70 problems, a right on 50, b on 20 of them: a clear difference, the interval excludes 0
+    a, b = [i < 50 for i in range(70)], [i < 20 for i in range(70)]
+    lo, hi = bootstrap_ci(a, b)
+    assert 0.0 < lo < 30 / 70 < hi
+    # seeded: the same draws every time; another seed, (slightly) other bounds; a wider level, a wider interval
+    assert bootstrap_ci(a) == bootstrap_ci(a) and bootstrap_ci(a, b) == bootstrap_ci(a, b, seed=0)
+    assert bootstrap_ci(a, n=200, seed=1) != bootstrap_ci(a, n=200, seed=2)
+    lo95, hi95 = bootstrap_ci(a)
+    lo99, hi99 = bootstrap_ci(a, level=0.99)
+    assert lo99 <= lo95 < 50 / 70 < hi95 <= hi99
+    # a single accuracy's interval is about ± 1.96 standard errors (p = 5/7, n = 70: se = 0.054)
+    assert abs((hi95 - lo95) / 2 - 1.96 * (50 / 70 * 20 / 70 / 70) ** 0.5) < 0.02
+    import pytest
+
+    with pytest.raises(ValueError, match="same problems"):
+        bootstrap_ci([1, 0], [1])
+
+
+def test_rows_carry_their_ci_and_policy_rows_their_paired_comparisons():
+    from eval import suite_rows
+
+    probs = [Problem(f"c{i}", f"What is {i} + 5?", str(i + 5), level=1) for i in range(40)]
+    base = [{"output": "x", "escalated": False, "answer": None, "correct": i < 10} for i in range(40)]
+    policy = [{"output": "x", "escalated": i in (30, 31, 32, 33), "answer": None, "correct": i < 20} for i in range(40)]
+    cloud = CachedCloud(SimulatedCloud(accuracy=1.0), None)
+    rows, _ = suite_rows(probs, {"a": policy, "b": base}, base, cloud, 0.1, baselines=("never", "random", "cloud"))
+    by = {r["method"]: r for r in rows}
+    for r in rows:
+        lo, hi = r["overall_ci"]
+        assert lo <= r["overall_acc"] <= hi
+    assert by["cloud"]["overall_ci"] == [1.0, 1.0]
+    comps = by["a"]["comparisons"]
+    assert [c["b"] for c in comps] == ["b", "never", "random", "cloud"]  # later policies, then every baseline
+    assert [c["b"] for c in by["b"]["comparisons"]] == ["never", "random", "cloud"]
+    assert "comparisons" not in by["never"]
+    vs_never = comps[1]
+    assert abs(vs_never["diff"] - (24 / 40 - 10 / 40)) < 1e-12 and vs_never["significant"] and vs_never["ci"][0] > 0
+    same = by["b"]["comparisons"][0]  # b answers exactly as the base model: never's twin
+    assert same["diff"] == 0 and same["ci"] == [0.0, 0.0] and not same["significant"]
+    text = format_table(rows)
+    assert f"a - never: +{100 * vs_never['diff']:.1f} pts [+{100 * vs_never['ci'][0]:.1f}, " in text and "(beyond noise)" in text
+    assert "b - never: +0.0 pts [+0.0, +0.0] (within noise)" in text
+
+
+def test_in_training_evaluation_rows_carry_ci_and_compare_the_policy_with_its_own_never():
+    probs = [Problem(f"t{i}", f"What is {i} + 1?", str(i + 1), level=1) for i in range(10)]
+    env = RouteEnv("arithmetic", PlainTok(), CachedCloud(SimulatedCloud(accuracy=1.0), None), few_shot=False)
+    outputs = {env.prompt(p): (ESC if i < 3 else f"\\boxed{{{i + 1}}}") for i, p in enumerate(probs)}
+    rows, _ = evaluate(env, ScriptedGenerator(outputs), probs, budget=0.3, batch_size=4, progress=False)
+    assert [r["method"] for r in rows] == ["policy", "never", "random"]
+    assert all(r["overall_ci"][0] <= r["overall_acc"] <= r["overall_ci"][1] for r in rows)
+    assert [(c["a"], c["b"]) for c in rows[0]["comparisons"]] == [("policy", "never"), ("policy", "random")]
+    assert "policy - never: +30.0 pts" in format_table(rows)

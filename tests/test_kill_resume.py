@@ -203,7 +203,7 @@ def test_sigkilled_eval_resumes_without_regenerating_or_repaying(tiny_model_dir,
     slow = ScriptedServer({None: [("delay", 0.15)] * 1000})  # a slow cloud: the cloud pass takes seconds
     try:
         out = str(tmp_path / "ev")
-        args = ["eval.py", "--model", tiny_model_dir, "--out", out, "--baselines", "never,random,cloud", "--batch-size", "4",
+        args = ["eval.py", "--model", tiny_model_dir, "--base-model", "same", "--out", out, "--baselines", "never,random,cloud", "--batch-size", "4",
                 "--max-new-tokens", "6", "task.levels=[1+1,1x1]", f"task.num_test={n}", "train.wandb=false",
                 *_cloud_args(slow, **{"cloud.concurrency": 1})]
         device, cache = os.path.join(out, "arithmetic", "policy.device.jsonl"), os.path.join(out, "cloud_cache.sqlite")
@@ -276,7 +276,7 @@ def test_eval_stopped_by_a_cloud_outage_says_so_and_resumes(tiny_model_dir, tmp_
     outage = ScriptedServer({None: [("ok",)] * 5 + [("status", 503)] * 2})  # 5 answers, then one request fails twice
     try:
         out = str(tmp_path / "ev")
-        args = ["eval.py", "--model", tiny_model_dir, "--out", out, "--baselines", "never,cloud", "--max-new-tokens", "4",
+        args = ["eval.py", "--model", tiny_model_dir, "--base-model", "same", "--out", out, "--baselines", "never,cloud", "--max-new-tokens", "4",
                 "task.levels=[1+1,1x1]", f"task.num_test={n}", "train.wandb=false",
                 *_cloud_args(outage, **{"cloud.concurrency": 1, "cloud.max_retries": 1})]
         proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)

@@ -347,7 +347,10 @@ def test_eval_caps_calls_in_dataset_order(tok):
     assert policy["overall_acc"] == 0.6 and policy["device_acc"] == pytest.approx(1 / 3)
     assert never["cloud_calls"] == 0 and never["overall_acc"] == 0.2
     assert policy["cloud_tokens_per_problem"] > 0
-    assert "calls/p" in format_table(rows)
+    assert all(r["overall_ci"][0] <= r["overall_acc"] <= r["overall_ci"][1] for r in rows)
+    assert [(c["a"], c["b"]) for c in policy["comparisons"]] == [("policy", "uncapped"), ("policy", "never")]
+    assert abs(policy["comparisons"][1]["diff"] - 0.4) < 1e-12
+    assert "calls/p" in format_table(rows) and "policy - never: +40.0 pts" in format_table(rows)
 
 
 def test_train_query_mode_end_to_end(tiny_model_dir, tmp_path):
@@ -388,5 +391,7 @@ def test_eval_cli_query_mode_rows_and_samples(tiny_model_dir, tmp_path, capsys):
     assert [r["method"] for r in rows] == ["policy", "policy/uncapped", "policy/never", "cloud"]
     assert all("calls_per_problem" in r for r in rows[:3]) and rows[-1]["cloud_calls"] == 6
     assert "calls/p" in printed and "has no random baseline rows (route mode only)" in printed
+    assert summary["row_models"]["policy/never"] == tiny_model_dir and f"rows: policy, policy/uncapped, policy/never={tiny_model_dir}; cloud=simulated cloud" in printed
+    assert [(c["a"], c["b"]) for c in summary["comparisons"]["arithmetic"]] == [("policy", "policy/uncapped"), ("policy", "policy/never")]
     samples = [json.loads(line) for line in open(os.path.join(out, "arithmetic", "samples.jsonl"))]
     assert len(samples) == 6 and {"calls", "queries", "uncapped", "never"} <= set(samples[0]["policy"])

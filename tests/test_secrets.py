@@ -75,7 +75,7 @@ def test_the_key_is_in_no_file_log_or_message(tiny_model_dir, tmp_path, server, 
                               "train.save_every=1", "train.eval_before=false", *_cloud_args(server)]) == 0
     assert train.main(TINY + [f"model.name_or_path={tiny_model_dir}", f"train.output_dir={trl}", "train.max_steps=1",
                               "train.save_every=1", "rl.trainer=trl_drgrpo", "train.eval_before=false", *_cloud_args(server)]) == 0
-    assert evalmod.main(["--model", os.path.join(gapg, "final"), "--out", ev, "--baselines", "never,cloud", "--max-new-tokens", "4",
+    assert evalmod.main(["--model", os.path.join(gapg, "final"), "--base-model", "same", "--out", ev, "--baselines", "never,cloud", "--max-new-tokens", "4",
                          "task.levels=[1+1,1x1]", "task.num_test=4", *_cloud_args(server)]) == 0
 
     # the runs really used the key, really met the echoing error, and really wrote what is searched

@@ -26,6 +26,7 @@ def test_sweep_runs_each_budget_once_and_resumes_a_half_finished_point(tiny_mode
     rows = sweep.read_table(os.path.join(out, "sweep.csv"))
     assert sorted({r["budget"] for r in rows}) == [0.2, 0.4]
     assert {r["method"] for r in rows} == {"policy", "never", "random", "cloud"}
+    assert all(r["overall_ci_lo"] <= r["overall_acc"] <= r["overall_ci_hi"] for r in rows)  # one suite: every row has its CI
     for r in rows:
         if r["method"] in ("policy", "random"):
             assert r["cloud_calls"] <= int(r["budget"] * 10)  # every capped method respects its own budget
@@ -41,7 +42,7 @@ def test_sweep_runs_each_budget_once_and_resumes_a_half_finished_point(tiny_mode
 
 def test_table_writer_round_trip_sorted_and_blank_for_missing(tmp_path):
     rows = [
-        {"budget": 0.5, "method": "random", "overall_acc": 0.61234567, "device_acc": 0.5, "offload_rate": 0.5, "cloud_calls": 5, "n": 10},
+        {"budget": 0.5, "method": "random", "overall_acc": 0.61234567, "overall_ci": [0.5, 0.7], "device_acc": 0.5, "offload_rate": 0.5, "cloud_calls": 5, "n": 10},
         {"budget": 0.1, "method": "policy", "overall_acc": 0.7, "device_acc": 0.66, "offload_rate": 0.1, "cloud_calls": 1,
          "apgr": None, "n": 10, "per_level": {"1": {}}},
     ]
@@ -49,7 +50,10 @@ def test_table_writer_round_trip_sorted_and_blank_for_missing(tmp_path):
     back = sweep.read_table(csv_path)
     assert [(r["budget"], r["method"]) for r in back] == [(0.1, "policy"), (0.5, "random")]
     assert back[1]["overall_acc"] == 0.6123 and back[0]["apgr"] is None and back[0]["cloud_calls"] == 1
+    assert back[0]["overall_ci_lo"] is None  # no CI (e.g. an average over suites): blank
     assert json.load(open(json_path))[0]["per_level"] == {"1": {}}
+    assert (back[1]["overall_ci_lo"], back[1]["overall_ci_hi"]) == (0.5, 0.7)
+    assert sweep.plot(back, str(tmp_path / "p.png")) and sweep.ci_of(back[1]) == [0.5, 0.7] and sweep.ci_of(back[0]) is None
 
 
 def test_sweep_rejects_budgets_outside_the_unit_interval(capsys):
