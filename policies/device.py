@@ -109,6 +109,7 @@ def load_device_model(cfg, for_training: bool = True):
                 task_type="CAUSAL_LM",
             ),
         )
-    if for_training and cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if for_training and cfg.gradient_checkpointing:  # transformers 5 renamed it activation checkpointing
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     return model, tokenizer

@@ -74,7 +74,8 @@ def recomputes_activations(model) -> bool:
     A checkpointed forward in training mode returns no KV cache (each layer is run again in the backward pass, so
     transformers turns ``use_cache`` off), which the shared-prefix path needs."""
     inner = getattr(model, "module", model)
-    return bool(getattr(inner, "is_gradient_checkpointing", False)) and inner.training
+    name = "is_activation_checkpointing" if hasattr(inner, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(inner, name, False)) and inner.training
 
 
 def score_sequences(model, sequences: list[tuple], pad_id: int, device, shared_prefix: int = 0) -> torch.Tensor:

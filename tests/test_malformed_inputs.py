@@ -262,7 +262,7 @@ def test_gradient_checkpointing_update_equals_the_padded_path(tiny_model_dir):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights, the gradients stay
         rolls = [Rollout(Sample(prompt, tok(f"so {i}{i}", add_special_tokens=False)["input_ids"], "", False), False, None, False)
