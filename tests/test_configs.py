@@ -161,12 +161,11 @@ def test_config_runs_a_real_update(path, tiny_models, tmp_path, monkeypatch):
     scored = []  # GAPG updates: (training mode?, gradient checkpointing in effect?) at each scoring pass
     gapg = tiny.rl.trainer == "gapg" and tiny.rl.env != "lsrp"
     if gapg:
-        from rl.gapg import recomputes_activations
-
         real_score = train.score_sequences
 
         def spy(model, *a, **kw):
-            scored.append((getattr(model, "module", model).training, recomputes_activations(model)))
+            inner = getattr(model, "module", model)  # DDP-wrapped or not; transformers checkpoints in training mode only
+            scored.append((inner.training, inner.training and bool(inner.is_activation_checkpointing)))
             return real_score(model, *a, **kw)
 
         monkeypatch.setattr(train, "score_sequences", spy)
