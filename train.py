@@ -198,6 +198,9 @@ def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int, skipp
 
     A non-finite loss or gradient norm skips the optimizer step on every process alike and is counted in
     ``skipped``; without ``skipped`` it raises ``FloatingPointError`` at once."""
+    # training mode: from_pretrained returns the model in eval mode, and transformers applies gradient checkpointing
+    # (model.gradient_checkpointing) and dropout only in training mode; generation switches to eval and back itself
+    model.train()
     coefs = group_advantages(torch.tensor([g.rewards for g in groups], dtype=torch.float32)).flatten()
     # (prompt, completion, per-token mask): the query mode's inserted cloud tokens are context only, never trained
     seqs = [(r.sample.prompt_ids, r.sample.completion_ids, r.sample.loss_mask) for g in groups for r in g.rollouts]

@@ -16,11 +16,17 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(path: str, seed: int = 0) -> str:
-    """Save a 2-layer Llama (hidden 32) and a char-level tokenizer to ``path``; return ``path``."""
+def build_tiny_model(path: str, seed: int = 0, family: str = "llama") -> str:
+    """Save a 2-layer model (hidden 32) of ``family`` and a char-level tokenizer to ``path``; return ``path``.
+
+    family: llama (SmolLM2's architecture, LlamaForCausalLM) or qwen2 (Qwen2.5's, Qwen2ForCausalLM: biased q/k/v)."""
     import torch
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    families = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    if family not in families:
+        raise ValueError(f"family={family!r}: use one of {', '.join(families)}")
 
     chars = sorted(set("0123456789+-*/=.,?!:;()[]{}<>_ \nabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\\\"'$|"))
     vocab = {tok: i for i, tok in enumerate(SPECIALS + ["[UNK]"] + chars)}
@@ -35,12 +41,13 @@ def build_tiny_model(path: str, seed: int = 0) -> str:
     )
     tok.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    config_cls, model_cls = families[family]
+    cfg = config_cls(
         vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=vocab["<|im_start|>"],
         eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<pad>"], tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(cfg)
+    model = model_cls(cfg)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
