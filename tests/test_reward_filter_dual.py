@@ -152,3 +152,12 @@ def test_paper_configs_train_with_the_lagrangian_penalty(path):
     dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
     assert dual.update(cfg.rl.budget + 0.2) > cfg.rl.gamma  # over budget: the penalty rises
     assert "rl.gamma_lr=0" in open(path).read()
+
+
+def test_select_prompts_at_six_prompts_trains_two_d2_prompts():
+    """B = 6 at a 30% budget: 4 D1 + 2 D2 (33%), not 5 + 1 (17%) as the old ceil/floor rule gave."""
+    F, T = False, True
+    d1 = [_rewarded(f"d1-{i}", [T, F, F, F], [F, F, F, F], None) for i in range(8)]
+    d2 = [_rewarded(f"d2-{i}", [F, F, F, F], [T, F, F, F], True) for i in range(8)]
+    picked, stats = select_prompts(d1 + d2, batch_prompts=6, rho=rho(0.3))
+    assert (stats["d1"], stats["d2"]) == (4, 2) and len(picked) == 6
