@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from envs.query import QueryEnv
 from envs.route import RouteEnv
 from envs.tasks import load_problems, template_for
-from eval import evaluate, evaluate_query, format_table
+from envs.evaluation import evaluate, evaluate_query, format_table
 from policies.cloud import CloudError, make_cloud
 from policies.device import load_device_model
 from policies.generation import HFGenerator

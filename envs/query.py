@@ -45,7 +45,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from envs.problem import Problem
+from core.problem import Problem
 from envs.prompts import messages
 from envs.route import Group, Rollout, check_prompt_tokens, cloud_replies_or_none, split_escalation
 from envs.tasks import grade_response

@@ -25,7 +25,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from envs.problem import Problem
+from core.problem import Problem
 from envs.prompts import messages
 from envs.tasks import grade_response
 from policies.generation import Sample, chat_prompt

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from envs import arithmetic, countdown
-from envs.problem import Problem
+from core.problem import Problem
 from envs.suites import read_jsonl_rows, rows_to_problems
 from rewards import countdown as countdown_grader
 from rewards.math_grader import grade as math_grade

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from eval import append_jsonl, read_jsonl
+from core.io import append_jsonl, read_jsonl
 from lsrp.metrics import flesch, perplexities, udrr
 from lsrp.strategies import CHOICE_LETTERS, STRATEGIES, choice_prompt, device_messages, leader_messages
 from lsrp.users import UserTask

@@ -29,7 +29,7 @@ from dataclasses import replace
 import numpy as np
 from accelerate.utils import set_seed
 
-from eval import write_jsonl
+from core.io import write_jsonl
 from lsrp.metrics import Judge, fit_score_weights
 from lsrp.pipeline import Device, RecordStore, execute
 from lsrp.rag import UURAG

@@ -57,7 +57,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from envs import arithmetic, countdown
-from envs.problem import Problem
+from core.problem import Problem
 from envs.prompts import CLOUD_AUGMENT_SYSTEM, CLOUD_QUERY_SYSTEM, CLOUD_SYSTEM
 from policies.calculator import answer_query
 

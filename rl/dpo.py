@@ -183,7 +183,7 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
     from policies.cloud import make_cloud
     from policies.device import load_device_model
     from policies.generation import HFGenerator
-    from eval import write_jsonl
+    from core.io import write_jsonl
     from train import make_env
 
     out = cfg.train.output_dir

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from envs.route import RouteEnv  # noqa: E402
 from envs.tasks import load_problems, template_for  # noqa: E402
-from eval import parse_models, run_device  # noqa: E402
+from envs.evaluation import parse_models, run_device  # noqa: E402
 from policies.device import load_device_model  # noqa: E402
 from policies.generation import HFGenerator  # noqa: E402
 from rl.config import load_config  # noqa: E402

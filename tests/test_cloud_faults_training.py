@@ -15,7 +15,7 @@ import os
 
 import pytest
 import train
-from envs.problem import Problem
+from core.problem import Problem
 from envs.route import RouteEnv
 from policies.cloud import CachedCloud, CloudConfigError, OpenAICloud
 from policies.device import load_tokenizer

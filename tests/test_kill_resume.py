@@ -248,14 +248,14 @@ def test_sigkilled_eval_resumes_without_regenerating_or_repaying(tiny_model_dir,
 
 def test_a_torn_work_file_line_does_not_swallow_the_next_row(tmp_path):
     """A kill in the middle of a write leaves a line without its newline; the next append must start a new line."""
-    import eval as evalmod
+    from core.io import append_jsonl, read_jsonl
 
     path = str(tmp_path / "w.jsonl")
-    evalmod.append_jsonl(path, [{"uid": "a", "x": 1}])
+    append_jsonl(path, [{"uid": "a", "x": 1}])
     with open(path, "a") as f:
         f.write('{"uid": "b", "x"')  # torn by a SIGKILL
-    evalmod.append_jsonl(path, [{"uid": "c", "x": 3}])
-    rows = evalmod.read_jsonl(path)
+    append_jsonl(path, [{"uid": "c", "x": 3}])
+    rows = read_jsonl(path)
     assert set(rows) == {"a", "c"}  # b is redone; c is not lost with it
 
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from envs.problem import Problem
+from core.problem import Problem
 from envs.route import Group, RouteEnv, Rollout, is_escalation, split_escalation
 from policies.generation import Sample
 from rl.config import ConfigError, load_config

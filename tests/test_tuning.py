@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from envs.arithmetic import make_problems
-from envs.problem import Problem
+from core.problem import Problem
 from envs.prompts import CLOUD_AUGMENT_SYSTEM, ESCALATION
 from envs.route import format_ok
 from policies.cloud import CachedCloud, CloudReply, SimulatedCloud, cloud_messages, request_key

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 
-from envs.problem import Problem
+from core.problem import Problem
 from envs.prompts import AUGMENT_PROMPT, AUGMENT_RULES
 from policies.cloud import augment_problem
 from tuning.filters import Candidate

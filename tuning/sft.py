@@ -35,11 +35,11 @@ import random
 from dataclasses import asdict, dataclass
 
 from envs import arithmetic, countdown
-from envs.problem import Problem
+from core.problem import Problem
 from envs.prompts import ESCALATION, messages
 from envs.route import RouteEnv, check_prompt_tokens
 from envs.tasks import load_problems, template_for
-from eval import append_jsonl, read_jsonl, write_jsonl
+from core.io import append_jsonl, read_jsonl, write_jsonl
 from rewards.math_grader import grade
 from rl.trl_run import common_args, metrics_callback, per_device_batch, save_final, train_resumable
 from tuning.augment import augment
