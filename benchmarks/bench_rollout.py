@@ -1,7 +1,7 @@
 """Rollout overhead of the environment: ``RouteEnv.rollout`` (generation, grading, cloud) against raw HF ``generate``.
 
-    python benchmarks/bench_rollout.py                       # SmolLM2-135M, configs/cpu_default.yaml's G, prompts, tokens
-    python benchmarks/bench_rollout.py --steps 8 rl.group_size=8 --json out.json
+    python -m benchmarks.bench_rollout                       # SmolLM2-135M, configs/cpu_default.yaml's G, prompts, tokens
+    python -m benchmarks.bench_rollout --steps 8 rl.group_size=8 --json out.json
 
 Each repetition takes the next training prompts (``problems_for_step``, seeded) and runs, in alternating order:
   * raw: one batched ``model.generate`` over the rendered prompts (left padding, ``num_return_sequences=G``),
@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Timer, add_common_args, command_line, device_name, load_cfg, mean_std, setup_torch, table, write_json,
 )
 
@@ -66,7 +64,7 @@ def main(argv=None) -> dict:
     from policies.cloud import make_cloud
     from policies.device import load_device_model
     from policies.generation import HFGenerator
-    from train import problems_for_step
+    from rl.trainer import problems_for_step
 
     fixed = not args.free_length
     cfg = load_cfg(args, overrides)

@@ -1,7 +1,7 @@
 """Training-step throughput: our GAPG step against TRL ``GRPOTrainer`` (Dr.GRPO), side by side in one process.
 
-    python benchmarks/bench_train_step.py                                  # SmolLM2-135M, configs/cpu_default.yaml
-    python benchmarks/bench_train_step.py --model /path/to/model --steps 6 rl.group_size=8 --json out.json
+    python -m benchmarks.bench_train_step                                  # SmolLM2-135M, configs/cpu_default.yaml
+    python -m benchmarks.bench_train_step --model /path/to/model --steps 6 rl.group_size=8 --json out.json
 
 Both trainers get the same model weights (two copies loaded from the same files), the same prompts in the
 same order (GAPG's seeded ``problems_for_step`` order; TRL's dataset is those prompts in that order with
@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Timer, add_common_args, command_line, device_name, load_cfg, mean_std, setup_torch, table, write_json,
 )
 
@@ -48,7 +46,7 @@ def bench_cfg(args, overrides, out_dir):
 
 def step_problems(cfg, n_steps: int):
     from envs.tasks import load_problems
-    from train import problems_for_step
+    from rl.trainer import problems_for_step
 
     train_problems, _ = load_problems(cfg.task)
     return [problems_for_step(train_problems, k, cfg.rl.batch_prompts, cfg.train.seed) for k in range(n_steps)]
@@ -65,7 +63,7 @@ class GapgStepper:
         from policies.generation import HFGenerator
         from rl.config import rho
         from rl.lagrangian import DualVariable
-        from train import make_env
+        from rl.trainer import make_env
 
         self.cfg, self.accelerator = cfg, accelerator
         model, self.tok = load_device_model(cfg.model)
@@ -85,7 +83,7 @@ class GapgStepper:
     def step(self, problems) -> dict:
         from rl.filtering import select_prompts
         from rl.gapg import group_advantages
-        from train import compute_rewards, policy_update
+        from rl.trainer import policy_update
 
         import torch
 
@@ -93,7 +91,7 @@ class GapgStepper:
         t0 = time.perf_counter()
         with t("rollout"):
             groups = self.env.rollout(self.generator, problems, cfg.rl.group_size, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.max_new_tokens)
-        compute_rewards(groups, cfg, self.dual.gamma)
+        self.env.reward(groups, cfg.reward, self.dual.gamma)
         if cfg.rl.filtering:
             picked, _ = select_prompts(groups, cfg.rl.batch_prompts, self.rho, cfg.rl.d1_rule)
         else:

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core.io import append_jsonl, check_meta, read_jsonl
-from envs.route import format_ok
+from envs.format import format_ok
 from envs.tasks import grade_response
 from policies.router import PromptRouter
 

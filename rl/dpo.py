@@ -26,8 +26,15 @@ import json
 import logging
 import os
 import random
+from dataclasses import replace
 from itertools import combinations
 
+from core.io import write_jsonl
+from envs.tasks import load_problems
+from policies.cloud import make_cloud
+from policies.device import load_device_model
+from policies.generation import HFGenerator
+from rl.trainer import make_env
 from rl.trl_run import common_args, metrics_callback, save_final, train_resumable
 
 log = logging.getLogger("train.dpo")
@@ -154,13 +161,11 @@ def train_dpo(model, tokenizer, rows: list[dict], cfg, output_dir: str, final_di
 
 def rollout_pairs(cfg, env, generator, problems) -> tuple[list[dict], dict]:
     """Roll out ``problems`` (rl.rollout_prompts at a time), reward them and build the pairs; also rollout stats."""
-    from train import compute_rewards
-
     groups = []
     for start in range(0, len(problems), cfg.rl.rollout_prompts):
         chunk = problems[start : start + cfg.rl.rollout_prompts]
         part = env.rollout(generator, chunk, cfg.rl.group_size, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.max_new_tokens)
-        compute_rewards(part, cfg, cfg.rl.gamma)  # train.py's reward (route or query) with a fixed γ = rl.gamma
+        env.reward(part, cfg.reward, cfg.rl.gamma)  # the environment's reward (route or query) with a fixed γ = rl.gamma
         groups += part
         log.info("dpo rollouts: %d/%d problems", len(groups), len(problems))
     pairs = preference_pairs(groups, cfg.dpo.max_pairs_per_prompt)
@@ -177,15 +182,6 @@ def rollout_pairs(cfg, env, generator, problems) -> tuple[list[dict], dict]:
 
 def train_with_dpo(cfg, resume: bool = False) -> str:
     """rl.trainer=dpo: rollouts of the base policy -> pairs -> TRL DPOTrainer; returns ``<output_dir>/final``."""
-    from dataclasses import replace
-
-    from envs.tasks import load_problems
-    from policies.cloud import make_cloud
-    from policies.device import load_device_model
-    from policies.generation import HFGenerator
-    from core.io import write_jsonl
-    from train import make_env
-
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
     model, tok = load_device_model(replace(cfg.model, lora=False))  # DPOTrainer attaches LoRA (dpo.lora)

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 
+from rl.checkpoint import truncate_metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -88,8 +90,6 @@ def train_resumable(trainer, output_dir: str, resume: bool, metrics_path: str | 
     if resume and step is None:
         log.warning("--resume: no checkpoint-N in %s; starting from step 0", output_dir)
     if resume and metrics_path and trainer.accelerator.is_main_process:
-        from train import truncate_metrics
-
         truncate_metrics(metrics_path, step or 0)
     trainer.train(resume_from_checkpoint=True if step is not None else None)
 

@@ -260,13 +260,13 @@ def test_a_torn_work_file_line_does_not_swallow_the_next_row(tmp_path):
 
 
 def test_resume_drops_metrics_of_steps_after_the_checkpoint(tmp_path):
-    import train
+    from rl.checkpoint import truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "reward": s / 10}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "rew')
-    assert train.truncate_metrics(str(path), 2) == 2
+    assert truncate_metrics(str(path), 2) == 2
     assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [1, 2]
-    assert train.truncate_metrics(str(path), 2) == 0
+    assert truncate_metrics(str(path), 2) == 0
 
 
 def test_eval_stopped_by_a_cloud_outage_says_so_and_resumes(tiny_model_dir, tmp_path):
