@@ -97,7 +97,8 @@ from envs.query import QueryEnv
 from envs.route import RouteEnv
 from envs.suites import SUITES, load_jsonl, load_suite
 from envs.tasks import load_problems, template_for
-from policies.cloud import CloudError, make_cloud
+from envs.simulation import task_cloud
+from policies.cloud import CloudError
 from policies.device import load_device_model
 from policies.generation import HFGenerator
 from policies.router import PromptRouter
@@ -268,7 +269,7 @@ def main(argv=None):
     if args.fresh and os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
-    cloud = make_cloud(cfg.cloud, cfg.cloud.cache_file or os.path.join(out, "cloud_cache.sqlite"))
+    cloud = task_cloud(cfg.cloud, cfg.cloud.cache_file or os.path.join(out, "cloud_cache.sqlite"))
     bs = args.batch_size or cfg.train.eval_batch_size
 
     def max_new(template):

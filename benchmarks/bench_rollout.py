@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
 
     from envs.route import RouteEnv
     from envs.tasks import load_problems, template_for
-    from policies.cloud import make_cloud
+    from envs.simulation import task_cloud
     from policies.device import load_device_model
     from policies.generation import HFGenerator
     from rl.trainer import problems_for_step
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     model.eval()
     if fixed:  # HFGenerator passes max_new_tokens; min_new_tokens comes from the generation config
         model.generation_config.min_new_tokens = cfg.rl.max_new_tokens
-    cloud = make_cloud(cfg.cloud, os.path.join(tmp, "cloud_cache.sqlite"))
+    cloud = task_cloud(cfg.cloud, os.path.join(tmp, "cloud_cache.sqlite"))
     env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
     gen = HFGenerator(model, tok)
     timer = Timer()

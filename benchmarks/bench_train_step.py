@@ -58,7 +58,7 @@ class GapgStepper:
     def __init__(self, cfg, accelerator, fixed_length: bool = False):
         import torch
 
-        from policies.cloud import make_cloud
+        from envs.simulation import task_cloud
         from policies.device import load_device_model
         from policies.generation import HFGenerator
         from rl.config import rho
@@ -73,7 +73,7 @@ class GapgStepper:
                                 weight_decay=cfg.train.weight_decay)
         self.model, self.opt = accelerator.prepare(model, opt)
         self.generator = HFGenerator(accelerator.unwrap_model(self.model), self.tok)
-        self.cloud = make_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "gapg_cloud.sqlite"))
+        self.cloud = task_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "gapg_cloud.sqlite"))
         self.env = make_env(cfg, self.tok, self.cloud)
         self.dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
         self.rho = rho(cfg.rl.budget, cfg.rl.env)
@@ -117,7 +117,7 @@ class GapgStepper:
 
 def build_trl(cfg, problems_in_order, fixed_length: bool = False, callbacks=()):
     """The TRL Dr.GRPO trainer of rl/trl_grpo.py on ``problems_in_order`` (no shuffle), and its phase timer."""
-    from policies.cloud import make_cloud
+    from envs.simulation import task_cloud
     from policies.device import load_device_model
     from rl.trl_grpo import build_trainer, grpo_config
 
@@ -127,7 +127,7 @@ def build_trl(cfg, problems_in_order, fixed_length: bool = False, callbacks=()):
     targs.save_strategy = "no"
     if fixed_length:
         targs.generation_kwargs = {"min_new_tokens": cfg.rl.max_new_tokens}
-    cloud = make_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "trl_cloud.sqlite"))
+    cloud = task_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "trl_cloud.sqlite"))
     trainer = build_trainer(cfg, model, tok, cloud, problems_in_order, args=targs, callbacks=callbacks)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from envs.tasks import load_problems
-from policies.cloud import make_cloud
+from envs.simulation import task_cloud
 from policies.device import load_device_model
 from policies.generation import HFGenerator
 from rl.config import save_config
@@ -28,7 +28,7 @@ def run_trl_baseline(cfg, resume: bool) -> int:
     test_problems = load_problems(cfg.task)[1]
 
     def eval_model(tag, model, tok):
-        cloud = make_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "cloud_cache.sqlite"))
+        cloud = task_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "cloud_cache.sqlite"))
         return run_eval(tag, make_env(cfg, tok, cloud), HFGenerator(model, tok), test_problems, cfg, accelerator)
 
     if cfg.train.eval_before and cfg.train.max_steps > 0 and not resume and accelerator.is_main_process:
@@ -50,7 +50,7 @@ def run_task_tuning(cfg, resume: bool) -> int:
     def eval_model(tag, model, tok):
         if tag == "before" and not (cfg.train.eval_before and cfg.train.max_steps > 0):
             return None
-        cloud = make_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "cloud_cache.sqlite"))
+        cloud = task_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "cloud_cache.sqlite"))
         return run_eval(tag, make_env(cfg, tok, cloud), HFGenerator(model, tok), test_problems, cfg, accelerator)
 
     final = train_sft(cfg, resume, eval_hook=eval_model)

@@ -31,7 +31,7 @@ from itertools import combinations
 
 from core.io import write_jsonl
 from envs.tasks import load_problems
-from policies.cloud import make_cloud
+from envs.simulation import task_cloud
 from policies.device import load_device_model
 from policies.generation import HFGenerator
 from rl.trainer import make_env
@@ -190,7 +190,7 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
         pairs = [json.loads(line) for line in open(pairs_path)]
         log.info("--resume: %d preference pairs from %s", len(pairs), pairs_path)
     else:
-        cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
+        cloud = task_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
         env = make_env(cfg, tok, cloud)  # rl.env: route or query
         train_problems = load_problems(cfg.task)[0]
         problems = random.Random(f"{cfg.train.seed}-dpo").sample(train_problems, min(cfg.dpo.num_prompts, len(train_problems)))

@@ -38,7 +38,8 @@ from envs.evaluation import format_table
 from envs.query import QueryEnv
 from envs.route import RouteEnv
 from envs.tasks import load_problems, template_for
-from policies.cloud import CloudError, make_cloud
+from envs.simulation import task_cloud
+from policies.cloud import CloudError
 from policies.device import load_device_model
 from policies.generation import HFGenerator, common_prefix_len
 from rl.checkpoint import latest_checkpoint, save_checkpoint, save_final, truncate_metrics
@@ -390,7 +391,7 @@ def setup(cfg, resume: bool) -> Run | int:
         rollout_generator = VLLMGenerator(accelerator.unwrap_model(model), accelerator, tok, cfg.rl)
     else:
         rollout_generator = generator
-    cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
+    cloud = task_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
     env = make_env(cfg, tok, cloud)
     run = Run(cfg, accelerator, model, optimizer, tok, generator, rollout_generator, cloud, env,
               DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget), rho(cfg.rl.budget, env.name),

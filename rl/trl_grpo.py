@@ -25,7 +25,7 @@ from collections import defaultdict
 
 from envs.route import RouteEnv, check_prompt_tokens, cloud_replies_or_none
 from envs.tasks import grade_response, load_problems, template_for
-from policies.cloud import make_cloud
+from envs.simulation import task_cloud
 from policies.device import load_device_model
 from policies.generation import Sample
 from rewards.collaboration import collaboration_reward
@@ -178,7 +178,7 @@ def train_with_trl(cfg, resume: bool = False, eval_hook=None) -> str:
     os.makedirs(out, exist_ok=True)
     train_problems, _ = load_problems(cfg.task)
     model, tok = load_device_model(cfg.model)  # LoRA adapters already attached when cfg.model.lora
-    cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
+    cloud = task_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
     trainer = build_trainer(cfg, model, tok, cloud, train_problems, eval_hook=eval_hook)
     if cfg.train.max_steps > 0:
         train_resumable(trainer, out, resume, os.path.join(out, "metrics.jsonl"))

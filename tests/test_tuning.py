@@ -11,9 +11,10 @@ import torch
 
 from envs.arithmetic import make_problems
 from core.problem import Problem
-from envs.prompts import CLOUD_AUGMENT_SYSTEM, ESCALATION
+from envs.prompts import ESCALATION
 from envs.route import format_ok
-from policies.cloud import CachedCloud, CloudReply, SimulatedCloud, cloud_messages, request_key
+from envs.simulation import TASK_SIMULATOR
+from policies.cloud import CLOUD_AUGMENT_SYSTEM, CachedCloud, CloudReply, SimulatedCloud, cloud_messages, request_key
 from rl.config import ConfigError, load_config
 from tuning.augment import augment, parse_pairs
 from tuning.filters import AnswerVerifier, Candidate, filter_pairs, length_ratio, rouge_l
@@ -180,7 +181,7 @@ def _real(n=6, levels=("2x1", "2+2")):
 
 def test_simulated_augmentation_is_generated_cached_and_as_wrong_as_the_cloud(tmp_path):
     real = _real()
-    sim = SimulatedCloud(accuracy=0.6, seed=7)
+    sim = SimulatedCloud(accuracy=0.6, seed=7, simulator=TASK_SIMULATOR)
     cloud = CachedCloud(sim, str(tmp_path / "cache.sqlite"))
     cands, stats = augment(cloud, real, "arithmetic", k=5)
     assert len(cands) == 30 and stats["requests"] == 6 and stats["cloud_calls"] == 6 and stats["replies_with_fewer_than_k"] == 0
@@ -194,7 +195,7 @@ def test_simulated_augmentation_is_generated_cached_and_as_wrong_as_the_cloud(tm
     right = AnswerVerifier("arithmetic")(cands)
     assert 0 < right.count(False) < len(cands)  # a 60%-accurate cloud gets some wrong, and the verifier sees which
 
-    again = CachedCloud(SimulatedCloud(accuracy=0.6, seed=7), str(tmp_path / "cache.sqlite"))  # a resumed run
+    again = CachedCloud(SimulatedCloud(accuracy=0.6, seed=7, simulator=TASK_SIMULATOR), str(tmp_path / "cache.sqlite"))  # a resumed run
     cands2, stats2 = augment(again, real, "arithmetic", k=5)
     assert stats2["cloud_calls"] == 0 and stats2["cache_hits"] == 6
     assert [(c.x, c.y) for c in cands2] == [(c.x, c.y) for c in cands]

@@ -237,7 +237,7 @@ def train_sft(cfg, resume: bool = False, eval_hook=None) -> str:
     from accelerate import PartialState
     from trl import SFTTrainer
 
-    from policies.cloud import make_cloud
+    from envs.simulation import task_cloud
     from policies.device import load_device_model
     from policies.generation import HFGenerator
 
@@ -246,7 +246,7 @@ def train_sft(cfg, resume: bool = False, eval_hook=None) -> str:
     model, tok = load_device_model(cfg.model)  # LoRA adapters start at zero: the model still answers as the base model
     if eval_hook is not None and not resume:
         eval_hook("before", model, tok)
-    cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
+    cloud = task_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
     with PartialState().main_process_first():  # the main process asks the cloud and probes; the others read its work
         examples, _ = prepare_data(cfg, HFGenerator(model, tok), tok, cloud, os.path.join(out, "sft_data"))
     if not examples:
