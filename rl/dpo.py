@@ -17,7 +17,7 @@
    so the cloud's ``<response>`` tokens of a query rollout are context and never trained.
 5. ``final/``: the merged policy, evaluated by train.py (before/after) and loadable by eval.py like any checkpoint.
 
-The same ``dpo_args``/``train_dpo`` serve LSRP's SMFB-DPO of the leader (lsrp/smfb_dpo.py).
+The same ``dpo_args``/``train_dpo`` serve LSRP's SMFB-DPO of the leader (rl/smfb_dpo.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 the last ``checkpoint-N``, and a plain ``final/`` folder (LoRA merged) that eval.py loads.
 
 Shared by the modes that train through TRL: ``rl.trainer=trl_drgrpo`` (rl/trl_grpo.py), ``rl.trainer=sft``
-(tuning/sft.py), ``rl.trainer=dpo`` (rl/dpo.py) and LSRP's SMFB-DPO (lsrp/smfb_dpo.py).
+(rl/sft.py), ``rl.trainer=dpo`` (rl/dpo.py) and LSRP's SMFB-DPO (rl/smfb_dpo.py).
 
     accelerate launch train.py --config configs/cpu_sft.yaml --resume     # continues from the last checkpoint-N
 """

@@ -16,9 +16,9 @@ from envs.route import format_ok
 from envs.simulation import TASK_SIMULATOR
 from policies.cloud import CLOUD_AUGMENT_SYSTEM, CachedCloud, CloudReply, SimulatedCloud, cloud_messages, request_key
 from rl.config import ConfigError, load_config
-from tuning.augment import augment, parse_pairs
-from tuning.filters import AnswerVerifier, Candidate, filter_pairs, length_ratio, rouge_l
-from tuning.sft import Example, build_mix, reference_response, unknown_pool
+from envs.augment import augment, parse_pairs
+from envs.filters import AnswerVerifier, Candidate, filter_pairs, length_ratio, rouge_l
+from rl.sft import Example, build_mix, reference_response, unknown_pool
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_test.yaml")
 
@@ -155,7 +155,7 @@ def test_filter_stats_count_each_filter_in_order():
 def test_nli_scorer_reads_the_entailment_class(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from tuning.filters import NLIScorer
+    from envs.filters import NLIScorer
 
     conf = LlamaConfig.from_pretrained(tiny_model_dir)
     conf.id2label, conf.label2id = {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}, {"CONTRADICTION": 0, "NEUTRAL": 1, "ENTAILMENT": 2}
@@ -316,7 +316,7 @@ def test_sft_trains_on_the_response_only_under_the_rl_prompt(tiny_model_dir, tmp
 
     from envs.route import RouteEnv
     from policies.device import load_tokenizer
-    from tuning.sft import sft_config, to_dataset
+    from rl.sft import sft_config, to_dataset
 
     cfg = load_config(TINY, [f"model.name_or_path={tiny_model_dir}", "rl.trainer=sft", f"train.output_dir={tmp_path}", "sft.batch_size=2"])
     tok = load_tokenizer(tiny_model_dir)
