@@ -6,18 +6,19 @@
     accelerate launch train.py --config configs/cpu_sft.yaml                # rl.trainer=sft: task tuning (rl/sft.py)
     python train.py --help                                                  # every option
 
-The command: parse the options, load the config, hand it to the library (rl/trainer.py: ``train``; the
-TRL trainers: rl/baselines.py; ``rl.env=lsrp``: rl/lsrp.py).  One step, top to bottom (read ``step()`` in
-rl/trainer.py):
+The command: parse the options, load the config (rl/config.py), hand it to the library: the GAPG run is
+rl/trainer.py: ``train`` (the TRL trainers: rl/baselines.py; ``rl.env=lsrp``: rl/lsrp.py).
+One step, top to bottom (read ``step()`` in rl/trainer.py):
   1. take the next ``rl.rollout_prompts`` training problems (a seeded, resumable order);
-  2. the environment (``rl.env``) samples G responses each and grades them: ``route``
+  2. the environment (``rl.env``; envs/base.py) samples G responses each and grades them: ``route``
      (envs/route.py) asks the cloud once per problem that needs it; ``query``
      (envs/query.py) answers ``<query>``s mid-generation, batched (cached on disk);
-  3. rewards r̃ = r − γ·1{cloud} (route) or r̃ = r − γ·calls − γ_tok·cloud tokens (query)
+  3. ``env.reward``: r̃ = r − γ·1{cloud} (route) or r̃ = r − γ·calls − γ_tok·cloud tokens (query)
      (rewards/collaboration.py, SPEC §3);
   4. adaptive prompt filtering keeps D1 and up to ρ|D1| D2 prompts (rl/filtering.py, SPEC §5);
   5. GAPG update on the device tokens (rl/gapg.py, SPEC §4);
-  6. dual ascent on γ toward the budget: offload rate (route) or calls per rollout (query) (rl/lagrangian.py).
+  6. dual ascent on γ toward the budget: offload rate (route) or calls per rollout (query) (rl/lagrangian.py);
+  7. the metrics.jsonl line, and at their intervals a checkpoint (rl/checkpoint.py) and a held-out evaluation.
 """
 
 from __future__ import annotations

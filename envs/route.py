@@ -14,7 +14,7 @@ Cloud failures.  When the cloud cannot answer (``CloudError``: retries exhausted
 are cached as they come), and each problem still without one gets
 ``Group.cloud_error``.  Its escalated responses are marked ``cloud_failed``: they stay
 escalations (never graded as device answers), their reward is unknown, and the group
-is left out of the update (``Group.trainable``; train.py counts them in
+is left out of the update (``Group.trainable``; ``route_metrics`` counts them in
 ``cloud_errors``).  The step goes on.  A ``CloudConfigError`` (401/403/404: the key,
 the URL or the model is wrong, so every request would fail) is raised.
 """

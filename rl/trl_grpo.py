@@ -172,7 +172,7 @@ def train_with_trl(cfg, resume: bool = False, eval_hook=None) -> str:
     """Train the device policy with TRL GRPOTrainer (Dr.GRPO); save ``<output_dir>/final`` and return its path.
 
     ``resume`` continues from the last ``<output_dir>/checkpoint-N``; ``eval_hook(tag, model, tokenizer)``, if
-    given, runs every ``train.eval_every`` steps (train.py passes its held-out evaluation).
+    given, runs every ``train.eval_every`` steps (rl/baselines.py passes the held-out evaluation).
     """
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Running a TRL trainer the way train.py runs GAPG: a ``metrics.jsonl`` line per logged step, ``--resume`` from
+"""Running a TRL trainer the way rl/trainer.py runs GAPG: a ``metrics.jsonl`` line per logged step, ``--resume`` from
 the last ``checkpoint-N``, and a plain ``final/`` folder (LoRA merged) that eval.py loads.
 
 Shared by the modes that train through TRL: ``rl.trainer=trl_drgrpo`` (rl/trl_grpo.py), ``rl.trainer=sft``
@@ -85,7 +85,7 @@ def last_checkpoint_step(output_dir: str) -> int | None:
 
 def train_resumable(trainer, output_dir: str, resume: bool, metrics_path: str | None = None) -> None:
     """``trainer.train()``, from the last checkpoint when ``resume``.  The steps after that checkpoint run again,
-    so their lines in ``metrics_path`` (left by a killed run) are dropped first, as train.py does for GAPG."""
+    so their lines in ``metrics_path`` (left by a killed run) are dropped first, as rl/checkpoint.py does for GAPG."""
     step = last_checkpoint_step(output_dir) if resume else None
     if resume and step is None:
         log.warning("--resume: no checkpoint-N in %s; starting from step 0", output_dir)
