@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from core.io import append_jsonl, check_meta, read_jsonl
 from envs.format import format_ok
-from envs.tasks import grade_response
 from policies.router import PromptRouter
+from rewards.grading import grade_response
 
 BASELINES = ("never", "random", "router", "cloud")
 BASE_ROWS = ("never", "random", "router")  # the rows answered by the base device model

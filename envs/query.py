@@ -50,10 +50,10 @@ from core.problem import Problem
 from envs.evaluation import evaluate_query
 from envs.prompts import messages
 from envs.route import Group, Rollout, calls_per_rollout, check_prompt_tokens, cloud_replies_or_none, route_metrics, split_escalation
-from envs.tasks import grade_response
 from policies.cloud import query_problem
 from policies.generation import Sample, chat_prompt
 from rewards.collaboration import query_reward
+from rewards.grading import grade_response
 
 QUERY_OPEN, QUERY_CLOSE = "<query>", "</query>"
 RESPONSE_OPEN, RESPONSE_CLOSE = "<response>", "</response>"

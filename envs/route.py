@@ -29,10 +29,10 @@ from core.problem import Problem
 from envs.evaluation import evaluate
 from envs.format import format_ok, is_escalation, split_escalation  # noqa: F401  (envs.route.format_ok etc.)
 from envs.prompts import messages
-from envs.tasks import grade_response
 from policies.cloud import CloudConfigError, CloudError
 from policies.generation import Sample, chat_prompt
 from rewards.collaboration import collaboration_reward
+from rewards.grading import grade_response
 
 log = logging.getLogger(__name__)
 

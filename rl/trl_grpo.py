@@ -24,11 +24,12 @@ import os
 from collections import defaultdict
 
 from envs.route import RouteEnv, check_prompt_tokens, cloud_replies_or_none
-from envs.tasks import grade_response, load_problems, template_for
+from envs.tasks import load_problems, template_for
 from envs.simulation import task_cloud
 from policies.device import load_device_model
 from policies.generation import Sample
 from rewards.collaboration import collaboration_reward
+from rewards.grading import grade_response
 from rl.trl_run import common_args, metrics_callback, per_device_batch, save_final, train_resumable
 
 log = logging.getLogger("train.trl")
