@@ -33,7 +33,7 @@ The base model runs only when one of its rows is asked for or ``--base-model`` i
 APGR/CPT measure every row against it, and are left out without it.
 
 Uncertainty.  Every row carries ``overall_ci``, a 95% percentile-bootstrap interval of
-its overall accuracy over the suite's problems (``bootstrap_ci``: 2000 seeded resamples).
+its overall accuracy over the suite's problems (``envs/evaluation.py: bootstrap_ci``: 2000 seeded resamples).
 Each policy row is compared with every later policy row and every baseline by a paired
 bootstrap of the difference in overall accuracy (the same resampled problems for both
 rows): ``comparisons`` in summary.json (per suite: a, b, diff, ci, significant) and one
@@ -44,13 +44,13 @@ Columns: overall accuracy (device + cloud), conditional accuracy (device correct
 / problems kept on device), offload rate, cloud calls, cloud tokens (prompt +
 completion), format compliance (the share of device responses in the template's
 form: a final ``\\boxed{}`` (``<answer>`` for Countdown) and no stray tag, or a
-well-formed ``<unknown>`` escalation at the end; ``envs/route.py: format_ok``),
+well-formed ``<unknown>`` escalation at the end; ``envs/format.py: format_ok``),
 and RouteLLM's cost-quality metrics computed on the full cost sweep of each
 method (its own escalation order, every budget from 0 to 1):
 PGR(c) = (acc(c) - acc(never)) / (acc(cloud) - acc(never)); APGR = ∫ PGR dc;
 CPT(x) = the smallest cloud share c with PGR(c) >= x.
 
-Query mode (``rl.env=query``, envs/query.py; ``evaluate_query``).  The budget counts
+Query mode (``rl.env=query``, envs/query.py; ``envs/evaluation.py: evaluate_query``).  The budget counts
 calls: at most ``floor(budget·N)`` calls (answered ``<query>``s + escalations) per suite,
 granted in dataset order; once they are used, a ``<query>`` gets ``<response>call limit
 reached</response>`` and an escalation is graded as the device's answer.  Rows per model:
@@ -66,6 +66,9 @@ escalated?, cloud output, extracted answers, correct?, per method), and the
 resumable work files ``<suite>/<model>.device.jsonl`` and ``<suite>/cloud.jsonl``:
 a killed evaluation restarts where it stopped and never regenerates or regrades
 what is done (``--fresh`` starts over).
+
+This file is the command (options, models, suites, tables, summary.json); the protocol itself (the cap,
+the baselines, APGR/CPT, the bootstrap CIs, the resumable passes, the router) is envs/evaluation.py.
 """
 
 from __future__ import annotations
