@@ -1,7 +1,7 @@
 """Evaluation throughput on MATH-500: problems/s of ``eval.py`` with ``--limit``.
 
-    python benchmarks/bench_eval.py                                   # SmolLM2-135M, first 20 MATH-500 problems, 192 tokens
-    python benchmarks/bench_eval.py --limit 50 --max-new-tokens 512 --json out.json
+    python -m benchmarks.bench_eval                                   # SmolLM2-135M, first 20 MATH-500 problems, 192 tokens
+    python -m benchmarks.bench_eval --limit 50 --max-new-tokens 512 --json out.json
 
 Runs ``eval.main`` as a user would (``--suites math500 --limit N --baselines never,random,cloud``, simulated
 cloud, greedy, a fresh ``--out``) and times its phases: the device pass (``run_device``: prompting,
@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import DEFAULT_CONFIG, command_line, device_name, mean_std, setup_torch, table, write_json  # noqa: E402
+import eval as evalmod
+from benchmarks.common import DEFAULT_CONFIG, command_line, device_name, mean_std, setup_torch, table, write_json
+from envs import evaluation
 
 
 def main(argv=None) -> dict:
@@ -38,11 +38,9 @@ def main(argv=None) -> dict:
     args, overrides = ap.parse_known_args(argv)
     threads = setup_torch(args)
 
-    import eval as evalmod
-
     phases: dict[str, float] = {}
     counts = {"generated": 0, "tokens": 0}
-    run_device, run_cloud = evalmod.run_device, evalmod.run_cloud
+    run_device, run_cloud = evaluation.run_device, evaluation.run_cloud
 
     def timed_device(env, generator, problems, *a, **k):
         gen = generator.generate
@@ -68,7 +66,8 @@ def main(argv=None) -> dict:
         finally:
             phases["cloud"] = phases.get("cloud", 0.0) + time.perf_counter() - t0
 
-    evalmod.run_device, evalmod.run_cloud = timed_device, timed_cloud
+    # eval.main runs the device passes, suite_rows (envs/evaluation.py) the cloud pass
+    evalmod.run_device, evaluation.run_cloud = timed_device, timed_cloud
     root = tempfile.mkdtemp(prefix="bench_eval_")
     argv_common = ["--config", args.config, "--model", args.model, "--suites", args.suite, "--limit", str(args.limit),
                    "--max-new-tokens", str(args.max_new_tokens), "--baselines", args.baselines, "--cloud", "simulated",
@@ -91,7 +90,7 @@ def main(argv=None) -> dict:
             fresh.append(rec)
         else:
             resumed = rec  # the last fresh folder again: everything is in its work files
-    evalmod.run_device, evalmod.run_cloud = run_device, run_cloud
+    evalmod.run_device, evaluation.run_cloud = run_device, run_cloud
 
     n = args.limit
     tot, dev = mean_std([r["total_s"] for r in fresh]), mean_std([r["device_s"] for r in fresh])

@@ -1,7 +1,7 @@
 """Peak memory of one training step, GAPG and TRL GRPOTrainer (Dr.GRPO), each in a fresh process.
 
-    python benchmarks/bench_memory.py                       # SmolLM2-135M, configs/cpu_default.yaml
-    python benchmarks/bench_memory.py --steps 2 --json out.json rl.group_size=8
+    python -m benchmarks.bench_memory                       # SmolLM2-135M, configs/cpu_default.yaml
+    python -m benchmarks.bench_memory --steps 2 --json out.json rl.group_size=8
 
 Each trainer runs in its own subprocess (so neither sees the other's allocations) with the same settings as
 ``bench_train_step.py``.  After ``--warmup`` steps (the optimizer's state exists by then) the next ``--steps``
@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (  # noqa: E402
-    PeakRSS, add_common_args, command_line, device_name, mean_std, setup_torch, table, write_json,
+from benchmarks.common import (
+    ROOT, PeakRSS, add_common_args, command_line, device_name, mean_std, setup_torch, table, write_json,
 )
 
 MB = 1024 * 1024
@@ -125,8 +123,8 @@ def main(argv=None) -> dict:
     results = {}
     for name in [t for t in args.trainers.split(",") if t]:
         t0 = time.time()
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name, *passthrough, *overrides],
-                              capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_memory", "--child", name, *passthrough, *overrides],
+                              capture_output=True, text=True, cwd=ROOT)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             sys.stderr.write(proc.stderr[-4000:])

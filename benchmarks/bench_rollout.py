@@ -1,7 +1,7 @@
 """Rollout overhead of the environment: ``RouteEnv.rollout`` (generation, grading, cloud) against raw HF ``generate``.
 
-    python benchmarks/bench_rollout.py                       # SmolLM2-135M, configs/cpu_default.yaml's G, prompts, tokens
-    python benchmarks/bench_rollout.py --steps 8 rl.group_size=8 --json out.json
+    python -m benchmarks.bench_rollout                       # SmolLM2-135M, configs/cpu_default.yaml's G, prompts, tokens
+    python -m benchmarks.bench_rollout --steps 8 rl.group_size=8 --json out.json
 
 Each repetition takes the next training prompts (``problems_for_step``, seeded) and runs, in alternating order:
   * raw: one batched ``model.generate`` over the rendered prompts (left padding, ``num_return_sequences=G``),
@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Timer, add_common_args, command_line, device_name, load_cfg, mean_std, setup_torch, table, write_json,
 )
 
@@ -63,10 +61,10 @@ def main(argv=None) -> dict:
 
     from envs.route import RouteEnv
     from envs.tasks import load_problems, template_for
-    from policies.cloud import make_cloud
+    from envs.simulation import task_cloud
     from policies.device import load_device_model
     from policies.generation import HFGenerator
-    from train import problems_for_step
+    from rl.trainer import problems_for_step
 
     fixed = not args.free_length
     cfg = load_cfg(args, overrides)
@@ -75,7 +73,7 @@ def main(argv=None) -> dict:
     model.eval()
     if fixed:  # HFGenerator passes max_new_tokens; min_new_tokens comes from the generation config
         model.generation_config.min_new_tokens = cfg.rl.max_new_tokens
-    cloud = make_cloud(cfg.cloud, os.path.join(tmp, "cloud_cache.sqlite"))
+    cloud = task_cloud(cfg.cloud, os.path.join(tmp, "cloud_cache.sqlite"))
     env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
     gen = HFGenerator(model, tok)
     timer = Timer()

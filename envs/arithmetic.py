@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 
-from envs.problem import Problem
+from core.problem import Problem
 
 # (digits of a, op, digits of b), easiest first by SmolLM2-135M greedy accuracy on
 # "What is a ? b?" (SPEC §9: 1x1 9/16, 1+1 8/16, 2+2 4/16, 2+1 3/16, 2x1 2/16, 2x2 1/16),

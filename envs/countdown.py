@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from envs.problem import Problem
+from core.problem import Problem
 
 
 def _random_expression(rng: random.Random, nums: list[int]) -> tuple[str, float]:

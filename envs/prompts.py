@@ -106,18 +106,9 @@ def messages(
     return msgs + [{"role": "user", "content": render(template, question, max_steps, mode)}]
 
 
-CLOUD_SYSTEM = "You are an expert problem solver. Answer the problem; put the final answer in \\boxed{}."
-# A <query> from the device mid-reasoning (query mode): a short, direct answer it can use.
-CLOUD_QUERY_SYSTEM = (
-    "A smaller model asks you a question in the middle of solving a problem. Answer it correctly and briefly: "
-    "give the result, not a full solution."
-)
-
-
-# Cloud data augmentation for task tuning (tuning/augment.py; CDCDA-PLM, seed 004 §3 "Data augmentation
+# Cloud data augmentation for task tuning (envs/augment.py; CDCDA-PLM, seed 004 §3 "Data augmentation
 # with server LLM") ---------------------------------------------------------------------------------
 
-CLOUD_AUGMENT_SYSTEM = "You write training data for a small model. Follow the requested format exactly."
 # The paper's prompt, paraphrased: "Generate an Input and Response pairs semantically similar to the
 # following example, no need to explain. Input: [], Response: []."  Asked once per example for k pairs.
 AUGMENT_PROMPT = (

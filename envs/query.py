@@ -43,14 +43,17 @@ their group is left out of the update (``Group.trainable``) and counted in ``clo
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 
-from envs.problem import Problem
+from core.problem import Problem
+from envs.evaluation import evaluate_query
 from envs.prompts import messages
-from envs.route import Group, Rollout, check_prompt_tokens, cloud_replies_or_none, split_escalation
-from envs.tasks import grade_response
+from envs.route import Group, Rollout, calls_per_rollout, check_prompt_tokens, cloud_replies_or_none, route_metrics, split_escalation
 from policies.cloud import query_problem
 from policies.generation import Sample, chat_prompt
+from rewards.collaboration import query_reward
+from rewards.grading import grade_response
 
 QUERY_OPEN, QUERY_CLOSE = "<query>", "</query>"
 RESPONSE_OPEN, RESPONSE_CLOSE = "<response>", "</response>"
@@ -136,12 +139,18 @@ class _Row:
 
 
 class QueryEnv:
-    """Same surface as ``RouteEnv``: ``prompt``, ``rollout`` (-> ``Group``s of ``QueryRollout``s), ``judge``."""
+    """Same surface as ``RouteEnv`` (envs/base.py: ``Environment``): ``prompt``, ``rollout`` (-> ``Group``s of
+    ``QueryRollout``s), ``judge``, ``reward``, ``usage_of``, ``metrics``, ``evaluate``; the budget caps calls per rollout."""
+
+    name = "query"
+    usage = "calls"
+    usage_metric = "calls_per_rollout_global"
 
     def __init__(
         self, template: str, tokenizer, cloud, max_queries: int = 2, max_response_tokens: int = 64, max_solve_steps: int = 6,
-        few_shot: bool = True, system_prompt: str | None = None, max_prompt_tokens: int = 0,
+        few_shot: bool = True, system_prompt: str | None = None, max_prompt_tokens: int = 0, gamma_tokens: float = 0.0,
     ):
+        self.gamma_tokens = gamma_tokens  # rl.gamma_tokens: the fixed extra cost per cloud token in the reward
         self.template, self.tokenizer, self.cloud = template, tokenizer, cloud
         self.max_queries, self.max_response_tokens = max_queries, max_response_tokens
         self.max_solve_steps, self.few_shot, self.system_prompt = max_solve_steps, few_shot, system_prompt
@@ -261,3 +270,46 @@ class QueryEnv:
         for g in groups:  # for D2: did help (a query or the escalation) solve it at least once?
             g.cloud_correct = any((r.local_correct and r.queries) or r.cloud_correct for r in g.rollouts)
         return groups
+
+    def reward(self, groups: list[Group], reward_cfg, gamma: float) -> None:
+        """r̃ = r − γ·calls − γ_tok·cloud tokens (rewards/collaboration.py: ``query_reward``), into each ``Group.rewards``."""
+        rc = reward_cfg
+        for g in groups:
+            g.rewards = [
+                query_reward(r.local_correct, r.escalated, r.cloud_correct, r.calls, r.cloud_tokens, rc.alpha_local, rc.alpha_cloud,
+                             gamma, self.gamma_tokens, rc.charge)
+                for r in g.rollouts
+            ]
+
+    def usage_of(self, groups: list[Group]) -> float:
+        """Calls (answered queries + escalations) per rollout over all processes' groups: the dual constrains it."""
+        return calls_per_rollout(groups)
+
+    def metrics(self, groups: list[Group]) -> dict:
+        """``route_metrics`` plus calls, queries and cloud tokens per rollout."""
+        out = route_metrics(groups)
+        rolls = [r for g in groups for r in g.rollouts]
+        if rolls:
+            n = len(rolls)
+            calls_level = defaultdict(list)
+            for g in groups:
+                calls_level[g.problem.level] += [r.calls for r in g.rollouts]
+            out.update(
+                calls_per_rollout=sum(r.calls for r in rolls) / n,
+                queries_per_rollout=sum(r.num_queries for r in rolls) / n,
+                refused_per_rollout=sum(r.refused for r in rolls) / n,
+                cloud_tokens_per_rollout=sum(r.cloud_tokens for r in rolls) / n,
+                query_rate=sum(r.num_queries > 0 for r in rolls) / n,
+                acc=sum(r.correct for r in rolls) / n,
+                unaided_acc=sum(r.unaided_correct for r in rolls) / max(sum(r.calls == 0 for r in rolls), 1),
+                helped_acc=sum(r.local_correct for r in rolls if r.queries) / max(sum(bool(r.queries) for r in rolls), 1),
+                calls_by_level={str(k): sum(v) / len(v) for k, v in sorted(calls_level.items())},
+            )
+        return out
+
+    def budget_text(self, budget: float) -> str:
+        return f"{budget:g} calls per problem"
+
+    def evaluate(self, generator, problems, budget: float, batch_size: int = 32, max_new_tokens: int = 64, seed: int = 0, progress=True):
+        """Held-out rows at the call budget (envs/evaluation.py: ``evaluate_query``)."""
+        return evaluate_query(self, generator, problems, budget, batch_size, max_new_tokens, seed, progress)

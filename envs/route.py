@@ -14,7 +14,7 @@ Cloud failures.  When the cloud cannot answer (``CloudError``: retries exhausted
 are cached as they come), and each problem still without one gets
 ``Group.cloud_error``.  Its escalated responses are marked ``cloud_failed``: they stay
 escalations (never graded as device answers), their reward is unknown, and the group
-is left out of the update (``Group.trainable``; train.py counts them in
+is left out of the update (``Group.trainable``; ``route_metrics`` counts them in
 ``cloud_errors``).  The step goes on.  A ``CloudConfigError`` (401/403/404: the key,
 the URL or the model is wrong, so every request would fail) is raised.
 """
@@ -22,45 +22,19 @@ the URL or the model is wrong, so every request would fail) is raised.
 from __future__ import annotations
 
 import logging
-import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 
-from envs.problem import Problem
+from core.problem import Problem
+from envs.evaluation import evaluate
+from envs.format import format_ok, is_escalation, split_escalation  # noqa: F401  (envs.route.format_ok etc.)
 from envs.prompts import messages
-from envs.tasks import grade_response
+from policies.cloud import CloudConfigError, CloudError
 from policies.generation import Sample, chat_prompt
-from rewards.math_grader import last_boxed
+from rewards.collaboration import collaboration_reward
+from rewards.grading import grade_response
 
 log = logging.getLogger(__name__)
-
-_ESCALATION_AT_END = re.compile(r"<unknown>(.*?)</unknown>\s*$", re.DOTALL)
-
-
-def is_escalation(text: str) -> bool:
-    """True iff the response ENDS with ``<unknown> ... </unknown>`` (a tag earlier in the text does not count)."""
-    return _ESCALATION_AT_END.search(text) is not None
-
-
-def split_escalation(text: str) -> tuple[bool, str]:
-    """(ends with an escalation?, the device's own text before that final tag) -- the text that gets graded."""
-    m = _ESCALATION_AT_END.search(text)
-    return (True, text[: m.start()]) if m else (False, text)
-
-
-def format_ok(text: str, template: str) -> bool:
-    """Does a response follow the template's answer format?  Either an escalation (it ends with
-    ``<unknown> ... </unknown>`` and holds no other tag) or an answer (no ``<unknown>``/``</unknown>``
-    anywhere, and a final answer in the template's form: ``\\boxed{...}`` with closed braces, or
-    ``<answer> ... </answer>`` for countdown).  Eval reports the share as ``format_rate``."""
-    n_open, n_close = text.count("<unknown>"), text.count("</unknown>")
-    if is_escalation(text):
-        return n_open == 1 and n_close == 1
-    if n_open or n_close:
-        return False
-    if template == "countdown":
-        return re.search(r"<answer>.*?</answer>", text, re.DOTALL) is not None
-    return last_boxed(text) is not None
-
 
 def check_prompt_tokens(problem: Problem, n_tokens: int, limit: int) -> None:
     """Refuse a prompt longer than rl.max_prompt_tokens (0 = no limit) with the fix in the message."""
@@ -125,8 +99,6 @@ def cloud_replies_or_none(cloud, problems: list[Problem], what: str = "problems"
 
     Answers received before the failure are committed to the cache as they arrive; ``cloud.lookup`` reads them back
     without calling the backend again."""
-    from policies.cloud import CloudConfigError, CloudError
-
     try:
         return cloud.replies(problems), None
     except CloudConfigError:
@@ -140,7 +112,44 @@ def cloud_replies_or_none(cloud, problems: list[Problem], what: str = "problems"
         return got, str(e)
 
 
+def route_metrics(groups: list[Group]) -> dict:
+    """The per-step training metrics every environment logs: reward, offload, accuracies, cloud failures, stray tags."""
+    rolls = [r for g in groups for r in g.rollouts]
+    local = [r for r in rolls if not r.escalated]
+    per_level = defaultdict(list)
+    for g in groups:
+        per_level[g.problem.level] += [r.escalated for r in g.rollouts]
+    # a group whose cloud call failed has no known reward: it is left out of the reward (and of the update)
+    scored = [x for g in groups if g.trainable for x in g.rewards]
+    answered = [r for r in rolls if r.escalated and not r.cloud_failed]
+    return {
+        "reward": sum(scored) / len(scored) if scored else float("nan"),
+        "offload_rate": sum(r.escalated for r in rolls) / max(len(rolls), 1),
+        "device_acc": sum(r.local_correct for r in local) / max(len(local), 1),
+        "cloud_acc": sum(r.cloud_correct for r in answered) / max(len(answered), 1),
+        "truncated": sum(r.sample.truncated for r in rolls) / max(len(rolls), 1),
+        "offload_by_level": {str(k): sum(v) / len(v) for k, v in sorted(per_level.items())},
+        # the cloud failed (CloudError) for this many problems; their rollouts that needed it were not trained on
+        "cloud_errors": sum(g.cloud_error is not None for g in groups),
+        "cloud_failed_rollouts": sum(r.cloud_failed for r in rolls),
+        # an <unknown>/</unknown> tag that is not a final escalation (unbalanced, or text after it): graded as the device's answer
+        "stray_tags": sum(("<unknown>" in r.sample.text or "</unknown>" in r.sample.text) and not r.escalated
+                          for r in rolls if not getattr(r, "wanted_escalation", False)) / max(len(rolls), 1),
+    }
+
+
+def calls_per_rollout(groups: list[Group]) -> float:
+    """Cloud calls per rollout over all groups: the quantity the dual variable holds to the budget."""
+    return sum(r.calls for g in groups for r in g.rollouts) / max(sum(len(g.rollouts) for g in groups), 1)
+
+
 class RouteEnv:
+    """Answer or escalate once (envs/base.py: ``Environment``); the budget caps the offload rate."""
+
+    name = "route"
+    usage = "offload"  # the constrained quantity, as the training log names it
+    usage_metric = "offload_rate_global"
+
     def __init__(
         self, template: str, tokenizer, cloud, max_solve_steps: int = 6, few_shot: bool = True,
         system_prompt: str | None = None, max_prompt_tokens: int = 0,
@@ -193,3 +202,26 @@ class RouteEnv:
                 for r in g.rollouts:
                     r.cloud_correct = r.escalated and g.cloud_correct
         return groups
+
+    def reward(self, groups: list[Group], reward_cfg, gamma: float) -> None:
+        """r̃ = r − γ·1{escalated} (rewards/collaboration.py, SPEC §3), into each ``Group.rewards``."""
+        rc = reward_cfg
+        for g in groups:
+            g.rewards = [
+                collaboration_reward(r.escalated, r.local_correct, r.cloud_correct, rc.alpha_local, rc.alpha_cloud, gamma, rc.charge)
+                for r in g.rollouts
+            ]
+
+    def usage_of(self, groups: list[Group]) -> float:
+        """Escalations per rollout (the offload rate over all processes' groups): the dual constrains it."""
+        return calls_per_rollout(groups)
+
+    def metrics(self, groups: list[Group]) -> dict:
+        return route_metrics(groups)
+
+    def budget_text(self, budget: float) -> str:
+        return f"{budget:.0%}"
+
+    def evaluate(self, generator, problems, budget: float, batch_size: int = 32, max_new_tokens: int = 64, seed: int = 0, progress=True):
+        """Held-out rows at the budget (envs/evaluation.py: ``evaluate``)."""
+        return evaluate(self, generator, problems, budget, batch_size, max_new_tokens, seed, progress)

@@ -20,7 +20,7 @@ import os
 import re
 from collections.abc import Iterable
 
-from envs.problem import Problem
+from core.problem import Problem
 from rewards.math_grader import last_boxed
 
 # name -> (file inside data_dir, hub dataset id used when the file is missing, hub split)

@@ -1,4 +1,4 @@
-"""Task loading: train/test problems, the prompt template and the grader for each task name.
+"""Task loading: train/test problems and the prompt template for each task name (the grader: rewards/grading.py).
 
     train, test = load_problems(cfg.task)
     pred, ok = grade_response(problem, response_text)
@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 
+from core.problem import Problem
 from envs import arithmetic, countdown
-from envs.problem import Problem
 from envs.suites import read_jsonl_rows, rows_to_problems
-from rewards import countdown as countdown_grader
-from rewards.math_grader import grade as math_grade
+from rewards.grading import grade_response  # noqa: F401  (envs.tasks.grade_response: a task's grader)
 
 
 def read_math_jsonl(path: str, limit: int = 0, name: str = "") -> list[Problem]:
@@ -54,10 +53,3 @@ def load_problems(cfg) -> tuple[list[Problem], list[Problem]]:
 
 def template_for(cfg) -> str:
     return cfg.name if cfg.template == "auto" else cfg.template
-
-
-def grade_response(problem: Problem, text: str) -> tuple[str | None, bool]:
-    """(extracted answer, correct?) with the problem's own checker."""
-    if "numbers" in problem.meta:
-        return countdown_grader.grade(problem.meta["numbers"], problem.meta["target"], text)
-    return math_grade(problem.answer, text)

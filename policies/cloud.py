@@ -25,7 +25,7 @@ committed as each answer arrives, safe for several processes) keyed by
 the chat messages and the sampling parameters.  Training, evaluation and sweeps that
 point at the same file never pay twice for the same request.
 
-LSRP (``lsrp/``): ``chat_problem(messages)`` carries a whole chat (a leader's or a judge's prompt);
+LSRP (``envs/lsrp/``): ``chat_problem(messages)`` carries a whole chat (a leader's or a judge's prompt);
 every backend sends those messages as they are, and the cache keys them like any other request.
 
 Query mode (``envs/query.py``): a free-text ``<query>`` is wrapped by ``query_problem(text)``
@@ -34,11 +34,14 @@ cache and every backend serve it (``cloud.answer_queries(texts)``).  A real back
 query as the user message under ``CLOUD_QUERY_SYSTEM``; the simulated cloud evaluates the
 arithmetic it asks for (``policies/calculator.py``), always correctly.
 
-Task tuning (``tuning/augment.py``): ``augment_problem(prompt, source, k)`` asks for k Input/Response
+Task tuning (``envs/augment.py``): ``augment_problem(prompt, source, k)`` asks for k Input/Response
 pairs similar to a training example, under ``CLOUD_AUGMENT_SYSTEM``; a real backend writes them.  The
-simulated cloud has no language model: for the arithmetic ladder and Countdown it draws k new problems
-of the source's kind from the task generator and writes them in the same Input/Response text, with the
-answer right as often as its accuracy says; for other tasks it writes nothing.
+simulated cloud has no language model and knows no task: the task layer injects a ``simulator``
+(envs/simulation.py: ``TaskSimulator``, via ``make_cloud(..., simulator=)``) that, for the arithmetic ladder
+and Countdown, draws k new problems of the source's kind from the task generator and writes them in the same
+Input/Response text, with the answer right as often as the cloud's accuracy says, and writes Countdown's
+equation-style reply; without one (or for other tasks) augmentation gets nothing.  The simulator is not part
+of the cache key.
 """
 
 from __future__ import annotations
@@ -56,9 +59,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from envs import arithmetic, countdown
-from envs.problem import Problem
-from envs.prompts import CLOUD_AUGMENT_SYSTEM, CLOUD_QUERY_SYSTEM, CLOUD_SYSTEM
+from core.problem import Problem
 from policies.calculator import answer_query
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,16 @@ class CloudReply:
     completion_tokens: int = 0  # completion tokens the cloud produced (cost accounting)
     cached: bool = False  # served from the cache (disk, or asked before in this process)
 
+
+# The cloud's system prompts, one per kind of request (a ``chat_problem`` brings its own messages).
+CLOUD_SYSTEM = "You are an expert problem solver. Answer the problem; put the final answer in \\boxed{}."
+# A <query> from the device mid-reasoning (query mode): a short, direct answer it can use.
+CLOUD_QUERY_SYSTEM = (
+    "A smaller model asks you a question in the middle of solving a problem. Answer it correctly and briefly: "
+    "give the result, not a full solution."
+)
+# Cloud data augmentation for task tuning (envs/augment.py; CDCDA-PLM, seed 004 §3 "Data augmentation with server LLM")
+CLOUD_AUGMENT_SYSTEM = "You write training data for a small model. Follow the requested format exactly."
 
 QUERY_KIND = "query"
 AUGMENT_KIND = "augment"
@@ -145,12 +156,17 @@ def request_key(identity: dict, messages: list[dict], sampling: dict) -> str:
 
 
 class SimulatedCloud:
+    """A seeded stand-in for a cloud LLM (see the module doc).  It knows no task: ``simulator`` (the task layer's,
+    envs/simulation.py) writes the replies that depend on one (Countdown's equation, augmentation pairs); without
+    it every problem gets the generic ``\\boxed{}`` answer and an augmentation request gets no pairs."""
+
     name = "simulated"
 
-    def __init__(self, accuracy: float = 0.95, accuracy_per_level: dict | None = None, seed: int = 1234):
+    def __init__(self, accuracy: float = 0.95, accuracy_per_level: dict | None = None, seed: int = 1234, simulator=None):
         self.accuracy = accuracy
         self.accuracy_per_level = {int(k): float(v) for k, v in (accuracy_per_level or {}).items()}
         self.seed = seed
+        self.simulator = simulator  # not part of the cache identity: it writes what the seeded draws decide
 
     def cache_key(self, problem: Problem) -> str:
         # The simulated answer is a function of the problem's uid and gold answer, so both are part
@@ -167,7 +183,7 @@ class SimulatedCloud:
         h = hashlib.sha256(f"{self.seed}:{problem.uid}".encode()).digest()
         return int.from_bytes(h[:8], "big") / 2**64 < acc
 
-    def _wrong(self, uid: str, answer: str) -> str:
+    def wrong_answer(self, uid: str, answer: str) -> str:
         """A plausible wrong number for a problem the draw says it gets wrong."""
         rng = random.Random(f"{self.seed}:{uid}:wrong")
         try:
@@ -176,36 +192,26 @@ class SimulatedCloud:
             return "\\text{no answer}"
 
     def augment(self, p: Problem) -> str:
-        """Offline augmentation: k generated problems of the source's kind as Input/Response pairs (see module doc).
-        Each answer is right iff the seeded draw for that new problem says so (accuracy per the source's level)."""
-        src, k = p.meta.get("source_meta", {}), int(p.meta.get("k", 1))
-        pairs = []
-        if "op" in src:  # the arithmetic ladder
-            for j, s in enumerate(arithmetic.similar_problems(src, k, f"{self.seed}:{p.uid}:similar")):
-                new = Problem(uid=f"{p.uid}:{j}", question=s["question"], answer=str(s["value"]), level=p.level)
-                value = new.answer if self.solves(new) else self._wrong(new.uid, new.answer)
-                pairs.append((s["question"], arithmetic.worked_response(s["a"], s["op"], s["b"], value)))
-        elif "numbers" in src:  # Countdown
-            for j, s in enumerate(countdown.similar_problems(k, f"{self.seed}:{p.uid}:similar")):
-                new = Problem(uid=f"{p.uid}:{j}", question=s["question"], answer=str(s["target"]), level=p.level)
-                eq = s["solution"] if self.solves(new) else " + ".join(map(str, s["numbers"]))
-                pairs.append((s["question"], countdown.worked_response(s["numbers"], s["target"], eq)))
-        return "\n\n".join(f"Input: {q}\nResponse: {r}" for q, r in pairs)
+        """Offline augmentation: the simulator's Input/Response pairs for the source problem (none without one)."""
+        return self.simulator.augment(self, p) if self.simulator is not None else ""
+
+    def reply_text(self, p: Problem) -> str:
+        """The answer to a task problem: the simulator's task-specific reply, else the gold (or a wrong number) in \\boxed{}."""
+        text = self.simulator.reply(self, p) if self.simulator is not None else None
+        if text is None:
+            ans = p.answer if self.solves(p) else self.wrong_answer(p.uid, p.answer)
+            text = f"Working it out carefully, the answer is \\boxed{{{ans}}}."
+        return text
 
     def answer_many(self, problems: list[Problem]) -> list[CloudReply]:
         replies = []
         for p in problems:
-            if is_augment(p) or is_query(p):  # augmentation; a <query> mid-reasoning: evaluate its arithmetic, honestly
-                text = self.augment(p) if is_augment(p) else (answer_query(p.question) or SIMULATED_QUERY_FAILURE)
-                prompt_words = sum(len(m["content"].split()) for m in cloud_messages(p))
-                replies.append(CloudReply(text=text, prompt_tokens=prompt_words, completion_tokens=len(text.split())))
-                continue
-            ans = p.answer if self.solves(p) else self._wrong(p.uid, p.answer)
-            if "numbers" in p.meta:  # countdown: the cloud writes an equation
-                eq = p.meta["solution"] if self.solves(p) else " + ".join(map(str, p.meta["numbers"]))
-                text = f"<think> Let me search for a combination. </think>\n<answer> {eq} </answer>"
+            if is_augment(p):
+                text = self.augment(p)
+            elif is_query(p):  # a <query> mid-reasoning: evaluate its arithmetic, honestly
+                text = answer_query(p.question) or SIMULATED_QUERY_FAILURE
             else:
-                text = f"Working it out carefully, the answer is \\boxed{{{ans}}}."
+                text = self.reply_text(p)
             prompt_words = sum(len(m["content"].split()) for m in cloud_messages(p))
             replies.append(CloudReply(text=text, prompt_tokens=prompt_words, completion_tokens=len(text.split())))
         return replies
@@ -715,10 +721,11 @@ class CachedCloud:
             self.backend.close()
 
 
-def make_backend(cfg):
-    """The backend ``cloud.backend`` names, built from the ``cloud`` config section."""
+def make_backend(cfg, simulator=None):
+    """The backend ``cloud.backend`` names, built from the ``cloud`` config section; ``simulator``: the task layer's
+    replies for the simulated backend (envs/simulation.py: ``TaskSimulator``)."""
     if cfg.backend == "simulated":
-        return SimulatedCloud(cfg.accuracy, cfg.accuracy_per_level, cfg.seed)
+        return SimulatedCloud(cfg.accuracy, cfg.accuracy_per_level, cfg.seed, simulator=simulator)
     if cfg.backend == "hf":
         return HFCloud(cfg.model, cfg.max_new_tokens, temperature=getattr(cfg, "temperature", 0.0))
     if cfg.backend == "openai":
@@ -730,5 +737,7 @@ def make_backend(cfg):
     raise ValueError(f"cloud.backend={cfg.backend!r}: use simulated, hf or openai")
 
 
-def make_cloud(cfg, cache_path: str | None) -> CachedCloud:
-    return CachedCloud(make_backend(cfg), cfg.cache_file or cache_path)
+def make_cloud(cfg, cache_path: str | None, simulator=None) -> CachedCloud:
+    """The cached backend of the ``cloud`` config section (the task layer's ``envs.simulation.task_cloud`` passes its
+    ``simulator``)."""
+    return CachedCloud(make_backend(cfg, simulator), cfg.cache_file or cache_path)

@@ -15,9 +15,9 @@
    the base policy) on the exact token ids that were sampled: ``ExactPreferenceCollator`` feeds TRL the
    rollout's own prompt and completion ids (no re-tokenisation of decoded text) and its per-token loss mask,
    so the cloud's ``<response>`` tokens of a query rollout are context and never trained.
-5. ``final/``: the merged policy, evaluated by train.py (before/after) and loadable by eval.py like any checkpoint.
+5. ``final/``: the merged policy, evaluated by rl/baselines.py (before/after) and loadable by eval.py like any checkpoint.
 
-The same ``dpo_args``/``train_dpo`` serve LSRP's SMFB-DPO of the leader (lsrp/smfb_dpo.py).
+The same ``dpo_args``/``train_dpo`` serve LSRP's SMFB-DPO of the leader (rl/smfb_dpo.py).
 """
 
 from __future__ import annotations
@@ -26,8 +26,15 @@ import json
 import logging
 import os
 import random
+from dataclasses import replace
 from itertools import combinations
 
+from core.io import write_jsonl
+from envs.tasks import load_problems
+from envs.simulation import task_cloud
+from policies.device import load_device_model
+from policies.generation import HFGenerator
+from rl.trainer import make_env
 from rl.trl_run import common_args, metrics_callback, save_final, train_resumable
 
 log = logging.getLogger("train.dpo")
@@ -154,13 +161,11 @@ def train_dpo(model, tokenizer, rows: list[dict], cfg, output_dir: str, final_di
 
 def rollout_pairs(cfg, env, generator, problems) -> tuple[list[dict], dict]:
     """Roll out ``problems`` (rl.rollout_prompts at a time), reward them and build the pairs; also rollout stats."""
-    from train import compute_rewards
-
     groups = []
     for start in range(0, len(problems), cfg.rl.rollout_prompts):
         chunk = problems[start : start + cfg.rl.rollout_prompts]
         part = env.rollout(generator, chunk, cfg.rl.group_size, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.max_new_tokens)
-        compute_rewards(part, cfg, cfg.rl.gamma)  # train.py's reward (route or query) with a fixed γ = rl.gamma
+        env.reward(part, cfg.reward, cfg.rl.gamma)  # the environment's reward (route or query) with a fixed γ = rl.gamma
         groups += part
         log.info("dpo rollouts: %d/%d problems", len(groups), len(problems))
     pairs = preference_pairs(groups, cfg.dpo.max_pairs_per_prompt)
@@ -177,15 +182,6 @@ def rollout_pairs(cfg, env, generator, problems) -> tuple[list[dict], dict]:
 
 def train_with_dpo(cfg, resume: bool = False) -> str:
     """rl.trainer=dpo: rollouts of the base policy -> pairs -> TRL DPOTrainer; returns ``<output_dir>/final``."""
-    from dataclasses import replace
-
-    from envs.tasks import load_problems
-    from policies.cloud import make_cloud
-    from policies.device import load_device_model
-    from policies.generation import HFGenerator
-    from eval import write_jsonl
-    from train import make_env
-
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
     model, tok = load_device_model(replace(cfg.model, lora=False))  # DPOTrainer attaches LoRA (dpo.lora)
@@ -194,7 +190,7 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
         pairs = [json.loads(line) for line in open(pairs_path)]
         log.info("--resume: %d preference pairs from %s", len(pairs), pairs_path)
     else:
-        cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
+        cloud = task_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
         env = make_env(cfg, tok, cloud)  # rl.env: route or query
         train_problems = load_problems(cfg.task)[0]
         problems = random.Random(f"{cfg.train.seed}-dpo").sample(train_problems, min(cfg.dpo.num_prompts, len(train_problems)))

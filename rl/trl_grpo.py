@@ -24,11 +24,12 @@ import os
 from collections import defaultdict
 
 from envs.route import RouteEnv, check_prompt_tokens, cloud_replies_or_none
-from envs.tasks import grade_response, load_problems, template_for
-from policies.cloud import make_cloud
+from envs.tasks import load_problems, template_for
+from envs.simulation import task_cloud
 from policies.device import load_device_model
 from policies.generation import Sample
 from rewards.collaboration import collaboration_reward
+from rewards.grading import grade_response
 from rl.trl_run import common_args, metrics_callback, per_device_batch, save_final, train_resumable
 
 log = logging.getLogger("train.trl")
@@ -172,13 +173,13 @@ def train_with_trl(cfg, resume: bool = False, eval_hook=None) -> str:
     """Train the device policy with TRL GRPOTrainer (Dr.GRPO); save ``<output_dir>/final`` and return its path.
 
     ``resume`` continues from the last ``<output_dir>/checkpoint-N``; ``eval_hook(tag, model, tokenizer)``, if
-    given, runs every ``train.eval_every`` steps (train.py passes its held-out evaluation).
+    given, runs every ``train.eval_every`` steps (rl/baselines.py passes the held-out evaluation).
     """
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
     train_problems, _ = load_problems(cfg.task)
     model, tok = load_device_model(cfg.model)  # LoRA adapters already attached when cfg.model.lora
-    cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
+    cloud = task_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
     trainer = build_trainer(cfg, model, tok, cloud, train_problems, eval_hook=eval_hook)
     if cfg.train.max_steps > 0:
         train_resumable(trainer, out, resume, os.path.join(out, "metrics.jsonl"))

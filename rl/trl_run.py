@@ -1,8 +1,8 @@
-"""Running a TRL trainer the way train.py runs GAPG: a ``metrics.jsonl`` line per logged step, ``--resume`` from
+"""Running a TRL trainer the way rl/trainer.py runs GAPG: a ``metrics.jsonl`` line per logged step, ``--resume`` from
 the last ``checkpoint-N``, and a plain ``final/`` folder (LoRA merged) that eval.py loads.
 
 Shared by the modes that train through TRL: ``rl.trainer=trl_drgrpo`` (rl/trl_grpo.py), ``rl.trainer=sft``
-(tuning/sft.py), ``rl.trainer=dpo`` (rl/dpo.py) and LSRP's SMFB-DPO (lsrp/smfb_dpo.py).
+(rl/sft.py), ``rl.trainer=dpo`` (rl/dpo.py) and LSRP's SMFB-DPO (rl/smfb_dpo.py).
 
     accelerate launch train.py --config configs/cpu_sft.yaml --resume     # continues from the last checkpoint-N
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+
+from rl.checkpoint import truncate_metrics
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +85,11 @@ def last_checkpoint_step(output_dir: str) -> int | None:
 
 def train_resumable(trainer, output_dir: str, resume: bool, metrics_path: str | None = None) -> None:
     """``trainer.train()``, from the last checkpoint when ``resume``.  The steps after that checkpoint run again,
-    so their lines in ``metrics_path`` (left by a killed run) are dropped first, as train.py does for GAPG."""
+    so their lines in ``metrics_path`` (left by a killed run) are dropped first, as rl/checkpoint.py does for GAPG."""
     step = last_checkpoint_step(output_dir) if resume else None
     if resume and step is None:
         log.warning("--resume: no checkpoint-N in %s; starting from step 0", output_dir)
     if resume and metrics_path and trainer.accelerator.is_main_process:
-        from train import truncate_metrics
-
         truncate_metrics(metrics_path, step or 0)
     trainer.train(resume_from_checkpoint=True if step is not None else None)
 

@@ -1,6 +1,6 @@
 """Grade every suite's gold solutions against its own normalised gold answer.
 
-    python scripts/check_gold_grading.py [--data-dir ../shared/data] [--out docs/gold_grading.json] [--suites math500 amc23]
+    python -m scripts.check_gold_grading [--data-dir ../shared/data] [--out docs/gold_grading.json] [--suites math500 amc23]
 
 For each row, the "response" is the row's full gold solution when it has one (MATH, MATH-500,
 MinervaMath, AGIEval's other.solution), else ``\\boxed{answer}`` (AMC23). It is graded with
@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from envs.suites import SUITES, load_suite  # noqa: E402
-from rewards.math_grader import grade, is_correct, last_boxed  # noqa: E402
+from envs.suites import SUITES, load_suite
+from rewards.math_grader import grade, is_correct, last_boxed
 
 
 # Rows that cannot grade, and why (every other row must grade; a new failure is a loader or grader bug).

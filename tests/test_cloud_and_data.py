@@ -1,6 +1,6 @@
 import json
 
-from envs.problem import Problem
+from core.problem import Problem
 from envs.tasks import read_math_jsonl
 from policies.cloud import CachedCloud, HFCloud, SimulatedCloud
 from rewards.math_grader import grade
@@ -103,7 +103,7 @@ def test_two_processes_share_one_sqlite_cache(tmp_path):
 
     path = str(tmp_path / "shared.sqlite")
     code = (
-        "import sys; from envs.problem import Problem; from policies.cloud import CachedCloud, SimulatedCloud\n"
+        "import sys; from core.problem import Problem; from policies.cloud import CachedCloud, SimulatedCloud\n"
         "lo = int(sys.argv[2]); c = CachedCloud(SimulatedCloud(), sys.argv[1])\n"
         "for i in range(lo, lo + 300): c.answer_many([Problem(f'p{i}', 'q', str(i))])\n"
     )

@@ -15,8 +15,9 @@ import os
 
 import pytest
 import train
-from envs.problem import Problem
+from core.problem import Problem
 from envs.route import RouteEnv
+from rl import trainer
 from policies.cloud import CachedCloud, CloudConfigError, OpenAICloud
 from policies.device import load_tokenizer
 from policies.generation import Sample
@@ -74,10 +75,10 @@ def test_a_failed_cloud_call_is_an_escalation_without_reward_and_the_answers_tha
     assert len(cloud) == 1  # A's answer arrived before B failed and is kept
 
     cfg = load_config(None, ["rl.batch_prompts=2", "rl.rollout_prompts=2", "rl.gamma=0.1"])
-    train.compute_rewards([ga, gb], cfg, 0.1)
+    env.reward([ga, gb], cfg.reward, 0.1)
     picked, stats = select_prompts([ga, gb], 2, 1.0)
     assert picked == [0] and stats["dropped"] == 1
-    m = train.rollout_metrics([ga, gb])
+    m = env.metrics([ga, gb])
     assert m["cloud_errors"] == 1 and m["cloud_failed_rollouts"] == 1
     assert m["reward"] == pytest.approx(sum(ga.rewards) / 3)  # B's unknown rewards are not averaged in
     assert m["cloud_acc"] == 1.0  # only the escalation the cloud answered counts
@@ -169,7 +170,7 @@ def test_permanent_faults_during_training_skip_those_groups_and_are_counted(serv
     server = serve({q: [("status", 503)] * 100 for q in plus})
     gold = {p.question: p.answer for p in train_p}
 
-    class ForcedEscalations(train.HFGenerator):
+    class ForcedEscalations(trainer.HFGenerator):
         def generate(self, prompts, n=1, *a, **k):
             out = super().generate(prompts, n, *a, **k)
             for prompt, group in zip(prompts, out):
@@ -179,10 +180,10 @@ def test_permanent_faults_during_training_skip_those_groups_and_are_counted(serv
             return out
 
     seen = []  # (groups of each step, groups passed to the update)
-    real_update, real_rewards = train.policy_update, train.compute_rewards
-    monkeypatch.setattr(train, "HFGenerator", ForcedEscalations)
-    monkeypatch.setattr(train, "compute_rewards", lambda groups, *a: (seen.append((list(groups), [])), real_rewards(groups, *a))[1])
-    monkeypatch.setattr(train, "policy_update", lambda m, o, acc, groups, *a, **k: (seen[-1][1].extend(groups), real_update(m, o, acc, groups, *a, **k))[1])
+    real_update, real_rewards = trainer.policy_update, RouteEnv.reward
+    monkeypatch.setattr(trainer, "HFGenerator", ForcedEscalations)
+    monkeypatch.setattr(RouteEnv, "reward", lambda env, groups, *a: (seen.append((list(groups), [])), real_rewards(env, groups, *a))[1])
+    monkeypatch.setattr(trainer, "policy_update", lambda m, o, acc, groups, *a, **k: (seen[-1][1].extend(groups), real_update(m, o, acc, groups, *a, **k))[1])
     out = str(tmp_path / "run")
     args = COMMON + [f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out}", "train.max_steps=3", "rl.filtering=false",
                      *_cloud(server, **{"cloud.max_retries": 1})]

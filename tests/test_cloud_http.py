@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from envs.problem import Problem
+from core.problem import Problem
 from policies.cloud import CachedCloud, CloudError, OpenAICloud, make_cloud, parse_retry_after
 
 SECRET = "sk-test-SECRET-0123456789abcdef"

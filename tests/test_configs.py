@@ -142,6 +142,7 @@ def _changed(init_dir: str, final_dir: str) -> tuple[int, int]:
 def test_config_runs_a_real_update(path, tiny_models, tmp_path, monkeypatch):
     import sweep
     import train
+    from rl import trainer
 
     cfg = load_config(path)
     if cfg.cloud.backend == "openai":
@@ -161,14 +162,14 @@ def test_config_runs_a_real_update(path, tiny_models, tmp_path, monkeypatch):
     scored = []  # GAPG updates: (training mode?, gradient checkpointing in effect?) at each scoring pass
     gapg = tiny.rl.trainer == "gapg" and tiny.rl.env != "lsrp"
     if gapg:
-        real_score = train.score_sequences
+        real_score = trainer.score_sequences
 
         def spy(model, *a, **kw):
             inner = getattr(model, "module", model)  # DDP-wrapped or not; transformers checkpoints in training mode only
             scored.append((inner.training, inner.training and bool(inner.is_activation_checkpointing)))
             return real_score(model, *a, **kw)
 
-        monkeypatch.setattr(train, "score_sequences", spy)
+        monkeypatch.setattr(trainer, "score_sequences", spy)
 
     if _is_sweep(path):
         budget = tiny.rl.budget

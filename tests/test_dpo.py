@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from envs.problem import Problem
+from core.problem import Problem
 from envs.route import Group, Rollout
 from policies.generation import Sample
 from rl.config import load_config

@@ -248,25 +248,25 @@ def test_sigkilled_eval_resumes_without_regenerating_or_repaying(tiny_model_dir,
 
 def test_a_torn_work_file_line_does_not_swallow_the_next_row(tmp_path):
     """A kill in the middle of a write leaves a line without its newline; the next append must start a new line."""
-    import eval as evalmod
+    from core.io import append_jsonl, read_jsonl
 
     path = str(tmp_path / "w.jsonl")
-    evalmod.append_jsonl(path, [{"uid": "a", "x": 1}])
+    append_jsonl(path, [{"uid": "a", "x": 1}])
     with open(path, "a") as f:
         f.write('{"uid": "b", "x"')  # torn by a SIGKILL
-    evalmod.append_jsonl(path, [{"uid": "c", "x": 3}])
-    rows = evalmod.read_jsonl(path)
+    append_jsonl(path, [{"uid": "c", "x": 3}])
+    rows = read_jsonl(path)
     assert set(rows) == {"a", "c"}  # b is redone; c is not lost with it
 
 
 def test_resume_drops_metrics_of_steps_after_the_checkpoint(tmp_path):
-    import train
+    from rl.checkpoint import truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "reward": s / 10}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "rew')
-    assert train.truncate_metrics(str(path), 2) == 2
+    assert truncate_metrics(str(path), 2) == 2
     assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [1, 2]
-    assert train.truncate_metrics(str(path), 2) == 0
+    assert truncate_metrics(str(path), 2) == 0
 
 
 def test_eval_stopped_by_a_cloud_outage_says_so_and_resumes(tiny_model_dir, tmp_path):

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from lsrp.metrics import ScoreWeights, knee_point, parse_score, selection_objectives, udrr
-from lsrp.rag import UURAG, vote
-from lsrp.smfb_dpo import balance, dpo_rows, smfb_pairs
-from lsrp.users import make_pairs
+from envs.lsrp.metrics import ScoreWeights, knee_point, parse_score, selection_objectives, udrr
+from envs.lsrp.rag import UURAG, vote
+from rl.smfb_dpo import balance, dpo_rows, smfb_pairs
+from envs.lsrp.users import make_pairs
 from rl.config import ConfigError, load_config
 
 
@@ -215,7 +215,7 @@ def test_train_py_lsrp_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
 
 
 def test_record_store_survives_a_line_torn_by_a_crash(tmp_path):
-    from lsrp.pipeline import RecordStore
+    from envs.lsrp.pipeline import RecordStore
 
     path = str(tmp_path / "records.jsonl")
     RecordStore(path).add([{"key": "a", "output": "first"}])

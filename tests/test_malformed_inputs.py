@@ -18,9 +18,10 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from envs.problem import Problem
-from envs.route import Group, RouteEnv, Rollout, is_escalation, split_escalation
+from core.problem import Problem
+from envs.route import Group, RouteEnv, Rollout, is_escalation, route_metrics, split_escalation
 from policies.generation import Sample
+from rl import trainer
 from rl.config import ConfigError, load_config
 
 TINY = ["task.name=arithmetic", "task.num_train=32", "task.num_test=4", "task.levels=[1+1,1x1]", "rl.group_size=4",
@@ -126,7 +127,7 @@ def test_unbalanced_tags_are_graded_as_device_answers_and_counted():
     assert [r.local_correct for r in rolls] == [True, False, True, True]  # graded on the device's own last answer
     assert [r.local_answer for r in rolls] == ["5", "7", "5", "5"]
     g = Group(P, rolls, rewards=[1.0, 0.0, 1.0, 1.0])
-    m = train.rollout_metrics([g])
+    m = route_metrics([g])
     assert m["stray_tags"] == pytest.approx(3 / 4) and m["offload_rate"] == 0.0 and m["device_acc"] == pytest.approx(3 / 4)
 
 
@@ -164,15 +165,15 @@ def _snapshot(model):
 
 def test_a_nan_reward_skips_the_update_and_counts_it(setup, caplog):
     model, opt, acc, cfg, tok = setup
-    skipped = train.SkippedUpdates(limit=2)
+    skipped = trainer.SkippedUpdates(limit=2)
     before = _snapshot(model)
-    loss = train.policy_update(model, opt, acc, _groups(tok, [[1.0, float("nan"), 0.0, 0.0]]), cfg, tok.pad_token_id, skipped=skipped)
+    loss = trainer.policy_update(model, opt, acc, _groups(tok, [[1.0, float("nan"), 0.0, 0.0]]), cfg, tok.pad_token_id, skipped=skipped)
     assert math.isnan(loss) and skipped.total == 1 and skipped.in_a_row == 1
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # the weights did not move
     assert all(p.grad is None for p in model.parameters())  # the bad gradients were dropped, not accumulated
     assert "GAPG loss is nan: this update is skipped (1 in a row, 1 in total" in caplog.text
     # a finite update afterwards steps normally and resets the run of skips
-    loss = train.policy_update(model, opt, acc, _groups(tok, [[1.0, 0.0, 0.0, 0.0]]), cfg, tok.pad_token_id, skipped=skipped)
+    loss = trainer.policy_update(model, opt, acc, _groups(tok, [[1.0, 0.0, 0.0, 0.0]]), cfg, tok.pad_token_id, skipped=skipped)
     assert math.isfinite(loss) and skipped.total == 1 and skipped.in_a_row == 0
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
 
@@ -182,9 +183,9 @@ def test_an_inf_gradient_with_a_finite_loss_is_skipped(setup):
     before = _snapshot(model)
     emb = model.get_input_embeddings().weight
     hook = emb.register_hook(lambda g: g * float("inf"))
-    skipped = train.SkippedUpdates(limit=1)
+    skipped = trainer.SkippedUpdates(limit=1)
     try:
-        loss = train.policy_update(model, opt, acc, _groups(tok, [[1.0, 0.0, 0.0, 0.0]]), cfg, tok.pad_token_id, skipped=skipped)
+        loss = trainer.policy_update(model, opt, acc, _groups(tok, [[1.0, 0.0, 0.0, 0.0]]), cfg, tok.pad_token_id, skipped=skipped)
     finally:
         hook.remove()
     assert math.isnan(loss) and skipped.total == 1
@@ -193,26 +194,26 @@ def test_an_inf_gradient_with_a_finite_loss_is_skipped(setup):
 
 def test_too_many_skips_in_a_row_stop_with_the_fix(setup):
     model, opt, acc, cfg, tok = setup
-    skipped = train.SkippedUpdates(limit=1)
+    skipped = trainer.SkippedUpdates(limit=1)
     bad = _groups(tok, [[float("inf"), 0.0, 0.0, 0.0]])
-    train.policy_update(model, opt, acc, bad, cfg, tok.pad_token_id, skipped=skipped)
+    trainer.policy_update(model, opt, acc, bad, cfg, tok.pad_token_id, skipped=skipped)
     with pytest.raises(FloatingPointError, match=r"2 update\(s\) in a row skipped, more than train.max_skipped_updates=1.*train.learning_rate"):
-        train.policy_update(model, opt, acc, bad, cfg, tok.pad_token_id, skipped=skipped)
+        trainer.policy_update(model, opt, acc, bad, cfg, tok.pad_token_id, skipped=skipped)
     with pytest.raises(FloatingPointError, match="max_skipped_updates=0"):  # no counter: the first one stops (the old behaviour)
-        train.policy_update(model, opt, acc, bad, cfg, tok.pad_token_id)
+        trainer.policy_update(model, opt, acc, bad, cfg, tok.pad_token_id)
 
 
 def _inject_nan(monkeypatch, steps: set[int]):
-    """Poison one reward of the steps in ``steps`` (1-based) after train.py computes them."""
-    real, calls = train.compute_rewards, []
+    """Poison one reward of the steps in ``steps`` (1-based) after the environment computes them."""
+    real, calls = RouteEnv.reward, []
 
-    def poisoned(groups, cfg, gamma):
-        real(groups, cfg, gamma)
+    def poisoned(env, groups, reward_cfg, gamma):
+        real(env, groups, reward_cfg, gamma)
         calls.append(1)
         if len(calls) in steps:
             groups[0].rewards[0] = float("nan")
 
-    monkeypatch.setattr(train, "compute_rewards", poisoned)
+    monkeypatch.setattr(RouteEnv, "reward", poisoned)
 
 
 def test_training_skips_a_nan_step_counts_it_and_finishes(tiny_model_dir, tmp_path, monkeypatch, caplog):
@@ -271,7 +272,7 @@ def test_gradient_checkpointing_update_equals_the_padded_path(tiny_model_dir):
         real_zero = opt.zero_grad
         grads = {}
         opt.zero_grad = lambda set_to_none=True: (grads.update({n: p.grad.clone() for n, p in model.named_parameters()}), real_zero())
-        loss = train.policy_update(model, opt, Accelerator(cpu=True), groups, cfg, tok.pad_token_id)
+        loss = trainer.policy_update(model, opt, Accelerator(cpu=True), groups, cfg, tok.pad_token_id)
         return loss, grads
 
     loss_ckpt, g_ckpt = run(True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
-from envs.problem import Problem
+from core.problem import Problem
 from envs.query import CALL_LIMIT_TEXT, QueryEnv, QueryRollout, device_text, response_text
 from envs.route import Group
 from policies.calculator import answer_query
@@ -321,7 +321,7 @@ def test_gapg_scores_exactly_the_device_tokens_of_a_multi_call_rollout(tiny_mode
 
 
 def test_eval_caps_calls_in_dataset_order(tok):
-    from eval import call_cap_limits, evaluate_query, format_table
+    from envs.evaluation import call_cap_limits, evaluate_query, format_table
 
     assert call_cap_limits([1, 0, 2, 1, 0, 1], cap=2) == [None, None, 1, 0, None, 0]
     probs = [Problem(f"p{i}", f"What is {11 * (i + 1)} * {30 + i}?", str(11 * (i + 1) * (30 + i)), level=1 + i % 2) for i in range(5)]

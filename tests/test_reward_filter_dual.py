@@ -1,6 +1,6 @@
 import pytest
 
-from envs.problem import Problem
+from core.problem import Problem
 from envs.route import Group, Rollout, is_escalation
 from rewards.collaboration import collaboration_reward
 from rl.config import rho

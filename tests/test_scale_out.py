@@ -124,7 +124,8 @@ def test_deepspeed_uneven_shares_run_the_same_backward_passes_and_match_one_proc
     open(tmp_path / "accelerate.yaml", "w").write(launch_config)
     script = os.path.join(ROOT, "tests", "scripts", "one_update.py")
     one, two = str(tmp_path / "one.safetensors"), str(tmp_path / "two.safetensors")
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    # the script imports this checkout's packages (not an installed copy): the repository root on PYTHONPATH
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=ROOT)
     done = subprocess.run([sys.executable, script, tiny_model_dir, one], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     cmd = [

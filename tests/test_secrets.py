@@ -15,7 +15,7 @@ import os
 import pytest
 
 import train
-from envs.problem import Problem
+from core.problem import Problem
 from policies.cloud import CachedCloud, CloudError, OpenAICloud
 from rl.config import ConfigError, load_config
 from test_cloud_http import MODEL, ScriptedServer

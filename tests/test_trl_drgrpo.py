@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from envs.problem import Problem
+from core.problem import Problem
 from envs.route import RouteEnv
 from policies.cloud import CachedCloud, SimulatedCloud
 from rl.config import RewardConfig, load_config

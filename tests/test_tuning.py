@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from envs.arithmetic import make_problems
-from envs.problem import Problem
-from envs.prompts import CLOUD_AUGMENT_SYSTEM, ESCALATION
+from core.problem import Problem
+from envs.prompts import ESCALATION
 from envs.route import format_ok
-from policies.cloud import CachedCloud, CloudReply, SimulatedCloud, cloud_messages, request_key
+from envs.simulation import TASK_SIMULATOR
+from policies.cloud import CLOUD_AUGMENT_SYSTEM, CachedCloud, CloudReply, SimulatedCloud, cloud_messages, request_key
 from rl.config import ConfigError, load_config
-from tuning.augment import augment, parse_pairs
-from tuning.filters import AnswerVerifier, Candidate, filter_pairs, length_ratio, rouge_l
-from tuning.sft import Example, build_mix, reference_response, unknown_pool
+from envs.augment import augment, parse_pairs
+from envs.filters import AnswerVerifier, Candidate, filter_pairs, length_ratio, rouge_l
+from rl.sft import Example, build_mix, reference_response, unknown_pool
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_test.yaml")
 
@@ -154,7 +155,7 @@ def test_filter_stats_count_each_filter_in_order():
 def test_nli_scorer_reads_the_entailment_class(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from tuning.filters import NLIScorer
+    from envs.filters import NLIScorer
 
     conf = LlamaConfig.from_pretrained(tiny_model_dir)
     conf.id2label, conf.label2id = {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}, {"CONTRADICTION": 0, "NEUTRAL": 1, "ENTAILMENT": 2}
@@ -180,7 +181,7 @@ def _real(n=6, levels=("2x1", "2+2")):
 
 def test_simulated_augmentation_is_generated_cached_and_as_wrong_as_the_cloud(tmp_path):
     real = _real()
-    sim = SimulatedCloud(accuracy=0.6, seed=7)
+    sim = SimulatedCloud(accuracy=0.6, seed=7, simulator=TASK_SIMULATOR)
     cloud = CachedCloud(sim, str(tmp_path / "cache.sqlite"))
     cands, stats = augment(cloud, real, "arithmetic", k=5)
     assert len(cands) == 30 and stats["requests"] == 6 and stats["cloud_calls"] == 6 and stats["replies_with_fewer_than_k"] == 0
@@ -194,7 +195,7 @@ def test_simulated_augmentation_is_generated_cached_and_as_wrong_as_the_cloud(tm
     right = AnswerVerifier("arithmetic")(cands)
     assert 0 < right.count(False) < len(cands)  # a 60%-accurate cloud gets some wrong, and the verifier sees which
 
-    again = CachedCloud(SimulatedCloud(accuracy=0.6, seed=7), str(tmp_path / "cache.sqlite"))  # a resumed run
+    again = CachedCloud(SimulatedCloud(accuracy=0.6, seed=7, simulator=TASK_SIMULATOR), str(tmp_path / "cache.sqlite"))  # a resumed run
     cands2, stats2 = augment(again, real, "arithmetic", k=5)
     assert stats2["cloud_calls"] == 0 and stats2["cache_hits"] == 6
     assert [(c.x, c.y) for c in cands2] == [(c.x, c.y) for c in cands]
@@ -315,7 +316,7 @@ def test_sft_trains_on_the_response_only_under_the_rl_prompt(tiny_model_dir, tmp
 
     from envs.route import RouteEnv
     from policies.device import load_tokenizer
-    from tuning.sft import sft_config, to_dataset
+    from rl.sft import sft_config, to_dataset
 
     cfg = load_config(TINY, [f"model.name_or_path={tiny_model_dir}", "rl.trainer=sft", f"train.output_dir={tmp_path}", "sft.batch_size=2"])
     tok = load_tokenizer(tiny_model_dir)

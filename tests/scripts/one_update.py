@@ -1,4 +1,4 @@
-"""One ``train.policy_update`` on fixed rewards, then save the weights: run alone or under ``accelerate launch``.
+"""One ``rl.trainer.policy_update`` on fixed rewards, then save the weights: run alone or under ``accelerate launch``.
 
     python tests/scripts/one_update.py MODEL_DIR OUT.safetensors [section.key=value ...]
     accelerate launch --config_file configs/accelerate/zero2.yaml --num_processes 2 tests/scripts/one_update.py ...
@@ -14,11 +14,11 @@ import torch
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
 
-import train
-from envs.problem import Problem
+from core.problem import Problem
 from envs.route import Group, Rollout
 from policies.device import load_device_model
 from policies.generation import Sample
+from rl import trainer
 from rl.config import load_config
 
 REWARDS = [[1.0, 1.0, 0.4, 0.4, 0.4, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
@@ -26,10 +26,10 @@ REWARDS = [[1.0, 1.0, 0.4, 0.4, 0.4, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0
 
 def main(model_dir: str, out: str, overrides: list[str]) -> None:
     cfg = load_config(None, [f"model.name_or_path={model_dir}", "train.micro_batch_size=2", "train.learning_rate=1e-2", *overrides])
-    accelerator = train.make_accelerator(cfg)
+    accelerator = trainer.make_accelerator(cfg)
     set_seed(0)
     model, tok = load_device_model(cfg.model)
-    if accelerator.distributed_type == train.DistributedType.DEEPSPEED:
+    if accelerator.distributed_type == trainer.DistributedType.DEEPSPEED:
         accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = cfg.train.max_grad_norm
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -39,7 +39,7 @@ def main(model_dir: str, out: str, overrides: list[str]) -> None:
         rolls = [Rollout(Sample(prompt, tok(f"so {g}{i} {i}", add_special_tokens=False)["input_ids"], "", False), False, None, False)
                  for i in range(len(rewards))]
         groups.append(Group(Problem(f"p{g}", "q", "1"), rolls, rewards=list(rewards)))
-    loss = train.policy_update(model, optimizer, accelerator, groups, cfg, tok.pad_token_id)
+    loss = trainer.policy_update(model, optimizer, accelerator, groups, cfg, tok.pad_token_id)
     state = accelerator.get_state_dict(model)  # ZeRO-3: gathered from every process's shard
     if accelerator.is_main_process:
         save_file({k: v.detach().float().clone() for k, v in state.items()}, out, metadata={"loss": repr(loss)})

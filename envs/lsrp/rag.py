@@ -22,6 +22,8 @@ from collections import Counter
 
 import numpy as np
 
+from policies.router import embed, load_encoder
+
 
 def vote(ranked_strategies: list[str]) -> str:
     """Eq. 9: the most frequent strategy in ``ranked_strategies`` (nearest first); ties go to the earliest-ranked."""
@@ -44,8 +46,6 @@ class UURAG:
         self.uids: list[str] = []
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        from policies.router import embed, load_encoder
-
         if self._encoder is None:
             self._encoder = load_encoder(self.encoder_name)
         e = embed(self._encoder, texts)

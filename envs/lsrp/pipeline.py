@@ -7,7 +7,7 @@ For each job (eq. 4 and 1): the leader (a ``CachedCloud``: every guideline is ca
 asks twice) writes the guideline g_s from the strategy prompt and the public task only; the device
 answers (greedily by default) from the task, the private user data and g_s; then the answer is scored: UDRR
 (eq. 15), PPL under the device model (eq. 16), Flesch reading ease, and the judge's Q-A Rel. and
-Persona (lsrp/metrics.py). Rows go to a JSONL work file (``RecordStore``) chunk by chunk, keyed by
+Persona (envs/lsrp/metrics.py). Rows go to a JSONL work file (``RecordStore``) chunk by chunk, keyed by
 (leader tag, temperature, pair uid, strategy): a killed run resumes where it stopped.
 
 ``Device.choose_strategies`` is the "SLM-choose" baseline (Table 4): the device model picks the
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from eval import append_jsonl, read_jsonl
-from lsrp.metrics import flesch, perplexities, udrr
-from lsrp.strategies import CHOICE_LETTERS, STRATEGIES, choice_prompt, device_messages, leader_messages
-from lsrp.users import UserTask
+from core.io import append_jsonl, read_jsonl
+from envs.lsrp.metrics import flesch, perplexities, udrr
+from envs.lsrp.strategies import CHOICE_LETTERS, STRATEGIES, choice_prompt, device_messages, leader_messages
+from envs.lsrp.users import UserTask
 from policies.cloud import chat_problem
 from policies.generation import HFGenerator, chat_prompt
 

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from envs.problem import Problem
+from core.problem import Problem
 from policies.calculator import answer_query
 from rewards import countdown as countdown_grader
 from rewards.math_grader import extract_answer, grade, is_correct

@@ -29,15 +29,17 @@ from dataclasses import replace
 import numpy as np
 from accelerate.utils import set_seed
 
-from eval import write_jsonl
-from lsrp.metrics import Judge, fit_score_weights
-from lsrp.pipeline import Device, RecordStore, execute
-from lsrp.rag import UURAG
-from lsrp.smfb_dpo import balance, smfb_pairs, train_leader
-from lsrp.strategies import STRATEGIES
-from lsrp.users import make_pairs
+from core.io import write_jsonl
+from envs.lsrp.metrics import Judge, fit_score_weights
+from envs.lsrp.pipeline import Device, RecordStore, execute
+from envs.lsrp.rag import UURAG
+from envs.lsrp.strategies import STRATEGIES
+from envs.lsrp.users import make_pairs
 from policies.cloud import CachedCloud, make_backend
+from policies.device import load_device_model
+from policies.router import embed, load_encoder
 from rl.config import save_config, to_dict
+from rl.smfb_dpo import balance, smfb_pairs, train_leader
 
 log = logging.getLogger("lsrp")
 COLUMNS = ("S", "qa_rel", "persona", "udrr", "ppl", "flesch", "qa_rel_emb", "persona_emb")
@@ -95,8 +97,6 @@ def run_lsrp(cfg) -> int:
     write_jsonl(os.path.join(out, "users.jsonl"), [p.to_dict() for p in index_pairs + test_pairs])
     tasks = {p.uid: p.task for p in index_pairs + test_pairs}
 
-    from policies.device import load_device_model
-    from policies.router import embed, load_encoder
 
     cache = cfg.cloud.cache_file or os.path.join(out, "cloud_cache.sqlite")
 

@@ -26,7 +26,9 @@ import random
 from collections import defaultdict
 from dataclasses import replace
 
-from lsrp.strategies import leader_messages
+from envs.lsrp.strategies import leader_messages
+from policies.device import load_device_model
+from rl.dpo import train_dpo
 
 
 def smfb_pairs(records_a: list[dict], records_b: list[dict], weights, min_gap: float = 0.0) -> list[dict]:
@@ -79,8 +81,6 @@ def train_leader(pairs: list[dict], tasks: dict[str, str], cfg, output_dir: str,
     """DPO of the leader (cloud.model) on the pairs; returns the merged model's directory ``<output_dir>/final``."""
     import os
 
-    from policies.device import load_device_model
-    from rl.dpo import train_dpo
 
     model, tok = load_device_model(replace(cfg.model, name_or_path=cfg.cloud.model, gguf_file=None, lora=False))
     return train_dpo(model, tok, dpo_rows(pairs, tasks), cfg, output_dir, os.path.join(output_dir, "final"), resume=resume)

@@ -9,8 +9,8 @@ The recipe of CDCDA-PLM (seed 004 §3), on the task's own training problems:
 1. Real examples D_u: the first ``sft.num_real`` training problems, each with its reference response in the
    device's answer format (``reference_response``: the ladder's ``37 * 46 = 1702. \\boxed{1702}``, Countdown's
    ``<think>``/``<answer>``, MATH's dataset solution).
-2. Augmentation (eq. 1, ``tuning/augment.py``): the cloud writes ``sft.augment_k`` similar pairs per example.
-3. Selection (eqs. 2-4, ``tuning/filters.py``): semantic consistency, token diversity, length ratio.
+2. Augmentation (eq. 1, ``envs/augment.py``): the cloud writes ``sft.augment_k`` similar pairs per example.
+3. Selection (eqs. 2-4, ``envs/filters.py``): semantic consistency, token diversity, length ratio.
 4. Format teaching for escalation: the base model tries ``sft.probe_problems`` further training problems
    (greedy, or ``sft.probe_samples`` samples); problems it never solves, from levels where its probe accuracy
    is at most ``sft.unknown_max_level_acc``, are answered with ``<unknown> I need external assistance
@@ -34,16 +34,19 @@ import os
 import random
 from dataclasses import asdict, dataclass
 
+from core.io import append_jsonl, read_jsonl, write_jsonl
+from core.problem import Problem
 from envs import arithmetic, countdown
-from envs.problem import Problem
+from envs.augment import augment
+from envs.filters import AnswerVerifier, NLIScorer, filter_pairs
 from envs.prompts import ESCALATION, messages
 from envs.route import RouteEnv, check_prompt_tokens
+from envs.simulation import task_cloud
 from envs.tasks import load_problems, template_for
-from eval import append_jsonl, read_jsonl, write_jsonl
+from policies.device import load_device_model
+from policies.generation import HFGenerator
 from rewards.math_grader import grade
 from rl.trl_run import common_args, metrics_callback, per_device_batch, save_final, train_resumable
-from tuning.augment import augment
-from tuning.filters import AnswerVerifier, NLIScorer, filter_pairs
 
 log = logging.getLogger("train.sft")
 
@@ -237,16 +240,13 @@ def train_sft(cfg, resume: bool = False, eval_hook=None) -> str:
     from accelerate import PartialState
     from trl import SFTTrainer
 
-    from policies.cloud import make_cloud
-    from policies.device import load_device_model
-    from policies.generation import HFGenerator
 
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
     model, tok = load_device_model(cfg.model)  # LoRA adapters start at zero: the model still answers as the base model
     if eval_hook is not None and not resume:
         eval_hook("before", model, tok)
-    cloud = make_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
+    cloud = task_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
     with PartialState().main_process_first():  # the main process asks the cloud and probes; the others read its work
         examples, _ = prepare_data(cfg, HFGenerator(model, tok), tok, cloud, os.path.join(out, "sft_data"))
     if not examples:

@@ -16,7 +16,7 @@ goes through the normal cloud interface (``policies/cloud.py: augment_problem``)
   asks only for what it did not get.
 
 The reply is parsed back into pairs (``parse_pairs``: numbering, markdown bold and ``[...]`` brackets
-are tolerated; at most k are kept) and returned as ``tuning.filters.Candidate`` for the three filters.
+are tolerated; at most k are kept) and returned as ``envs.filters.Candidate`` for the three filters.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from __future__ import annotations
 import logging
 import re
 
-from envs.problem import Problem
+from core.problem import Problem
 from envs.prompts import AUGMENT_PROMPT, AUGMENT_RULES
 from policies.cloud import augment_problem
-from tuning.filters import Candidate
+from envs.filters import Candidate
 
 log = logging.getLogger(__name__)
 

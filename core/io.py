@@ -1,0 +1,65 @@
+"""JSON-lines files: resumable work files (read, append with a torn-line repair, meta check) and fresh outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def read_jsonl(path: str | None, key: str = "uid") -> dict[str, dict]:
+    """Rows of a work file keyed by ``row[key]``; a line torn by a crash is skipped (that item is simply redone)."""
+    rows = {}
+    if path and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    rows[row[key]] = row
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+    return rows
+
+
+def append_jsonl(path: str | None, rows: list[dict]) -> None:
+    if not path or not rows:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torn = False
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:  # a run killed mid-write left a line without its newline
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    with open(path, "a") as f:
+        if torn:  # end the torn line, so the first new row gets a line of its own (read_jsonl skips the torn one)
+            f.write("\n")
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    """``rows`` as a fresh JSON-lines file (outputs rebuilt on every run, not resumable work files)."""
+    if os.path.exists(path):
+        os.remove(path)
+    append_jsonl(path, rows)
+
+
+def check_meta(path: str | None, meta: dict) -> None:
+    """A work file belongs to one (model, template, decoding) setting; refuse to resume it under another."""
+    if not path:
+        return
+    mpath = path + ".meta.json"
+    if os.path.exists(mpath):
+        with open(mpath) as f:
+            old = json.load(f)
+        if old != meta:
+            diff = {k: (old.get(k), meta.get(k)) for k in set(old) | set(meta) if old.get(k) != meta.get(k)}
+            raise SystemExit(
+                f"error: {path} was made with different settings {diff} (old, new). "
+                "Pass --fresh to start over, or a different --out."
+            )
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(mpath, "w") as f:
+            json.dump(meta, f)

@@ -1,0 +1,35 @@
+"""The answer format of a device response: the ``<unknown> ... </unknown>`` escalation at its end, and format compliance."""
+
+from __future__ import annotations
+
+import re
+
+from rewards.math_grader import last_boxed
+
+_ESCALATION_AT_END = re.compile(r"<unknown>(.*?)</unknown>\s*$", re.DOTALL)
+
+
+def is_escalation(text: str) -> bool:
+    """True iff the response ENDS with ``<unknown> ... </unknown>`` (a tag earlier in the text does not count)."""
+    return _ESCALATION_AT_END.search(text) is not None
+
+
+def split_escalation(text: str) -> tuple[bool, str]:
+    """(ends with an escalation?, the device's own text before that final tag) -- the text that gets graded."""
+    m = _ESCALATION_AT_END.search(text)
+    return (True, text[: m.start()]) if m else (False, text)
+
+
+def format_ok(text: str, template: str) -> bool:
+    """Does a response follow the template's answer format?  Either an escalation (it ends with
+    ``<unknown> ... </unknown>`` and holds no other tag) or an answer (no ``<unknown>``/``</unknown>``
+    anywhere, and a final answer in the template's form: ``\\boxed{...}`` with closed braces, or
+    ``<answer> ... </answer>`` for countdown).  Eval reports the share as ``format_rate``."""
+    n_open, n_close = text.count("<unknown>"), text.count("</unknown>")
+    if is_escalation(text):
+        return n_open == 1 and n_close == 1
+    if n_open or n_close:
+        return False
+    if template == "countdown":
+        return re.search(r"<answer>.*?</answer>", text, re.DOTALL) is not None
+    return last_boxed(text) is not None

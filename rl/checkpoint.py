@@ -1,0 +1,91 @@
+"""Checkpoints of the GAPG loop and the final model.
+
+    <train.output_dir>/checkpoints/step-N/   accelerate state (model, optimizer, RNG of every process) + trainer_state.json
+    <train.output_dir>/final/                 the trained policy (LoRA merged), loadable with from_pretrained
+    <train.output_dir>/metrics.jsonl          one line per step; ``truncate_metrics`` drops the steps a resume runs again
+
+``trainer_state.json`` is written last: a checkpoint without it is incomplete and ``latest_checkpoint`` skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+from accelerate.utils import DistributedType
+
+from policies.device import load_device_model
+
+log = logging.getLogger("train")
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    root = os.path.join(output_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return None
+    steps = sorted(int(d.split("-")[1]) for d in os.listdir(root) if d.startswith("step-") and os.path.exists(os.path.join(root, d, "trainer_state.json")))
+    return os.path.join(root, f"step-{steps[-1]}") if steps else None
+
+
+def truncate_metrics(path: str, last_step: int) -> int:
+    """Keep the metrics.jsonl lines of steps <= ``last_step`` (the checkpoint a run resumes from): the steps after it
+    are run again, so their old lines (from a killed run) would appear twice.  A line torn by the kill is dropped too.
+    Returns how many lines were dropped."""
+    if not os.path.exists(path):
+        return 0
+    keep, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                step = json.loads(line)["step"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                dropped += 1
+                continue
+            if step <= last_step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+        log.info("metrics.jsonl: dropped %d line(s) after step %d (they are run again)", dropped, last_step)
+    return dropped
+
+
+def save_checkpoint(accelerator, cfg, step: int, dual):
+    path = os.path.join(cfg.train.output_dir, "checkpoints", f"step-{step}")
+    accelerator.save_state(path)  # model, optimizer, RNG states of every process
+    if accelerator.is_main_process:
+        with open(os.path.join(path, "trainer_state.json"), "w") as f:  # written last: marks the checkpoint complete
+            json.dump({"step": step, "gamma": dual.gamma}, f)
+        root = os.path.dirname(path)
+        done = sorted((int(d.split("-")[1]) for d in os.listdir(root) if d.startswith("step-")), reverse=True)
+        for old in done[cfg.train.keep_checkpoints :]:
+            shutil.rmtree(os.path.join(root, f"step-{old}"), ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def save_final(accelerator, model, tok, cfg, path: str):
+    """Save the trained policy to ``path`` (LoRA merged), loadable with ``from_pretrained``; return it on the main process.
+
+    Under ZeRO-3 each process holds a shard: the weights are gathered (a collective) into a fresh copy first."""
+    zero3 = accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    state = accelerator.get_state_dict(model) if zero3 else None
+    if not accelerator.is_main_process:
+        return None
+    policy = accelerator.unwrap_model(model)
+    if zero3:  # training is over: a plain full copy on this process (transformers would zero.Init it, a collective)
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        policy = load_device_model(cfg.model, for_training=False)[0]
+        policy.load_state_dict(state)
+    if cfg.model.lora:
+        policy = policy.merge_and_unload()
+    policy.save_pretrained(path)
+    tok.save_pretrained(path)
+    return policy

@@ -1,1 +1,0 @@
-"""Task tuning: cloud data augmentation, the three filters and supervised fine-tuning (rl.trainer=sft)."""
