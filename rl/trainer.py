@@ -265,6 +265,10 @@ def init_wandb(cfg, accelerator):
             group=cfg.train.wandb_group or None,
             config=to_dict(cfg),
             dir=cfg.train.output_dir,
+            # the mode of this run's environment, not the one W&B cached when an earlier run of this process set
+            # it up; a run left open by an earlier one (a TRL trainer, a sweep point) is finished first
+            mode=os.environ.get("WANDB_MODE"),
+            reinit="finish_previous",
         )
     except Exception as e:  # logging must never stop training
         log.warning("wandb disabled: %s", e)

@@ -13,6 +13,7 @@ What is swapped, and why:
   - token-length limits scale with the tokenizer: the char-level tokenizer needs ~4x the tokens of a real BPE
     tokenizer for the same prompt, so rl.max_prompt_tokens is 4x the config's (a Countdown prompt is ~410 chars);
   - train.mixed_precision=fp16 (and model.dtype=float16) -> bf16: fp16 autocast needs a GPU; bf16 runs on CPU;
+  - train.wandb=false: a test logs nothing to W&B (and leaves no W&B session for the next test to inherit);
   - task.data_dir -> the absolute ../shared/data (the MATH config reads it; skipped with a reason if it is absent);
   - LSRP: lsrp.device_temperature=1.0 (see tiny_overrides), else every SMFB-DPO pair ties and the leader is not trained;
   - RL modes (gapg, trl_drgrpo, dpo): a random model never solves a problem, so every reward in a group is equal and
@@ -92,7 +93,7 @@ def tiny_overrides(cfg, models: dict, out: str) -> list[str]:
     new_tokens = rl.max_new_tokens if rl.trainer == "sft" else min(rl.max_new_tokens, 8)
     ov = [
         f"model.name_or_path={models[family(cfg.model.name_or_path)]}", "model.gguf_file=null",
-        f"train.output_dir={out}", "train.max_steps=1", "train.eval_before=false", "train.eval_max_new_tokens=4",
+        f"train.output_dir={out}", "train.max_steps=1", "train.eval_before=false", "train.wandb=false", "train.eval_max_new_tokens=4",
         "task.num_train=16", "task.num_test=2", f"task.data_dir={DATA_DIR}",
         f"rl.rollout_prompts={min(rl.rollout_prompts, 3)}", f"rl.batch_prompts={min(rl.batch_prompts, 2)}",
         f"rl.max_new_tokens={new_tokens}",
