@@ -75,5 +75,7 @@ def similar_problems(meta: dict, k: int, seed: str) -> list[dict]:
     for _ in range(k):
         a, b = _operand(rng, len(str(a0))), _operand(rng, len(str(b0)))
         sym = "+" if op == "+" else "*"
-        out.append({"question": f"What is {a} {sym} {b}?", "a": a, "b": b, "op": op, "value": a + b if op == "+" else a * b})
+        out.append(
+            {"question": f"What is {a} {sym} {b}?", "a": a, "b": b, "op": op, "value": a + b if op == "+" else a * b}
+        )
     return out

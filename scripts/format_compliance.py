@@ -19,10 +19,9 @@ import os
 import sys
 from dataclasses import replace
 
-
+from envs.evaluation import parse_models, run_device
 from envs.route import RouteEnv
 from envs.tasks import load_problems, template_for
-from envs.evaluation import parse_models, run_device
 from policies.device import load_device_model
 from policies.generation import HFGenerator
 from rl.config import load_config
@@ -54,20 +53,33 @@ def main(argv=None) -> int:
     template = template_for(cfg.task)
     results, samples = [], {}
     for name, path in parse_models(args.models).items():
-        model, tok = load_device_model(replace(cfg.model, name_or_path=path, lora=False,
-                                               gguf_file=cfg.model.gguf_file if path == cfg.model.name_or_path else None), for_training=False)
+        model, tok = load_device_model(
+            replace(
+                cfg.model,
+                name_or_path=path,
+                lora=False,
+                gguf_file=cfg.model.gguf_file if path == cfg.model.name_or_path else None,
+            ),
+            for_training=False,
+        )
         gen = HFGenerator(model, tok)
         for few_shot in (True, False):
             env = RouteEnv(template, tok, None, cfg.task.max_solve_steps, few_shot=few_shot)
             rows = run_device(env, gen, test, cfg.train.eval_batch_size, cfg.train.eval_max_new_tokens, progress=False)
             prompt = "few-shot" if few_shot else "zero-shot"
             results.append({"model": name, "prompt": prompt, **measure(rows)})
-            samples[f"{name}/{prompt}"] = [{k: r[k] for k in ("uid", "output", "format_ok", "escalated", "correct")} for r in rows]
+            samples[f"{name}/{prompt}"] = [
+                {k: r[k] for k in ("uid", "output", "format_ok", "escalated", "correct")} for r in rows
+            ]
     head = f"{'model':<10} {'prompt':<10} {'format':>7} {'answered':>9} {'escalate':>9} {'acc(all)':>9} {'acc(answered)':>14}"
-    print(f"{len(test)} held-out problems, greedy, {cfg.train.eval_max_new_tokens} new tokens\n{head}\n{'-' * len(head)}")
+    print(
+        f"{len(test)} held-out problems, greedy, {cfg.train.eval_max_new_tokens} new tokens\n{head}\n{'-' * len(head)}"
+    )
     for r in results:
-        print(f"{r['model']:<10} {r['prompt']:<10} {100 * r['format_rate']:>6.1f}% {100 * r['answer_rate']:>8.1f}% "
-              f"{100 * r['escalation_rate']:>8.1f}% {100 * r['device_acc_all']:>8.1f}% {100 * r['device_acc_answered']:>13.1f}%")
+        print(
+            f"{r['model']:<10} {r['prompt']:<10} {100 * r['format_rate']:>6.1f}% {100 * r['answer_rate']:>8.1f}% "
+            f"{100 * r['escalation_rate']:>8.1f}% {100 * r['device_acc_all']:>8.1f}% {100 * r['device_acc_answered']:>13.1f}%"
+        )
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
