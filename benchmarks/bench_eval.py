@@ -1,6 +1,6 @@
 """Evaluation throughput on MATH-500: problems/s of ``eval.py`` with ``--limit``.
 
-    python -m benchmarks.bench_eval                                   # SmolLM2-135M, first 20 MATH-500 problems, 192 tokens
+    python -m benchmarks.bench_eval   # SmolLM2-135M, first 20 MATH-500 problems, 192 tokens
     python -m benchmarks.bench_eval --limit 50 --max-new-tokens 512 --json out.json
 
 Runs ``eval.main`` as a user would (``--suites math500 --limit N --baselines never,random,cloud``, simulated

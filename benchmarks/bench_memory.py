@@ -167,7 +167,8 @@ def main(argv=None) -> dict:
         r["summary"] = {"before_mb": before[0], "peak_mb": peak[0], "step_mb": step[0], "step_mb_std": step[1]}
     what = "CUDA max_memory_allocated" if kind == "cuda_allocated" else "resident set size (RSS, sampled every 2 ms)"
     title = (
-        f"== peak memory of a training step: {what} ==\nmodel {cfg.model.name_or_path}; {cfg.rl.batch_prompts} prompts x "
+        f"== peak memory of a training step: {what} ==\n"
+        f"model {cfg.model.name_or_path}; {cfg.rl.batch_prompts} prompts x "
         f"G={cfg.rl.group_size}, max_new_tokens {cfg.rl.max_new_tokens}, micro-batch {cfg.train.micro_batch_size}; "
         f"{args.steps} measured steps after {args.warmup} warm-up, one process per trainer; {device_name()}"
     )

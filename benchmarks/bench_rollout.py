@@ -1,6 +1,6 @@
 """Rollout overhead of the environment: ``RouteEnv.rollout`` (generation, grading, cloud) against raw HF ``generate``.
 
-    python -m benchmarks.bench_rollout                       # SmolLM2-135M, configs/cpu_default.yaml's G, prompts, tokens
+    python -m benchmarks.bench_rollout   # SmolLM2-135M, configs/cpu_default.yaml's G, prompts, tokens
     python -m benchmarks.bench_rollout --steps 8 rl.group_size=8 --json out.json
 
 Each repetition takes the next training prompts (``problems_for_step``, seeded) and runs, in alternating order:
@@ -152,7 +152,8 @@ def main(argv=None) -> dict:
     tok_raw, tok_env = ms([r["tokens"] for r in raw]), ms([e["tokens"] for e in envr])
     title = (
         f"== rollout: RouteEnv.rollout vs raw HF generate ==\nmodel {cfg.model.name_or_path}; {P} prompts x G={G}, "
-        f"{T} new tokens{' (forced: min_new_tokens = max_new_tokens)' if fixed else ' (free length)'}, T={temp}, top_p={top_p}; "
+        f"{T} new tokens{' (forced: min_new_tokens = max_new_tokens)' if fixed else ' (free length)'}, "
+        f"T={temp}, top_p={top_p}; "
         f"simulated cloud with SQLite cache; {args.steps} reps after {args.warmup} warm-up; {device_name()}"
     )
     rows = [
@@ -181,7 +182,8 @@ def main(argv=None) -> dict:
         f"(negative = faster: the env's generator computes the shared prompt head once)"
     )
     print(
-        f"environment work beyond generation (render, grade, cloud): {env_work[0]:.2f}% ± {env_work[1]:.2f}% of its generation time"
+        f"environment work beyond generation (render, grade, cloud): {env_work[0]:.2f}% ± {env_work[1]:.2f}% "
+        "of its generation time"
     )
     result = {
         "benchmark": "rollout",

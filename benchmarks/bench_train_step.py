@@ -249,7 +249,8 @@ def main(argv=None) -> dict:
             trl_rec.append(rec)
             gapg_rec.append(gapg.step(per_step[k]))
             print(
-                f"step {k + 1}/{n}{' (warm-up)' if k < args.warmup else ''}: TRL {rec['total_s']:.2f}s  GAPG {gapg_rec[-1]['total_s']:.2f}s",
+                f"step {k + 1}/{n}{' (warm-up)' if k < args.warmup else ''}: "
+                f"TRL {rec['total_s']:.2f}s  GAPG {gapg_rec[-1]['total_s']:.2f}s",
                 flush=True,
             )
             clock["start"] = time.perf_counter()
@@ -299,7 +300,8 @@ def main(argv=None) -> dict:
         f"== training step: GAPG vs TRL GRPOTrainer (dr_grpo, beta=0, scale_rewards=none) ==\n"
         f"model {cfg.model.name_or_path}; {P} prompts x G={G}, max_new_tokens {cfg.rl.max_new_tokens}"
         f"{' (fixed length)' if args.fixed_length else ''}, micro-batch {cfg.train.micro_batch_size}, "
-        f"filtering {'on' if cfg.rl.filtering else 'off'}; {args.steps} measured steps after {args.warmup} warm-up; {device_name()}"
+        f"filtering {'on' if cfg.rl.filtering else 'off'}; {args.steps} measured steps after {args.warmup} warm-up; "
+        f"{device_name()}"
     )
     print("\n" + table(headers, [row("GAPG (ours)", sg), row("TRL GRPOTrainer", st)], title))
     pm, ps = mean_std(paired)

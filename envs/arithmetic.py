@@ -59,7 +59,8 @@ def make_problems(n: int, seed: int, levels: list[str] | None = None, split: str
 
 
 def worked_response(a: int, op: str, b: int, value: int | str) -> str:
-    """The device's answer format for a ladder problem, as in the prompt's worked examples: ``37 * 46 = 1702. \\boxed{1702}``."""
+    """The device's answer format for a ladder problem, as in the prompt's worked examples:
+    ``37 * 46 = 1702. \\boxed{1702}``."""
     sym = "+" if op == "+" else "*"
     return f"{a} {sym} {b} = {value}. \\boxed{{{value}}}"
 

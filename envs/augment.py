@@ -100,8 +100,8 @@ def augment(cloud, examples: list[tuple[Problem, str]], template: str, k: int, c
     if requests and empty == len(requests):
         log.warning(
             "augmentation: the cloud (%s) wrote no pairs for any of %d examples. The simulated cloud writes similar "
-            "problems only for the arithmetic ladder and Countdown; for %s use a real LLM (cloud.backend=hf or openai), "
-            "or sft.augment_k=0 to train on the real examples alone.",
+            "problems only for the arithmetic ladder and Countdown; for %s use a real LLM (cloud.backend=hf or "
+            "openai), or sft.augment_k=0 to train on the real examples alone.",
             cloud.backend.name,
             len(requests),
             template,

@@ -84,7 +84,8 @@ def run_device(
 
 
 def run_cloud(cloud, problems, idxs, path=None, chunk_size=16) -> dict[int, dict]:
-    """Cloud answers for problems[idxs], graded; appended to ``path`` chunk by chunk (the cloud cache keeps the texts too)."""
+    """Cloud answers for problems[idxs], graded; appended to ``path`` chunk by chunk (the cloud cache keeps the
+    texts too)."""
     done = read_jsonl(path)
     need = [problems[i] for i in sorted(idxs) if problems[i].uid not in done]
     need = list({p.uid: p for p in need}.values())
@@ -207,7 +208,8 @@ def row_correct(n: int, device, sent, cloud) -> list[bool]:
 
 
 def summarise(method, problems, device, sent, cloud, wants=None, order=None, cloud_all=None, weak=None) -> dict:
-    """One row: overall / conditional accuracy, offload, calls, tokens, per level; APGR/CPT when every cloud answer is known.
+    """One row: overall / conditional accuracy, offload, calls, tokens, per level; APGR/CPT when every cloud answer
+    is known.
 
     ``weak`` is the accuracy of the one weak model every row of the table is measured against (RouteLLM's PGR):
     the base device model answering everything (the ``never`` row).  It is not this row's own device accuracy."""
@@ -346,7 +348,8 @@ def evaluate(
     seed: int = 0,
     progress=True,
 ):
-    """The in-training evaluation: rows policy / never / random from one set of greedy outputs. Returns (rows, records)."""
+    """The in-training evaluation: rows policy / never / random from one set of greedy outputs.
+    Returns (rows, records)."""
     dev = run_device(env, generator, problems, batch_size, max_new_tokens, progress=progress, desc="eval")
     rows, recs = suite_rows(problems, {"policy": dev}, dev, env.cloud, budget, seed, baselines=("never", "random"))
     records = [
@@ -551,13 +554,17 @@ def comparison_lines(rows) -> list[str]:
 
 
 def format_query_table(rows, title: str | None = None) -> str:
-    head = f"{'method':<16} {'overall [95% CI]':<21} {'device':>8} {'w/ call':>8} {'calls/p':>8} {'tok/p':>7} {'calls':>6} {'c.tokens':>9}"
+    head = (
+        f"{'method':<16} {'overall [95% CI]':<21} {'device':>8} {'w/ call':>8} {'calls/p':>8} {'tok/p':>7} "
+        f"{'calls':>6} {'c.tokens':>9}"
+    )
     lines = ([title] if title else []) + [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['method']:<16} {fmt_overall(r)} {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
             f"{r.get('calls_per_problem', r['cloud_calls'] / max(r['n'], 1)):>8.3f} "
-            f"{r.get('cloud_tokens_per_problem', r['cloud_tokens'] / max(r['n'], 1)):>7.1f} {r['cloud_calls']:>6} {r['cloud_tokens']:>9}"
+            f"{r.get('cloud_tokens_per_problem', r['cloud_tokens'] / max(r['n'], 1)):>7.1f} "
+            f"{r['cloud_calls']:>6} {r['cloud_tokens']:>9}"
         )
     for r in rows:
         levels = r.get("per_level", {})
@@ -578,13 +585,17 @@ def format_query_table(rows, title: str | None = None) -> str:
 def format_table(rows, title: str | None = None) -> str:
     if rows and "calls_per_problem" in rows[0]:
         return format_query_table(rows, title)
-    head = f"{'method':<12} {'overall [95% CI]':<21} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} {'format':>7} {'APGR':>6} {'CPT50':>6}"
+    head = (
+        f"{'method':<12} {'overall [95% CI]':<21} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} "
+        f"{'format':>7} {'APGR':>6} {'CPT50':>6}"
+    )
     lines = ([title] if title else []) + [head, "-" * len(head)]
     fmt = lambda v, pct=False: "     -" if v is None else (f"{100 * v:>5.1f}%" if pct else f"{v:>6.3f}")  # noqa: E731
     for r in rows:
         lines.append(
             f"{r['method']:<12} {fmt_overall(r)} {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
-            f"{r['cloud_calls']:>6} {r.get('cloud_tokens', 0):>9} {fmt(r.get('format_rate'), pct=True):>7} {fmt(r.get('apgr'))} {fmt(r.get('cpt50'), pct=True)}"
+            f"{r['cloud_calls']:>6} {r.get('cloud_tokens', 0):>9} {fmt(r.get('format_rate'), pct=True):>7} "
+            f"{fmt(r.get('apgr'))} {fmt(r.get('cpt50'), pct=True)}"
         )
     for r in rows:
         levels = r["per_level"]

@@ -59,7 +59,8 @@ _SCORER = None
 
 
 def rouge_l(reference: str, candidate: str) -> float:
-    """ROUGE-L F-measure of ``candidate`` against ``reference`` (rouge-score; lower-cased words, punctuation dropped)."""
+    """ROUGE-L F-measure of ``candidate`` against ``reference`` (rouge-score; lower-cased words, punctuation
+    dropped)."""
     global _SCORER
     if _SCORER is None:
         from rouge_score import rouge_scorer

@@ -148,7 +148,8 @@ class _Row:
 
 class QueryEnv:
     """Same surface as ``RouteEnv`` (envs/base.py: ``Environment``): ``prompt``, ``rollout`` (-> ``Group``s of
-    ``QueryRollout``s), ``judge``, ``reward``, ``usage_of``, ``metrics``, ``evaluate``; the budget caps calls per rollout."""
+    ``QueryRollout``s), ``judge``, ``reward``, ``usage_of``, ``metrics``, ``evaluate``; the budget caps calls per
+    rollout."""
 
     name = "query"
     usage = "calls"
@@ -200,7 +201,8 @@ class QueryEnv:
         may_escalate: bool = True,
         cloud_failed: bool = False,
     ) -> QueryRollout:
-        """Grade the device's own final answer; ``may_escalate=False``: an ``<unknown>`` ending is refused (call cap)."""
+        """Grade the device's own final answer; ``may_escalate=False``: an ``<unknown>`` ending is refused
+        (call cap)."""
         wants, text = split_escalation(sample.text)
         escalated = wants and may_escalate
         answer, correct = grade_response(problem, device_text(text))
@@ -323,7 +325,8 @@ class QueryEnv:
         return groups
 
     def reward(self, groups: list[Group], reward_cfg, gamma: float) -> None:
-        """r̃ = r − γ·calls − γ_tok·cloud tokens (rewards/collaboration.py: ``query_reward``), into each ``Group.rewards``."""
+        """r̃ = r − γ·calls − γ_tok·cloud tokens (rewards/collaboration.py: ``query_reward``), into each
+        ``Group.rewards``."""
         rc = reward_cfg
         for g in groups:
             g.rewards = [

@@ -91,12 +91,14 @@ class Group:
 
     @property
     def trainable(self) -> bool:
-        """False when a rollout needed the cloud and it failed: that reward is unknown, so the update skips the group."""
+        """False when a rollout needed the cloud and it failed: that reward is unknown, so the update skips the
+        group."""
         return not any(r.cloud_failed for r in self.rollouts)
 
 
 def cloud_replies_or_none(cloud, problems: list[Problem], what: str = "problems"):
-    """``(cloud.replies(problems), None)``, or after a ``CloudError`` ``(replies with None where none arrived, message)``.
+    """``(cloud.replies(problems), None)``, or after a ``CloudError``
+    ``(replies with None where none arrived, message)``.
 
     Answers received before the failure are committed to the cache as they arrive; ``cloud.lookup`` reads them back
     without calling the backend again."""
@@ -137,7 +139,8 @@ def route_metrics(groups: list[Group]) -> dict:
         # the cloud failed (CloudError) for this many problems; their rollouts that needed it were not trained on
         "cloud_errors": sum(g.cloud_error is not None for g in groups),
         "cloud_failed_rollouts": sum(r.cloud_failed for r in rolls),
-        # an <unknown>/</unknown> tag that is not a final escalation (unbalanced, or text after it): graded as the device's answer
+        # an <unknown>/</unknown> tag that is not a final escalation (unbalanced, or text after it):
+        # graded as the device's answer
         "stray_tags": sum(
             ("<unknown>" in r.sample.text or "</unknown>" in r.sample.text) and not r.escalated
             for r in rolls

@@ -2,7 +2,7 @@
 
     cloud = make_cloud(cfg.cloud, cache_path="outputs/run/cloud_cache.sqlite")
     text = cloud.answer(problem)        # at most one real call per (model, messages, sampling), ever
-    cloud.usage()                       # {'calls': .., 'cache_hits': .., 'prompt_tokens': .., 'completion_tokens': .., ...}
+    cloud.usage()   # {'calls': .., 'cache_hits': .., 'prompt_tokens': .., 'completion_tokens': .., ...}
 
 Every backend has ``name``, ``answer_many(problems) -> list[CloudReply]`` and
 ``cache_key(problem) -> str``; ``cloud.backend`` picks one:
@@ -208,7 +208,8 @@ class SimulatedCloud:
         return self.simulator.augment(self, p) if self.simulator is not None else ""
 
     def reply_text(self, p: Problem) -> str:
-        """The answer to a task problem: the simulator's task-specific reply, else the gold (or a wrong number) in \\boxed{}."""
+        """The answer to a task problem: the simulator's task-specific reply, else the gold (or a wrong number)
+        in \\boxed{}."""
         text = self.simulator.reply(self, p) if self.simulator is not None else None
         if text is None:
             ans = p.answer if self.solves(p) else self.wrong_answer(p.uid, p.answer)
@@ -632,7 +633,8 @@ class CachedCloud:
                 for s in range(0, len(todo), 500):
                     chunk = todo[s : s + 500]
                     rows = self._db.execute(
-                        f"SELECT key, text, prompt_tokens, completion_tokens FROM answers WHERE key IN ({','.join('?' * len(chunk))})",
+                        "SELECT key, text, prompt_tokens, completion_tokens FROM answers "
+                        f"WHERE key IN ({','.join('?' * len(chunk))})",
                         chunk,
                     ).fetchall()
                     for key, text, pt, ct in rows:

@@ -78,7 +78,8 @@ class CloudConfig(Section):
     concurrency: int = option(8, "openai backend: requests in flight at once.")
     cache_file: str = option(
         "",
-        "SQLite cache of cloud answers, shared by training, eval and sweeps (default: <output_dir>/cloud_cache.sqlite). "
+        "SQLite cache of cloud answers, shared by training, eval and sweeps "
+        "(default: <output_dir>/cloud_cache.sqlite). "
         "A legacy .jsonl path is still read; new answers go to the .sqlite beside it.",
     )
 
@@ -93,8 +94,8 @@ class CloudConfig(Section):
         if self.backend == "openai":
             if not self.base_url.startswith(("http://", "https://")):
                 raise ConfigError(
-                    f"cloud.backend=openai needs cloud.base_url=<http(s) URL of an OpenAI-compatible server up to /v1>, "
-                    f"e.g. cloud.base_url=http://127.0.0.1:8000/v1 (got {self.base_url!r})."
+                    "cloud.backend=openai needs cloud.base_url=<http(s) URL of an OpenAI-compatible server up to "
+                    f"/v1>, e.g. cloud.base_url=http://127.0.0.1:8000/v1 (got {self.base_url!r})."
                 )
             if not self.model:
                 raise ConfigError(
@@ -102,9 +103,10 @@ class CloudConfig(Section):
                 )
         if looks_like_a_key(self.api_key_env):  # the message never repeats the value: it may be a secret
             raise ConfigError(
-                "cloud.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key itself "
-                "(the value given looks like a key, so it is not shown here): export OPENAI_API_KEY=... and leave the key "
-                "out of configs and command lines. A variable name is letters, digits and '_', not starting with a digit."
+                "cloud.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key "
+                "itself (the value given looks like a key, so it is not shown here): export OPENAI_API_KEY=... and "
+                "leave the key out of configs and command lines. A variable name is letters, digits and '_', not "
+                "starting with a digit."
             )
         if self.timeout_s <= 0 or self.max_retries < 0 or self.concurrency < 1:
             raise ConfigError("cloud.timeout_s must be > 0, cloud.max_retries >= 0 and cloud.concurrency >= 1.")

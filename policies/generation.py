@@ -25,7 +25,8 @@ class Sample:
     completion_ids: list[int]  # device tokens, EOS included when it stopped on EOS
     text: str  # decoded completion without special tokens
     truncated: bool  # hit max_new_tokens without EOS
-    # 1 = device token (trained), 0 = inserted context (cloud <response> tokens); None = every completion token is the device's
+    # 1 = device token (trained), 0 = inserted context (cloud <response> tokens);
+    # None = every completion token is the device's
     loss_mask: list[int] | None = None
 
 

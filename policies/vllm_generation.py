@@ -18,7 +18,8 @@ from policies.generation import Sample, eos_ids, to_sample
 
 
 class VLLMGenerator:
-    """``generate(prompts, n, temperature, top_p, max_new_tokens)`` on vLLM; call ``sync_weights()`` after each update."""
+    """``generate(prompts, n, temperature, top_p, max_new_tokens)`` on vLLM; call ``sync_weights()`` after each
+    update."""
 
     def __init__(self, model, accelerator, tokenizer, cfg):
         """``model``: the unwrapped training model (a PeftModel with LoRA); ``cfg``: the ``rl`` config section."""

@@ -21,7 +21,8 @@ from rl.trl_grpo import train_with_trl
 
 
 def run_trl_baseline(cfg, resume: bool) -> int:
-    """rl.trainer=trl_drgrpo (TRL GRPOTrainer, rl/trl_grpo.py) or dpo (TRL DPOTrainer, rl/dpo.py), evaluated as above."""
+    """rl.trainer=trl_drgrpo (TRL GRPOTrainer, rl/trl_grpo.py) or dpo (TRL DPOTrainer, rl/dpo.py), evaluated as
+    above."""
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
     if accelerator.is_main_process:
         save_config(cfg)

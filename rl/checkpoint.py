@@ -1,8 +1,10 @@
 """Checkpoints of the GAPG loop and the final model.
 
-    <train.output_dir>/checkpoints/step-N/   accelerate state (model, optimizer, RNG of every process) + trainer_state.json
+    <train.output_dir>/checkpoints/step-N/   accelerate state (model, optimizer, RNG of every process)
+                                             + trainer_state.json
     <train.output_dir>/final/                 the trained policy (LoRA merged), loadable with from_pretrained
-    <train.output_dir>/metrics.jsonl          one line per step; ``truncate_metrics`` drops the steps a resume runs again
+    <train.output_dir>/metrics.jsonl          one line per step; ``truncate_metrics`` drops the steps a resume
+                                              runs again
 
 ``trainer_state.json`` is written last: a checkpoint without it is incomplete and ``latest_checkpoint`` skips it.
 """
@@ -74,7 +76,8 @@ def save_checkpoint(accelerator, cfg, step: int, dual):
 
 
 def save_final(accelerator, model, tok, cfg, path: str):
-    """Save the trained policy to ``path`` (LoRA merged), loadable with ``from_pretrained``; return it on the main process.
+    """Save the trained policy to ``path`` (LoRA merged), loadable with ``from_pretrained``; return it on the main
+    process.
 
     Under ZeRO-3 each process holds a shard: the weights are gathered (a collective) into a fresh copy first."""
     zero3 = (

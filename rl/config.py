@@ -61,7 +61,8 @@ class RLConfig(Section):
         "Environment mode: route (answer, or escalate the whole problem with <unknown>) or query (ask the cloud "
         "mid-reasoning with <query>...</query>, answered inside <response>...</response>; envs/query.py). Same "
         "trainer, filtering and dual ascent; in query mode rl.budget counts cloud calls per problem. lsrp: the "
-        "cloud leads with a guideline and the device answers with private user data (envs/lsrp/, rl/lsrp.py, section lsrp).",
+        "cloud leads with a guideline and the device answers with private user data (envs/lsrp/, rl/lsrp.py, "
+        "section lsrp).",
     )
     trainer: Literal["gapg", "trl_drgrpo", "sft", "dpo"] = option(
         "gapg",
@@ -88,7 +89,8 @@ class RLConfig(Section):
     )
     batch_prompts: int = option(
         8,
-        "Prompts per update after adaptive filtering (D1 + D2), over all processes: filtering runs on the gathered groups.",
+        "Prompts per update after adaptive filtering (D1 + D2), over all processes: filtering runs on the gathered "
+        "groups.",
     )
     seed_per_prompt: bool = option(
         False,
@@ -128,8 +130,8 @@ class RLConfig(Section):
     max_prompt_tokens: int = option(512, "Prompts longer than this (in tokens) are rejected with an error.")
     max_queries: int = option(
         2,
-        "rl.env=query: <query> calls answered per rollout; a later <query> gets <response>call limit reached</response> "
-        "(no call, no charge). An <unknown> escalation is one more call on top.",
+        "rl.env=query: <query> calls answered per rollout; a later <query> gets <response>call limit "
+        "reached</response> (no call, no charge). An <unknown> escalation is one more call on top.",
     )
     max_response_tokens: int = option(
         64, "rl.env=query: a cloud answer inserted as <response> is cut to this many device tokens (0 = no cut)."
@@ -145,7 +147,8 @@ class RLConfig(Section):
         if self.env == "query" and not (self.budget > 0.0 and math.isfinite(self.budget)):
             raise ConfigError(
                 f"rl.budget={self.budget}: with rl.env=query the budget is the mean number of cloud calls per problem; "
-                "it must be a positive number (e.g. rl.budget=0.3, or rl.budget=1.5 for one and a half calls per problem)."
+                "it must be a positive number (e.g. rl.budget=0.3, or rl.budget=1.5 for one and a half calls per "
+                "problem)."
             )
         if self.env != "query" and (not (0.0 < self.budget < 1.0) or math.isnan(self.budget)):
             raise ConfigError(
@@ -167,7 +170,8 @@ class RLConfig(Section):
         if self.generator == "vllm" and (self.env != "route" or self.seed_per_prompt or self.trainer != "gapg"):
             raise ConfigError(
                 "rl.generator=vllm generates single-turn rollouts in one batch per step: it needs rl.env=route, "
-                "rl.trainer=gapg and rl.seed_per_prompt=false (query mode continues rollouts turn by turn: use rl.generator=hf)."
+                "rl.trainer=gapg and rl.seed_per_prompt=false (query mode continues rollouts turn by turn: use "
+                "rl.generator=hf)."
             )
         if self.env == "query" and self.trainer == "trl_drgrpo":
             raise ConfigError("rl.env=query trains with rl.trainer=gapg or dpo (the TRL GRPO baseline is single-turn).")
@@ -181,7 +185,8 @@ class RLConfig(Section):
 
 @dataclass
 class TuningConfig(Section):
-    """rl.trainer=sft: cloud-augmented supervised task tuning (CDCDA-PLM, seed 004 §3; rl/sft.py, envs/augment.py, envs/filters.py)."""
+    """rl.trainer=sft: cloud-augmented supervised task tuning (CDCDA-PLM, seed 004 §3; rl/sft.py, envs/augment.py,
+    envs/filters.py)."""
 
     section = "sft"
 
@@ -196,13 +201,14 @@ class TuningConfig(Section):
     verify_answers: bool = option(
         True,
         "Semantic consistency for math-like tasks: keep a synthetic pair only if its final answer is right (ladder: "
-        "exact evaluation; Countdown: the equation checker; MATH: agreement with an independent cloud solution, one more "
-        "cached call per pair).",
+        "exact evaluation; Countdown: the equation checker; MATH: agreement with an independent cloud solution, "
+        "one more cached call per pair).",
     )
     nli_model: str = option(
         "",
         "Semantic consistency filter (eq. 2): local directory or hub id of an NLI classifier; a pair is kept if "
-        "P(entail) >= scf_threshold in both directions between the inputs. Empty = answer check only (no NLI ships offline).",
+        "P(entail) >= scf_threshold in both directions between the inputs. Empty = answer check only (no NLI ships "
+        "offline).",
     )
     scf_threshold: float = option(
         0.5, "ε_scf: entailment probability both ways must reach this (only with sft.nli_model)."
@@ -219,7 +225,8 @@ class TuningConfig(Section):
     unknown_share: float = option(
         0.15,
         "Share of the SFT mix that answers <unknown> I need external assistance </unknown> (problems the base "
-        "model failed on), so the escalation tag exists before RL. 0 = pure task tuning (the 'task tuning only' baseline).",
+        "model failed on), so the escalation tag exists before RL. 0 = pure task tuning (the 'task tuning only' "
+        "baseline).",
     )
     probe_problems: int = option(
         200,
@@ -241,12 +248,13 @@ class TuningConfig(Section):
     def check(self) -> None:
         if not 0.0 <= self.unknown_share < 1.0:
             raise ConfigError(
-                f"sft.unknown_share={self.unknown_share} must lie in [0, 1): it is the <unknown> share of the SFT mix (e.g. 0.15)."
+                f"sft.unknown_share={self.unknown_share} must lie in [0, 1): it is the <unknown> share of the SFT mix "
+                "(e.g. 0.15)."
             )
         if not (0.0 < self.length_ratio_min <= self.length_ratio_max):
             raise ConfigError(
-                f"sft.length_ratio_min={self.length_ratio_min} and sft.length_ratio_max={self.length_ratio_max} must satisfy "
-                "0 < min <= max (e.g. 0.5 and 2.0)."
+                f"sft.length_ratio_min={self.length_ratio_min} and sft.length_ratio_max={self.length_ratio_max} "
+                "must satisfy 0 < min <= max (e.g. 0.5 and 2.0)."
             )
         if (
             not 0.0 < self.rouge_l_max <= 1.0
@@ -264,7 +272,8 @@ class TuningConfig(Section):
             or self.batch_size < 1
         ):
             raise ConfigError(
-                "sft.num_real, sft.probe_samples and sft.batch_size must be >= 1; sft.augment_k and sft.probe_problems >= 0."
+                "sft.num_real, sft.probe_samples and sft.batch_size must be >= 1; "
+                "sft.augment_k and sft.probe_problems >= 0."
             )
 
 
@@ -304,7 +313,8 @@ class TrainConfig(Section):
             raise ConfigError(f"train.learning_rate={self.learning_rate} must be > 0 (e.g. 1e-5).")
         if self.max_skipped_updates < 0:
             raise ConfigError(
-                f"train.max_skipped_updates={self.max_skipped_updates} must be >= 0 (0 = stop at the first NaN/inf update)."
+                f"train.max_skipped_updates={self.max_skipped_updates} must be >= 0 "
+                "(0 = stop at the first NaN/inf update)."
             )
         if self.max_steps < 0 or self.micro_batch_size < 1:
             raise ConfigError("train.max_steps must be >= 0 and train.micro_batch_size >= 1.")

@@ -15,7 +15,8 @@
    the base policy) on the exact token ids that were sampled: ``ExactPreferenceCollator`` feeds TRL the
    rollout's own prompt and completion ids (no re-tokenisation of decoded text) and its per-token loss mask,
    so the cloud's ``<response>`` tokens of a query rollout are context and never trained.
-5. ``final/``: the merged policy, evaluated by rl/baselines.py (before/after) and loadable by eval.py like any checkpoint.
+5. ``final/``: the merged policy, evaluated by rl/baselines.py (before/after) and loadable by eval.py like any
+   checkpoint.
 
 The same ``dpo_args``/``train_dpo`` serve LSRP's SMFB-DPO of the leader (rl/smfb_dpo.py).
 """
@@ -155,7 +156,8 @@ def lora_config(model_cfg):
 def train_dpo(
     model, tokenizer, rows: list[dict], cfg, output_dir: str, final_dir: str, collator=None, resume: bool = False
 ) -> str:
-    """DPOTrainer on ``rows`` (prompt/chosen/rejected, text or conversational); save the merged model to ``final_dir``."""
+    """DPOTrainer on ``rows`` (prompt/chosen/rejected, text or conversational); save the merged model to
+    ``final_dir``."""
     from datasets import Dataset
     from trl import DPOTrainer
 

@@ -79,8 +79,9 @@ def format_rows(rows: list[dict], title: str) -> str:
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['S']:+.3f} | {r['qa_rel']:.2f} | {r['persona']:.2f} | {r['udrr']:.3f} | {r['ppl']:.2f} | "
-            f"{r['flesch']:.1f} | {r['qa_rel_emb']:.2f} | {r['persona_emb']:.2f} | {r['llm_judged']:.0%} |"
+            f"| {r['method']} | {r['S']:+.3f} | {r['qa_rel']:.2f} | {r['persona']:.2f} | {r['udrr']:.3f} | "
+            f"{r['ppl']:.2f} | {r['flesch']:.1f} | {r['qa_rel_emb']:.2f} | {r['persona_emb']:.2f} | "
+            f"{r['llm_judged']:.0%} |"
         )
     return "\n".join(lines)
 
@@ -145,8 +146,8 @@ def run_lsrp(cfg) -> int:
     timings["index_s"] = time.time() - t0
     w = weights.w
     say(
-        f"S = {w[0]:.3f}·QA-Rel + {w[1]:.3f}·UDRR − {w[2]:.3f}·PPL (min-max normalised; knee of a {len(weights.front)}-point "
-        f"NSGA-II front). Best strategy of the {len(index_pairs)} synthetic pairs: "
+        f"S = {w[0]:.3f}·QA-Rel + {w[1]:.3f}·UDRR − {w[2]:.3f}·PPL (min-max normalised; knee of a "
+        f"{len(weights.front)}-point NSGA-II front). Best strategy of the {len(index_pairs)} synthetic pairs: "
         f"{ {st: index_best.count(st) for st in STRATEGIES} }"
     )
 
@@ -228,8 +229,8 @@ def run_lsrp(cfg) -> int:
         report["smfb"]["leader"] = final
         if not kept:
             say(
-                "SMFB-DPO skipped: no preference pairs (every two guidelines tied on S). Use more users, two temperatures "
-                "further apart (lsrp.dpo_temperatures) or a lower lsrp.min_score_gap."
+                "SMFB-DPO skipped: no preference pairs (every two guidelines tied on S). Use more users, two "
+                "temperatures further apart (lsrp.dpo_temperatures) or a lower lsrp.min_score_gap."
             )
             report["smfb"]["skipped"] = True
         elif not os.path.exists(os.path.join(final, "config.json")):

@@ -132,8 +132,8 @@ def build_mix(answers: list[Example], pool: list[Problem], share: float, seed: i
     rng.shuffle(pool)
     if want > len(pool):
         log.warning(
-            "sft: %d <unknown> examples wanted (sft.unknown_share=%.2f of the mix) but the probe found only %d problems "
-            "the base model cannot solve; raise sft.probe_problems or sft.unknown_max_level_acc for more.",
+            "sft: %d <unknown> examples wanted (sft.unknown_share=%.2f of the mix) but the probe found only %d "
+            "problems the base model cannot solve; raise sft.probe_problems or sft.unknown_max_level_acc for more.",
             want,
             share,
             len(pool),
@@ -171,8 +171,8 @@ def prepare_data(cfg, generator, tok, cloud, out_dir: str):
     need = s.num_real + s.probe_problems
     if len(train_problems) < need:
         raise ValueError(
-            f"sft.num_real + sft.probe_problems = {need} training problems are needed but the task has {len(train_problems)}. "
-            "Raise task.num_train or lower sft.num_real / sft.probe_problems."
+            f"sft.num_real + sft.probe_problems = {need} training problems are needed but the task has "
+            f"{len(train_problems)}. Raise task.num_train or lower sft.num_real / sft.probe_problems."
         )
     real_problems, probe_problems = train_problems[: s.num_real], train_problems[s.num_real : need]
     stats: dict = {"template": template}

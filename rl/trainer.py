@@ -110,7 +110,8 @@ class SkippedUpdates:
 
     ``policy_update`` calls ``skip`` instead of stepping the optimizer: the gradients are dropped, the weights stay as
     they were, a warning names the cause, and ``total`` goes into metrics.jsonl as ``skipped_updates``.  More than
-    ``limit`` in a row (``train.max_skipped_updates``; 0 = stop at the first) stops the run with ``FloatingPointError``."""
+    ``limit`` in a row (``train.max_skipped_updates``; 0 = stop at the first) stops the run with
+    ``FloatingPointError``."""
 
     def __init__(self, limit: int):
         self.limit, self.total, self.in_a_row = limit, 0, 0
@@ -124,8 +125,8 @@ class SkippedUpdates:
         )
         if self.in_a_row > self.limit:
             raise FloatingPointError(
-                f"{what}: {self.in_a_row} update(s) in a row skipped, more than train.max_skipped_updates={self.limit}; "
-                f"the run stops. {fix}"
+                f"{what}: {self.in_a_row} update(s) in a row skipped, more than "
+                f"train.max_skipped_updates={self.limit}; the run stops. {fix}"
             )
         log.warning(
             "%s: this update is skipped (%d in a row, %d in total; the run stops after more than "

@@ -1,6 +1,7 @@
 """Grade every suite's gold solutions against its own normalised gold answer.
 
-    python -m scripts.check_gold_grading [--data-dir ../shared/data] [--out docs/gold_grading.json] [--suites math500 amc23]
+    python -m scripts.check_gold_grading [--data-dir ../shared/data] [--out docs/gold_grading.json]
+                                         [--suites math500 amc23]
 
 For each row, the "response" is the row's full gold solution when it has one (MATH, MATH-500,
 MinervaMath, AGIEval's other.solution), else ``\\boxed{answer}`` (AMC23). It is graded with
@@ -20,11 +21,11 @@ from rewards.math_grader import grade, is_correct, last_boxed
 
 # Rows that cannot grade, and why (every other row must grade; a new failure is a loader or grader bug).
 EXPLAINED = {
-    "math_train:number_theory/7115": "the shipped solution ends in an empty \\boxed{} ('there are $\\boxed{}$ primes'), so "
-    "nothing can be extracted; the loader takes the gold from envs.suites.GOLD_FIXES ('0': the solution proves "
-    "every number between n!+1 and n!+n composite, choice (A) 0).",
-    "math_train:number_theory/7117": "the shipped solution ends in an empty \\boxed{} ('so the answer is $\\boxed{}$'); "
-    "gold '0' from envs.suites.GOLD_FIXES (the solution proves P+n is never prime, choice (A) 0).",
+    "math_train:number_theory/7115": "the shipped solution ends in an empty \\boxed{} ('there are $\\boxed{}$ "
+    "primes'), so nothing can be extracted; the loader takes the gold from envs.suites.GOLD_FIXES ('0': the solution "
+    "proves every number between n!+1 and n!+n composite, choice (A) 0).",
+    "math_train:number_theory/7117": "the shipped solution ends in an empty \\boxed{} ('so the answer is "
+    "$\\boxed{}$'); gold '0' from envs.suites.GOLD_FIXES (the solution proves P+n is never prime, choice (A) 0).",
 }
 
 
@@ -115,8 +116,8 @@ def main(argv=None) -> int:
     for r in results:
         if r["multi_boxed"]:
             print(
-                f"  note: {r['suite']}: {len(r['multi_boxed'])} row(s) box several different answers; gold = the last box "
-                "(harness convention), listed under multi_boxed in the JSON"
+                f"  note: {r['suite']}: {len(r['multi_boxed'])} row(s) box several different answers; "
+                "gold = the last box (harness convention), listed under multi_boxed in the JSON"
             )
     unexplained = [
         f["uid"] for r in results for f in r["failures"] + r.get("strict_failures", []) if f["why"] == "UNEXPLAINED"

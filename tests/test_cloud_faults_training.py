@@ -38,7 +38,8 @@ def reply_body(text: str) -> bytes:
 
 
 class FixedGenerator:
-    """Stands in for the device model: problem i's G responses are ``texts[question]`` (the env code is what is tested)."""
+    """Stands in for the device model: problem i's G responses are ``texts[question]`` (the env code is what is
+    tested)."""
 
     def __init__(self, texts: dict[str, list[str]]):
         self.texts = texts

@@ -214,8 +214,8 @@ def test_config_runs_a_real_update(path, tiny_models, tmp_path, monkeypatch):
         assert scored, f"{os.path.basename(path)}: no GAPG update ran"
         assert all(training for training, _ in scored), f"{os.path.basename(path)}: the GAPG update ran in eval mode"
         assert all(ckpt == tiny.model.gradient_checkpointing for _, ckpt in scored), (
-            f"{os.path.basename(path)}: model.gradient_checkpointing={tiny.model.gradient_checkpointing} but the update "
-            f"{'did not recompute' if tiny.model.gradient_checkpointing else 'recomputed'} activations"
+            f"{os.path.basename(path)}: model.gradient_checkpointing={tiny.model.gradient_checkpointing} "
+            f"but the update {'did not recompute' if tiny.model.gradient_checkpointing else 'recomputed'} activations"
         )
     changed, total = _changed(base, final)
     assert changed > 0, f"{os.path.basename(path)}: one update changed none of the {total} weight tensors"

@@ -1,4 +1,5 @@
-"""rl.trainer=dpo: preference pairs from routing rollouts, the exact-token collator, and a tiny DPO run through train.py."""
+"""rl.trainer=dpo: preference pairs from routing rollouts, the exact-token collator, and a tiny DPO run through
+train.py."""
 
 import json
 import os

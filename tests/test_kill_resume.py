@@ -120,7 +120,8 @@ def _start(args, log_path):
 
 
 def _kill_when(proc, ready, cache, counts, timeout=300.0):
-    """Poll until ``ready()``, recording the cache's row count each time; then SIGKILL ``proc`` (which must still run)."""
+    """Poll until ``ready()``, recording the cache's row count each time; then SIGKILL ``proc`` (which must still
+    run)."""
     t0 = time.monotonic()
     while not ready():
         counts.append(len(_cache_keys(cache)))

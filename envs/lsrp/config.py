@@ -34,8 +34,8 @@ class LSRPConfig(Section):
     )
     judge: Literal["cloud", "offline"] = option(
         "cloud",
-        "Q-A Rel./Persona judge: cloud (an LLM through the cloud section's backend, cached; cloud.backend must be hf or "
-        "openai) or offline (embedding similarity, labelled offline-embedding in every record and report).",
+        "Q-A Rel./Persona judge: cloud (an LLM through the cloud section's backend, cached; cloud.backend must be "
+        "hf or openai) or offline (embedding similarity, labelled offline-embedding in every record and report).",
     )
     judge_model: str = option(
         "", "judge=cloud: the judge model (hub id/dir for hf, served name for openai); empty = cloud.model."
@@ -51,7 +51,8 @@ class LSRPConfig(Section):
     )
     balance: Literal["downsample", "none"] = option(
         "downsample",
-        "Per-strategy balancing of SMFB-DPO pairs: downsample (every strategy to the smallest non-empty count) or none.",
+        "Per-strategy balancing of SMFB-DPO pairs: downsample (every strategy to the smallest non-empty count) "
+        "or none.",
     )
     min_score_gap: float = option(
         0.0, "SMFB-DPO: pairs whose scores S differ by this much or less are ties and dropped."
@@ -79,7 +80,8 @@ class LSRPConfig(Section):
             or min(map(float, self.dpo_temperatures)) < 0
         ):
             raise ConfigError(
-                f"lsrp.dpo_temperatures={list(self.dpo_temperatures)} must be two different temperatures >= 0, e.g. [0.0, 1.0]."
+                f"lsrp.dpo_temperatures={list(self.dpo_temperatures)} must be two different temperatures >= 0, "
+                "e.g. [0.0, 1.0]."
             )
         if cloud_backend == "simulated":
             raise ConfigError(

@@ -168,7 +168,8 @@ METRICS = ("qa_rel", "udrr", "ppl")  # the three terms of eq. 17, in order
 
 @dataclass
 class ScoreWeights:
-    """S = w1·n(QA-Rel) + w2·n(UDRR) − w3·n(PPL) (eq. 17), n = min-max with the bounds ``lo``/``hi`` of the index records."""
+    """S = w1·n(QA-Rel) + w2·n(UDRR) − w3·n(PPL) (eq. 17), n = min-max with the bounds ``lo``/``hi`` of the index
+    records."""
 
     w: list[float]  # (w1, w2, w3), non-negative, summing to 1
     lo: list[float]

@@ -56,7 +56,8 @@ class UURAG:
 
         if not len(texts) == len(strategies) > 0:
             raise ValueError(
-                f"UURAG.build needs one strategy per text and at least one text (got {len(texts)} texts, {len(strategies)} strategies)."
+                f"UURAG.build needs one strategy per text and at least one text (got {len(texts)} texts, "
+                f"{len(strategies)} strategies)."
             )
         e = self.embed(texts)
         self.index = faiss.IndexFlatL2(e.shape[1])
@@ -73,8 +74,9 @@ class UURAG:
         e = self.embed(texts)
         if e.shape[1] != self.index.d:
             raise ValueError(
-                f"The encoder {self.encoder_name!r} gives {e.shape[1]}-d embeddings but the index holds {self.index.d}-d "
-                "ones: load the index with the encoder it was built with (lsrp.encoder), or rebuild it."
+                f"The encoder {self.encoder_name!r} gives {e.shape[1]}-d embeddings but the index holds "
+                f"{self.index.d}-d ones: load the index with the encoder it was built with (lsrp.encoder), "
+                "or rebuild it."
             )
         dist, idx = self.index.search(e, k)
         return [
@@ -101,7 +103,8 @@ class UURAG:
 
     @classmethod
     def load(cls, directory: str, encoder: str | None = None, model=None) -> UURAG:
-        """A saved index; ``encoder`` defaults to the one it was built with (a different one must match its dimension)."""
+        """A saved index; ``encoder`` defaults to the one it was built with (a different one must match its
+        dimension)."""
         import faiss
 
         path = os.path.join(directory, "index.faiss")
@@ -116,6 +119,7 @@ class UURAG:
         rag.strategies, rag.uids = meta["strategies"], meta["uids"]
         if rag.index.ntotal != len(rag.strategies) or rag.index.d != meta["dim"]:
             raise ValueError(
-                f"U-U-RAG index in {directory} is inconsistent ({rag.index.ntotal} vectors, {len(rag.strategies)} strategies): rebuild it."
+                f"U-U-RAG index in {directory} is inconsistent ({rag.index.ntotal} vectors, "
+                f"{len(rag.strategies)} strategies): rebuild it."
             )
         return rag
