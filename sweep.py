@@ -27,7 +27,20 @@ import shlex
 import subprocess
 import sys
 
-FIELDS = ["budget", "method", "overall_acc", "overall_ci_lo", "overall_ci_hi", "device_acc", "offload_rate", "cloud_calls", "cloud_tokens", "apgr", "cpt50", "n"]
+FIELDS = [
+    "budget",
+    "method",
+    "overall_acc",
+    "overall_ci_lo",
+    "overall_ci_hi",
+    "device_acc",
+    "offload_rate",
+    "cloud_calls",
+    "cloud_tokens",
+    "apgr",
+    "cpt50",
+    "n",
+]
 
 
 def point_dir(out: str, budget: float) -> str:
@@ -40,8 +53,15 @@ def run_training(config: str, budget: float, out: str, overrides: list[str], lau
     if os.path.exists(os.path.join(run, "final", "config.json")):
         print(f"[sweep] budget {budget:.0%}: trained already ({run}/final)")
         return
-    args = ["--config", config, *overrides, f"rl.budget={budget}", f"train.output_dir={run}",
-            f"train.run_name={group}-budget-{budget:.2f}", f"train.wandb_group={group}"]
+    args = [
+        "--config",
+        config,
+        *overrides,
+        f"rl.budget={budget}",
+        f"train.output_dir={run}",
+        f"train.run_name={group}-budget-{budget:.2f}",
+        f"train.wandb_group={group}",
+    ]
     if os.path.isdir(os.path.join(run, "checkpoints")):
         args.append("--resume")
     print(f"[sweep] budget {budget:.0%}: training -> {run}")
@@ -52,10 +72,14 @@ def run_training(config: str, budget: float, out: str, overrides: list[str], lau
         import train
 
         if train.main(args) != 0:
-            raise SystemExit(f"[sweep] training at budget {budget} failed; fix the error above and rerun (finished points are kept).")
+            raise SystemExit(
+                f"[sweep] training at budget {budget} failed; fix the error above and rerun (finished points are kept)."
+            )
 
 
-def run_eval(config: str, budget: float, out: str, overrides: list[str], eval_args: list[str], base_model: str) -> list[dict]:
+def run_eval(
+    config: str, budget: float, out: str, overrides: list[str], eval_args: list[str], base_model: str
+) -> list[dict]:
     """Evaluate one budget point with all baselines (shared work folder); returns its rows."""
     import eval as evalmod
 
@@ -64,8 +88,20 @@ def run_eval(config: str, budget: float, out: str, overrides: list[str], eval_ar
         with open(done) as f:
             return json.load(f)
     name = f"budget-{budget:.2f}"
-    args = ["--config", config, *overrides, "--model", f"{name}={point_dir(out, budget)}/final", "--base-model", base_model,
-            "--budget", str(budget), "--out", os.path.join(out, "eval"), *eval_args]
+    args = [
+        "--config",
+        config,
+        *overrides,
+        "--model",
+        f"{name}={point_dir(out, budget)}/final",
+        "--base-model",
+        base_model,
+        "--budget",
+        str(budget),
+        "--out",
+        os.path.join(out, "eval"),
+        *eval_args,
+    ]
     if evalmod.main(args) != 0:
         raise SystemExit(f"[sweep] evaluation at budget {budget} failed; see the error above.")
     with open(os.path.join(out, "eval", "summary.json")) as f:
@@ -83,13 +119,21 @@ def write_table(rows: list[dict], out: str) -> tuple[str, str]:
     """sweep.csv (FIELDS, one row per budget x method, sorted) and sweep.json (full rows).  ``overall_ci_lo/hi``:
     the row's 95% bootstrap CI of overall accuracy (eval.py's ``overall_ci``; blank for an average over suites)."""
     rows = sorted(rows, key=lambda r: (r["budget"], r["method"]))
-    flat = [{**r, "overall_ci_lo": r["overall_ci"][0], "overall_ci_hi": r["overall_ci"][1]} if r.get("overall_ci") else r for r in rows]
+    flat = [
+        {**r, "overall_ci_lo": r["overall_ci"][0], "overall_ci_hi": r["overall_ci"][1]} if r.get("overall_ci") else r
+        for r in rows
+    ]
     csv_path, json_path = os.path.join(out, "sweep.csv"), os.path.join(out, "sweep.json")
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in flat:
-            w.writerow({k: ("" if r.get(k) is None else round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in FIELDS})
+            w.writerow(
+                {
+                    k: ("" if r.get(k) is None else round(r[k], 4) if isinstance(r.get(k), float) else r.get(k))
+                    for k in FIELDS
+                }
+            )
     with open(json_path, "w") as f:
         json.dump(rows, f, indent=2)
     return csv_path, json_path
@@ -103,7 +147,8 @@ def read_table(csv_path: str) -> list[dict]:
 
 
 def ci_of(row: dict) -> list[float] | None:
-    """A row's overall-accuracy CI: ``overall_ci`` (eval rows) or ``overall_ci_lo/hi`` (rows read back from sweep.csv)."""
+    """A row's overall-accuracy CI: ``overall_ci`` (eval rows) or ``overall_ci_lo/hi`` (rows read back from
+    sweep.csv)."""
     if row.get("overall_ci"):
         return row["overall_ci"]
     if row.get("overall_ci_lo") is not None and row.get("overall_ci_hi") is not None:
@@ -126,24 +171,48 @@ def plot(rows: list[dict], path: str, title: str = "") -> str:
     if "cloud" in by:
         ax.axhline(100 * avg("cloud"), color="black", ls="--", lw=1, label=f"cloud only ({100 * avg('cloud'):.1f}%)")
     if "never" in by:
-        ax.axhline(100 * avg("never"), color="grey", ls=":", lw=1.2, label=f"device only / never ({100 * avg('never'):.1f}%)")
-    style = {"policy": ("C3", "o", "GAPG policy (trained per budget)"), "random": ("C0", "s", "naive offloading (random)"),
-             "router": ("C2", "^", "router (prompt classifier)")}
+        ax.axhline(
+            100 * avg("never"), color="grey", ls=":", lw=1.2, label=f"device only / never ({100 * avg('never'):.1f}%)"
+        )
+    style = {
+        "policy": ("C3", "o", "GAPG policy (trained per budget)"),
+        "random": ("C0", "s", "naive offloading (random)"),
+        "router": ("C2", "^", "router (prompt classifier)"),
+    }
     for m, rs in by.items():
         if m in ("cloud", "never"):
             continue
         color, marker, label = style.get(m, (None, "d", m))
         rs = sorted(rs, key=lambda r: r["budget"])
-        ax.plot([100 * r["offload_rate"] for r in rs], [100 * r["overall_acc"] for r in rs], marker=marker, color=color, label=label)
+        ax.plot(
+            [100 * r["offload_rate"] for r in rs],
+            [100 * r["overall_acc"] for r in rs],
+            marker=marker,
+            color=color,
+            label=label,
+        )
         for r in rs:
             ci = ci_of(r)
             if ci:
                 acc = 100 * r["overall_acc"]
-                ax.errorbar(100 * r["offload_rate"], acc, yerr=[[acc - 100 * ci[0]], [100 * ci[1] - acc]], color=color,
-                            capsize=2, lw=0.8, alpha=0.6)
+                ax.errorbar(
+                    100 * r["offload_rate"],
+                    acc,
+                    yerr=[[acc - 100 * ci[0]], [100 * ci[1] - acc]],
+                    color=color,
+                    capsize=2,
+                    lw=0.8,
+                    alpha=0.6,
+                )
         for r in rs:
-            ax.annotate(f"{r['budget']:.0%}", (100 * r["offload_rate"], 100 * r["overall_acc"]), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7, color=color)
+            ax.annotate(
+                f"{r['budget']:.0%}",
+                (100 * r["offload_rate"], 100 * r["overall_acc"]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+                color=color,
+            )
     ax.set_xlabel("cloud share used (% of problems sent to the cloud)")
     ax.set_ylabel("overall accuracy (%)")
     ax.set_title(title or "Accuracy vs cloud budget (labels: the budget cap)")
@@ -157,10 +226,16 @@ def plot(rows: list[dict], path: str, title: str = "") -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="training config (YAML); key=value overrides follow and apply to train and eval")
+    ap.add_argument(
+        "--config", required=True, help="training config (YAML); key=value overrides follow and apply to train and eval"
+    )
     ap.add_argument("--budgets", default="0.2,0.3,0.4,0.5", help="comma list of cloud budgets in (0,1)")
-    ap.add_argument("--out", default="outputs/sweep", help="sweep folder: one budget-<b>/ run per budget, eval/, sweep.csv/json/png")
-    ap.add_argument("--launch", default=None, help='run training as a separate job, e.g. "accelerate launch --num_processes 2"')
+    ap.add_argument(
+        "--out", default="outputs/sweep", help="sweep folder: one budget-<b>/ run per budget, eval/, sweep.csv/json/png"
+    )
+    ap.add_argument(
+        "--launch", default=None, help='run training as a separate job, e.g. "accelerate launch --num_processes 2"'
+    )
     ap.add_argument("--baselines", default="never,random,router,cloud", help="eval.py --baselines at every budget")
     ap.add_argument("--eval-args", default="", help='extra eval.py arguments, e.g. "--suites math500 --limit 100"')
     ap.add_argument("--group", default=None, help="wandb group of the training runs (default: the --out folder's name)")
@@ -173,7 +248,10 @@ def main(argv=None):
         return 2
     bad = [b for b in budgets if not 0 < b < 1]
     if bad:
-        print(f"error: budgets {bad} are outside (0, 1); a budget is the share of problems the cloud may answer.", file=sys.stderr)
+        print(
+            f"error: budgets {bad} are outside (0, 1); a budget is the share of problems the cloud may answer.",
+            file=sys.stderr,
+        )
         return 2
     os.makedirs(args.out, exist_ok=True)
     if args.plot_only:
@@ -197,7 +275,10 @@ def main(argv=None):
     png = plot(rows, os.path.join(args.out, "sweep.png"))
     print(f"\n[sweep] wrote {csv_path}, {json_path}, {png}")
     for r in sorted(rows, key=lambda r: (r["method"], r["budget"])):
-        print(f"  budget {r['budget']:.0%}  {r['method']:<8} overall {100 * r['overall_acc']:5.1f}%  offload {100 * r['offload_rate']:5.1f}%")
+        print(
+            f"  budget {r['budget']:.0%}  {r['method']:<8} overall {100 * r['overall_acc']:5.1f}%  "
+            f"offload {100 * r['offload_rate']:5.1f}%"
+        )
     return 0
 
 

@@ -27,14 +27,16 @@ import argparse
 import logging
 import sys
 
-from rl.lsrp import run_lsrp
 from rl.baselines import run_task_tuning, run_trl_baseline
 from rl.config import ConfigError, format_help, load_config
+from rl.lsrp import run_lsrp
 from rl.trainer import train
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False
+    )
     ap.add_argument("--config", default=None, help="YAML config (configs/*.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
     ap.add_argument("-h", "--help", action="store_true")

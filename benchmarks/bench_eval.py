@@ -1,6 +1,6 @@
 """Evaluation throughput on MATH-500: problems/s of ``eval.py`` with ``--limit``.
 
-    python -m benchmarks.bench_eval                                   # SmolLM2-135M, first 20 MATH-500 problems, 192 tokens
+    python -m benchmarks.bench_eval   # SmolLM2-135M, first 20 MATH-500 problems, 192 tokens
     python -m benchmarks.bench_eval --limit 50 --max-new-tokens 512 --json out.json
 
 Runs ``eval.main`` as a user would (``--suites math500 --limit N --baselines never,random,cloud``, simulated
@@ -69,9 +69,24 @@ def main(argv=None) -> dict:
     # eval.main runs the device passes, suite_rows (envs/evaluation.py) the cloud pass
     evalmod.run_device, evaluation.run_cloud = timed_device, timed_cloud
     root = tempfile.mkdtemp(prefix="bench_eval_")
-    argv_common = ["--config", args.config, "--model", args.model, "--suites", args.suite, "--limit", str(args.limit),
-                   "--max-new-tokens", str(args.max_new_tokens), "--baselines", args.baselines, "--cloud", "simulated",
-                   "train.wandb=false", *overrides]
+    argv_common = [
+        "--config",
+        args.config,
+        "--model",
+        args.model,
+        "--suites",
+        args.suite,
+        "--limit",
+        str(args.limit),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--baselines",
+        args.baselines,
+        "--cloud",
+        "simulated",
+        "train.wandb=false",
+        *overrides,
+    ]
     if args.batch_size:
         argv_common += ["--batch-size", str(args.batch_size)]
     fresh, resumed = [], None
@@ -82,8 +97,12 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         if evalmod.main([*argv_common, "--out", out]) != 0:
             raise RuntimeError("eval.py failed")
-        rec = {"total_s": time.perf_counter() - t0, "device_s": phases.get("device", 0.0), "cloud_s": phases.get("cloud", 0.0),
-               **counts}
+        rec = {
+            "total_s": time.perf_counter() - t0,
+            "device_s": phases.get("device", 0.0),
+            "cloud_s": phases.get("cloud", 0.0),
+            **counts,
+        }
         summary = json.load(open(os.path.join(out, "summary.json")))
         rec["cloud_calls"] = summary["cloud_usage"]["calls"]
         if i < args.steps:
@@ -97,19 +116,50 @@ def main(argv=None) -> dict:
     pps_total = mean_std([n / r["total_s"] for r in fresh])
     pps_dev = mean_std([n / r["device_s"] for r in fresh])
     tps = mean_std([r["tokens"] / r["device_s"] for r in fresh])
-    title = (f"== eval throughput: eval.py --suites {args.suite} --limit {n} --max-new-tokens {args.max_new_tokens} ==\n"
-             f"model {args.model}; greedy; baselines {args.baselines}; simulated cloud; {device_name()}")
+    title = (
+        f"== eval throughput: eval.py --suites {args.suite} --limit {n} --max-new-tokens {args.max_new_tokens} ==\n"
+        f"model {args.model}; greedy; baselines {args.baselines}; simulated cloud; {device_name()}"
+    )
     rows = [
-        ["fresh (end to end, incl. model load)", f"{tot[0]:.1f} ± {tot[1]:.1f}", f"{pps_total[0]:.3f}", "-", f"{fresh[0]['generated']}"],
+        [
+            "fresh (end to end, incl. model load)",
+            f"{tot[0]:.1f} ± {tot[1]:.1f}",
+            f"{pps_total[0]:.3f}",
+            "-",
+            f"{fresh[0]['generated']}",
+        ],
         ["  device pass (generate + grade)", f"{dev[0]:.1f} ± {dev[1]:.1f}", f"{pps_dev[0]:.3f}", f"{tps[0]:.1f}", ""],
-        ["  cloud pass", f"{mean_std([r['cloud_s'] for r in fresh])[0]:.2f}", "-", "-", f"{fresh[0]['cloud_calls']} calls"],
-        ["resumed (same --out)", f"{resumed['total_s']:.1f}", f"{n / resumed['total_s']:.3f}", "-",
-         f"{resumed['generated']} ({resumed['cloud_calls']} cloud calls)"],
+        [
+            "  cloud pass",
+            f"{mean_std([r['cloud_s'] for r in fresh])[0]:.2f}",
+            "-",
+            "-",
+            f"{fresh[0]['cloud_calls']} calls",
+        ],
+        [
+            "resumed (same --out)",
+            f"{resumed['total_s']:.1f}",
+            f"{n / resumed['total_s']:.3f}",
+            "-",
+            f"{resumed['generated']} ({resumed['cloud_calls']} cloud calls)",
+        ],
     ]
     print("\n" + table(["run", "seconds", "problems/s", "device tokens/s", "problems generated"], rows, title))
-    result = {"benchmark": "eval", "command": command_line(), "device": device_name(), "torch_threads": threads, "suite": args.suite,
-              "limit": n, "max_new_tokens": args.max_new_tokens, "model": args.model, "fresh": fresh, "resumed": resumed,
-              "problems_per_s_total": pps_total, "problems_per_s_device": pps_dev, "device_tokens_per_s": tps}
+    result = {
+        "benchmark": "eval",
+        "command": command_line(),
+        "device": device_name(),
+        "torch_threads": threads,
+        "suite": args.suite,
+        "limit": n,
+        "max_new_tokens": args.max_new_tokens,
+        "model": args.model,
+        "fresh": fresh,
+        "resumed": resumed,
+        "problems_per_s_total": pps_total,
+        "problems_per_s_device": pps_dev,
+        "device_tokens_per_s": tps,
+    }
     write_json(args.json, result)
     return result
 

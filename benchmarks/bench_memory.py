@@ -23,7 +23,15 @@ import tempfile
 import time
 
 from benchmarks.common import (
-    ROOT, PeakRSS, add_common_args, command_line, device_name, mean_std, setup_torch, table, write_json,
+    ROOT,
+    PeakRSS,
+    add_common_args,
+    command_line,
+    device_name,
+    mean_std,
+    setup_torch,
+    table,
+    write_json,
 )
 
 MB = 1024 * 1024
@@ -59,8 +67,12 @@ class StepMemory:
             self.before, self.peak = self._rss.before, self._rss.peak
 
     def record(self) -> dict:
-        return {"kind": "cuda_allocated" if self.cuda else "rss", "before_mb": self.before / MB, "peak_mb": self.peak / MB,
-                "step_mb": (self.peak - self.before) / MB}
+        return {
+            "kind": "cuda_allocated" if self.cuda else "rss",
+            "before_mb": self.before / MB,
+            "peak_mb": self.peak / MB,
+            "step_mb": (self.peak - self.before) / MB,
+        }
 
 
 def child(args, overrides) -> dict:
@@ -102,7 +114,7 @@ def child(args, overrides) -> dict:
     whole.__exit__(None, None, None)
     # the step samplers run every 2 ms, the whole-life one every 10 ms: the peak is the highest of them all
     peak_mb = max([whole.peak / MB] + [r["peak_mb"] for r in records if r["kind"] == "rss"])
-    return {"trainer": args.child, "steps": records[args.warmup:], "process_peak_mb": peak_mb}
+    return {"trainer": args.child, "steps": records[args.warmup :], "process_peak_mb": peak_mb}
 
 
 def main(argv=None) -> dict:
@@ -123,13 +135,17 @@ def main(argv=None) -> dict:
     results = {}
     for name in [t for t in args.trainers.split(",") if t]:
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_memory", "--child", name, *passthrough, *overrides],
-                              capture_output=True, text=True, cwd=ROOT)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_memory", "--child", name, *passthrough, *overrides],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             sys.stderr.write(proc.stderr[-4000:])
             raise RuntimeError(f"memory child {name} failed (exit {proc.returncode})")
-        results[name] = json.loads(lines[-1][len("RESULT "):])
+        results[name] = json.loads(lines[-1][len("RESULT ") :])
         print(f"{name}: measured in {time.time() - t0:.0f}s", flush=True)
 
     from rl.config import load_config
@@ -139,16 +155,35 @@ def main(argv=None) -> dict:
     rows = []
     for name, r in results.items():
         before, peak, step = (mean_std([s[k] for s in r["steps"]]) for k in ("before_mb", "peak_mb", "step_mb"))
-        rows.append([{"gapg": "GAPG (ours)", "trl": "TRL GRPOTrainer"}[name], f"{before[0]:.0f}", f"{peak[0]:.0f}",
-                     f"{step[0]:.0f} ± {step[1]:.0f}", f"{r['process_peak_mb']:.0f}"])
+        rows.append(
+            [
+                {"gapg": "GAPG (ours)", "trl": "TRL GRPOTrainer"}[name],
+                f"{before[0]:.0f}",
+                f"{peak[0]:.0f}",
+                f"{step[0]:.0f} ± {step[1]:.0f}",
+                f"{r['process_peak_mb']:.0f}",
+            ]
+        )
         r["summary"] = {"before_mb": before[0], "peak_mb": peak[0], "step_mb": step[0], "step_mb_std": step[1]}
     what = "CUDA max_memory_allocated" if kind == "cuda_allocated" else "resident set size (RSS, sampled every 2 ms)"
-    title = (f"== peak memory of a training step: {what} ==\nmodel {cfg.model.name_or_path}; {cfg.rl.batch_prompts} prompts x "
-             f"G={cfg.rl.group_size}, max_new_tokens {cfg.rl.max_new_tokens}, micro-batch {cfg.train.micro_batch_size}; "
-             f"{args.steps} measured steps after {args.warmup} warm-up, one process per trainer; {device_name()}")
-    print("\n" + table(["trainer", "at step start MB", "peak in step MB", "step adds MB", "process peak RSS MB"], rows, title))
-    result = {"benchmark": "memory", "command": command_line(), "device": device_name(), "kind": kind,
-              "model": cfg.model.name_or_path, "trainers": results}
+    title = (
+        f"== peak memory of a training step: {what} ==\n"
+        f"model {cfg.model.name_or_path}; {cfg.rl.batch_prompts} prompts x "
+        f"G={cfg.rl.group_size}, max_new_tokens {cfg.rl.max_new_tokens}, micro-batch {cfg.train.micro_batch_size}; "
+        f"{args.steps} measured steps after {args.warmup} warm-up, one process per trainer; {device_name()}"
+    )
+    print(
+        "\n"
+        + table(["trainer", "at step start MB", "peak in step MB", "step adds MB", "process peak RSS MB"], rows, title)
+    )
+    result = {
+        "benchmark": "memory",
+        "command": command_line(),
+        "device": device_name(),
+        "kind": kind,
+        "model": cfg.model.name_or_path,
+        "trainers": results,
+    }
     write_json(args.json, result)
     return result
 

@@ -31,7 +31,15 @@ import tempfile
 import time
 
 from benchmarks.common import (
-    Timer, add_common_args, command_line, device_name, load_cfg, mean_std, setup_torch, table, write_json,
+    Timer,
+    add_common_args,
+    command_line,
+    device_name,
+    load_cfg,
+    mean_std,
+    setup_torch,
+    table,
+    write_json,
 )
 
 
@@ -69,8 +77,11 @@ class GapgStepper:
         model, self.tok = load_device_model(cfg.model)
         if fixed_length:
             model.generation_config.min_new_tokens = cfg.rl.max_new_tokens
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate,
-                                weight_decay=cfg.train.weight_decay)
+        opt = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=cfg.train.learning_rate,
+            weight_decay=cfg.train.weight_decay,
+        )
         self.model, self.opt = accelerator.prepare(model, opt)
         self.generator = HFGenerator(accelerator.unwrap_model(self.model), self.tok)
         self.cloud = task_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "gapg_cloud.sqlite"))
@@ -81,16 +92,18 @@ class GapgStepper:
         self.timer.wrap(self.generator, "generate", "generation")
 
     def step(self, problems) -> dict:
+        import torch
+
         from rl.filtering import select_prompts
         from rl.gapg import group_advantages
         from rl.trainer import policy_update
 
-        import torch
-
         cfg, t = self.cfg, self.timer
         t0 = time.perf_counter()
         with t("rollout"):
-            groups = self.env.rollout(self.generator, problems, cfg.rl.group_size, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.max_new_tokens)
+            groups = self.env.rollout(
+                self.generator, problems, cfg.rl.group_size, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.max_new_tokens
+            )
         self.env.reward(groups, cfg.reward, self.dual.gamma)
         if cfg.rl.filtering:
             picked, _ = select_prompts(groups, cfg.rl.batch_prompts, self.rho, cfg.rl.d1_rule)
@@ -98,7 +111,11 @@ class GapgStepper:
             picked = list(range(min(len(groups), cfg.rl.batch_prompts)))
         chosen = [groups[i] for i in picked]
         with t("update"):
-            loss = policy_update(self.model, self.opt, self.accelerator, chosen, cfg, self.tok.pad_token_id) if chosen else 0.0
+            loss = (
+                policy_update(self.model, self.opt, self.accelerator, chosen, cfg, self.tok.pad_token_id)
+                if chosen
+                else 0.0
+            )
         rolls = [r for g in groups for r in g.rollouts]
         self.dual.update(sum(r.escalated for r in rolls) / max(len(rolls), 1))
         total = time.perf_counter() - t0
@@ -108,10 +125,16 @@ class GapgStepper:
             coefs = group_advantages(torch.tensor([g.rewards for g in chosen], dtype=torch.float32))
             forwarded = int((coefs != 0).sum())
         return {
-            "total_s": total, "generation_s": ph["generation"], "scoring_s": ph["rollout"] - ph["generation"],
-            "update_s": ph["update"], "other_s": total - ph["rollout"] - ph["update"],
-            "samples": len(rolls), "completion_tokens": sum(len(r.sample.completion_ids) for r in rolls),
-            "sequences_in_update": forwarded, "loss": loss, "problem_uids": sorted(p.uid for p in problems),
+            "total_s": total,
+            "generation_s": ph["generation"],
+            "scoring_s": ph["rollout"] - ph["generation"],
+            "update_s": ph["update"],
+            "other_s": total - ph["rollout"] - ph["update"],
+            "samples": len(rolls),
+            "completion_tokens": sum(len(r.sample.completion_ids) for r in rolls),
+            "sequences_in_update": forwarded,
+            "loss": loss,
+            "problem_uids": sorted(p.uid for p in problems),
         }
 
 
@@ -151,7 +174,16 @@ def build_trl(cfg, problems_in_order, fixed_length: bool = False, callbacks=()):
 
 
 def summarise(records: list[dict]) -> dict:
-    keys = ["total_s", "generation_s", "scoring_s", "update_s", "other_s", "samples", "completion_tokens", "sequences_in_update"]
+    keys = [
+        "total_s",
+        "generation_s",
+        "scoring_s",
+        "update_s",
+        "other_s",
+        "samples",
+        "completion_tokens",
+        "sequences_in_update",
+    ]
     out = {}
     for k in keys:
         m, s = mean_std([r[k] for r in records])
@@ -166,8 +198,16 @@ def summarise(records: list[dict]) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap, steps=4, warmup=1)
-    ap.add_argument("--fixed-length", action="store_true", help="every completion exactly rl.max_new_tokens tokens, in both trainers")
-    ap.add_argument("--filtering", action="store_true", help="GAPG with adaptive prompt filtering (off by default: same prompts as TRL)")
+    ap.add_argument(
+        "--fixed-length",
+        action="store_true",
+        help="every completion exactly rl.max_new_tokens tokens, in both trainers",
+    )
+    ap.add_argument(
+        "--filtering",
+        action="store_true",
+        help="GAPG with adaptive prompt filtering (off by default: same prompts as TRL)",
+    )
     ap.add_argument("--out", default=None, help="scratch folder (default: a temporary one)")
     args, overrides = ap.parse_known_args(argv)
     threads = setup_torch(args)
@@ -195,9 +235,12 @@ def main(argv=None) -> dict:
             ph = trl_timer.take()
             k = state.global_step - 1
             rec = {
-                "total_s": now - clock["start"], "generation_s": ph.get("generation", 0.0),
-                "scoring_s": ph.get("scoring", 0.0), "update_s": now - clock["start"] - ph.get("prepare", 0.0),
-                "samples": trl_counts["samples"], "completion_tokens": trl_counts["completion_tokens"],
+                "total_s": now - clock["start"],
+                "generation_s": ph.get("generation", 0.0),
+                "scoring_s": ph.get("scoring", 0.0),
+                "update_s": now - clock["start"] - ph.get("prepare", 0.0),
+                "samples": trl_counts["samples"],
+                "completion_tokens": trl_counts["completion_tokens"],
                 "sequences_in_update": trl_counts["samples"],  # TRL forwards every completion, zero advantage or not
                 "problem_uids": sorted(trl_counts["uids"]),
             }
@@ -205,44 +248,83 @@ def main(argv=None) -> dict:
             trl_counts.update(samples=0, completion_tokens=0, uids=set())
             trl_rec.append(rec)
             gapg_rec.append(gapg.step(per_step[k]))
-            print(f"step {k + 1}/{n}{' (warm-up)' if k < args.warmup else ''}: TRL {rec['total_s']:.2f}s  GAPG {gapg_rec[-1]['total_s']:.2f}s",
-                  flush=True)
+            print(
+                f"step {k + 1}/{n}{' (warm-up)' if k < args.warmup else ''}: "
+                f"TRL {rec['total_s']:.2f}s  GAPG {gapg_rec[-1]['total_s']:.2f}s",
+                flush=True,
+            )
             clock["start"] = time.perf_counter()
 
-    trainer, trl_timer, trl_counts = build_trl(cfg, [p for s in per_step for p in s], args.fixed_length, callbacks=[Interleave()])
+    trainer, trl_timer, trl_counts = build_trl(
+        cfg, [p for s in per_step for p in s], args.fixed_length, callbacks=[Interleave()]
+    )
     clock["start"] = time.perf_counter()
     trainer.train()
     if len(trl_rec) != n:
         raise RuntimeError(f"TRL ran {len(trl_rec)} optimizer steps, expected {n}")
 
-    g, t = gapg_rec[args.warmup:], trl_rec[args.warmup:]
+    g, t = gapg_rec[args.warmup :], trl_rec[args.warmup :]
     sg, st = summarise(g), summarise(t)
     paired = [b["total_s"] / a["total_s"] for a, b in zip(g, t)]
     ratio = st["total_s"]["mean"] / sg["total_s"]["mean"]
-    headers = ["trainer", "s/step", "samples/s", "completion tok/s", "generation s", "scoring s", "update s", "other s",
-               "tokens/step", "seqs in update"]
+    headers = [
+        "trainer",
+        "s/step",
+        "samples/s",
+        "completion tok/s",
+        "generation s",
+        "scoring s",
+        "update s",
+        "other s",
+        "tokens/step",
+        "seqs in update",
+    ]
 
     def row(name, s):
         f = lambda k: f"{s[k]['mean']:.2f}"  # noqa: E731
-        return [name, f"{s['total_s']['mean']:.2f} ± {s['total_s']['std']:.2f}",
-                f"{s['samples_per_s']['mean']:.2f} ± {s['samples_per_s']['std']:.2f}", f"{s['tokens_per_s']['mean']:.1f}",
-                f("generation_s"), f("scoring_s"), f("update_s"), f("other_s"), f"{s['completion_tokens']['mean']:.0f}",
-                f"{s['sequences_in_update']['mean']:.1f}"]
+        return [
+            name,
+            f"{s['total_s']['mean']:.2f} ± {s['total_s']['std']:.2f}",
+            f"{s['samples_per_s']['mean']:.2f} ± {s['samples_per_s']['std']:.2f}",
+            f"{s['tokens_per_s']['mean']:.1f}",
+            f("generation_s"),
+            f("scoring_s"),
+            f("update_s"),
+            f("other_s"),
+            f"{s['completion_tokens']['mean']:.0f}",
+            f"{s['sequences_in_update']['mean']:.1f}",
+        ]
 
     P, G = cfg.rl.batch_prompts, cfg.rl.group_size
-    title = (f"== training step: GAPG vs TRL GRPOTrainer (dr_grpo, beta=0, scale_rewards=none) ==\n"
-             f"model {cfg.model.name_or_path}; {P} prompts x G={G}, max_new_tokens {cfg.rl.max_new_tokens}"
-             f"{' (fixed length)' if args.fixed_length else ''}, micro-batch {cfg.train.micro_batch_size}, "
-             f"filtering {'on' if cfg.rl.filtering else 'off'}; {args.steps} measured steps after {args.warmup} warm-up; {device_name()}")
+    title = (
+        f"== training step: GAPG vs TRL GRPOTrainer (dr_grpo, beta=0, scale_rewards=none) ==\n"
+        f"model {cfg.model.name_or_path}; {P} prompts x G={G}, max_new_tokens {cfg.rl.max_new_tokens}"
+        f"{' (fixed length)' if args.fixed_length else ''}, micro-batch {cfg.train.micro_batch_size}, "
+        f"filtering {'on' if cfg.rl.filtering else 'off'}; {args.steps} measured steps after {args.warmup} warm-up; "
+        f"{device_name()}"
+    )
     print("\n" + table(headers, [row("GAPG (ours)", sg), row("TRL GRPOTrainer", st)], title))
     pm, ps = mean_std(paired)
     print(f"\nspeed-up of GAPG over TRL: {ratio:.2f}x (mean s/step ratio); per-step paired ratio {pm:.2f} ± {ps:.2f}")
     result = {
-        "benchmark": "train_step", "command": command_line(), "device": device_name(), "torch_threads": threads,
-        "model": cfg.model.name_or_path, "prompts_per_step": P, "group_size": G, "max_new_tokens": cfg.rl.max_new_tokens,
-        "fixed_length": args.fixed_length, "filtering": cfg.rl.filtering, "warmup": args.warmup, "steps": args.steps,
-        "gapg": sg, "trl": st, "speedup": ratio, "paired_speedup": {"mean": pm, "std": ps},
-        "gapg_steps": gapg_rec, "trl_steps": trl_rec,
+        "benchmark": "train_step",
+        "command": command_line(),
+        "device": device_name(),
+        "torch_threads": threads,
+        "model": cfg.model.name_or_path,
+        "prompts_per_step": P,
+        "group_size": G,
+        "max_new_tokens": cfg.rl.max_new_tokens,
+        "fixed_length": args.fixed_length,
+        "filtering": cfg.rl.filtering,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "gapg": sg,
+        "trl": st,
+        "speedup": ratio,
+        "paired_speedup": {"mean": pm, "std": ps},
+        "gapg_steps": gapg_rec,
+        "trl_steps": trl_rec,
     }
     write_json(args.json, result)
     del torch

@@ -55,7 +55,10 @@ def device_name() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()})"
+    return (
+        f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
+        f"torch threads {torch.get_num_threads()})"
+    )
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:

@@ -46,7 +46,14 @@ def main(argv=None) -> dict:
     if "memory" in only:
         results["memory"] = bench_memory.main(base + ["--steps", str(args.memory_steps), *overrides])
     if "eval" in only:
-        eval_args = ["--config", args.config, "--limit", str(args.eval_limit), "--max-new-tokens", str(args.eval_max_new_tokens)]
+        eval_args = [
+            "--config",
+            args.config,
+            "--limit",
+            str(args.eval_limit),
+            "--max-new-tokens",
+            str(args.eval_max_new_tokens),
+        ]
         if args.model:
             eval_args += ["--model", args.model]
         results["eval"] = bench_eval.main(eval_args + overrides)

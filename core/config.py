@@ -69,12 +69,28 @@ class Section:
         for name in names:
             value = getattr(self, name)
             if not math.isfinite(value):
-                raise ConfigError(f"{self.section}.{name}={value} must be a finite number: a NaN or inf there makes every "
-                                  "reward or update NaN.")
+                raise ConfigError(
+                    f"{self.section}.{name}={value} must be a finite number: a NaN or inf there makes every "
+                    "reward or update NaN."
+                )
 
 
 # what an API key looks like, as opposed to the NAME of the variable that holds one
-KEY_PREFIXES = ("sk-", "sk_", "pk-", "rk-", "hf_", "gsk_", "xai-", "AIza", "ghp_", "github_pat_", "glpat-", "nvapi-", "r8_")  # case matters: HF_TOKEN is a name
+KEY_PREFIXES = (
+    "sk-",
+    "sk_",
+    "pk-",
+    "rk-",
+    "hf_",
+    "gsk_",
+    "xai-",
+    "AIza",
+    "ghp_",
+    "github_pat_",
+    "glpat-",
+    "nvapi-",
+    "r8_",
+)  # case matters: HF_TOKEN is a name
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

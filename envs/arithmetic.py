@@ -59,7 +59,8 @@ def make_problems(n: int, seed: int, levels: list[str] | None = None, split: str
 
 
 def worked_response(a: int, op: str, b: int, value: int | str) -> str:
-    """The device's answer format for a ladder problem, as in the prompt's worked examples: ``37 * 46 = 1702. \\boxed{1702}``."""
+    """The device's answer format for a ladder problem, as in the prompt's worked examples:
+    ``37 * 46 = 1702. \\boxed{1702}``."""
     sym = "+" if op == "+" else "*"
     return f"{a} {sym} {b} = {value}. \\boxed{{{value}}}"
 
@@ -75,5 +76,7 @@ def similar_problems(meta: dict, k: int, seed: str) -> list[dict]:
     for _ in range(k):
         a, b = _operand(rng, len(str(a0))), _operand(rng, len(str(b0)))
         sym = "+" if op == "+" else "*"
-        out.append({"question": f"What is {a} {sym} {b}?", "a": a, "b": b, "op": op, "value": a + b if op == "+" else a * b})
+        out.append(
+            {"question": f"What is {a} {sym} {b}?", "a": a, "b": b, "op": op, "value": a + b if op == "+" else a * b}
+        )
     return out

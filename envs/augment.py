@@ -25,18 +25,22 @@ import logging
 import re
 
 from core.problem import Problem
+from envs.filters import Candidate
 from envs.prompts import AUGMENT_PROMPT, AUGMENT_RULES
 from policies.cloud import augment_problem
-from envs.filters import Candidate
 
 log = logging.getLogger(__name__)
 
 # "Input:", "1. Input:", "**Input:**", "- Response -", "Response 2:" ... at the start of a line
-_FIELD = re.compile(r"^\s*(?:\d+[.)]\s*|[-*•]\s+)?\**\s*(input|response)\s*\d*\s*\**\s*[:：]\s*\**\s*(.*)$", re.IGNORECASE)
+_FIELD = re.compile(
+    r"^\s*(?:\d+[.)]\s*|[-*•]\s+)?\**\s*(input|response)\s*\d*\s*\**\s*[:：]\s*\**\s*(.*)$", re.IGNORECASE
+)
 
 
 def augment_prompt(template: str, question: str, response: str, k: int) -> str:
-    return AUGMENT_PROMPT.format(k=k, rule=AUGMENT_RULES.get(template, AUGMENT_RULES["math"]), input=question, response=response)
+    return AUGMENT_PROMPT.format(
+        k=k, rule=AUGMENT_RULES.get(template, AUGMENT_RULES["math"]), input=question, response=response
+    )
 
 
 def _unwrap(s: str) -> str:
@@ -87,18 +91,34 @@ def augment(cloud, examples: list[tuple[Problem, str]], template: str, k: int, c
             short += len(pairs) < k
             empty += not reply.text.strip()
             cands += [Candidate(p.question, y, x_syn, y_syn, p.uid, p.level) for x_syn, y_syn in pairs]
-        log.info("augmentation: %d/%d examples done, %d synthetic pairs so far", min(s + chunk_size, len(requests)), len(requests), len(cands))
+        log.info(
+            "augmentation: %d/%d examples done, %d synthetic pairs so far",
+            min(s + chunk_size, len(requests)),
+            len(requests),
+            len(cands),
+        )
     if requests and empty == len(requests):
         log.warning(
             "augmentation: the cloud (%s) wrote no pairs for any of %d examples. The simulated cloud writes similar "
-            "problems only for the arithmetic ladder and Countdown; for %s use a real LLM (cloud.backend=hf or openai), "
-            "or sft.augment_k=0 to train on the real examples alone.", cloud.backend.name, len(requests), template,
+            "problems only for the arithmetic ladder and Countdown; for %s use a real LLM (cloud.backend=hf or "
+            "openai), or sft.augment_k=0 to train on the real examples alone.",
+            cloud.backend.name,
+            len(requests),
+            template,
         )
     after = cloud.usage()
     stats = {
-        "examples": len(examples), "k": k, "requests": len(requests), "pairs_parsed": len(cands),
-        "replies_with_fewer_than_k": short, "empty_replies": empty, "backend": cloud.backend.name,
-        "cloud_calls": after["calls"] - before["calls"], "cache_hits": after["cache_hits"] - before["cache_hits"],
-        "written_by": "generator (simulated cloud, no LLM)" if cloud.backend.name == "simulated" else f"LLM ({cloud.backend.name})",
+        "examples": len(examples),
+        "k": k,
+        "requests": len(requests),
+        "pairs_parsed": len(cands),
+        "replies_with_fewer_than_k": short,
+        "empty_replies": empty,
+        "backend": cloud.backend.name,
+        "cloud_calls": after["calls"] - before["calls"],
+        "cache_hits": after["cache_hits"] - before["cache_hits"],
+        "written_by": "generator (simulated cloud, no LLM)"
+        if cloud.backend.name == "simulated"
+        else f"LLM ({cloud.backend.name})",
     }
     return cands, stats

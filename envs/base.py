@@ -25,8 +25,15 @@ class Environment(Protocol):
 
     def prompt(self, problem) -> str: ...
 
-    def rollout(self, generator, problems, group_size: int, temperature: float = 1.0, top_p: float = 1.0,
-                max_new_tokens: int = 64) -> list: ...
+    def rollout(
+        self,
+        generator,
+        problems,
+        group_size: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+    ) -> list: ...
 
     def reward(self, groups, reward_cfg, gamma: float) -> None: ...
 
@@ -36,5 +43,13 @@ class Environment(Protocol):
 
     def budget_text(self, budget: float) -> str: ...
 
-    def evaluate(self, generator, problems, budget: float, batch_size: int = 32, max_new_tokens: int = 64, seed: int = 0,
-                 progress=True) -> tuple[list[dict], list[dict]]: ...
+    def evaluate(
+        self,
+        generator,
+        problems,
+        budget: float,
+        batch_size: int = 32,
+        max_new_tokens: int = 64,
+        seed: int = 0,
+        progress=True,
+    ) -> tuple[list[dict], list[dict]]: ...

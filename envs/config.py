@@ -12,8 +12,10 @@ from core.config import Section, option
 class TaskConfig(Section):
     section = "task"
 
-    name: Literal['arithmetic', 'countdown', 'math'] = option("arithmetic", "Task: arithmetic (CPU ladder), countdown, or math.")
-    template: Literal['auto', 'math', 'countdown', 'arithmetic'] = option(
+    name: Literal["arithmetic", "countdown", "math"] = option(
+        "arithmetic", "Task: arithmetic (CPU ladder), countdown, or math."
+    )
+    template: Literal["auto", "math", "countdown", "arithmetic"] = option(
         "auto", "Prompt template: auto (the task's own), math (SPEC §2 MATH), countdown, arithmetic."
     )
     seed: int = option(0, "Seed for generated tasks (arithmetic, countdown) and for shuffling.")

@@ -53,7 +53,10 @@ def make_problems(n: int, seed: int, split: str = "train") -> list[Problem]:
 
 def worked_response(numbers: list[int], target: int, solution: str) -> str:
     """The device's answer format for a Countdown problem: reasoning in <think>, the equation in <answer>."""
-    return f"<think> {solution} = {target} uses {', '.join(map(str, numbers))} once each. </think>\n<answer> {solution} </answer>"
+    return (
+        f"<think> {solution} = {target} uses {', '.join(map(str, numbers))} once each. </think>\n"
+        f"<answer> {solution} </answer>"
+    )
 
 
 def similar_problems(k: int, seed: str) -> list[dict]:

@@ -40,15 +40,23 @@ def parse_models(spec: str) -> dict[str, str]:
     return models
 
 
-
 # ---------------------------------------------------------------------------- device and cloud passes
 
 
-def run_device(env, generator, problems, batch_size=32, max_new_tokens=64, temperature=0.0, path=None, desc="device", progress=True):
+def run_device(
+    env, generator, problems, batch_size=32, max_new_tokens=64, temperature=0.0, path=None, desc="device", progress=True
+):
     """Greedy device responses, graded; each finished batch is appended to ``path`` so a killed run resumes."""
     done = read_jsonl(path)
     todo = [p for p in problems if p.uid not in done]
-    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=desc, unit="prob", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(problems),
+        initial=len(problems) - len(todo),
+        desc=desc,
+        unit="prob",
+        disable=not progress,
+        leave=False,
+    )
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         prompts = [env.prompt(p) for p in chunk]
@@ -56,11 +64,18 @@ def run_device(env, generator, problems, batch_size=32, max_new_tokens=64, tempe
         rows = []
         for p, prompt, g in zip(chunk, prompts, out):
             r = env.judge(p, g[0])
-            rows.append({
-                "uid": p.uid, "prompt": prompt, "output": r.sample.text, "escalated": r.escalated,
-                "answer": r.local_answer, "correct": bool(r.device_correct), "tokens": len(g[0].completion_ids),
-                "format_ok": format_ok(r.sample.text, env.template),
-            })
+            rows.append(
+                {
+                    "uid": p.uid,
+                    "prompt": prompt,
+                    "output": r.sample.text,
+                    "escalated": r.escalated,
+                    "answer": r.local_answer,
+                    "correct": bool(r.device_correct),
+                    "tokens": len(g[0].completion_ids),
+                    "format_ok": format_ok(r.sample.text, env.template),
+                }
+            )
         append_jsonl(path, rows)
         done.update((row["uid"], row) for row in rows)
         bar.update(len(chunk))
@@ -69,7 +84,8 @@ def run_device(env, generator, problems, batch_size=32, max_new_tokens=64, tempe
 
 
 def run_cloud(cloud, problems, idxs, path=None, chunk_size=16) -> dict[int, dict]:
-    """Cloud answers for problems[idxs], graded; appended to ``path`` chunk by chunk (the cloud cache keeps the texts too)."""
+    """Cloud answers for problems[idxs], graded; appended to ``path`` chunk by chunk (the cloud cache keeps the
+    texts too)."""
     done = read_jsonl(path)
     need = [problems[i] for i in sorted(idxs) if problems[i].uid not in done]
     need = list({p.uid: p for p in need}.values())
@@ -78,10 +94,16 @@ def run_cloud(cloud, problems, idxs, path=None, chunk_size=16) -> dict[int, dict
         rows = []
         for p, rep in zip(chunk, cloud.replies(chunk)):
             pred, ok = grade_response(p, rep.text)
-            rows.append({
-                "uid": p.uid, "text": rep.text, "answer": pred, "correct": bool(ok),
-                "prompt_tokens": rep.prompt_tokens, "completion_tokens": rep.completion_tokens,
-            })
+            rows.append(
+                {
+                    "uid": p.uid,
+                    "text": rep.text,
+                    "answer": pred,
+                    "correct": bool(ok),
+                    "prompt_tokens": rep.prompt_tokens,
+                    "completion_tokens": rep.completion_tokens,
+                }
+            )
         append_jsonl(path, rows)
         done.update((row["uid"], row) for row in rows)
     return {i: done[problems[i].uid] for i in idxs}
@@ -153,7 +175,9 @@ def bootstrap_ci(correct_a, correct_b=None, n: int = 2000, seed: int = 0, level:
     return [float(lo), float(hi)]
 
 
-def compare_rows(correct: dict[str, list], policies: list[str], n: int = 2000, seed: int = 0, level: float = 0.95) -> list[dict]:
+def compare_rows(
+    correct: dict[str, list], policies: list[str], n: int = 2000, seed: int = 0, level: float = 0.95
+) -> list[dict]:
     """Paired bootstrap comparisons of overall accuracy (``bootstrap_ci`` with two rows): each policy row against
     every later policy row and every other row.  ``correct`` maps a row's method to its per-problem correctness.
     ``significant``: the interval excludes 0 (the difference is beyond the noise of this many problems)."""
@@ -184,7 +208,8 @@ def row_correct(n: int, device, sent, cloud) -> list[bool]:
 
 
 def summarise(method, problems, device, sent, cloud, wants=None, order=None, cloud_all=None, weak=None) -> dict:
-    """One row: overall / conditional accuracy, offload, calls, tokens, per level; APGR/CPT when every cloud answer is known.
+    """One row: overall / conditional accuracy, offload, calls, tokens, per level; APGR/CPT when every cloud answer
+    is known.
 
     ``weak`` is the accuracy of the one weak model every row of the table is measured against (RouteLLM's PGR):
     the base device model answering everything (the ``never`` row).  It is not this row's own device accuracy."""
@@ -212,7 +237,8 @@ def summarise(method, problems, device, sent, cloud, wants=None, order=None, clo
         "cloud_calls": len(sent),
         "cloud_tokens": sum(cloud[i]["prompt_tokens"] + cloud[i]["completion_tokens"] for i in sent),
         "per_level": {
-            str(k): {"n": v[0], "offload_rate": v[1] / v[0], "device_acc": v[3] / max(v[2], 1)} for k, v in sorted(by_level.items())
+            str(k): {"n": v[0], "offload_rate": v[1] / v[0], "device_acc": v[3] / max(v[2], 1)}
+            for k, v in sorted(by_level.items())
         },
     }
     if wants is not None:
@@ -227,8 +253,18 @@ def summarise(method, problems, device, sent, cloud, wants=None, order=None, clo
     return row
 
 
-def suite_rows(problems, policies: dict, base: list[dict] | None, cloud, budget, seed=0, router_scores=None, router_threshold=None,
-               baselines=BASELINES, cloud_path=None):
+def suite_rows(
+    problems,
+    policies: dict,
+    base: list[dict] | None,
+    cloud,
+    budget,
+    seed=0,
+    router_scores=None,
+    router_threshold=None,
+    baselines=BASELINES,
+    cloud_path=None,
+):
     """Every method's row for one suite, from the device outputs already computed.  Returns (rows, records).
 
     ``base`` holds the base device model's outputs: the never/random/router rows answer with them, and they are
@@ -250,16 +286,26 @@ def suite_rows(problems, policies: dict, base: list[dict] | None, cloud, budget,
         plans["random"] = (base, set(perm[:cap]), None, perm)
     if "router" in baselines and router_scores is not None:
         wants = [i for i in range(n) if router_scores[i] > router_threshold]
-        plans["router"] = (base, set(capped(wants, cap)), wants, list(np.argsort(-np.asarray(router_scores), kind="stable")))
+        plans["router"] = (
+            base,
+            set(capped(wants, cap)),
+            wants,
+            list(np.argsort(-np.asarray(router_scores), kind="stable")),
+        )
     every = "cloud" in baselines
     asked = set(range(n)) if every else set().union(*(p[1] for p in plans.values()))
     cloud_res = run_cloud(cloud, problems, asked, cloud_path)
     cloud_all = cloud_res if every and base is not None else None
     # the base device model answering everything: one weak model for every row
     weak = sum(d["correct"] for d in base) / max(n, 1) if base is not None else None
-    rows = [summarise(m, problems, dev, sent, cloud_res, wants, order, cloud_all, weak) for m, (dev, sent, wants, order) in plans.items()]
+    rows = [
+        summarise(m, problems, dev, sent, cloud_res, wants, order, cloud_all, weak)
+        for m, (dev, sent, wants, order) in plans.items()
+    ]
     for row, (dev, _, _, _) in zip(rows, plans.values()):
-        flags = [d["format_ok"] for d in dev if d.get("format_ok") is not None]  # work files from before the field: none
+        flags = [
+            d["format_ok"] for d in dev if d.get("format_ok") is not None
+        ]  # work files from before the field: none
         row["format_rate"] = sum(flags) / len(flags) if flags else None
     if every:
         rows.append(summarise("cloud", problems, [None] * n, range(n), cloud_res))
@@ -276,25 +322,45 @@ def suite_rows(problems, policies: dict, base: list[dict] | None, cloud, budget,
         c = cloud_res.get(i)
         if c is not None:
             rec.update(cloud_output=c["text"], cloud_answer=c["answer"], cloud_correct=c["correct"])
-        for m, (dev, sent, wants, _) in plans.items():
+        for m, (dev, sent, _wants, _) in plans.items():
             d = dev[i]
             to_cloud = i in sent
             rec[m] = {
-                "prompt": d.get("prompt"), "device_output": d["output"], "device_answer": d["answer"],
-                "device_correct": d["correct"], "escalated": d["escalated"], "sent_to_cloud": to_cloud,
+                "prompt": d.get("prompt"),
+                "device_output": d["output"],
+                "device_answer": d["answer"],
+                "device_correct": d["correct"],
+                "escalated": d["escalated"],
+                "sent_to_cloud": to_cloud,
                 "correct": bool(c["correct"]) if to_cloud else d["correct"],
             }
         records.append(rec)
     return rows, records
 
 
-def evaluate(env, generator, problems, budget: float, batch_size: int = 32, max_new_tokens: int = 64, seed: int = 0, progress=True):
-    """The in-training evaluation: rows policy / never / random from one set of greedy outputs. Returns (rows, records)."""
+def evaluate(
+    env,
+    generator,
+    problems,
+    budget: float,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    progress=True,
+):
+    """The in-training evaluation: rows policy / never / random from one set of greedy outputs.
+    Returns (rows, records)."""
     dev = run_device(env, generator, problems, batch_size, max_new_tokens, progress=progress, desc="eval")
     rows, recs = suite_rows(problems, {"policy": dev}, dev, env.cloud, budget, seed, baselines=("never", "random"))
     records = [
-        {"uid": r["uid"], "level": r["level"], "question": r["question"], "gold": r["gold"], **r["policy"],
-         "cloud_output": r.get("cloud_output") if r["policy"]["sent_to_cloud"] else None}
+        {
+            "uid": r["uid"],
+            "level": r["level"],
+            "question": r["question"],
+            "gold": r["gold"],
+            **r["policy"],
+            "cloud_output": r.get("cloud_output") if r["policy"]["sent_to_cloud"] else None,
+        }
         for r in recs
     ]
     return rows, records
@@ -303,7 +369,9 @@ def evaluate(env, generator, problems, budget: float, batch_size: int = 32, max_
 # ---------------------------------------------------------------------------- query mode (rl.env=query)
 
 
-def query_pass(env, generator, problems, batch_size=32, max_new_tokens=64, call_limits=None, progress=True, desc="query"):
+def query_pass(
+    env, generator, problems, batch_size=32, max_new_tokens=64, call_limits=None, progress=True, desc="query"
+):
     """Greedy multi-turn rollouts (one per problem) of a ``QueryEnv``; ``call_limits[i]`` caps problem i's calls."""
     out = []
     bar = tqdm(total=len(problems), desc=desc, unit="prob", disable=not progress, leave=False)
@@ -331,12 +399,23 @@ def call_cap_limits(calls: list[int], cap: int) -> list[int | None]:
     return limits
 
 
-def rerun_with_limits(env, generator, problems, rolls, limits, batch_size, max_new_tokens, progress=True, desc="capped"):
+def rerun_with_limits(
+    env, generator, problems, rolls, limits, batch_size, max_new_tokens, progress=True, desc="capped"
+):
     """``rolls`` with every problem whose call limit is below the calls it made generated again under that limit."""
     redo = [i for i, (r, lim) in enumerate(zip(rolls, limits)) if lim is not None and r.calls > lim]
     out = list(rolls)
     if redo:
-        again = query_pass(env, generator, [problems[i] for i in redo], batch_size, max_new_tokens, [limits[i] for i in redo], progress, desc)
+        again = query_pass(
+            env,
+            generator,
+            [problems[i] for i in redo],
+            batch_size,
+            max_new_tokens,
+            [limits[i] for i in redo],
+            progress,
+            desc,
+        )
         for i, r in zip(redo, again):
             out[i] = r
     return out
@@ -365,7 +444,9 @@ def summarise_query(method, problems, rolls, wanted=None) -> dict:
         "escalation_rate": sum(r.escalated for r in rolls) / max(n, 1),
         "per_level": {
             str(k): {
-                "n": len(v), "offload_rate": sum(r.calls > 0 for r in v) / len(v), "calls_per_problem": sum(r.calls for r in v) / len(v),
+                "n": len(v),
+                "offload_rate": sum(r.calls > 0 for r in v) / len(v),
+                "calls_per_problem": sum(r.calls for r in v) / len(v),
                 "acc": sum(r.correct for r in v) / len(v),
                 "device_acc": sum(r.correct for r in v if r.calls == 0) / max(sum(r.calls == 0 for r in v), 1),
             }
@@ -379,13 +460,29 @@ def summarise_query(method, problems, rolls, wanted=None) -> dict:
 
 def query_record(r) -> dict:
     return {
-        "output": r.sample.text, "queries": r.queries, "refused": r.refused, "calls": r.calls, "cloud_tokens": r.cloud_tokens,
-        "escalated": r.escalated, "wanted_escalation": r.wanted_escalation, "answer": r.local_answer,
-        "device_correct": bool(r.device_correct), "correct": bool(r.correct),
+        "output": r.sample.text,
+        "queries": r.queries,
+        "refused": r.refused,
+        "calls": r.calls,
+        "cloud_tokens": r.cloud_tokens,
+        "escalated": r.escalated,
+        "wanted_escalation": r.wanted_escalation,
+        "answer": r.local_answer,
+        "device_correct": bool(r.device_correct),
+        "correct": bool(r.correct),
     }
 
 
-def evaluate_query(env, generator, problems, budget: float, batch_size: int = 32, max_new_tokens: int = 64, seed: int = 0, progress=True):
+def evaluate_query(
+    env,
+    generator,
+    problems,
+    budget: float,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    progress=True,
+):
     """Query-mode evaluation (rl.env=query), greedy.  Returns (rows, records); the rows:
 
       * policy    -- calls capped at the budget: granted in dataset order until floor(budget·N) calls
@@ -402,18 +499,38 @@ def evaluate_query(env, generator, problems, budget: float, batch_size: int = 32
     n = len(problems)
     cap = math.floor(budget * n + 1e-9)
     free = query_pass(env, generator, problems, batch_size, max_new_tokens, progress=progress, desc="eval")
-    capped_rolls = rerun_with_limits(env, generator, problems, free, call_cap_limits([r.calls for r in free], cap), batch_size, max_new_tokens, progress)
-    never = rerun_with_limits(env, generator, problems, free, [0] * n, batch_size, max_new_tokens, progress, desc="no calls")
+    capped_rolls = rerun_with_limits(
+        env,
+        generator,
+        problems,
+        free,
+        call_cap_limits([r.calls for r in free], cap),
+        batch_size,
+        max_new_tokens,
+        progress,
+    )
+    never = rerun_with_limits(
+        env, generator, problems, free, [0] * n, batch_size, max_new_tokens, progress, desc="no calls"
+    )
     rows = [
         summarise_query("policy", problems, capped_rolls, wanted=free),
         summarise_query("uncapped", problems, free),
         summarise_query("never", problems, never),
     ]
-    correct = {m: [bool(r.correct) for r in rs] for m, rs in (("policy", capped_rolls), ("uncapped", free), ("never", never))}
+    correct = {
+        m: [bool(r.correct) for r in rs] for m, rs in (("policy", capped_rolls), ("uncapped", free), ("never", never))
+    }
     rows[0]["comparisons"] = compare_rows(correct, ["policy"], BOOTSTRAP_N, BOOTSTRAP_SEED)
     records = [
-        {"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer, **query_record(c),
-         "uncapped": query_record(f), "never": query_record(nv)}
+        {
+            "uid": p.uid,
+            "level": p.level,
+            "question": p.question,
+            "gold": p.answer,
+            **query_record(c),
+            "uncapped": query_record(f),
+            "never": query_record(nv),
+        }
         for p, c, f, nv in zip(problems, capped_rolls, free, never)
     ]
     return rows, records
@@ -431,42 +548,63 @@ def comparison_lines(rows) -> list[str]:
     comps = [c for r in rows for c in r.get("comparisons", [])]
     if not comps:
         return []
-    return ["overall accuracy differences, paired 95% bootstrap CI over problems:"] + ["  " + line for line in format_comparisons(comps)]
+    return ["overall accuracy differences, paired 95% bootstrap CI over problems:"] + [
+        "  " + line for line in format_comparisons(comps)
+    ]
 
 
 def format_query_table(rows, title: str | None = None) -> str:
-    head = f"{'method':<16} {'overall [95% CI]':<21} {'device':>8} {'w/ call':>8} {'calls/p':>8} {'tok/p':>7} {'calls':>6} {'c.tokens':>9}"
+    head = (
+        f"{'method':<16} {'overall [95% CI]':<21} {'device':>8} {'w/ call':>8} {'calls/p':>8} {'tok/p':>7} "
+        f"{'calls':>6} {'c.tokens':>9}"
+    )
     lines = ([title] if title else []) + [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['method']:<16} {fmt_overall(r)} {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
             f"{r.get('calls_per_problem', r['cloud_calls'] / max(r['n'], 1)):>8.3f} "
-            f"{r.get('cloud_tokens_per_problem', r['cloud_tokens'] / max(r['n'], 1)):>7.1f} {r['cloud_calls']:>6} {r['cloud_tokens']:>9}"
+            f"{r.get('cloud_tokens_per_problem', r['cloud_tokens'] / max(r['n'], 1)):>7.1f} "
+            f"{r['cloud_calls']:>6} {r['cloud_tokens']:>9}"
         )
     for r in rows:
         levels = r.get("per_level", {})
         if len(levels) > 1:
-            extra = f"  (wanted {r['wanted_calls_per_problem']:.3f} calls/problem)" if "wanted_calls_per_problem" in r else ""
-            lines.append(f"{r['method']} calls per level: " + "  ".join(f"L{k}={v.get('calls_per_problem', v['offload_rate']):.2f}" for k, v in levels.items()) + extra)
+            extra = (
+                f"  (wanted {r['wanted_calls_per_problem']:.3f} calls/problem)"
+                if "wanted_calls_per_problem" in r
+                else ""
+            )
+            lines.append(
+                f"{r['method']} calls per level: "
+                + "  ".join(f"L{k}={v.get('calls_per_problem', v['offload_rate']):.2f}" for k, v in levels.items())
+                + extra
+            )
     return "\n".join(lines + comparison_lines(rows))
 
 
 def format_table(rows, title: str | None = None) -> str:
     if rows and "calls_per_problem" in rows[0]:
         return format_query_table(rows, title)
-    head = f"{'method':<12} {'overall [95% CI]':<21} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} {'format':>7} {'APGR':>6} {'CPT50':>6}"
+    head = (
+        f"{'method':<12} {'overall [95% CI]':<21} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} "
+        f"{'format':>7} {'APGR':>6} {'CPT50':>6}"
+    )
     lines = ([title] if title else []) + [head, "-" * len(head)]
     fmt = lambda v, pct=False: "     -" if v is None else (f"{100 * v:>5.1f}%" if pct else f"{v:>6.3f}")  # noqa: E731
     for r in rows:
         lines.append(
             f"{r['method']:<12} {fmt_overall(r)} {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
-            f"{r['cloud_calls']:>6} {r.get('cloud_tokens', 0):>9} {fmt(r.get('format_rate'), pct=True):>7} {fmt(r.get('apgr'))} {fmt(r.get('cpt50'), pct=True)}"
+            f"{r['cloud_calls']:>6} {r.get('cloud_tokens', 0):>9} {fmt(r.get('format_rate'), pct=True):>7} "
+            f"{fmt(r.get('apgr'))} {fmt(r.get('cpt50'), pct=True)}"
         )
     for r in rows:
         levels = r["per_level"]
         if "wanted_offload_rate" in r and len(levels) > 1:
-            lines.append(f"{r['method']} offload per level: " + "  ".join(f"L{k}={100 * v['offload_rate']:.0f}%" for k, v in levels.items())
-                         + f"  (asked for the cloud on {100 * r['wanted_offload_rate']:.1f}%)")
+            lines.append(
+                f"{r['method']} offload per level: "
+                + "  ".join(f"L{k}={100 * v['offload_rate']:.0f}%" for k, v in levels.items())
+                + f"  (asked for the cloud on {100 * r['wanted_offload_rate']:.1f}%)"
+            )
     return "\n".join(lines + comparison_lines(rows))
 
 
@@ -478,8 +616,13 @@ def average_rows(per_suite: dict[str, list[dict]]) -> list[dict]:
             by_method[r["method"]].append(r)
     out = []
     for m, rs in by_method.items():
-        avg = {"method": m, "n": sum(r["n"] for r in rs), "cloud_calls": sum(r["cloud_calls"] for r in rs),
-               "cloud_tokens": sum(r["cloud_tokens"] for r in rs), "per_level": {}}
+        avg = {
+            "method": m,
+            "n": sum(r["n"] for r in rs),
+            "cloud_calls": sum(r["cloud_calls"] for r in rs),
+            "cloud_tokens": sum(r["cloud_tokens"] for r in rs),
+            "per_level": {},
+        }
         for k in ("overall_acc", "device_acc", "offload_rate", "format_rate", "apgr", "cpt50", "cpt80"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             avg[k] = sum(vals) / len(vals) if vals else None

@@ -27,8 +27,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from core.problem import Problem
 from policies.calculator import answer_query
@@ -59,7 +59,8 @@ _SCORER = None
 
 
 def rouge_l(reference: str, candidate: str) -> float:
-    """ROUGE-L F-measure of ``candidate`` against ``reference`` (rouge-score; lower-cased words, punctuation dropped)."""
+    """ROUGE-L F-measure of ``candidate`` against ``reference`` (rouge-score; lower-cased words, punctuation
+    dropped)."""
     global _SCORER
     if _SCORER is None:
         from rouge_score import rouge_scorer
@@ -100,8 +101,8 @@ class NLIScorer:
                 f"sft.nli_model={model!r} could not be loaded ({e}). Point it at a local NLI classifier directory, "
                 "or set sft.nli_model='' to check semantic consistency by answers only."
             ) from None
-        labels = {i: str(l).lower() for i, l in self.model.config.id2label.items()}
-        found = [i for i, l in labels.items() if l.startswith("entail")]
+        labels = {i: str(name).lower() for i, name in self.model.config.id2label.items()}
+        found = [i for i, name in labels.items() if name.startswith("entail")]
         if not found:
             raise ValueError(
                 f"sft.nli_model={model!r} has no entailment class in config.id2label={self.model.config.id2label}; "
@@ -113,8 +114,13 @@ class NLIScorer:
         out = []
         with self._torch.no_grad():
             for s in range(0, len(premises), self.batch_size):
-                enc = self.tokenizer(premises[s : s + self.batch_size], hypotheses[s : s + self.batch_size],
-                                     return_tensors="pt", padding=True, truncation=True)
+                enc = self.tokenizer(
+                    premises[s : s + self.batch_size],
+                    hypotheses[s : s + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                )
                 probs = self.model(**enc).logits.softmax(-1)[:, self.entail]
                 out += probs.tolist()
         return out
@@ -162,7 +168,10 @@ class AnswerVerifier:
     def _math(self, cands: list[Candidate]) -> list[bool]:
         if self.cloud is None or not cands:
             return [False] * len(cands)
-        probs = [Problem(uid="verify-" + hashlib.sha256(c.x.encode()).hexdigest()[:24], question=c.x, answer="") for c in cands]
+        probs = [
+            Problem(uid="verify-" + hashlib.sha256(c.x.encode()).hexdigest()[:24], question=c.x, answer="")
+            for c in cands
+        ]
         texts = self.cloud.answer_many(probs)
         out = []
         for c, text in zip(cands, texts):
@@ -171,8 +180,9 @@ class AnswerVerifier:
         return out
 
 
-def semantic_ok(cands: list[Candidate], threshold: float, check_answers: Callable | None = None,
-                nli: Callable | None = None) -> list[bool]:
+def semantic_ok(
+    cands: list[Candidate], threshold: float, check_answers: Callable | None = None, nli: Callable | None = None
+) -> list[bool]:
     """Eq. 2 (NLI both ways >= threshold, when an NLI model is given) and the answer check (when given)."""
     ok = [True] * len(cands)
     if check_answers is not None:
@@ -211,7 +221,10 @@ def filter_pairs(cands: list[Candidate], cfg, check_answers: Callable | None = N
         "removed": removed,  # by each filter in order: they add up to candidates - kept
         "failed_alone": {f: passes[f].count(False) for f in FILTERS},  # each filter applied on its own
         "semantic_checks": [n for n, on in (("answer", check_answers is not None), ("nli", nli is not None)) if on],
-        "thresholds": {"scf": cfg.scf_threshold, "rouge_l_max": cfg.rouge_l_max,
-                       "length_ratio": [cfg.length_ratio_min, cfg.length_ratio_max]},
+        "thresholds": {
+            "scf": cfg.scf_threshold,
+            "rouge_l_max": cfg.rouge_l_max,
+            "length_ratio": [cfg.length_ratio_min, cfg.length_ratio_max],
+        },
     }
     return kept, stats

@@ -1,4 +1,5 @@
-"""The answer format of a device response: the ``<unknown> ... </unknown>`` escalation at its end, and format compliance."""
+"""The answer format of a device response: the ``<unknown> ... </unknown>`` escalation at its end, and format
+compliance."""
 
 from __future__ import annotations
 

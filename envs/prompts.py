@@ -12,7 +12,7 @@ from __future__ import annotations
 ESCALATION = "<unknown> I need external assistance </unknown>"
 
 MATH = (
-    "Solve the following math problem step by step (\"Step 1: ...\", \"Step 2: ...\"). "
+    'Solve the following math problem step by step ("Step 1: ...", "Step 2: ..."). '
     "Put your final answer in \\boxed{{}}.\n"
     "If you cannot solve it after {max_steps} steps, stop and return " + ESCALATION + "\n\n"
     "Problem: {question}"
@@ -55,7 +55,7 @@ QUERY_HOWTO = (
 
 QUERY_TEMPLATES = {
     "math": (
-        "Solve the following math problem step by step (\"Step 1: ...\", \"Step 2: ...\"). "
+        'Solve the following math problem step by step ("Step 1: ...", "Step 2: ..."). '
         "Put your final answer in \\boxed{{}}.\n" + QUERY_HOWTO + "\n"
         "If you cannot solve it even with help, stop and return " + ESCALATION + "\n\n"
         "Problem: {question}"
@@ -76,7 +76,10 @@ ARITHMETIC_QUERY_SYSTEM = (
 QUERY_FEW_SHOT = {
     "arithmetic": [
         ("What is 3 + 4?", "3 + 4 = 7. \\boxed{7}"),
-        ("What is 4821 * 967?", "<query>4821 * 967</query><response>4661907</response> 4821 * 967 = 4661907. \\boxed{4661907}"),
+        (
+            "What is 4821 * 967?",
+            "<query>4821 * 967</query><response>4661907</response> 4821 * 967 = 4661907. \\boxed{4661907}",
+        ),
         ("What is 6 * 2?", "6 * 2 = 12. \\boxed{12}"),
         ("What is 738 * 56?", "<query>738 * 56</query><response>41328</response> 738 * 56 = 41328. \\boxed{41328}"),
     ],
@@ -93,7 +96,12 @@ QUERY_SYSTEMS = {"arithmetic": ARITHMETIC_QUERY_SYSTEM.format()}
 
 
 def messages(
-    template: str, question: str, max_steps: int = 6, few_shot: bool = True, system: str | None = None, mode: str = "route"
+    template: str,
+    question: str,
+    max_steps: int = 6,
+    few_shot: bool = True,
+    system: str | None = None,
+    mode: str = "route",
 ) -> list[dict]:
     """Chat messages: system prompt (the template's own unless given), worked examples, then the problem.
 
@@ -113,7 +121,7 @@ def messages(
 # following example, no need to explain. Input: [], Response: []."  Asked once per example for k pairs.
 AUGMENT_PROMPT = (
     "Generate {k} Input and Response pairs semantically similar to the following example, no need to explain. "
-    "Write each pair as a line starting with \"Input:\" followed by a line starting with \"Response:\". {rule}\n\n"
+    'Write each pair as a line starting with "Input:" followed by a line starting with "Response:". {rule}\n\n'
     "Input: {input}\nResponse: {response}"
 )
 # What a Response must look like: the device's own answer format for the task (the template it trains on).
@@ -121,7 +129,7 @@ AUGMENT_RULES = {
     "arithmetic": "Each Input asks for one calculation like the example's; each Response shows the calculation "
     "and ends with the exact result in \\boxed{}.",
     "math": "Each Input is a new problem of the same kind; each Response is a full step-by-step solution "
-    "(\"Step 1: ...\", \"Step 2: ...\") that ends with the final answer in \\boxed{}.",
+    '("Step 1: ...", "Step 2: ...") that ends with the final answer in \\boxed{}.',
     "countdown": "Each Input gives four numbers and a target in the example's words; each Response reasons in "
     "<think> </think> and gives one equation in <answer> </answer> that uses each number exactly once.",
 }

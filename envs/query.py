@@ -49,7 +49,15 @@ from dataclasses import dataclass, field
 from core.problem import Problem
 from envs.evaluation import evaluate_query
 from envs.prompts import messages
-from envs.route import Group, Rollout, calls_per_rollout, check_prompt_tokens, cloud_replies_or_none, route_metrics, split_escalation
+from envs.route import (
+    Group,
+    Rollout,
+    calls_per_rollout,
+    check_prompt_tokens,
+    cloud_replies_or_none,
+    route_metrics,
+    split_escalation,
+)
 from policies.cloud import query_problem
 from policies.generation import Sample, chat_prompt
 from rewards.collaboration import query_reward
@@ -140,15 +148,25 @@ class _Row:
 
 class QueryEnv:
     """Same surface as ``RouteEnv`` (envs/base.py: ``Environment``): ``prompt``, ``rollout`` (-> ``Group``s of
-    ``QueryRollout``s), ``judge``, ``reward``, ``usage_of``, ``metrics``, ``evaluate``; the budget caps calls per rollout."""
+    ``QueryRollout``s), ``judge``, ``reward``, ``usage_of``, ``metrics``, ``evaluate``; the budget caps calls per
+    rollout."""
 
     name = "query"
     usage = "calls"
     usage_metric = "calls_per_rollout_global"
 
     def __init__(
-        self, template: str, tokenizer, cloud, max_queries: int = 2, max_response_tokens: int = 64, max_solve_steps: int = 6,
-        few_shot: bool = True, system_prompt: str | None = None, max_prompt_tokens: int = 0, gamma_tokens: float = 0.0,
+        self,
+        template: str,
+        tokenizer,
+        cloud,
+        max_queries: int = 2,
+        max_response_tokens: int = 64,
+        max_solve_steps: int = 6,
+        few_shot: bool = True,
+        system_prompt: str | None = None,
+        max_prompt_tokens: int = 0,
+        gamma_tokens: float = 0.0,
     ):
         self.gamma_tokens = gamma_tokens  # rl.gamma_tokens: the fixed extra cost per cloud token in the reward
         self.template, self.tokenizer, self.cloud = template, tokenizer, cloud
@@ -157,7 +175,9 @@ class QueryEnv:
         self.max_prompt_tokens = max_prompt_tokens
 
     def prompt(self, problem: Problem) -> str:
-        msgs = messages(self.template, problem.question, self.max_solve_steps, self.few_shot, self.system_prompt, mode="query")
+        msgs = messages(
+            self.template, problem.question, self.max_solve_steps, self.few_shot, self.system_prompt, mode="query"
+        )
         return chat_prompt(self.tokenizer, msgs)
 
     def _encode(self, text: str) -> list[int]:
@@ -172,16 +192,31 @@ class QueryEnv:
         return self._encode(response_text(reply, overhang))
 
     def judge(
-        self, problem: Problem, sample: Sample, queries: list[str] | tuple = (), refused: int = 0, cloud_tokens: int = 0,
-        may_escalate: bool = True, cloud_failed: bool = False,
+        self,
+        problem: Problem,
+        sample: Sample,
+        queries: list[str] | tuple = (),
+        refused: int = 0,
+        cloud_tokens: int = 0,
+        may_escalate: bool = True,
+        cloud_failed: bool = False,
     ) -> QueryRollout:
-        """Grade the device's own final answer; ``may_escalate=False``: an ``<unknown>`` ending is refused (call cap)."""
+        """Grade the device's own final answer; ``may_escalate=False``: an ``<unknown>`` ending is refused
+        (call cap)."""
         wants, text = split_escalation(sample.text)
         escalated = wants and may_escalate
         answer, correct = grade_response(problem, device_text(text))
         return QueryRollout(
-            sample, escalated, answer, correct and not escalated, device_correct=correct, queries=list(queries),
-            refused=refused, cloud_tokens=cloud_tokens, wanted_escalation=wants, cloud_failed=cloud_failed,
+            sample,
+            escalated,
+            answer,
+            correct and not escalated,
+            device_correct=correct,
+            queries=list(queries),
+            refused=refused,
+            cloud_tokens=cloud_tokens,
+            wanted_escalation=wants,
+            cloud_failed=cloud_failed,
         )
 
     def rollout(
@@ -212,8 +247,11 @@ class QueryEnv:
         active = rows
         while active:
             outs = generator.extend(
-                [r.prompt_ids + r.ids for r in active], [max_new_tokens - r.device_tokens for r in active],
-                temperature=temperature, top_p=top_p, stop=QUERY_CLOSE,
+                [r.prompt_ids + r.ids for r in active],
+                [max_new_tokens - r.device_tokens for r in active],
+                temperature=temperature,
+                top_p=top_p,
+                stop=QUERY_CLOSE,
             )
             asking = []  # (row, question, overhang)
             for r, o in zip(active, outs):
@@ -244,15 +282,30 @@ class QueryEnv:
 
         rolls = []
         for r in rows:
-            sample = Sample(r.prompt_ids, r.ids, tok.decode(r.ids, skip_special_tokens=True), r.truncated, loss_mask=r.mask)
+            sample = Sample(
+                r.prompt_ids, r.ids, tok.decode(r.ids, skip_special_tokens=True), r.truncated, loss_mask=r.mask
+            )
             may = r.call_limit is None or len(r.queries) < r.call_limit
-            rolls.append(self.judge(problems[r.index], sample, r.queries, r.refused, r.cloud_tokens, may_escalate=may,
-                                    cloud_failed=r.cloud_error is not None))
+            rolls.append(
+                self.judge(
+                    problems[r.index],
+                    sample,
+                    r.queries,
+                    r.refused,
+                    r.cloud_tokens,
+                    may_escalate=may,
+                    cloud_failed=r.cloud_error is not None,
+                )
+            )
         groups = [Group(p, rolls[i * group_size : (i + 1) * group_size]) for i, p in enumerate(problems)]
         for i, g in enumerate(groups):
-            g.cloud_error = next((r.cloud_error for r in rows[i * group_size : (i + 1) * group_size] if r.cloud_error), None)
+            g.cloud_error = next(
+                (r.cloud_error for r in rows[i * group_size : (i + 1) * group_size] if r.cloud_error), None
+            )
 
-        need = [g for g in groups if any(r.escalated for r in g.rollouts)]  # escalations: the whole problem to the cloud
+        need = [
+            g for g in groups if any(r.escalated for r in g.rollouts)
+        ]  # escalations: the whole problem to the cloud
         if need:
             replies, error = cloud_replies_or_none(self.cloud, [g.problem for g in need])
             for g, rep in zip(need, replies):
@@ -272,12 +325,23 @@ class QueryEnv:
         return groups
 
     def reward(self, groups: list[Group], reward_cfg, gamma: float) -> None:
-        """r̃ = r − γ·calls − γ_tok·cloud tokens (rewards/collaboration.py: ``query_reward``), into each ``Group.rewards``."""
+        """r̃ = r − γ·calls − γ_tok·cloud tokens (rewards/collaboration.py: ``query_reward``), into each
+        ``Group.rewards``."""
         rc = reward_cfg
         for g in groups:
             g.rewards = [
-                query_reward(r.local_correct, r.escalated, r.cloud_correct, r.calls, r.cloud_tokens, rc.alpha_local, rc.alpha_cloud,
-                             gamma, self.gamma_tokens, rc.charge)
+                query_reward(
+                    r.local_correct,
+                    r.escalated,
+                    r.cloud_correct,
+                    r.calls,
+                    r.cloud_tokens,
+                    rc.alpha_local,
+                    rc.alpha_cloud,
+                    gamma,
+                    self.gamma_tokens,
+                    rc.charge,
+                )
                 for r in g.rollouts
             ]
 
@@ -302,7 +366,8 @@ class QueryEnv:
                 query_rate=sum(r.num_queries > 0 for r in rolls) / n,
                 acc=sum(r.correct for r in rolls) / n,
                 unaided_acc=sum(r.unaided_correct for r in rolls) / max(sum(r.calls == 0 for r in rolls), 1),
-                helped_acc=sum(r.local_correct for r in rolls if r.queries) / max(sum(bool(r.queries) for r in rolls), 1),
+                helped_acc=sum(r.local_correct for r in rolls if r.queries)
+                / max(sum(bool(r.queries) for r in rolls), 1),
                 calls_by_level={str(k): sum(v) / len(v) for k, v in sorted(calls_level.items())},
             )
         return out
@@ -310,6 +375,15 @@ class QueryEnv:
     def budget_text(self, budget: float) -> str:
         return f"{budget:g} calls per problem"
 
-    def evaluate(self, generator, problems, budget: float, batch_size: int = 32, max_new_tokens: int = 64, seed: int = 0, progress=True):
+    def evaluate(
+        self,
+        generator,
+        problems,
+        budget: float,
+        batch_size: int = 32,
+        max_new_tokens: int = 64,
+        seed: int = 0,
+        progress=True,
+    ):
         """Held-out rows at the call budget (envs/evaluation.py: ``evaluate_query``)."""
         return evaluate_query(self, generator, problems, budget, batch_size, max_new_tokens, seed, progress)

@@ -36,6 +36,7 @@ from rewards.grading import grade_response
 
 log = logging.getLogger(__name__)
 
+
 def check_prompt_tokens(problem: Problem, n_tokens: int, limit: int) -> None:
     """Refuse a prompt longer than rl.max_prompt_tokens (0 = no limit) with the fix in the message."""
     if limit and n_tokens > limit:
@@ -90,12 +91,14 @@ class Group:
 
     @property
     def trainable(self) -> bool:
-        """False when a rollout needed the cloud and it failed: that reward is unknown, so the update skips the group."""
+        """False when a rollout needed the cloud and it failed: that reward is unknown, so the update skips the
+        group."""
         return not any(r.cloud_failed for r in self.rollouts)
 
 
 def cloud_replies_or_none(cloud, problems: list[Problem], what: str = "problems"):
-    """``(cloud.replies(problems), None)``, or after a ``CloudError`` ``(replies with None where none arrived, message)``.
+    """``(cloud.replies(problems), None)``, or after a ``CloudError``
+    ``(replies with None where none arrived, message)``.
 
     Answers received before the failure are committed to the cache as they arrive; ``cloud.lookup`` reads them back
     without calling the backend again."""
@@ -107,7 +110,11 @@ def cloud_replies_or_none(cloud, problems: list[Problem], what: str = "problems"
         got = cloud.lookup(problems) if hasattr(cloud, "lookup") else [None] * len(problems)
         log.warning(
             "cloud failed for %d of %d %s this step; their rollouts are left out of the update and counted in "
-            "cloud_errors. Cause: %s", sum(r is None for r in got), len(problems), what, e,
+            "cloud_errors. Cause: %s",
+            sum(r is None for r in got),
+            len(problems),
+            what,
+            e,
         )
         return got, str(e)
 
@@ -132,9 +139,14 @@ def route_metrics(groups: list[Group]) -> dict:
         # the cloud failed (CloudError) for this many problems; their rollouts that needed it were not trained on
         "cloud_errors": sum(g.cloud_error is not None for g in groups),
         "cloud_failed_rollouts": sum(r.cloud_failed for r in rolls),
-        # an <unknown>/</unknown> tag that is not a final escalation (unbalanced, or text after it): graded as the device's answer
-        "stray_tags": sum(("<unknown>" in r.sample.text or "</unknown>" in r.sample.text) and not r.escalated
-                          for r in rolls if not getattr(r, "wanted_escalation", False)) / max(len(rolls), 1),
+        # an <unknown>/</unknown> tag that is not a final escalation (unbalanced, or text after it):
+        # graded as the device's answer
+        "stray_tags": sum(
+            ("<unknown>" in r.sample.text or "</unknown>" in r.sample.text) and not r.escalated
+            for r in rolls
+            if not getattr(r, "wanted_escalation", False)
+        )
+        / max(len(rolls), 1),
     }
 
 
@@ -151,8 +163,14 @@ class RouteEnv:
     usage_metric = "offload_rate_global"
 
     def __init__(
-        self, template: str, tokenizer, cloud, max_solve_steps: int = 6, few_shot: bool = True,
-        system_prompt: str | None = None, max_prompt_tokens: int = 0,
+        self,
+        template: str,
+        tokenizer,
+        cloud,
+        max_solve_steps: int = 6,
+        few_shot: bool = True,
+        system_prompt: str | None = None,
+        max_prompt_tokens: int = 0,
     ):
         self.template, self.tokenizer, self.cloud = template, tokenizer, cloud
         self.max_solve_steps, self.few_shot, self.system_prompt = max_solve_steps, few_shot, system_prompt
@@ -183,12 +201,20 @@ class RouteEnv:
         -- for the D2 rule of adaptive filtering -- when no local response is correct.
         """
         samples = generator.generate(
-            [self.prompt(p) for p in problems], n=group_size, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens
+            [self.prompt(p) for p in problems],
+            n=group_size,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
         )
         for p, group in zip(problems, samples):
             check_prompt_tokens(p, len(group[0].prompt_ids), self.max_prompt_tokens)
         groups = [Group(p, [self.judge(p, s) for s in group]) for p, group in zip(problems, samples)]
-        need = [g for g in groups if any(r.escalated for r in g.rollouts) or (ask_cloud_when_unsolved and not g.any_local_correct)]
+        need = [
+            g
+            for g in groups
+            if any(r.escalated for r in g.rollouts) or (ask_cloud_when_unsolved and not g.any_local_correct)
+        ]
         if need:
             replies, error = cloud_replies_or_none(self.cloud, [g.problem for g in need])
             for g, rep in zip(need, replies):
@@ -208,7 +234,9 @@ class RouteEnv:
         rc = reward_cfg
         for g in groups:
             g.rewards = [
-                collaboration_reward(r.escalated, r.local_correct, r.cloud_correct, rc.alpha_local, rc.alpha_cloud, gamma, rc.charge)
+                collaboration_reward(
+                    r.escalated, r.local_correct, r.cloud_correct, rc.alpha_local, rc.alpha_cloud, gamma, rc.charge
+                )
                 for r in g.rollouts
             ]
 
@@ -222,6 +250,15 @@ class RouteEnv:
     def budget_text(self, budget: float) -> str:
         return f"{budget:.0%}"
 
-    def evaluate(self, generator, problems, budget: float, batch_size: int = 32, max_new_tokens: int = 64, seed: int = 0, progress=True):
+    def evaluate(
+        self,
+        generator,
+        problems,
+        budget: float,
+        batch_size: int = 32,
+        max_new_tokens: int = 64,
+        seed: int = 0,
+        progress=True,
+    ):
         """Held-out rows at the budget (envs/evaluation.py: ``evaluate``)."""
         return evaluate(self, generator, problems, budget, batch_size, max_new_tokens, seed, progress)

@@ -134,7 +134,9 @@ def rows_to_problems(
     for lineno, row in rows:
         where = f"{source}:{lineno}"
         if not isinstance(row, dict):
-            raise ValueError(f"{where} is a JSON {type(row).__name__}, not an object; each line must be one row object.")
+            raise ValueError(
+                f"{where} is a JSON {type(row).__name__}, not an object; each line must be one row object."
+            )
         question = _first(row, q_fields)
         if question is None:
             raise ValueError(
@@ -142,7 +144,12 @@ def rows_to_problems(
                 f"fields); the row has {sorted(row)}. Pass --question-field NAME."
             )
         question = str(question).strip()
-        if not question_field and "query" in row and get_field(row, "question") is None and get_field(row, "problem") is None:
+        if (
+            not question_field
+            and "query" in row
+            and get_field(row, "question") is None
+            and get_field(row, "problem") is None
+        ):
             question = _agieval_query(question)
         passage = _first(row, PASSAGE_FIELDS)
         if passage is not None and str(passage).strip():
@@ -180,7 +187,13 @@ def rows_to_problems(
         if solution is not None:
             meta["gold_solution"] = solution
         problems.append(
-            Problem(uid=f"{name}:{key}", question=question, answer=answer, level=parse_level(_first(row, LEVEL_FIELDS)), meta=meta)
+            Problem(
+                uid=f"{name}:{key}",
+                question=question,
+                answer=answer,
+                level=parse_level(_first(row, LEVEL_FIELDS)),
+                meta=meta,
+            )
         )
         if limit and len(problems) >= limit:
             break
@@ -195,7 +208,9 @@ def read_jsonl_rows(path: str):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i} is not valid JSON ({e.msg} at column {e.colno}); fix or remove that line.") from None
+                raise ValueError(
+                    f"{path}:{i} is not valid JSON ({e.msg} at column {e.colno}); fix or remove that line."
+                ) from None
             yield i, row
 
 

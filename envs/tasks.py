@@ -1,7 +1,7 @@
 """Task loading: train/test problems and the prompt template for each task name (the grader: rewards/grading.py).
 
-    train, test = load_problems(cfg.task)
-    pred, ok = grade_response(problem, response_text)
+train, test = load_problems(cfg.task)
+pred, ok = grade_response(problem, response_text)
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def _load_math(cfg, filename: str, split: str, limit: int) -> list[Problem]:
             f"loaded ({type(e).__name__}). Point task.data_dir at the folder with the JSONL suites "
             "(e.g. task.data_dir=../shared/data) or make the hub reachable."
         ) from None
-    return rows_to_problems(((i + 1, dict(r)) for i, r in enumerate(ds)), f"{cfg.hub_id}:{split}", cfg.hub_id, limit=limit)
+    return rows_to_problems(
+        ((i + 1, dict(r)) for i, r in enumerate(ds)), f"{cfg.hub_id}:{split}", cfg.hub_id, limit=limit
+    )
 
 
 def load_problems(cfg) -> tuple[list[Problem], list[Problem]]:
@@ -45,9 +47,13 @@ def load_problems(cfg) -> tuple[list[Problem], list[Problem]]:
             arithmetic.make_problems(cfg.num_test, cfg.seed, cfg.levels, "test"),
         )
     if cfg.name == "countdown":
-        return countdown.make_problems(cfg.num_train, cfg.seed, "train"), countdown.make_problems(cfg.num_test, cfg.seed, "test")
+        return countdown.make_problems(cfg.num_train, cfg.seed, "train"), countdown.make_problems(
+            cfg.num_test, cfg.seed, "test"
+        )
     if cfg.name == "math":
-        return _load_math(cfg, cfg.train_file, "train", cfg.num_train), _load_math(cfg, cfg.test_file, "test", cfg.num_test)
+        return _load_math(cfg, cfg.train_file, "train", cfg.num_train), _load_math(
+            cfg, cfg.test_file, "test", cfg.num_test
+        )
     raise ValueError(f"task.name={cfg.name!r}: use arithmetic, countdown or math")
 
 

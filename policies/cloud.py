@@ -2,7 +2,7 @@
 
     cloud = make_cloud(cfg.cloud, cache_path="outputs/run/cloud_cache.sqlite")
     text = cloud.answer(problem)        # at most one real call per (model, messages, sampling), ever
-    cloud.usage()                       # {'calls': .., 'cache_hits': .., 'prompt_tokens': .., 'completion_tokens': .., ...}
+    cloud.usage()   # {'calls': .., 'cache_hits': .., 'prompt_tokens': .., 'completion_tokens': .., ...}
 
 Every backend has ``name``, ``answer_many(problems) -> list[CloudReply]`` and
 ``cache_key(problem) -> str``; ``cloud.backend`` picks one:
@@ -131,7 +131,13 @@ def chat_problem(messages: list[dict], kind: str = "chat") -> Problem:
     """A whole chat as a Problem (LSRP's leader and judge prompts): uid = a hash of the messages (keys the cache)."""
     blob = json.dumps(messages, sort_keys=True, ensure_ascii=False)
     digest = hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
-    return Problem(uid=f"{kind}-{digest}", question=messages[-1]["content"], answer="", level=0, meta={"kind": kind, "messages": messages})
+    return Problem(
+        uid=f"{kind}-{digest}",
+        question=messages[-1]["content"],
+        answer="",
+        level=0,
+        meta={"kind": kind, "messages": messages},
+    )
 
 
 def cloud_messages(problem: Problem) -> list[dict]:
@@ -147,7 +153,9 @@ def request_key(identity: dict, messages: list[dict], sampling: dict) -> str:
     """sha256 over canonical JSON of (backend identity, messages, sampling parameters)."""
     blob = json.dumps(
         {"backend": identity, "messages": messages, "sampling": sampling},
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
     )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -162,7 +170,9 @@ class SimulatedCloud:
 
     name = "simulated"
 
-    def __init__(self, accuracy: float = 0.95, accuracy_per_level: dict | None = None, seed: int = 1234, simulator=None):
+    def __init__(
+        self, accuracy: float = 0.95, accuracy_per_level: dict | None = None, seed: int = 1234, simulator=None
+    ):
         self.accuracy = accuracy
         self.accuracy_per_level = {int(k): float(v) for k, v in (accuracy_per_level or {}).items()}
         self.seed = seed
@@ -172,7 +182,9 @@ class SimulatedCloud:
         # The simulated answer is a function of the problem's uid and gold answer, so both are part
         # of its identity (a real model's answer depends on the messages alone).
         identity = {
-            "name": "simulated", "seed": self.seed, "accuracy": self.accuracy,
+            "name": "simulated",
+            "seed": self.seed,
+            "accuracy": self.accuracy,
             "accuracy_per_level": {str(k): v for k, v in sorted(self.accuracy_per_level.items())},
             "problem": {"uid": problem.uid, "answer": problem.answer},
         }
@@ -196,7 +208,8 @@ class SimulatedCloud:
         return self.simulator.augment(self, p) if self.simulator is not None else ""
 
     def reply_text(self, p: Problem) -> str:
-        """The answer to a task problem: the simulator's task-specific reply, else the gold (or a wrong number) in \\boxed{}."""
+        """The answer to a task problem: the simulator's task-specific reply, else the gold (or a wrong number)
+        in \\boxed{}."""
         text = self.simulator.reply(self, p) if self.simulator is not None else None
         if text is None:
             ans = p.answer if self.solves(p) else self.wrong_answer(p.uid, p.answer)
@@ -327,7 +340,11 @@ class OpenAICloud:
         self.retries = 0
         log.info(
             "cloud: OpenAI-compatible backend %s model=%s (timeout %.0fs, %d retries, concurrency %d)",
-            self.url, model, self.timeout_s, self.max_retries, self.concurrency,
+            self.url,
+            model,
+            self.timeout_s,
+            self.max_retries,
+            self.concurrency,
         )
 
     def __repr__(self) -> str:
@@ -351,18 +368,26 @@ class OpenAICloud:
     def _fatal(self, status: int, body: str) -> CloudError:
         where = f"{status} from {self.url}"
         if status == 401:
-            fix = (f"the server rejected the API key. Set the API key in ${self.api_key_env} "
-                   "(cloud.api_key_env names the variable; the key itself never goes in a config).")
+            fix = (
+                f"the server rejected the API key. Set the API key in ${self.api_key_env} "
+                "(cloud.api_key_env names the variable; the key itself never goes in a config)."
+            )
         elif status == 403:
-            fix = (f"the API key in ${self.api_key_env} has no access to model {self.model!r}. "
-                   "Check the key's permissions or cloud.model.")
+            fix = (
+                f"the API key in ${self.api_key_env} has no access to model {self.model!r}. "
+                "Check the key's permissions or cloud.model."
+            )
         elif status == 404:
-            fix = (f"check cloud.base_url (OpenAI-compatible servers usually serve under .../v1) and that the "
-                   f"server serves cloud.model={self.model!r}.")
+            fix = (
+                f"check cloud.base_url (OpenAI-compatible servers usually serve under .../v1) and that the "
+                f"server serves cloud.model={self.model!r}."
+            )
         elif status == 400 or status == 422:
-            fix = (f"the server refused the request; check cloud.model={self.model!r}, "
-                   f"cloud.max_new_tokens={self.max_new_tokens} and cloud.temperature={self.temperature}. "
-                   f"Server said: {self._scrub(body[:300])!r}")
+            fix = (
+                f"the server refused the request; check cloud.model={self.model!r}, "
+                f"cloud.max_new_tokens={self.max_new_tokens} and cloud.temperature={self.temperature}. "
+                f"Server said: {self._scrub(body[:300])!r}"
+            )
         else:
             fix = f"the server refused the request (not retried). Server said: {self._scrub(body[:300])!r}"
         kind = CloudConfigError if status in (401, 403, 404) else CloudError
@@ -403,7 +428,11 @@ class OpenAICloud:
                     delay = max(delay, min(last.retry_after, RETRY_AFTER_MAX_S))
                 log.warning(
                     "cloud: %s for problem %s (attempt %d/%d); retrying in %.2fs%s",
-                    last.cause, problem.uid, attempt, attempts, delay,
+                    last.cause,
+                    problem.uid,
+                    attempt,
+                    attempts,
+                    delay,
                     " (Retry-After)" if last.retry_after is not None else "",
                 )
                 if stop is not None and stop.wait(delay):
@@ -541,7 +570,11 @@ class CachedCloud:
             self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
             mode = _set_wal(self._db)
             if str(mode).lower() != "wal":
-                log.warning("cloud cache %s: WAL journal unavailable (%s); concurrent writers will wait on each other", self.path, mode)
+                log.warning(
+                    "cloud cache %s: WAL journal unavailable (%s); concurrent writers will wait on each other",
+                    self.path,
+                    mode,
+                )
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
         if self.legacy_path and os.path.exists(self.legacy_path):
@@ -559,7 +592,12 @@ class CachedCloud:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line torn by a crash mid-write: that answer is simply asked again
         if self._legacy:
-            log.info("cloud cache: read %d answers from the legacy file %s; new answers go to %s", len(self._legacy), path, self.path)
+            log.info(
+                "cloud cache: read %d answers from the legacy file %s; new answers go to %s",
+                len(self._legacy),
+                path,
+                self.path,
+            )
 
     # compatibility with the old attributes
     @property
@@ -595,7 +633,8 @@ class CachedCloud:
                 for s in range(0, len(todo), 500):
                     chunk = todo[s : s + 500]
                     rows = self._db.execute(
-                        f"SELECT key, text, prompt_tokens, completion_tokens FROM answers WHERE key IN ({','.join('?' * len(chunk))})",
+                        "SELECT key, text, prompt_tokens, completion_tokens FROM answers "
+                        f"WHERE key IN ({','.join('?' * len(chunk))})",
                         chunk,
                     ).fetchall()
                     for key, text, pt, ct in rows:
@@ -606,7 +645,11 @@ class CachedCloud:
                 row = self._legacy.get(wanted[k].uid)
                 if k not in self.cache and row is not None and row.get("backend") == self.backend.name:
                     reply = CloudReply(row["text"], 0, int(row.get("tokens", 0) or 0))
-                    self.cache[k] = {"text": reply.text, "prompt_tokens": 0, "completion_tokens": reply.completion_tokens}
+                    self.cache[k] = {
+                        "text": reply.text,
+                        "prompt_tokens": 0,
+                        "completion_tokens": reply.completion_tokens,
+                    }
                     migrated.append((k, wanted[k], reply))
             self._write(migrated)
 
@@ -620,7 +663,10 @@ class CachedCloud:
             try:
                 self._db.executemany(
                     "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(k, self.backend.name, model, p.uid, r.text, r.prompt_tokens, r.completion_tokens, time.time()) for k, p, r in items],
+                    [
+                        (k, self.backend.name, model, p.uid, r.text, r.prompt_tokens, r.completion_tokens, time.time())
+                        for k, p, r in items
+                    ],
                 )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -631,7 +677,11 @@ class CachedCloud:
         """Answers that just came from the backend: count them, keep them, commit them (one transaction)."""
         with self._lock:
             for key, _, reply in items:
-                self.cache[key] = {"text": reply.text, "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
+                self.cache[key] = {
+                    "text": reply.text,
+                    "prompt_tokens": reply.prompt_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                }
                 self._usage["calls"] += 1
                 self._usage["prompt_tokens"] += reply.prompt_tokens
                 self._usage["completion_tokens"] += reply.completion_tokens
@@ -661,7 +711,9 @@ class CachedCloud:
                 else:
                     out = self.backend.answer_many(batch)
                 if len(out) != len(batch):
-                    raise CloudError(f"cloud backend {self.backend.name} returned {len(out)} answers for {len(batch)} problems")
+                    raise CloudError(
+                        f"cloud backend {self.backend.name} returned {len(out)} answers for {len(batch)} problems"
+                    )
                 rest = [(k, p, r) for (k, p), r in zip(missing, out) if k not in fresh]
                 fresh.update(k for k, _, _ in rest)
                 self._record(rest)  # a backend that answers all at once: one transaction
@@ -685,10 +737,18 @@ class CachedCloud:
         log.info(
             "cloud %s: %d asked%s, %d new answers in %.1fs (+%d prompt / +%d completion tokens), %d from the cache; "
             "this process so far: %d calls, %d cache hits, %d prompt + %d completion tokens (%s)",
-            self.backend.name, asked, " (FAILED, answers received so far are kept)" if failed else "",
-            u["calls"] - before["calls"], time.time() - t0, u["prompt_tokens"] - before["prompt_tokens"],
-            u["completion_tokens"] - before["completion_tokens"], u["cache_hits"] - before["cache_hits"],
-            u["calls"], u["cache_hits"], u["prompt_tokens"], u["completion_tokens"],
+            self.backend.name,
+            asked,
+            " (FAILED, answers received so far are kept)" if failed else "",
+            u["calls"] - before["calls"],
+            time.time() - t0,
+            u["prompt_tokens"] - before["prompt_tokens"],
+            u["completion_tokens"] - before["completion_tokens"],
+            u["cache_hits"] - before["cache_hits"],
+            u["calls"],
+            u["cache_hits"],
+            u["prompt_tokens"],
+            u["completion_tokens"],
             f"cache {self.path}" if self.path else "no cache file",
         )
 
@@ -700,7 +760,11 @@ class CachedCloud:
         out = []
         for k in keys:
             row = self.cache.get(k)
-            out.append(None if row is None else CloudReply(row["text"], row["prompt_tokens"], row["completion_tokens"], cached=True))
+            out.append(
+                None
+                if row is None
+                else CloudReply(row["text"], row["prompt_tokens"], row["completion_tokens"], cached=True)
+            )
         return out
 
     def answer_many(self, problems: list[Problem]) -> list[str]:
@@ -730,9 +794,16 @@ def make_backend(cfg, simulator=None):
         return HFCloud(cfg.model, cfg.max_new_tokens, temperature=getattr(cfg, "temperature", 0.0))
     if cfg.backend == "openai":
         return OpenAICloud(
-            base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries, backoff_base_s=cfg.backoff_base_s, backoff_max_s=cfg.backoff_max_s,
-            concurrency=cfg.concurrency, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+            base_url=cfg.base_url,
+            model=cfg.model,
+            api_key_env=cfg.api_key_env,
+            timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            backoff_base_s=cfg.backoff_base_s,
+            backoff_max_s=cfg.backoff_max_s,
+            concurrency=cfg.concurrency,
+            temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens,
         )
     raise ValueError(f"cloud.backend={cfg.backend!r}: use simulated, hf or openai")
 

@@ -60,7 +60,9 @@ def _materialise_gguf(directory: str, gguf_file: str, cache_dir: str) -> str:
     return str(target)
 
 
-def resolve_model_path(name_or_path: str, gguf_file: str | None = None, cache_dir: str = "~/.cache/cloudroute/models") -> str:
+def resolve_model_path(
+    name_or_path: str, gguf_file: str | None = None, cache_dir: str = "~/.cache/cloudroute/models"
+) -> str:
     """Turn 'package:<pkg>', a GGUF directory, a local directory or a hub id into a loadable path."""
     if name_or_path.startswith("package:"):
         directory, found = find_package_gguf(name_or_path.split(":", 1)[1])

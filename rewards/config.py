@@ -16,7 +16,7 @@ class RewardConfig(Section):
     alpha_cloud: float = option(
         0.25, "α_c: reward when it escalates and the cloud is correct. Must be < alpha_local (SPEC §3)."
     )
-    charge: Literal['all_escalations', 'correct_escalations'] = option(
+    charge: Literal["all_escalations", "correct_escalations"] = option(
         "all_escalations",
         "Who pays the Lagrangian γ: all_escalations (every cloud call, paper eq. 18) or "
         "correct_escalations (only calls whose cloud answer is correct, paper eq. 11).",

@@ -8,7 +8,18 @@ from collections import Counter
 from fractions import Fraction
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.USub, ast.UAdd)
+_ALLOWED = (
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Constant,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.USub,
+    ast.UAdd,
+)
 
 
 def extract_equation(text: str) -> str | None:

@@ -9,19 +9,20 @@ from dataclasses import replace
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from envs.tasks import load_problems
 from envs.simulation import task_cloud
+from envs.tasks import load_problems
 from policies.device import load_device_model
 from policies.generation import HFGenerator
 from rl.config import save_config
 from rl.dpo import train_with_dpo
+from rl.sft import train_sft
 from rl.trainer import make_env, run_eval
 from rl.trl_grpo import train_with_trl
-from rl.sft import train_sft
 
 
 def run_trl_baseline(cfg, resume: bool) -> int:
-    """rl.trainer=trl_drgrpo (TRL GRPOTrainer, rl/trl_grpo.py) or dpo (TRL DPOTrainer, rl/dpo.py), evaluated as above."""
+    """rl.trainer=trl_drgrpo (TRL GRPOTrainer, rl/trl_grpo.py) or dpo (TRL DPOTrainer, rl/dpo.py), evaluated as
+    above."""
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
     if accelerator.is_main_process:
         save_config(cfg)
@@ -33,10 +34,17 @@ def run_trl_baseline(cfg, resume: bool) -> int:
 
     if cfg.train.eval_before and cfg.train.max_steps > 0 and not resume and accelerator.is_main_process:
         eval_model("before", *load_device_model(replace(cfg.model, lora=False), for_training=False))
-    final = train_with_dpo(cfg, resume) if cfg.rl.trainer == "dpo" else train_with_trl(cfg, resume, eval_hook=eval_model)
+    final = (
+        train_with_dpo(cfg, resume) if cfg.rl.trainer == "dpo" else train_with_trl(cfg, resume, eval_hook=eval_model)
+    )
     if accelerator.is_main_process:
-        eval_model("final", *load_device_model(replace(cfg.model, name_or_path=final, gguf_file=None, lora=False), for_training=False))
-        tqdm.write(f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})")
+        eval_model(
+            "final",
+            *load_device_model(replace(cfg.model, name_or_path=final, gguf_file=None, lora=False), for_training=False),
+        )
+        tqdm.write(
+            f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})"
+        )
     return 0
 
 
@@ -55,6 +63,11 @@ def run_task_tuning(cfg, resume: bool) -> int:
 
     final = train_sft(cfg, resume, eval_hook=eval_model)
     if accelerator.is_main_process:
-        eval_model("final", *load_device_model(replace(cfg.model, name_or_path=final, gguf_file=None, lora=False), for_training=False))
-        tqdm.write(f"saved the task-tuned model to {final}  (RL from it: train.py --config <yaml> model.name_or_path={final})")
+        eval_model(
+            "final",
+            *load_device_model(replace(cfg.model, name_or_path=final, gguf_file=None, lora=False), for_training=False),
+        )
+        tqdm.write(
+            f"saved the task-tuned model to {final}  (RL from it: train.py --config <yaml> model.name_or_path={final})"
+        )
     return 0

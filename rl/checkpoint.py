@@ -1,8 +1,10 @@
 """Checkpoints of the GAPG loop and the final model.
 
-    <train.output_dir>/checkpoints/step-N/   accelerate state (model, optimizer, RNG of every process) + trainer_state.json
+    <train.output_dir>/checkpoints/step-N/   accelerate state (model, optimizer, RNG of every process)
+                                             + trainer_state.json
     <train.output_dir>/final/                 the trained policy (LoRA merged), loadable with from_pretrained
-    <train.output_dir>/metrics.jsonl          one line per step; ``truncate_metrics`` drops the steps a resume runs again
+    <train.output_dir>/metrics.jsonl          one line per step; ``truncate_metrics`` drops the steps a resume
+                                              runs again
 
 ``trainer_state.json`` is written last: a checkpoint without it is incomplete and ``latest_checkpoint`` skips it.
 """
@@ -25,7 +27,11 @@ def latest_checkpoint(output_dir: str) -> str | None:
     root = os.path.join(output_dir, "checkpoints")
     if not os.path.isdir(root):
         return None
-    steps = sorted(int(d.split("-")[1]) for d in os.listdir(root) if d.startswith("step-") and os.path.exists(os.path.join(root, d, "trainer_state.json")))
+    steps = sorted(
+        int(d.split("-")[1])
+        for d in os.listdir(root)
+        if d.startswith("step-") and os.path.exists(os.path.join(root, d, "trainer_state.json"))
+    )
     return os.path.join(root, f"step-{steps[-1]}") if steps else None
 
 
@@ -70,10 +76,13 @@ def save_checkpoint(accelerator, cfg, step: int, dual):
 
 
 def save_final(accelerator, model, tok, cfg, path: str):
-    """Save the trained policy to ``path`` (LoRA merged), loadable with ``from_pretrained``; return it on the main process.
+    """Save the trained policy to ``path`` (LoRA merged), loadable with ``from_pretrained``; return it on the main
+    process.
 
     Under ZeRO-3 each process holds a shard: the weights are gathered (a collective) into a fresh copy first."""
-    zero3 = accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    zero3 = (
+        accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    )
     state = accelerator.get_state_dict(model) if zero3 else None
     if not accelerator.is_main_process:
         return None

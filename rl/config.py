@@ -19,7 +19,7 @@ import math
 import os
 import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from omegaconf import MISSING as OC_MISSING  # noqa: F401  (re-exported for YAML users)
 from omegaconf import OmegaConf
@@ -31,23 +31,40 @@ from envs.lsrp.config import LSRPConfig
 from policies.config import CloudConfig, ModelConfig
 from rewards.config import RewardConfig
 
-__all__ = ["CloudConfig", "Config", "ConfigError", "DPOConfig", "LSRPConfig", "ModelConfig", "RLConfig", "RewardConfig",
-           "TaskConfig", "TrainConfig", "TuningConfig", "format_help", "load_config", "rho", "save_config", "to_dict",
-           "validate"]
+__all__ = [
+    "CloudConfig",
+    "Config",
+    "ConfigError",
+    "DPOConfig",
+    "LSRPConfig",
+    "ModelConfig",
+    "RLConfig",
+    "RewardConfig",
+    "TaskConfig",
+    "TrainConfig",
+    "TuningConfig",
+    "format_help",
+    "load_config",
+    "rho",
+    "save_config",
+    "to_dict",
+    "validate",
+]
 
 
 @dataclass
 class RLConfig(Section):
     section = "rl"
 
-    env: Literal['route', 'query', 'lsrp'] = option(
+    env: Literal["route", "query", "lsrp"] = option(
         "route",
         "Environment mode: route (answer, or escalate the whole problem with <unknown>) or query (ask the cloud "
         "mid-reasoning with <query>...</query>, answered inside <response>...</response>; envs/query.py). Same "
         "trainer, filtering and dual ascent; in query mode rl.budget counts cloud calls per problem. lsrp: the "
-        "cloud leads with a guideline and the device answers with private user data (envs/lsrp/, rl/lsrp.py, section lsrp).",
+        "cloud leads with a guideline and the device answers with private user data (envs/lsrp/, rl/lsrp.py, "
+        "section lsrp).",
     )
-    trainer: Literal['gapg', 'trl_drgrpo', 'sft', 'dpo'] = option(
+    trainer: Literal["gapg", "trl_drgrpo", "sft", "dpo"] = option(
         "gapg",
         "gapg: this repo's loop (GAPG + adaptive filtering + Lagrangian γ, SPEC §4-5). trl_drgrpo: the paper's "
         "'collaboration-aware tuning' baseline, TRL GRPOTrainer with Dr.GRPO (no std scaling, β=0) on the same "
@@ -67,50 +84,62 @@ class RLConfig(Section):
     )
     group_size: int = option(8, "G: responses sampled per prompt (>= 2).")
     rollout_prompts: int = option(
-        16, "Prompts sampled per step before filtering, over all processes (each process rolls out its contiguous share)."
+        16,
+        "Prompts sampled per step before filtering, over all processes (each process rolls out its contiguous share).",
     )
     batch_prompts: int = option(
-        8, "Prompts per update after adaptive filtering (D1 + D2), over all processes: filtering runs on the gathered groups."
+        8,
+        "Prompts per update after adaptive filtering (D1 + D2), over all processes: filtering runs on the gathered "
+        "groups.",
     )
     seed_per_prompt: bool = option(
         False,
         "Sample each prompt's G responses alone, seeded by (train.seed, step, position): rollouts then do not depend "
         "on the number of processes or on batching, so N processes reproduce 1 (the scale-out test). Slower on GPUs.",
     )
-    generator: Literal['hf', 'vllm'] = option(
+    generator: Literal["hf", "vllm"] = option(
         "hf",
         "Rollout generation: hf (batched transformers generate, CPU or GPU) or vllm (GPU only, pip install -e "
-        "\".[gpu]\"; TRL's vLLM backend, weights pushed to it after every update). Evaluation always uses hf.",
+        '".[gpu]"; TRL\'s vLLM backend, weights pushed to it after every update). Evaluation always uses hf.',
     )
-    vllm_mode: Literal['colocate', 'server'] = option(
-        "colocate", "rl.generator=vllm: colocate (a vLLM engine in each training process, sharing its GPU) or server "
-        "(a separate `trl vllm-serve --model <path>` at rl.vllm_server_base_url), as TRL's GRPOTrainer offers."
+    vllm_mode: Literal["colocate", "server"] = option(
+        "colocate",
+        "rl.generator=vllm: colocate (a vLLM engine in each training process, sharing its GPU) or server "
+        "(a separate `trl vllm-serve --model <path>` at rl.vllm_server_base_url), as TRL's GRPOTrainer offers.",
     )
     vllm_server_base_url: str = option("http://127.0.0.1:8000", "rl.vllm_mode=server: the URL of `trl vllm-serve`.")
     vllm_gpu_memory_utilization: float = option(0.3, "rl.vllm_mode=colocate: share of the GPU memory vLLM may take.")
     vllm_max_model_len: int = option(0, "vLLM context length (prompt + completion); 0 = the model's own.")
-    filtering: bool = option(True, "Adaptive prompt filtering (paper Algorithm 1); off = train on every sampled prompt.")
-    d1_rule: Literal['any_correct', 'mixed'] = option(
-        "any_correct", "D1 membership: any_correct (>= 1 local response correct) or mixed (>= 1 local answer right and "
-        ">= 1 local answer wrong; escalations are not local answers)."
+    filtering: bool = option(
+        True, "Adaptive prompt filtering (paper Algorithm 1); off = train on every sampled prompt."
+    )
+    d1_rule: Literal["any_correct", "mixed"] = option(
+        "any_correct",
+        "D1 membership: any_correct (>= 1 local response correct) or mixed (>= 1 local answer right and "
+        ">= 1 local answer wrong; escalations are not local answers).",
     )
     gamma: float = option(0.0, "Initial Lagrange multiplier γ (the cloud-call penalty).")
     gamma_lr: float = option(
-        0.0, "Dual-ascent step η: γ ← max(0, γ + η (offload_rate − budget)); rl.env=query: calls per rollout "
-        "instead of offload_rate. 0 keeps γ fixed as in the paper."
+        0.0,
+        "Dual-ascent step η: γ ← max(0, γ + η (offload_rate − budget)); rl.env=query: calls per rollout "
+        "instead of offload_rate. 0 keeps γ fixed as in the paper.",
     )
     temperature: float = option(1.0, "Sampling temperature for training rollouts.")
     top_p: float = option(1.0, "Nucleus sampling for training rollouts.")
     max_new_tokens: int = option(64, "Response tokens per rollout.")
     max_prompt_tokens: int = option(512, "Prompts longer than this (in tokens) are rejected with an error.")
     max_queries: int = option(
-        2, "rl.env=query: <query> calls answered per rollout; a later <query> gets <response>call limit reached</response> "
-        "(no call, no charge). An <unknown> escalation is one more call on top."
+        2,
+        "rl.env=query: <query> calls answered per rollout; a later <query> gets <response>call limit "
+        "reached</response> (no call, no charge). An <unknown> escalation is one more call on top.",
     )
-    max_response_tokens: int = option(64, "rl.env=query: a cloud answer inserted as <response> is cut to this many device tokens (0 = no cut).")
+    max_response_tokens: int = option(
+        64, "rl.env=query: a cloud answer inserted as <response> is cut to this many device tokens (0 = no cut)."
+    )
     gamma_tokens: float = option(
-        0.0, "rl.env=query: fixed extra cost per cloud token (prompt + completion, as the cloud reports them): "
-        "r̃ = r − γ·calls − gamma_tokens·cloud_tokens."
+        0.0,
+        "rl.env=query: fixed extra cost per cloud token (prompt + completion, as the cloud reports them): "
+        "r̃ = r − γ·calls − gamma_tokens·cloud_tokens.",
     )
 
     def check(self) -> None:
@@ -118,7 +147,8 @@ class RLConfig(Section):
         if self.env == "query" and not (self.budget > 0.0 and math.isfinite(self.budget)):
             raise ConfigError(
                 f"rl.budget={self.budget}: with rl.env=query the budget is the mean number of cloud calls per problem; "
-                "it must be a positive number (e.g. rl.budget=0.3, or rl.budget=1.5 for one and a half calls per problem)."
+                "it must be a positive number (e.g. rl.budget=0.3, or rl.budget=1.5 for one and a half calls per "
+                "problem)."
             )
         if self.env != "query" and (not (0.0 < self.budget < 1.0) or math.isnan(self.budget)):
             raise ConfigError(
@@ -140,7 +170,8 @@ class RLConfig(Section):
         if self.generator == "vllm" and (self.env != "route" or self.seed_per_prompt or self.trainer != "gapg"):
             raise ConfigError(
                 "rl.generator=vllm generates single-turn rollouts in one batch per step: it needs rl.env=route, "
-                "rl.trainer=gapg and rl.seed_per_prompt=false (query mode continues rollouts turn by turn: use rl.generator=hf)."
+                "rl.trainer=gapg and rl.seed_per_prompt=false (query mode continues rollouts turn by turn: use "
+                "rl.generator=hf)."
             )
         if self.env == "query" and self.trainer == "trl_drgrpo":
             raise ConfigError("rl.env=query trains with rl.trainer=gapg or dpo (the TRL GRPO baseline is single-turn).")
@@ -154,58 +185,96 @@ class RLConfig(Section):
 
 @dataclass
 class TuningConfig(Section):
-    """rl.trainer=sft: cloud-augmented supervised task tuning (CDCDA-PLM, seed 004 §3; rl/sft.py, envs/augment.py, envs/filters.py)."""
+    """rl.trainer=sft: cloud-augmented supervised task tuning (CDCDA-PLM, seed 004 §3; rl/sft.py, envs/augment.py,
+    envs/filters.py)."""
 
     section = "sft"
 
     num_real: int = option(
-        200, "Real examples: the first N training problems, each with its reference response in the device's answer "
+        200,
+        "Real examples: the first N training problems, each with its reference response in the device's answer "
         "format (ladder: '37 * 46 = 1702. \\boxed{1702}'; Countdown: <think>/<answer>; MATH: the dataset's solution).",
     )
-    augment_k: int = option(5, "k: Input/Response pairs the cloud writes per real example (paper eq. 1, default 5); 0 = no augmentation.")
+    augment_k: int = option(
+        5, "k: Input/Response pairs the cloud writes per real example (paper eq. 1, default 5); 0 = no augmentation."
+    )
     verify_answers: bool = option(
-        True, "Semantic consistency for math-like tasks: keep a synthetic pair only if its final answer is right (ladder: "
-        "exact evaluation; Countdown: the equation checker; MATH: agreement with an independent cloud solution, one more "
-        "cached call per pair).",
+        True,
+        "Semantic consistency for math-like tasks: keep a synthetic pair only if its final answer is right (ladder: "
+        "exact evaluation; Countdown: the equation checker; MATH: agreement with an independent cloud solution, "
+        "one more cached call per pair).",
     )
     nli_model: str = option(
-        "", "Semantic consistency filter (eq. 2): local directory or hub id of an NLI classifier; a pair is kept if "
-        "P(entail) >= scf_threshold in both directions between the inputs. Empty = answer check only (no NLI ships offline).",
+        "",
+        "Semantic consistency filter (eq. 2): local directory or hub id of an NLI classifier; a pair is kept if "
+        "P(entail) >= scf_threshold in both directions between the inputs. Empty = answer check only (no NLI ships "
+        "offline).",
     )
-    scf_threshold: float = option(0.5, "ε_scf: entailment probability both ways must reach this (only with sft.nli_model).")
+    scf_threshold: float = option(
+        0.5, "ε_scf: entailment probability both ways must reach this (only with sft.nli_model)."
+    )
     rouge_l_max: float = option(
-        0.7, "ε_tdf, token diversity filter (eq. 3): drop a synthetic pair whose input has ROUGE-L F1 above this with "
+        0.7,
+        "ε_tdf, token diversity filter (eq. 3): drop a synthetic pair whose input has ROUGE-L F1 above this with "
         "the original input (near-copies). 1.0 = keep all.",
     )
-    length_ratio_min: float = option(0.5, "ε_min, length filter (eq. 4): len(x_syn)/len(x) and len(y_syn)/len(y), in words, at least this.")
+    length_ratio_min: float = option(
+        0.5, "ε_min, length filter (eq. 4): len(x_syn)/len(x) and len(y_syn)/len(y), in words, at least this."
+    )
     length_ratio_max: float = option(2.0, "ε_max, length filter (eq. 4): those ratios at most this.")
     unknown_share: float = option(
-        0.15, "Share of the SFT mix that answers <unknown> I need external assistance </unknown> (problems the base "
-        "model failed on), so the escalation tag exists before RL. 0 = pure task tuning (the 'task tuning only' baseline).",
+        0.15,
+        "Share of the SFT mix that answers <unknown> I need external assistance </unknown> (problems the base "
+        "model failed on), so the escalation tag exists before RL. 0 = pure task tuning (the 'task tuning only' "
+        "baseline).",
     )
     probe_problems: int = option(
-        200, "Training problems after the real ones that the base model tries, to find those it cannot solve "
+        200,
+        "Training problems after the real ones that the base model tries, to find those it cannot solve "
         "(the <unknown> examples come from these).",
     )
-    probe_samples: int = option(1, "Attempts per probed problem: 1 = greedy; n > 1 = n samples at temperature 1 (failed = none correct).")
+    probe_samples: int = option(
+        1, "Attempts per probed problem: 1 = greedy; n > 1 = n samples at temperature 1 (failed = none correct)."
+    )
     unknown_max_level_acc: float = option(
-        1.0, "Only failures from difficulty levels whose probe accuracy is at most this become <unknown> examples "
+        1.0,
+        "Only failures from difficulty levels whose probe accuracy is at most this become <unknown> examples "
         "(1.0 = every failed problem; e.g. 0.2 = only levels the base model nearly never solves).",
     )
-    batch_size: int = option(16, "Examples per optimizer step (split into train.micro_batch_size with gradient accumulation).")
+    batch_size: int = option(
+        16, "Examples per optimizer step (split into train.micro_batch_size with gradient accumulation)."
+    )
 
     def check(self) -> None:
         if not 0.0 <= self.unknown_share < 1.0:
-            raise ConfigError(f"sft.unknown_share={self.unknown_share} must lie in [0, 1): it is the <unknown> share of the SFT mix (e.g. 0.15).")
+            raise ConfigError(
+                f"sft.unknown_share={self.unknown_share} must lie in [0, 1): it is the <unknown> share of the SFT mix "
+                "(e.g. 0.15)."
+            )
         if not (0.0 < self.length_ratio_min <= self.length_ratio_max):
             raise ConfigError(
-                f"sft.length_ratio_min={self.length_ratio_min} and sft.length_ratio_max={self.length_ratio_max} must satisfy "
-                "0 < min <= max (e.g. 0.5 and 2.0)."
+                f"sft.length_ratio_min={self.length_ratio_min} and sft.length_ratio_max={self.length_ratio_max} "
+                "must satisfy 0 < min <= max (e.g. 0.5 and 2.0)."
             )
-        if not 0.0 < self.rouge_l_max <= 1.0 or not 0.0 <= self.scf_threshold <= 1.0 or not 0.0 <= self.unknown_max_level_acc <= 1.0:
-            raise ConfigError("sft.rouge_l_max must lie in (0, 1], sft.scf_threshold and sft.unknown_max_level_acc in [0, 1].")
-        if self.num_real < 1 or self.augment_k < 0 or self.probe_problems < 0 or self.probe_samples < 1 or self.batch_size < 1:
-            raise ConfigError("sft.num_real, sft.probe_samples and sft.batch_size must be >= 1; sft.augment_k and sft.probe_problems >= 0.")
+        if (
+            not 0.0 < self.rouge_l_max <= 1.0
+            or not 0.0 <= self.scf_threshold <= 1.0
+            or not 0.0 <= self.unknown_max_level_acc <= 1.0
+        ):
+            raise ConfigError(
+                "sft.rouge_l_max must lie in (0, 1], sft.scf_threshold and sft.unknown_max_level_acc in [0, 1]."
+            )
+        if (
+            self.num_real < 1
+            or self.augment_k < 0
+            or self.probe_problems < 0
+            or self.probe_samples < 1
+            or self.batch_size < 1
+        ):
+            raise ConfigError(
+                "sft.num_real, sft.probe_samples and sft.batch_size must be >= 1; "
+                "sft.augment_k and sft.probe_problems >= 0."
+            )
 
 
 @dataclass
@@ -218,11 +287,12 @@ class TrainConfig(Section):
     weight_decay: float = option(0.0, "AdamW weight decay.")
     max_grad_norm: float = option(1.0, "Gradient clipping (0 = off).")
     max_skipped_updates: int = option(
-        3, "A non-finite (NaN/inf) loss or gradient norm skips that update (counted in metrics.jsonl as skipped_updates, "
+        3,
+        "A non-finite (NaN/inf) loss or gradient norm skips that update (counted in metrics.jsonl as skipped_updates, "
         "with a warning); more than this many in a row stops the run with an error (0 = stop at the first).",
     )
     micro_batch_size: int = option(16, "Sequences per forward/backward pass (gradient accumulation splits the batch).")
-    mixed_precision: Literal['no', 'bf16', 'fp16'] = option("no", "Accelerate mixed precision: no, bf16 or fp16 (GPU).")
+    mixed_precision: Literal["no", "bf16", "fp16"] = option("no", "Accelerate mixed precision: no, bf16 or fp16 (GPU).")
     seed: int = option(0, "Seed for sampling, data order and initialisation.")
     save_every: int = option(10, "Checkpoint every N steps (0 = only at the end).")
     keep_checkpoints: int = option(2, "How many step checkpoints to keep.")
@@ -230,7 +300,9 @@ class TrainConfig(Section):
     eval_before: bool = option(True, "Evaluate the untrained policy before step 1 (the 'before' row).")
     eval_batch_size: int = option(32, "Prompts per generate() call in evaluation.")
     eval_max_new_tokens: int = option(64, "Response tokens in evaluation (greedy).")
-    wandb: bool = option(True, "Log to Weights & Biases (offline unless WANDB_API_KEY is set or WANDB_MODE says otherwise).")
+    wandb: bool = option(
+        True, "Log to Weights & Biases (offline unless WANDB_API_KEY is set or WANDB_MODE says otherwise)."
+    )
     wandb_project: str = option("cloudroute", "W&B project.")
     run_name: str = option("", "Run name (default: the output_dir's name).")
     wandb_group: str = option("", "W&B group, e.g. the sweep a run belongs to (sweep.py sets it).")
@@ -240,7 +312,10 @@ class TrainConfig(Section):
         if self.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate={self.learning_rate} must be > 0 (e.g. 1e-5).")
         if self.max_skipped_updates < 0:
-            raise ConfigError(f"train.max_skipped_updates={self.max_skipped_updates} must be >= 0 (0 = stop at the first NaN/inf update).")
+            raise ConfigError(
+                f"train.max_skipped_updates={self.max_skipped_updates} must be >= 0 "
+                "(0 = stop at the first NaN/inf update)."
+            )
         if self.max_steps < 0 or self.micro_batch_size < 1:
             raise ConfigError("train.max_steps must be >= 0 and train.micro_batch_size >= 1.")
 
@@ -254,17 +329,38 @@ class DPOConfig(Section):
     learning_rate: float = option(5e-5, "DPO learning rate (LSRP Appendix A: 5e-5).")
     num_epochs: float = option(3.0, "Epochs over the preference pairs (LSRP Appendix A: 3).")
     batch_size: int = option(2, "Preference pairs per forward pass (per_device_train_batch_size; LSRP: 2 per GPU).")
-    grad_accum: int = option(1, "Gradient accumulation steps: pairs per optimizer step = batch_size × grad_accum × processes.")
-    lora: bool = option(True, "Train LoRA adapters (shape from model.lora_r/lora_alpha/lora_dropout/lora_target_modules); "
-                          "the reference model is the base with the adapters off. The saved final/ is merged.")
-    max_length: int = option(1024, "Longest prompt + completion in tokens; longer pairs are cut from the end (keep_start).")
-    num_prompts: int = option(64, "rl.trainer=dpo: training problems rolled out (rl.group_size samples each at rl.temperature) to build pairs.")
-    max_pairs_per_prompt: int = option(4, "rl.trainer=dpo: at most this many pairs per problem, largest reward gap first (0 = all).")
+    grad_accum: int = option(
+        1, "Gradient accumulation steps: pairs per optimizer step = batch_size × grad_accum × processes."
+    )
+    lora: bool = option(
+        True,
+        "Train LoRA adapters (shape from model.lora_r/lora_alpha/lora_dropout/lora_target_modules); "
+        "the reference model is the base with the adapters off. The saved final/ is merged.",
+    )
+    max_length: int = option(
+        1024, "Longest prompt + completion in tokens; longer pairs are cut from the end (keep_start)."
+    )
+    num_prompts: int = option(
+        64,
+        "rl.trainer=dpo: training problems rolled out (rl.group_size samples each at rl.temperature) to build pairs.",
+    )
+    max_pairs_per_prompt: int = option(
+        4, "rl.trainer=dpo: at most this many pairs per problem, largest reward gap first (0 = all)."
+    )
 
     def check(self) -> None:
-        if self.beta <= 0 or self.learning_rate <= 0 or self.num_epochs <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 16:
-            raise ConfigError("dpo.beta, dpo.learning_rate and dpo.num_epochs must be > 0, dpo.batch_size and dpo.grad_accum >= 1, "
-                              "dpo.max_length >= 16.")
+        if (
+            self.beta <= 0
+            or self.learning_rate <= 0
+            or self.num_epochs <= 0
+            or self.batch_size < 1
+            or self.grad_accum < 1
+            or self.max_length < 16
+        ):
+            raise ConfigError(
+                "dpo.beta, dpo.learning_rate and dpo.num_epochs must be > 0, dpo.batch_size and dpo.grad_accum >= 1, "
+                "dpo.max_length >= 16."
+            )
         if self.num_prompts < 1 or self.max_pairs_per_prompt < 0:
             raise ConfigError("dpo.num_prompts must be >= 1 and dpo.max_pairs_per_prompt >= 0 (0 = every pair).")
 
@@ -339,13 +435,15 @@ def _choice_error(key: str, layer) -> ConfigError | None:
     return ConfigError(f"{key}={str(OmegaConf.select(layer, key))!r} is not one of {', '.join(allowed)}.")
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- ``section.key=value`` overrides, then validated."""
     schema = OmegaConf.structured(Config)
     layers = []
     if path:
         if not os.path.exists(path):
-            raise ConfigError(f"Config file '{path}' does not exist. Pass an existing YAML, e.g. configs/cpu_default.yaml.")
+            raise ConfigError(
+                f"Config file '{path}' does not exist. Pass an existing YAML, e.g. configs/cpu_default.yaml."
+            )
         layers.append(OmegaConf.load(path))
     for ov in overrides or []:
         if "=" not in ov:
@@ -371,7 +469,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
             msg = re.sub(r"field of type 'Literal\[[^]]*\]'", "field of type 'str'", msg)  # choices are strings
             m = re.match(r"Value '(.*)' of type", msg)
             if m and may_be_secret(m.group(1)):  # e.g. an API key pasted into the wrong key: never echo it
-                msg = "Value <not shown: it looks like a secret>" + msg[m.end() - len(" of type"):]
+                msg = "Value <not shown: it looks like a secret>" + msg[m.end() - len(" of type") :]
             raise ConfigError(
                 f"Config key '{e.full_key}' got a value of the wrong type: {msg}. "
                 "See `python train.py --help` for its type."

@@ -15,7 +15,8 @@
    the base policy) on the exact token ids that were sampled: ``ExactPreferenceCollator`` feeds TRL the
    rollout's own prompt and completion ids (no re-tokenisation of decoded text) and its per-token loss mask,
    so the cloud's ``<response>`` tokens of a query rollout are context and never trained.
-5. ``final/``: the merged policy, evaluated by rl/baselines.py (before/after) and loadable by eval.py like any checkpoint.
+5. ``final/``: the merged policy, evaluated by rl/baselines.py (before/after) and loadable by eval.py like any
+   checkpoint.
 
 The same ``dpo_args``/``train_dpo`` serve LSRP's SMFB-DPO of the leader (rl/smfb_dpo.py).
 """
@@ -30,8 +31,8 @@ from dataclasses import replace
 from itertools import combinations
 
 from core.io import write_jsonl
-from envs.tasks import load_problems
 from envs.simulation import task_cloud
+from envs.tasks import load_problems
 from policies.device import load_device_model
 from policies.generation import HFGenerator
 from rl.trainer import make_env
@@ -64,14 +65,21 @@ def preference_pairs(groups, max_pairs_per_prompt: int = 0, tol: float = 1e-9) -
             if a.completion_ids == b.completion_ids or sig in seen:
                 continue
             seen.add(sig)
-            pairs.append({
-                "uid": g.problem.uid, "prompt": "", "chosen": a.text, "rejected": b.text,
-                "chosen_reward": g.rewards[hi], "rejected_reward": g.rewards[lo],
-                "exact_prompt_ids": list(a.prompt_ids), "exact_chosen_ids": list(a.completion_ids),
-                "exact_rejected_ids": list(b.completion_ids),
-                "chosen_mask": list(a.loss_mask) if a.loss_mask is not None else [1] * len(a.completion_ids),
-                "rejected_mask": list(b.loss_mask) if b.loss_mask is not None else [1] * len(b.completion_ids),
-            })
+            pairs.append(
+                {
+                    "uid": g.problem.uid,
+                    "prompt": "",
+                    "chosen": a.text,
+                    "rejected": b.text,
+                    "chosen_reward": g.rewards[hi],
+                    "rejected_reward": g.rewards[lo],
+                    "exact_prompt_ids": list(a.prompt_ids),
+                    "exact_chosen_ids": list(a.completion_ids),
+                    "exact_rejected_ids": list(b.completion_ids),
+                    "chosen_mask": list(a.loss_mask) if a.loss_mask is not None else [1] * len(a.completion_ids),
+                    "rejected_mask": list(b.loss_mask) if b.loss_mask is not None else [1] * len(b.completion_ids),
+                }
+            )
             kept += 1
             if max_pairs_per_prompt and kept >= max_pairs_per_prompt:
                 break
@@ -85,10 +93,16 @@ def exact_collator(pad_token_id: int, max_length: int | None):
 
     class ExactPreferenceCollator(DataCollatorForPreference):
         def torch_call(self, examples):
-            out = super().torch_call([
-                {"prompt_ids": e["exact_prompt_ids"], "chosen_ids": e["exact_chosen_ids"], "rejected_ids": e["exact_rejected_ids"]}
-                for e in examples
-            ])
+            out = super().torch_call(
+                [
+                    {
+                        "prompt_ids": e["exact_prompt_ids"],
+                        "chosen_ids": e["exact_chosen_ids"],
+                        "rejected_ids": e["exact_rejected_ids"],
+                    }
+                    for e in examples
+                ]
+            )
             masks = [[0] * len(e["exact_prompt_ids"]) + list(e["chosen_mask"]) for e in examples]
             masks += [[0] * len(e["exact_prompt_ids"]) + list(e["rejected_mask"]) for e in examples]
             width = out["completion_mask"].shape[1]
@@ -97,7 +111,9 @@ def exact_collator(pad_token_id: int, max_length: int | None):
                 m = m[: self.max_length] if self.max_length else m
                 return m + [0] * (width - len(m))
 
-            out["completion_mask"] = out["completion_mask"] * torch.tensor([fit(m) for m in masks], dtype=out["completion_mask"].dtype)
+            out["completion_mask"] = out["completion_mask"] * torch.tensor(
+                [fit(m) for m in masks], dtype=out["completion_mask"].dtype
+            )
             return out
 
     return ExactPreferenceCollator(pad_token_id=pad_token_id, max_length=max_length, truncation_mode="keep_start")
@@ -128,12 +144,20 @@ def dpo_args(cfg, output_dir: str, save: bool = True):
 def lora_config(model_cfg):
     from peft import LoraConfig
 
-    return LoraConfig(r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha, lora_dropout=model_cfg.lora_dropout,
-                      target_modules=list(model_cfg.lora_target_modules), task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=model_cfg.lora_r,
+        lora_alpha=model_cfg.lora_alpha,
+        lora_dropout=model_cfg.lora_dropout,
+        target_modules=list(model_cfg.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
 
 
-def train_dpo(model, tokenizer, rows: list[dict], cfg, output_dir: str, final_dir: str, collator=None, resume: bool = False) -> str:
-    """DPOTrainer on ``rows`` (prompt/chosen/rejected, text or conversational); save the merged model to ``final_dir``."""
+def train_dpo(
+    model, tokenizer, rows: list[dict], cfg, output_dir: str, final_dir: str, collator=None, resume: bool = False
+) -> str:
+    """DPOTrainer on ``rows`` (prompt/chosen/rejected, text or conversational); save the merged model to
+    ``final_dir``."""
     from datasets import Dataset
     from trl import DPOTrainer
 
@@ -165,13 +189,17 @@ def rollout_pairs(cfg, env, generator, problems) -> tuple[list[dict], dict]:
     for start in range(0, len(problems), cfg.rl.rollout_prompts):
         chunk = problems[start : start + cfg.rl.rollout_prompts]
         part = env.rollout(generator, chunk, cfg.rl.group_size, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.max_new_tokens)
-        env.reward(part, cfg.reward, cfg.rl.gamma)  # the environment's reward (route or query) with a fixed γ = rl.gamma
+        env.reward(
+            part, cfg.reward, cfg.rl.gamma
+        )  # the environment's reward (route or query) with a fixed γ = rl.gamma
         groups += part
         log.info("dpo rollouts: %d/%d problems", len(groups), len(problems))
     pairs = preference_pairs(groups, cfg.dpo.max_pairs_per_prompt)
     rolls = [r for g in groups for r in g.rollouts]
     stats = {
-        "problems": len(groups), "rollouts": len(rolls), "pairs": len(pairs),
+        "problems": len(groups),
+        "rollouts": len(rolls),
+        "pairs": len(pairs),
         "reward": sum(x for g in groups for x in g.rewards) / max(len(rolls), 1),
         "offload_rate": sum(r.escalated for r in rolls) / max(len(rolls), 1),
         "calls_per_rollout": sum(r.calls for r in rolls) / max(len(rolls), 1),
@@ -193,7 +221,9 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
         cloud = task_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
         env = make_env(cfg, tok, cloud)  # rl.env: route or query
         train_problems = load_problems(cfg.task)[0]
-        problems = random.Random(f"{cfg.train.seed}-dpo").sample(train_problems, min(cfg.dpo.num_prompts, len(train_problems)))
+        problems = random.Random(f"{cfg.train.seed}-dpo").sample(
+            train_problems, min(cfg.dpo.num_prompts, len(train_problems))
+        )
         pairs, stats = rollout_pairs(cfg, env, HFGenerator(model, tok), problems)
         write_jsonl(pairs_path, pairs)
         with open(os.path.join(out, "dpo_rollouts.json"), "w") as f:
@@ -201,5 +231,13 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
         log.info("dpo: %s", stats)
     for p in pairs:  # TRL tokenises these texts; the collator trains on the exact ids
         p["prompt"] = tok.decode(p["exact_prompt_ids"])
-    return train_dpo(model, tok, pairs, cfg, out, os.path.join(out, "final"),
-                     collator=exact_collator(tok.pad_token_id, cfg.dpo.max_length), resume=resume)
+    return train_dpo(
+        model,
+        tok,
+        pairs,
+        cfg,
+        out,
+        os.path.join(out, "final"),
+        collator=exact_collator(tok.pad_token_id, cfg.dpo.max_length),
+        resume=resume,
+    )

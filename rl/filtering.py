@@ -66,5 +66,11 @@ def select_prompts(groups, batch_prompts: int, rho: float, d1_rule: str = "any_c
     d2 = [i for i, k in enumerate(kinds) if k == "d2"]
     n1, n2 = batch_mix(len(d1), len(d2), batch_prompts, rho)
     picked = d1[:n1] + d2[:n2]
-    stats = {"d1_available": len(d1), "d2_available": len(d2), "d1": n1, "d2": n2, "dropped": len(groups) - len(d1) - len(d2)}
+    stats = {
+        "d1_available": len(d1),
+        "d2_available": len(d2),
+        "d1": n1,
+        "d2": n2,
+        "dropped": len(groups) - len(d1) - len(d2),
+    }
     return picked, stats

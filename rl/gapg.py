@@ -34,7 +34,9 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
     """log π(token_t | tokens_<t) for t = 1..L-1: (B, L-1)."""
     logits = logits[:, :-1].float()
     labels = input_ids[:, 1:]
-    return -F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="none").view(labels.shape)
+    return -F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="none").view(
+        labels.shape
+    )
 
 
 def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -74,7 +76,9 @@ def recomputes_activations(model) -> bool:
     A checkpointed forward in training mode returns no KV cache (each layer is run again in the backward pass, so
     transformers turns ``use_cache`` off), which the shared-prefix path needs."""
     inner = getattr(model, "module", model)
-    name = "is_activation_checkpointing" if hasattr(inner, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    name = (
+        "is_activation_checkpointing" if hasattr(inner, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    )
     return bool(getattr(inner, name, False)) and inner.training
 
 

@@ -79,8 +79,9 @@ def format_rows(rows: list[dict], title: str) -> str:
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['S']:+.3f} | {r['qa_rel']:.2f} | {r['persona']:.2f} | {r['udrr']:.3f} | {r['ppl']:.2f} | "
-            f"{r['flesch']:.1f} | {r['qa_rel_emb']:.2f} | {r['persona_emb']:.2f} | {r['llm_judged']:.0%} |"
+            f"| {r['method']} | {r['S']:+.3f} | {r['qa_rel']:.2f} | {r['persona']:.2f} | {r['udrr']:.3f} | "
+            f"{r['ppl']:.2f} | {r['flesch']:.1f} | {r['qa_rel_emb']:.2f} | {r['persona_emb']:.2f} | "
+            f"{r['llm_judged']:.0%} |"
         )
     return "\n".join(lines)
 
@@ -96,7 +97,6 @@ def run_lsrp(cfg) -> int:
     test_pairs = make_pairs(s.num_test_users, s.tasks_per_user, s.seed, "real")
     write_jsonl(os.path.join(out, "users.jsonl"), [p.to_dict() for p in index_pairs + test_pairs])
     tasks = {p.uid: p.task for p in index_pairs + test_pairs}
-
 
     cache = cfg.cloud.cache_file or os.path.join(out, "cloud_cache.sqlite")
 
@@ -118,27 +118,45 @@ def run_lsrp(cfg) -> int:
     def run(pairs, strategies, ldr, tag: str, temperature: float) -> list[dict]:
         """Records of every (pair, strategy): guideline by ``ldr`` at ``temperature``, device answer, metrics."""
         jobs = [(p, st) for p in pairs for st in strategies]
-        return execute(jobs, ldr, tag, temperature, device, judge, store, s.device_max_new_tokens, s.device_temperature, log=log.info)
+        return execute(
+            jobs,
+            ldr,
+            tag,
+            temperature,
+            device,
+            judge,
+            store,
+            s.device_max_new_tokens,
+            s.device_temperature,
+            log=log.info,
+        )
 
     # 1. the index ---------------------------------------------------------------------------------
     t0 = time.time()
     recs = run(index_pairs, STRATEGIES, leader, "base", cfg.cloud.temperature)
     by = {(r["uid"], r["strategy"]): r for r in recs}
     grid = lambda key: np.array([[by[(p.uid, st)][key] for st in STRATEGIES] for p in index_pairs])  # noqa: E731
-    weights = fit_score_weights(grid("qa_rel"), grid("udrr"), grid("ppl"), s.nsga_pop_size, s.nsga_generations, cfg.train.seed)
+    weights = fit_score_weights(
+        grid("qa_rel"), grid("udrr"), grid("ppl"), s.nsga_pop_size, s.nsga_generations, cfg.train.seed
+    )
     weights.save(os.path.join(out, "score_weights.json"))
     index_best = best_strategies(by, index_pairs, weights)
     rag = UURAG(s.encoder, encoder).build([p.text() for p in index_pairs], index_best, [p.uid for p in index_pairs])
     rag.save(os.path.join(out, "uurag"))
     timings["index_s"] = time.time() - t0
     w = weights.w
-    say(f"S = {w[0]:.3f}·QA-Rel + {w[1]:.3f}·UDRR − {w[2]:.3f}·PPL (min-max normalised; knee of a {len(weights.front)}-point "
-        f"NSGA-II front). Best strategy of the {len(index_pairs)} synthetic pairs: "
-        f"{ {st: index_best.count(st) for st in STRATEGIES} }")
+    say(
+        f"S = {w[0]:.3f}·QA-Rel + {w[1]:.3f}·UDRR − {w[2]:.3f}·PPL (min-max normalised; knee of a "
+        f"{len(weights.front)}-point NSGA-II front). Best strategy of the {len(index_pairs)} synthetic pairs: "
+        f"{ {st: index_best.count(st) for st in STRATEGIES} }"
+    )
 
     # 2. strategy choice on the real pairs, base leader ------------------------------------------------
     t0 = time.time()
-    base = {(r["uid"], r["strategy"]): r for r in run(test_pairs, STRATEGIES + ("general",), leader, "base", cfg.cloud.temperature)}
+    base = {
+        (r["uid"], r["strategy"]): r
+        for r in run(test_pairs, STRATEGIES + ("general",), leader, "base", cfg.cloud.temperature)
+    }
     rag = UURAG.load(os.path.join(out, "uurag"), model=encoder)  # the saved index, as a deployment would load it
     choices = {
         f"U-U-RAG (k={s.top_k})": rag.choose([p.text() for p in test_pairs], s.top_k),
@@ -151,9 +169,15 @@ def run_lsrp(cfg) -> int:
     oracle = choices["best in hindsight (oracle)"]
     agree = {m: sum(a == b for a, b in zip(c, oracle)) / len(oracle) for m, c in choices.items()}
     timings["test_before_s"] = time.time() - t0
-    report = {"weights": weights.w, "bounds": {"lo": weights.lo, "hi": weights.hi}, "front_points": len(weights.front),
-              "index_best": {st: index_best.count(st) for st in STRATEGIES}, "choices": choices,
-              "agreement_with_oracle": agree, "before": rows_before}
+    report = {
+        "weights": weights.w,
+        "bounds": {"lo": weights.lo, "hi": weights.hi},
+        "front_points": len(weights.front),
+        "index_best": {st: index_best.count(st) for st in STRATEGIES},
+        "choices": choices,
+        "agreement_with_oracle": agree,
+        "before": rows_before,
+    }
     say(format_rows(rows_before, f"{len(test_pairs)} real pairs, base leader"))
 
     # 3-4. SMFB-DPO and the same comparison after it -----------------------------------------------------
@@ -162,30 +186,52 @@ def run_lsrp(cfg) -> int:
         t0 = time.time()
         bucket = STRATEGIES if s.dpo_prompt == "strategy" else ("general",)
         ta, tb = (float(t) for t in s.dpo_temperatures)
-        rec_a = run(index_pairs, bucket, leader if ta == cfg.cloud.temperature else leader_at(cfg.cloud.model, ta), "base", ta)
-        rec_b = run(index_pairs, bucket, leader if tb == cfg.cloud.temperature else leader_at(cfg.cloud.model, tb), "base", tb)
+        rec_a = run(
+            index_pairs, bucket, leader if ta == cfg.cloud.temperature else leader_at(cfg.cloud.model, ta), "base", ta
+        )
+        rec_b = run(
+            index_pairs, bucket, leader if tb == cfg.cloud.temperature else leader_at(cfg.cloud.model, tb), "base", tb
+        )
         pairs = smfb_pairs(rec_a, rec_b, weights, s.min_score_gap)
         kept = balance(pairs, s.seed) if (s.balance == "downsample" and s.dpo_prompt == "strategy") else pairs
         write_jsonl(os.path.join(out, "smfb_pairs.jsonl"), kept)
         counts = lambda ps: {st: sum(p["strategy"] == st for p in ps) for st in bucket}  # noqa: E731
-        report["smfb"] = {"candidates": len(rec_a), "pairs": counts(pairs), "balanced": counts(kept),
-                          "chosen_at_T": {str(t): sum(p["t_chosen"] == t for p in kept) for t in (ta, tb)},
-                          "mean_S_gap": float(np.mean([p["s_chosen"] - p["s_rejected"] for p in kept])) if kept else 0.0}
+        report["smfb"] = {
+            "candidates": len(rec_a),
+            "pairs": counts(pairs),
+            "balanced": counts(kept),
+            "chosen_at_T": {str(t): sum(p["t_chosen"] == t for p in kept) for t in (ta, tb)},
+            "mean_S_gap": float(np.mean([p["s_chosen"] - p["s_rejected"] for p in kept])) if kept else 0.0,
+        }
         say(f"SMFB-DPO pairs per strategy: {report['smfb']['pairs']} -> balanced {report['smfb']['balanced']}")
         timings["smfb_pairs_s"] = time.time() - t0
         t0 = time.time()
         # the DPO'd leader lives in a folder named by what it was trained from, so the cloud cache (keyed by the
         # model's path) and the records (keyed by the tag) never serve a previous leader's guidelines
-        recipe = json.dumps({"pairs": kept, "dpo": to_dict(cfg)["dpo"], "leader": cfg.cloud.model, "seed": cfg.train.seed,
-                             "lora": [cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, list(cfg.model.lora_target_modules)]},
-                            sort_keys=True)
+        recipe = json.dumps(
+            {
+                "pairs": kept,
+                "dpo": to_dict(cfg)["dpo"],
+                "leader": cfg.cloud.model,
+                "seed": cfg.train.seed,
+                "lora": [
+                    cfg.model.lora_r,
+                    cfg.model.lora_alpha,
+                    cfg.model.lora_dropout,
+                    list(cfg.model.lora_target_modules),
+                ],
+            },
+            sort_keys=True,
+        )
         digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
         leader_dir = os.path.join(out, "leader_dpo", digest)
         final = os.path.join(leader_dir, "final")
         report["smfb"]["leader"] = final
         if not kept:
-            say("SMFB-DPO skipped: no preference pairs (every two guidelines tied on S). Use more users, two temperatures "
-                "further apart (lsrp.dpo_temperatures) or a lower lsrp.min_score_gap.")
+            say(
+                "SMFB-DPO skipped: no preference pairs (every two guidelines tied on S). Use more users, two "
+                "temperatures further apart (lsrp.dpo_temperatures) or a lower lsrp.min_score_gap."
+            )
             report["smfb"]["skipped"] = True
         elif not os.path.exists(os.path.join(final, "config.json")):
             train_leader(kept, tasks, cfg, leader_dir)
@@ -193,7 +239,10 @@ def run_lsrp(cfg) -> int:
     if s.dpo and kept:  # 4. the real pairs again, with the leader after SMFB-DPO
         t0 = time.time()
         after_leader = leader_at(final, cfg.cloud.temperature)
-        after = {(r["uid"], r["strategy"]): r for r in run(test_pairs, STRATEGIES + ("general",), after_leader, f"dpo-{digest}", cfg.cloud.temperature)}
+        after = {
+            (r["uid"], r["strategy"]): r
+            for r in run(test_pairs, STRATEGIES + ("general",), after_leader, f"dpo-{digest}", cfg.cloud.temperature)
+        }
         after_choices = dict(choices, **{"best in hindsight (oracle)": best_strategies(after, test_pairs, weights)})
         rows_after = choice_rows(after, test_pairs, after_choices, weights) + [random_row(after, test_pairs, weights)]
         report["after"] = rows_after
@@ -202,15 +251,22 @@ def run_lsrp(cfg) -> int:
 
     timings["total_s"] = time.time() - t_start
     report["timings"] = timings
-    report["judge"] = "llm: " + (s.judge_model or cfg.cloud.model) if s.judge == "cloud" else "offline-embedding (no LLM judge)"
+    report["judge"] = (
+        "llm: " + (s.judge_model or cfg.cloud.model) if s.judge == "cloud" else "offline-embedding (no LLM judge)"
+    )
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(f"Judge: {report['judge']}. S = {w[0]:.3f}·QA-Rel + {w[1]:.3f}·UDRR − {w[2]:.3f}·PPL (min-max normalised, "
-                f"knee of a {len(weights.front)}-point NSGA-II front).\n\n")
+        f.write(
+            f"Judge: {report['judge']}. S = {w[0]:.3f}·QA-Rel + {w[1]:.3f}·UDRR − {w[2]:.3f}·PPL (min-max normalised, "
+            f"knee of a {len(weights.front)}-point NSGA-II front).\n\n"
+        )
         f.write(f"Best strategy of the {len(index_pairs)} synthetic pairs (the index): {report['index_best']}.\n")
-        f.write("Agreement with the best strategy in hindsight on the real pairs: "
-                + ", ".join(f"{m} {a:.0%}" for m, a in agree.items() if not m.startswith("best")) + ".\n\n")
+        f.write(
+            "Agreement with the best strategy in hindsight on the real pairs: "
+            + ", ".join(f"{m} {a:.0%}" for m, a in agree.items() if not m.startswith("best"))
+            + ".\n\n"
+        )
         f.write(format_rows(rows_before, "before SMFB-DPO") + "\n\n")
         if "smfb" in report:
             f.write(f"SMFB-DPO: {report['smfb']}\n\n")

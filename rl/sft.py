@@ -76,7 +76,15 @@ def reference_response(problem: Problem) -> str | None:
 # ---- probing the base model for problems it cannot solve -----------------------------------------
 
 
-def probe(generator, env: RouteEnv, problems: list[Problem], samples: int, max_new_tokens: int, batch_size: int, path: str | None):
+def probe(
+    generator,
+    env: RouteEnv,
+    problems: list[Problem],
+    samples: int,
+    max_new_tokens: int,
+    batch_size: int,
+    path: str | None,
+):
     """uid -> {"level", "n_correct", "solved", "output"}: the base model's attempts (greedy if ``samples == 1``,
     else that many at temperature 1) graded on the device's own text; appended to ``path`` batch by batch."""
     done = read_jsonl(path)
@@ -85,11 +93,15 @@ def probe(generator, env: RouteEnv, problems: list[Problem], samples: int, max_n
     for s in range(0, len(todo), per_call):
         chunk = todo[s : s + per_call]
         temp = 0.0 if samples == 1 else 1.0
-        out = generator.generate([env.prompt(p) for p in chunk], n=samples, temperature=temp, max_new_tokens=max_new_tokens)
+        out = generator.generate(
+            [env.prompt(p) for p in chunk], n=samples, temperature=temp, max_new_tokens=max_new_tokens
+        )
         rows = []
         for p, group in zip(chunk, out):
             n_ok = sum(env.judge(p, smp).device_correct for smp in group)
-            rows.append({"uid": p.uid, "level": p.level, "n_correct": n_ok, "solved": n_ok > 0, "output": group[0].text})
+            rows.append(
+                {"uid": p.uid, "level": p.level, "n_correct": n_ok, "solved": n_ok > 0, "output": group[0].text}
+            )
         append_jsonl(path, rows)
         done.update((r["uid"], r) for r in rows)
     return {p.uid: done[p.uid] for p in problems}
@@ -120,8 +132,11 @@ def build_mix(answers: list[Example], pool: list[Problem], share: float, seed: i
     rng.shuffle(pool)
     if want > len(pool):
         log.warning(
-            "sft: %d <unknown> examples wanted (sft.unknown_share=%.2f of the mix) but the probe found only %d problems "
-            "the base model cannot solve; raise sft.probe_problems or sft.unknown_max_level_acc for more.", want, share, len(pool),
+            "sft: %d <unknown> examples wanted (sft.unknown_share=%.2f of the mix) but the probe found only %d "
+            "problems the base model cannot solve; raise sft.probe_problems or sft.unknown_max_level_acc for more.",
+            want,
+            share,
+            len(pool),
         )
     unknown = [Example(p.question, ESCALATION, "unknown", p.uid, p.level) for p in pool[:want]]
     examples = answers + unknown
@@ -136,8 +151,12 @@ def to_dataset(examples: list[Example], template: str, max_solve_steps: int):
     from datasets import Dataset
 
     rows = [
-        {"prompt": messages(template, e.question, max_solve_steps), "completion": [{"role": "assistant", "content": e.response}],
-         "kind": e.kind, "uid": e.uid}
+        {
+            "prompt": messages(template, e.question, max_solve_steps),
+            "completion": [{"role": "assistant", "content": e.response}],
+            "kind": e.kind,
+            "uid": e.uid,
+        }
         for e in examples
     ]
     return Dataset.from_list(rows)
@@ -152,8 +171,8 @@ def prepare_data(cfg, generator, tok, cloud, out_dir: str):
     need = s.num_real + s.probe_problems
     if len(train_problems) < need:
         raise ValueError(
-            f"sft.num_real + sft.probe_problems = {need} training problems are needed but the task has {len(train_problems)}. "
-            "Raise task.num_train or lower sft.num_real / sft.probe_problems."
+            f"sft.num_real + sft.probe_problems = {need} training problems are needed but the task has "
+            f"{len(train_problems)}. Raise task.num_train or lower sft.num_real / sft.probe_problems."
         )
     real_problems, probe_problems = train_problems[: s.num_real], train_problems[s.num_real : need]
     stats: dict = {"template": template}
@@ -175,8 +194,13 @@ def prepare_data(cfg, generator, tok, cloud, out_dir: str):
         f = stats["filters"]
         log.info(
             "sft: %d synthetic pairs from %d examples; removed by semantic consistency %d, token diversity %d, length "
-            "ratio %d; kept %d", f["candidates"], len(real), f["removed"]["semantic"], f["removed"]["diversity"],
-            f["removed"]["length"], f["kept"],
+            "ratio %d; kept %d",
+            f["candidates"],
+            len(real),
+            f["removed"]["semantic"],
+            f["removed"]["diversity"],
+            f["removed"]["length"],
+            f["kept"],
         )
 
     # responses that RL could never produce within its generation budget are dropped
@@ -188,21 +212,41 @@ def prepare_data(cfg, generator, tok, cloud, out_dir: str):
     pool = []
     env = RouteEnv(template, tok, cloud, cfg.task.max_solve_steps)  # RL's prompts: the probe's and the length check's
     if s.unknown_share > 0:
-        rows = probe(generator, env, probe_problems, s.probe_samples, cfg.rl.max_new_tokens, cfg.train.eval_batch_size,
-                     os.path.join(out_dir, "probe.jsonl"))
+        rows = probe(
+            generator,
+            env,
+            probe_problems,
+            s.probe_samples,
+            cfg.rl.max_new_tokens,
+            cfg.train.eval_batch_size,
+            os.path.join(out_dir, "probe.jsonl"),
+        )
         pool = unknown_pool(probe_problems, rows, s.unknown_max_level_acc)
-        stats["probe"] = {"problems": len(probe_problems), "samples": s.probe_samples, "solved": sum(r["solved"] for r in rows.values()),
-                          "accuracy_by_level": {str(k): v for k, v in level_accuracy(rows).items()}, "unknown_pool": len(pool)}
+        stats["probe"] = {
+            "problems": len(probe_problems),
+            "samples": s.probe_samples,
+            "solved": sum(r["solved"] for r in rows.values()),
+            "accuracy_by_level": {str(k): v for k, v in level_accuracy(rows).items()},
+            "unknown_pool": len(pool),
+        }
     examples, stats["mix"] = build_mix(answers, pool, s.unknown_share, cfg.train.seed)
     for e in examples:  # the RL prompt of every example must fit, as RL checks it
         problem = Problem(e.uid, e.question, "")
-        check_prompt_tokens(problem, len(tok(env.prompt(problem), add_special_tokens=False)["input_ids"]), cfg.rl.max_prompt_tokens)
+        check_prompt_tokens(
+            problem, len(tok(env.prompt(problem), add_special_tokens=False)["input_ids"]), cfg.rl.max_prompt_tokens
+        )
     write_jsonl(os.path.join(out_dir, "mix.jsonl"), [asdict(e) for e in examples])
     with open(os.path.join(out_dir, "stats.json"), "w") as fh:
         json.dump(stats, fh, indent=2)
     m = stats["mix"]
-    log.info("sft mix: %d real + %d synthetic + %d <unknown> = %d examples (%.1f%% <unknown>)",
-             m["real"], m["synthetic"], m["unknown"], m["total"], 100 * m["unknown_share"])
+    log.info(
+        "sft mix: %d real + %d synthetic + %d <unknown> = %d examples (%.1f%% <unknown>)",
+        m["real"],
+        m["synthetic"],
+        m["unknown"],
+        m["total"],
+        100 * m["unknown_share"],
+    )
     return examples, stats
 
 
@@ -240,7 +284,6 @@ def train_sft(cfg, resume: bool = False, eval_hook=None) -> str:
     from accelerate import PartialState
     from trl import SFTTrainer
 
-
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
     model, tok = load_device_model(cfg.model)  # LoRA adapters start at zero: the model still answers as the base model
@@ -250,14 +293,25 @@ def train_sft(cfg, resume: bool = False, eval_hook=None) -> str:
     with PartialState().main_process_first():  # the main process asks the cloud and probes; the others read its work
         examples, _ = prepare_data(cfg, HFGenerator(model, tok), tok, cloud, os.path.join(out, "sft_data"))
     if not examples:
-        raise ValueError("sft: no training examples (no real example had a reference response). Check task and sft.num_real.")
+        raise ValueError(
+            "sft: no training examples (no real example had a reference response). Check task and sft.num_real."
+        )
     args = sft_config(cfg, PartialState().num_processes)
-    log.info("SFT: %d examples, %d per step (%d per forward), %d steps = %.2f epochs, LoRA %s",
-             len(examples), cfg.sft.batch_size, args.per_device_train_batch_size, cfg.train.max_steps,
-             cfg.train.max_steps * cfg.sft.batch_size / len(examples), "on" if cfg.model.lora else "off (all weights)")
+    log.info(
+        "SFT: %d examples, %d per step (%d per forward), %d steps = %.2f epochs, LoRA %s",
+        len(examples),
+        cfg.sft.batch_size,
+        args.per_device_train_batch_size,
+        cfg.train.max_steps,
+        cfg.train.max_steps * cfg.sft.batch_size / len(examples),
+        "on" if cfg.model.lora else "off (all weights)",
+    )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=to_dataset(examples, template_for(cfg.task), cfg.task.max_solve_steps),
-        processing_class=tok, callbacks=[metrics_callback(os.path.join(out, "metrics.jsonl"))],
+        model=model,
+        args=args,
+        train_dataset=to_dataset(examples, template_for(cfg.task), cfg.task.max_solve_steps),
+        processing_class=tok,
+        callbacks=[metrics_callback(os.path.join(out, "metrics.jsonl"))],
     )
     if cfg.train.max_steps > 0:
         train_resumable(trainer, out, resume, os.path.join(out, "metrics.jsonl"))

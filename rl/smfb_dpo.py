@@ -43,11 +43,18 @@ def smfb_pairs(records_a: list[dict], records_b: list[dict], weights, min_gap: f
         if abs(sa - sb) <= min_gap or a["guideline"].strip() == b["guideline"].strip():
             continue  # a tie: no preference to learn
         win, lose = (a, b) if sa > sb else (b, a)
-        pairs.append({
-            "uid": a["uid"], "strategy": a["strategy"], "chosen": win["guideline"], "rejected": lose["guideline"],
-            "s_chosen": max(sa, sb), "s_rejected": min(sa, sb),
-            "t_chosen": win["temperature"], "t_rejected": lose["temperature"],
-        })
+        pairs.append(
+            {
+                "uid": a["uid"],
+                "strategy": a["strategy"],
+                "chosen": win["guideline"],
+                "rejected": lose["guideline"],
+                "s_chosen": max(sa, sb),
+                "s_rejected": min(sa, sb),
+                "t_chosen": win["temperature"],
+                "t_rejected": lose["temperature"],
+            }
+        )
     return pairs
 
 
@@ -81,6 +88,7 @@ def train_leader(pairs: list[dict], tasks: dict[str, str], cfg, output_dir: str,
     """DPO of the leader (cloud.model) on the pairs; returns the merged model's directory ``<output_dir>/final``."""
     import os
 
-
     model, tok = load_device_model(replace(cfg.model, name_or_path=cfg.cloud.model, gguf_file=None, lora=False))
-    return train_dpo(model, tok, dpo_rows(pairs, tasks), cfg, output_dir, os.path.join(output_dir, "final"), resume=resume)
+    return train_dpo(
+        model, tok, dpo_rows(pairs, tasks), cfg, output_dir, os.path.join(output_dir, "final"), resume=resume
+    )

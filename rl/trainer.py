@@ -37,8 +37,8 @@ from envs.base import Environment
 from envs.evaluation import format_table
 from envs.query import QueryEnv
 from envs.route import RouteEnv
-from envs.tasks import load_problems, template_for
 from envs.simulation import task_cloud
+from envs.tasks import load_problems, template_for
 from policies.cloud import CloudError
 from policies.device import load_device_model
 from policies.generation import HFGenerator, common_prefix_len
@@ -70,10 +70,18 @@ def make_env(cfg, tok, cloud) -> Environment:
     """The environment ``rl.env`` names: route (answer or escalate) or query (ask mid-reasoning)."""
     if cfg.rl.env == "query":
         return QueryEnv(
-            template_for(cfg.task), tok, cloud, cfg.rl.max_queries, cfg.rl.max_response_tokens, cfg.task.max_solve_steps,
-            max_prompt_tokens=cfg.rl.max_prompt_tokens, gamma_tokens=cfg.rl.gamma_tokens,
+            template_for(cfg.task),
+            tok,
+            cloud,
+            cfg.rl.max_queries,
+            cfg.rl.max_response_tokens,
+            cfg.task.max_solve_steps,
+            max_prompt_tokens=cfg.rl.max_prompt_tokens,
+            gamma_tokens=cfg.rl.gamma_tokens,
         )
-    return RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
+    return RouteEnv(
+        template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens
+    )
 
 
 def rollout_step(env, generator, problems, step: int, cfg, accelerator):
@@ -91,7 +99,9 @@ def rollout_step(env, generator, problems, step: int, cfg, accelerator):
                 torch.manual_seed(random.Random(f"{cfg.train.seed}-{step}-{pos}").getrandbits(63))
                 groups += env.rollout(generator, [problem], rl.group_size, rl.temperature, rl.top_p, rl.max_new_tokens)
         else:
-            groups = env.rollout(generator, [p for _, p in mine], rl.group_size, rl.temperature, rl.top_p, rl.max_new_tokens)
+            groups = env.rollout(
+                generator, [p for _, p in mine], rl.group_size, rl.temperature, rl.top_p, rl.max_new_tokens
+            )
     return gather_object(groups) if accelerator.num_processes > 1 else groups
 
 
@@ -100,7 +110,8 @@ class SkippedUpdates:
 
     ``policy_update`` calls ``skip`` instead of stepping the optimizer: the gradients are dropped, the weights stay as
     they were, a warning names the cause, and ``total`` goes into metrics.jsonl as ``skipped_updates``.  More than
-    ``limit`` in a row (``train.max_skipped_updates``; 0 = stop at the first) stops the run with ``FloatingPointError``."""
+    ``limit`` in a row (``train.max_skipped_updates``; 0 = stop at the first) stops the run with
+    ``FloatingPointError``."""
 
     def __init__(self, limit: int):
         self.limit, self.total, self.in_a_row = limit, 0, 0
@@ -108,15 +119,24 @@ class SkippedUpdates:
     def skip(self, what: str):
         self.total += 1
         self.in_a_row += 1
-        fix = ("Lower train.learning_rate, check the rewards (reward.*), or use train.mixed_precision=no or bf16 "
-               "instead of fp16; --resume restarts from the last checkpoint.")
+        fix = (
+            "Lower train.learning_rate, check the rewards (reward.*), or use train.mixed_precision=no or bf16 "
+            "instead of fp16; --resume restarts from the last checkpoint."
+        )
         if self.in_a_row > self.limit:
             raise FloatingPointError(
-                f"{what}: {self.in_a_row} update(s) in a row skipped, more than train.max_skipped_updates={self.limit}; "
-                f"the run stops. {fix}"
+                f"{what}: {self.in_a_row} update(s) in a row skipped, more than "
+                f"train.max_skipped_updates={self.limit}; the run stops. {fix}"
             )
-        log.warning("%s: this update is skipped (%d in a row, %d in total; the run stops after more than "
-                    "train.max_skipped_updates=%d in a row). %s", what, self.in_a_row, self.total, self.limit, fix)
+        log.warning(
+            "%s: this update is skipped (%d in a row, %d in total; the run stops after more than "
+            "train.max_skipped_updates=%d in a row). %s",
+            what,
+            self.in_a_row,
+            self.total,
+            self.limit,
+            fix,
+        )
 
     def ok(self):
         self.in_a_row = 0
@@ -166,7 +186,9 @@ def nonfinite_cause(accelerator, model, loss: float, max_grad_norm: float, deeps
     return None
 
 
-def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int, skipped: SkippedUpdates | None = None) -> float:
+def policy_update(
+    model, optimizer, accelerator, groups, cfg, pad_id: int, skipped: SkippedUpdates | None = None
+) -> float:
     """One GAPG step on the picked groups (the same list on every process): each process scores every
     W-th sequence, micro-batched, and the gradients meet in one all-reduce and one optimizer step.
 
@@ -203,8 +225,10 @@ def policy_update(model, optimizer, accelerator, groups, cfg, pad_id: int, skipp
     if what is not None:
         optimizer.zero_grad(set_to_none=True)
         if deepspeed:  # the engine stepped inside backward: this update cannot be undone, only stopped
-            raise FloatingPointError(f"{what} under DeepSpeed, whose engine steps inside backward, so the update could "
-                                     "not be skipped. Resume from the last checkpoint (--resume) with a lower train.learning_rate.")
+            raise FloatingPointError(
+                f"{what} under DeepSpeed, whose engine steps inside backward, so the update could "
+                "not be skipped. Resume from the last checkpoint (--resume) with a lower train.learning_rate."
+            )
         skipped.skip(what)
         return float("nan")
     skipped.ok()
@@ -225,9 +249,15 @@ def run_eval(tag, env, generator, test, cfg, accelerator, model=None):
     if not accelerator.is_main_process:
         return None
     try:
-        rows, records = env.evaluate(generator, test, cfg.rl.budget, cfg.train.eval_batch_size, cfg.train.eval_max_new_tokens, cfg.train.seed)
+        rows, records = env.evaluate(
+            generator, test, cfg.rl.budget, cfg.train.eval_batch_size, cfg.train.eval_max_new_tokens, cfg.train.seed
+        )
     except CloudError as e:  # training goes on; the checkpoint can be evaluated later
-        log.warning("held-out evaluation '%s' skipped: the cloud failed (%s). Evaluate the checkpoint later with eval.py.", tag, e)
+        log.warning(
+            "held-out evaluation '%s' skipped: the cloud failed (%s). Evaluate the checkpoint later with eval.py.",
+            tag,
+            e,
+        )
         return None
     cap = env.budget_text(cfg.rl.budget)
     tqdm.write(f"\n== held-out evaluation ({tag}, {len(test)} problems, budget {cap}) ==\n{format_table(rows)}\n")
@@ -249,7 +279,9 @@ def make_accelerator(cfg) -> Accelerator:
     no_gpu = not torch.cuda.is_available()
     # the main process evaluates alone while the others wait: a longer timeout than NCCL's 10 minutes
     handlers = [InitProcessGroupKwargs(backend="gloo" if deepspeed and no_gpu else None, timeout=timedelta(hours=3))]
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=no_gpu and not deepspeed, kwargs_handlers=handlers)
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision, cpu=no_gpu and not deepspeed, kwargs_handlers=handlers
+    )
 
 
 def init_wandb(cfg, accelerator):
@@ -311,7 +343,9 @@ def select(groups, cfg, rho_: float) -> tuple[list[int], dict]:
 def rollout(run: Run, problems, step: int):
     """Every process's groups for this step's problems (the same global list on every process)."""
     if run.rollout_generator is run.generator:
-        with unwrap_model_for_generation(run.model, run.accelerator) as policy:  # ZeRO-3: gathers the weights for generation
+        with unwrap_model_for_generation(
+            run.model, run.accelerator
+        ) as policy:  # ZeRO-3: gathers the weights for generation
             run.generator.model = policy
             return rollout_step(run.env, run.generator, problems, step, run.cfg, run.accelerator)
     # vLLM holds its own copy of the weights, synced after every update
@@ -328,7 +362,13 @@ def step(run: Run, step: int) -> dict:
     env.reward(groups, cfg.reward, dual.gamma)
     picked, fstats = select(groups, cfg, run.rho)
     # the same groups on every process, so every process picks the same prompts (or none, and skips together)
-    loss = policy_update(run.model, run.optimizer, accelerator, [groups[i] for i in picked], cfg, run.tok.pad_token_id, run.skipped) if picked else 0.0
+    loss = (
+        policy_update(
+            run.model, run.optimizer, accelerator, [groups[i] for i in picked], cfg, run.tok.pad_token_id, run.skipped
+        )
+        if picked
+        else 0.0
+    )
     if picked and run.rollout_generator is not run.generator:
         run.rollout_generator.sync_weights()
 
@@ -339,10 +379,20 @@ def step(run: Run, step: int) -> dict:
     m = env.metrics(groups)
     gen_tokens = sum(len(r.sample.completion_ids) for g in groups for r in g.rollouts)
     m[env.usage_metric] = used
-    m.update(step=step + 1, loss=loss, gamma=gamma_used, gamma_next=dual.gamma, trained_prompts=len(picked),
-             rollout_tokens_per_s=gen_tokens / max(t_roll, 1e-9), step_time_s=time.time() - t0, cloud_calls_total=len(run.cloud),
-             **{f"cloud_{k}": v for k, v in run.cloud.usage().items()}, **fstats,
-             skipped_updates=run.skipped.total, problem_uids=[p.uid for p in problems])
+    m.update(
+        step=step + 1,
+        loss=loss,
+        gamma=gamma_used,
+        gamma_next=dual.gamma,
+        trained_prompts=len(picked),
+        rollout_tokens_per_s=gen_tokens / max(t_roll, 1e-9),
+        step_time_s=time.time() - t0,
+        cloud_calls_total=len(run.cloud),
+        **{f"cloud_{k}": v for k, v in run.cloud.usage().items()},
+        **fstats,
+        skipped_updates=run.skipped.total,
+        problem_uids=[p.uid for p in problems],
+    )
     if accelerator.is_main_process:
         log_step(run, m, used, gamma_used, fstats, loss)
     done = step + 1
@@ -366,8 +416,11 @@ def log_step(run: Run, m: dict, used: float, gamma_used: float, fstats: dict, lo
         f"{m['rollout_tokens_per_s']:.0f} tok/s | {m['step_time_s']:.1f}s"
     )
     if run.wandb is not None:
-        run.wandb.log({k: v for k, v in m.items() if not isinstance(v, (dict, list))}
-                      | {f"offload_level/{k}": v for k, v in m["offload_by_level"].items()}, step=m["step"])
+        run.wandb.log(
+            {k: v for k, v in m.items() if not isinstance(v, (dict, list))}
+            | {f"offload_level/{k}": v for k, v in m["offload_by_level"].items()},
+            step=m["step"],
+        )
 
 
 def setup(cfg, resume: bool) -> Run | int:
@@ -387,7 +440,11 @@ def setup(cfg, resume: bool) -> Run | int:
     model, tok = load_device_model(cfg.model)
     if uses_deepspeed(accelerator):  # one clipping setting: DeepSpeed clips in its step
         accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = cfg.train.max_grad_norm
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.train.learning_rate,
+        weight_decay=cfg.train.weight_decay,
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     generator = HFGenerator(accelerator.unwrap_model(model), tok)
     if cfg.rl.generator == "vllm":
@@ -398,9 +455,22 @@ def setup(cfg, resume: bool) -> Run | int:
         rollout_generator = generator
     cloud = task_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
     env = make_env(cfg, tok, cloud)
-    run = Run(cfg, accelerator, model, optimizer, tok, generator, rollout_generator, cloud, env,
-              DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget), rho(cfg.rl.budget, env.name),
-              SkippedUpdates(cfg.train.max_skipped_updates), train_problems, test_problems)
+    run = Run(
+        cfg,
+        accelerator,
+        model,
+        optimizer,
+        tok,
+        generator,
+        rollout_generator,
+        cloud,
+        env,
+        DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget),
+        rho(cfg.rl.budget, env.name),
+        SkippedUpdates(cfg.train.max_skipped_updates),
+        train_problems,
+        test_problems,
+    )
     return run
 
 
@@ -415,7 +485,13 @@ def resume_from_checkpoint(run: Run) -> int:
         run.accelerator.load_state(ckpt)
         state = json.load(open(os.path.join(ckpt, "trainer_state.json")))
         start, run.dual.gamma = state["step"], state["gamma"]
-        log.info("resumed from %s (step %d, gamma %.4f, %d cached cloud answers)", ckpt, start, run.dual.gamma, len(run.cloud))
+        log.info(
+            "resumed from %s (step %d, gamma %.4f, %d cached cloud answers)",
+            ckpt,
+            start,
+            run.dual.gamma,
+            len(run.cloud),
+        )
         if run.rollout_generator is not run.generator:
             run.rollout_generator.sync_weights()  # vLLM loaded the initial weights from disk
     if run.accelerator.is_main_process:
@@ -435,7 +511,13 @@ def train(cfg, resume: bool = False) -> int:
     if start == 0 and cfg.train.eval_before and cfg.train.max_steps > 0:
         run_eval("before", run.env, run.generator, run.test_problems, cfg, accelerator, run.model)
 
-    run.bar = tqdm(range(start, cfg.train.max_steps), initial=start, total=cfg.train.max_steps, desc="train", disable=not accelerator.is_main_process)
+    run.bar = tqdm(
+        range(start, cfg.train.max_steps),
+        initial=start,
+        total=cfg.train.max_steps,
+        desc="train",
+        disable=not accelerator.is_main_process,
+    )
     for i in run.bar:
         step(run, i)
 
@@ -449,10 +531,14 @@ def train(cfg, resume: bool = False) -> int:
         generator = HFGenerator(policy, run.tok)  # the saved (merged) weights are the ones evaluated
     rows = run_eval("final", run.env, generator, run.test_problems, cfg, accelerator)
     if accelerator.is_main_process:
-        tqdm.write(f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})")
+        tqdm.write(
+            f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})"
+        )
         if run.wandb is not None:  # finished also when the final evaluation was skipped (a failed cloud)
             if rows:
-                run.wandb.summary.update({f"final/{r['method']}/{k}": v for r in rows for k, v in r.items() if isinstance(v, float)})
+                run.wandb.summary.update(
+                    {f"final/{r['method']}/{k}": v for r in rows for k, v in r.items() if isinstance(v, float)}
+                )
             run.wandb.finish()
     accelerator.end_training()
     return 0

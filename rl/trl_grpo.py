@@ -24,8 +24,8 @@ import os
 from collections import defaultdict
 
 from envs.route import RouteEnv, check_prompt_tokens, cloud_replies_or_none
-from envs.tasks import load_problems, template_for
 from envs.simulation import task_cloud
+from envs.tasks import load_problems, template_for
 from policies.device import load_device_model
 from policies.generation import Sample
 from rewards.collaboration import collaboration_reward
@@ -61,9 +61,16 @@ def make_reward_fn(env: RouteEnv, problems, reward_cfg, gamma: float):
                 else:
                     cloud_ok[p.uid] = grade_response(p, rep.text)[1]
         rewards = [
-            0.0 if p.uid in failed else collaboration_reward(
-                r.escalated, r.local_correct, r.escalated and cloud_ok[p.uid], reward_cfg.alpha_local,
-                reward_cfg.alpha_cloud, gamma, reward_cfg.charge,
+            0.0
+            if p.uid in failed
+            else collaboration_reward(
+                r.escalated,
+                r.local_correct,
+                r.escalated and cloud_ok[p.uid],
+                reward_cfg.alpha_local,
+                reward_cfg.alpha_cloud,
+                gamma,
+                reward_cfg.charge,
             )
             for p, r in zip(probs, rolls)
         ]
@@ -151,12 +158,18 @@ def build_trainer(cfg, model, tok, cloud, train_problems, eval_hook=None, callba
     from accelerate import PartialState
     from trl import GRPOTrainer
 
-    env = RouteEnv(template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens)
+    env = RouteEnv(
+        template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens
+    )
     args = args if args is not None else grpo_config(cfg, PartialState().num_processes)
     log.info(
         "TRL Dr.GRPO baseline: %d prompts x G=%d per step (%d per forward, %d accumulation steps), fixed gamma %.3f; "
         "rl.filtering, rl.d1_rule, rl.rollout_prompts and rl.gamma_lr do not apply",
-        cfg.rl.batch_prompts, cfg.rl.group_size, args.per_device_train_batch_size, args.gradient_accumulation_steps, cfg.rl.gamma,
+        cfg.rl.batch_prompts,
+        cfg.rl.group_size,
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        cfg.rl.gamma,
     )
     return GRPOTrainer(
         model=model,
@@ -164,8 +177,12 @@ def build_trainer(cfg, model, tok, cloud, train_problems, eval_hook=None, callba
         args=args,
         train_dataset=build_dataset(env, train_problems, cfg.rl.max_prompt_tokens),
         processing_class=tok,
-        callbacks=[metrics_callback(os.path.join(cfg.train.output_dir, "metrics.jsonl"), "reward", eval_hook, cfg.train.eval_every),
-                   *callbacks],
+        callbacks=[
+            metrics_callback(
+                os.path.join(cfg.train.output_dir, "metrics.jsonl"), "reward", eval_hook, cfg.train.eval_every
+            ),
+            *callbacks,
+        ],
     )
 
 

@@ -1,6 +1,7 @@
 """Grade every suite's gold solutions against its own normalised gold answer.
 
-    python -m scripts.check_gold_grading [--data-dir ../shared/data] [--out docs/gold_grading.json] [--suites math500 amc23]
+    python -m scripts.check_gold_grading [--data-dir ../shared/data] [--out docs/gold_grading.json]
+                                         [--suites math500 amc23]
 
 For each row, the "response" is the row's full gold solution when it has one (MATH, MATH-500,
 MinervaMath, AGIEval's other.solution), else ``\\boxed{answer}`` (AMC23). It is graded with
@@ -15,18 +16,16 @@ import json
 import os
 import time
 
-
 from envs.suites import SUITES, load_suite
 from rewards.math_grader import grade, is_correct, last_boxed
 
-
 # Rows that cannot grade, and why (every other row must grade; a new failure is a loader or grader bug).
 EXPLAINED = {
-    "math_train:number_theory/7115": "the shipped solution ends in an empty \\boxed{} ('there are $\\boxed{}$ primes'), so "
-    "nothing can be extracted; the loader takes the gold from envs.suites.GOLD_FIXES ('0': the solution proves "
-    "every number between n!+1 and n!+n composite, choice (A) 0).",
-    "math_train:number_theory/7117": "the shipped solution ends in an empty \\boxed{} ('so the answer is $\\boxed{}$'); "
-    "gold '0' from envs.suites.GOLD_FIXES (the solution proves P+n is never prime, choice (A) 0).",
+    "math_train:number_theory/7115": "the shipped solution ends in an empty \\boxed{} ('there are $\\boxed{}$ "
+    "primes'), so nothing can be extracted; the loader takes the gold from envs.suites.GOLD_FIXES ('0': the solution "
+    "proves every number between n!+1 and n!+n composite, choice (A) 0).",
+    "math_train:number_theory/7117": "the shipped solution ends in an empty \\boxed{} ('so the answer is "
+    "$\\boxed{}$'); gold '0' from envs.suites.GOLD_FIXES (the solution proves P+n is never prime, choice (A) 0).",
 }
 
 
@@ -65,9 +64,13 @@ def check_suite(name: str, data_dir: str, limit: int = 0, strict: bool = True) -
         response = p.meta.get("gold_solution") or f"\\boxed{{{p.answer}}}"
         pred, ok = grade(p.answer, response)
         if not ok:
-            failures.append({"uid": p.uid, "gold": p.answer, "extracted": pred, "why": EXPLAINED.get(p.uid, "UNEXPLAINED")})
+            failures.append(
+                {"uid": p.uid, "gold": p.answer, "extracted": pred, "why": EXPLAINED.get(p.uid, "UNEXPLAINED")}
+            )
         if strict and not is_correct(p.answer, pred, string_match=False):
-            strict_failures.append({"uid": p.uid, "gold": p.answer, "extracted": pred, "why": EXPLAINED.get(p.uid, "UNEXPLAINED")})
+            strict_failures.append(
+                {"uid": p.uid, "gold": p.answer, "extracted": pred, "why": EXPLAINED.get(p.uid, "UNEXPLAINED")}
+            )
     n = len(problems)
     out = {
         "suite": name,
@@ -93,14 +96,18 @@ def main(argv=None) -> int:
     ap.add_argument("--suites", nargs="*", default=list(SUITES), choices=list(SUITES))
     ap.add_argument("--limit", type=int, default=0, help="rows per suite (0 = all)")
     ap.add_argument("--out", default="docs/gold_grading.json")
-    ap.add_argument("--no-strict", action="store_true", help="skip the pass without the equal-strings shortcut (faster)")
+    ap.add_argument(
+        "--no-strict", action="store_true", help="skip the pass without the equal-strings shortcut (faster)"
+    )
     args = ap.parse_args(argv)
 
     results = [check_suite(s, args.data_dir, args.limit, strict=not args.no_strict) for s in args.suites]
     print(f"{'suite':<11} {'file':<20} {'rows':>6} {'correct':>8} {'%':>7} {'strict':>7} {'%':>7}  response")
     for r in results:
         sc = f"{r['strict_correct']:>7} {r['strict_pct']:>7.2f}" if "strict_correct" in r else f"{'-':>7} {'-':>7}"
-        print(f"{r['suite']:<11} {r['file']:<20} {r['rows']:>6} {r['correct']:>8} {r['pct']:>7.2f} {sc}  {r['response']}")
+        print(
+            f"{r['suite']:<11} {r['file']:<20} {r['rows']:>6} {r['correct']:>8} {r['pct']:>7.2f} {sc}  {r['response']}"
+        )
     for r in results:
         for f in r["failures"]:
             print(f"  FAIL {f['uid']}: gold={f['gold']!r} extracted={f['extracted']!r}\n       {f['why']}")
@@ -108,9 +115,13 @@ def main(argv=None) -> int:
             print(f"  STRICT FAIL {f['uid']}: gold={f['gold']!r} extracted={f['extracted']!r}")
     for r in results:
         if r["multi_boxed"]:
-            print(f"  note: {r['suite']}: {len(r['multi_boxed'])} row(s) box several different answers; gold = the last box "
-                  "(harness convention), listed under multi_boxed in the JSON")
-    unexplained = [f["uid"] for r in results for f in r["failures"] + r.get("strict_failures", []) if f["why"] == "UNEXPLAINED"]
+            print(
+                f"  note: {r['suite']}: {len(r['multi_boxed'])} row(s) box several different answers; "
+                "gold = the last box (harness convention), listed under multi_boxed in the JSON"
+            )
+    unexplained = [
+        f["uid"] for r in results for f in r["failures"] + r.get("strict_failures", []) if f["why"] == "UNEXPLAINED"
+    ]
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         with open(args.out, "w") as fh:

@@ -1,6 +1,6 @@
 """Plot a run's learning curve from its metrics.jsonl: reward, offload rate (overall and per level), γ.
 
-    python -m scripts.plot_metrics outputs/cpu_route_1h --out docs/cpu_route_1h.png
+python -m scripts.plot_metrics outputs/cpu_route_1h --out docs/cpu_route_1h.png
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def main(argv=None):
     ap.add_argument("run_dir")
     ap.add_argument("--out", default=None, help="PNG path (default: <run_dir>/learning_curve.png)")
     args = ap.parse_args(argv)
-    rows = [json.loads(l) for l in open(os.path.join(args.run_dir, "metrics.jsonl"))]
+    rows = [json.loads(line) for line in open(os.path.join(args.run_dir, "metrics.jsonl"))]
     budget = json.load(open(os.path.join(args.run_dir, "config.json")))["rl"]["budget"]
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -31,7 +31,13 @@ def main(argv=None):
     levels = sorted(rows[0]["offload_by_level"], key=int)
     cmap = plt.get_cmap("viridis", len(levels))
     for i, lvl in enumerate(levels):
-        axes[1].plot(steps, [r["offload_by_level"].get(lvl, float("nan")) for r in rows], color=cmap(i), alpha=0.8, label=f"level {lvl}")
+        axes[1].plot(
+            steps,
+            [r["offload_by_level"].get(lvl, float("nan")) for r in rows],
+            color=cmap(i),
+            alpha=0.8,
+            label=f"level {lvl}",
+        )
     axes[1].axhline(budget, ls="--", color="red", label=f"budget {budget:.0%}")
     axes[1].set_title("offload rate of training rollouts")
     axes[2].plot(steps, [r["gamma"] for r in rows], marker="o", color="purple")

@@ -43,9 +43,17 @@ def build_tiny_model(path: str, seed: int = 0, family: str = "llama") -> str:
     torch.manual_seed(seed)
     config_cls, model_cls = families[family]
     cfg = config_cls(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=vocab["<|im_start|>"],
-        eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<pad>"], tie_word_embeddings=True,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=vocab["<|im_start|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<pad>"],
+        tie_word_embeddings=True,
     )
     model = model_cls(cfg)
     model.save_pretrained(path)

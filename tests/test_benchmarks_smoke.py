@@ -12,8 +12,23 @@ def test_train_step_benchmark_feeds_both_trainers_the_same_work(tiny_model_dir, 
     from benchmarks import bench_train_step
 
     out = tmp_path / "ts.json"
-    r = bench_train_step.main(["--model", tiny_model_dir, "--config", TINY, "--steps", "2", "--warmup", "1", "--fixed-length",
-                               "--out", str(tmp_path / "scratch"), "--json", str(out)])
+    r = bench_train_step.main(
+        [
+            "--model",
+            tiny_model_dir,
+            "--config",
+            TINY,
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--fixed-length",
+            "--out",
+            str(tmp_path / "scratch"),
+            "--json",
+            str(out),
+        ]
+    )
     assert json.load(open(out))["speedup"] == r["speedup"] > 0
     P, G, T = r["prompts_per_step"], r["group_size"], r["max_new_tokens"]
     assert len(r["gapg_steps"]) == len(r["trl_steps"]) == 3
@@ -22,7 +37,9 @@ def test_train_step_benchmark_feeds_both_trainers_the_same_work(tiny_model_dir, 
         assert g["completion_tokens"] == t["completion_tokens"] == P * G * T  # --fixed-length: the same tokens too
         for rec in (g, t):
             assert rec["total_s"] > 0 and min(rec["generation_s"], rec["update_s"]) >= 0
-            assert abs(rec["generation_s"] + rec["scoring_s"] + rec["update_s"] + rec["other_s"] - rec["total_s"]) < 1e-6
+            assert (
+                abs(rec["generation_s"] + rec["scoring_s"] + rec["update_s"] + rec["other_s"] - rec["total_s"]) < 1e-6
+            )
         assert g["problem_uids"] == t["problem_uids"] and len(g["problem_uids"]) == P  # the same prompts, step by step
 
 

@@ -14,14 +14,15 @@ import math
 import os
 
 import pytest
+from test_cloud_http import MODEL, serve  # noqa: F401  (serve: the pytest fixture, shared)
+
 import train
 from core.problem import Problem
 from envs.route import RouteEnv
-from rl import trainer
 from policies.cloud import CachedCloud, CloudConfigError, OpenAICloud
 from policies.device import load_tokenizer
 from policies.generation import Sample
-from test_cloud_http import MODEL, serve  # noqa: F401  (serve: the pytest fixture, shared)
+from rl import trainer
 
 KEY_ENV = "CLOUDROUTE_FAULT_TEST_KEY"
 ESC = "<unknown> I need external assistance </unknown>"
@@ -37,7 +38,8 @@ def reply_body(text: str) -> bytes:
 
 
 class FixedGenerator:
-    """Stands in for the device model: problem i's G responses are ``texts[question]`` (the env code is what is tested)."""
+    """Stands in for the device model: problem i's G responses are ``texts[question]`` (the env code is what is
+    tested)."""
 
     def __init__(self, texts: dict[str, list[str]]):
         self.texts = texts
@@ -54,12 +56,22 @@ A = Problem("a", "What is 2 + 3?", "5", level=1)
 B = Problem("b", "What is 4 + 5?", "9", level=2)
 
 
-def test_a_failed_cloud_call_is_an_escalation_without_reward_and_the_answers_that_arrived_are_used(serve, tiny_model_dir, tmp_path):
+def test_a_failed_cloud_call_is_an_escalation_without_reward_and_the_answers_that_arrived_are_used(
+    serve, tiny_model_dir, tmp_path
+):
     from rl.config import load_config
     from rl.filtering import select_prompts
 
     server = serve({A.question: [("raw", 200, reply_body("It is \\boxed{5}."))], B.question: [("status", 503)] * 20})
-    backend = OpenAICloud(server.base_url, MODEL, api_key_env=KEY_ENV, max_retries=1, backoff_base_s=0.01, backoff_max_s=0.02, concurrency=1)
+    backend = OpenAICloud(
+        server.base_url,
+        MODEL,
+        api_key_env=KEY_ENV,
+        max_retries=1,
+        backoff_base_s=0.01,
+        backoff_max_s=0.02,
+        concurrency=1,
+    )
     cloud = CachedCloud(backend, str(tmp_path / "c.sqlite"))
     env = RouteEnv("arithmetic", load_tokenizer(tiny_model_dir), cloud)
     gen = FixedGenerator({A.question: [ESC, "\\boxed{5}", "\\boxed{7}"], B.question: [ESC, "\\boxed{9}", "\\boxed{1}"]})
@@ -70,7 +82,9 @@ def test_a_failed_cloud_call_is_an_escalation_without_reward_and_the_answers_tha
     assert "HTTP 503" in gb.cloud_error and "failed after 2 attempts" in gb.cloud_error
     esc, right, wrong = gb.rollouts
     assert esc.escalated and esc.cloud_failed and not esc.local_correct and not esc.cloud_correct  # not a device answer
-    assert right.local_correct and not right.cloud_failed and not wrong.local_correct  # its own answers are graded as usual
+    assert (
+        right.local_correct and not right.cloud_failed and not wrong.local_correct
+    )  # its own answers are graded as usual
     assert not gb.trainable and gb.cloud_correct is None
     assert len(cloud) == 1  # A's answer arrived before B failed and is kept
 
@@ -93,14 +107,18 @@ def test_the_error_raised_is_the_failure_not_a_request_dropped_because_of_it(ser
     for attempt in range(6):
         qs = [f"r{attempt}q{i}?" for i in range(8)]
         server = serve({qs[0]: [("status", 400)], **{q: [("delay", 0.02)] for q in qs[1:]}})
-        cloud = CachedCloud(OpenAICloud(server.base_url, MODEL, api_key_env=KEY_ENV, max_retries=0, concurrency=4), None)
+        cloud = CachedCloud(
+            OpenAICloud(server.base_url, MODEL, api_key_env=KEY_ENV, max_retries=0, concurrency=4), None
+        )
         with pytest.raises(CloudError, match="HTTP 400"):
             cloud.answer_many([Problem(f"u{i}", q, "1") for i, q in enumerate(qs)])
 
 
 def test_a_wrong_key_stops_the_rollout_with_the_fix(serve, tiny_model_dir, tmp_path):
     server = serve({None: [("status", 401)] * 5})
-    cloud = CachedCloud(OpenAICloud(server.base_url, MODEL, api_key_env=KEY_ENV, max_retries=3), str(tmp_path / "c.sqlite"))
+    cloud = CachedCloud(
+        OpenAICloud(server.base_url, MODEL, api_key_env=KEY_ENV, max_retries=3), str(tmp_path / "c.sqlite")
+    )
     env = RouteEnv("arithmetic", load_tokenizer(tiny_model_dir), cloud)
     with pytest.raises(CloudConfigError, match=rf"401.*\${KEY_ENV}"):
         env.rollout(FixedGenerator({A.question: [ESC, ESC]}), [A], group_size=2)
@@ -108,19 +126,25 @@ def test_a_wrong_key_stops_the_rollout_with_the_fix(serve, tiny_model_dir, tmp_p
 
 
 def test_a_query_the_cloud_cannot_answer_lets_the_row_finish_and_leaves_the_group_out(serve, tiny_model_dir, tmp_path):
-    from envs.query import CLOUD_UNAVAILABLE_TEXT, QueryEnv
     from test_query_env import ScriptedExtender
+
+    from envs.query import CLOUD_UNAVAILABLE_TEXT, QueryEnv
 
     tok = load_tokenizer(tiny_model_dir)
     server = serve({"37 * 46": [("status", 502)] * 10})
-    cloud = CachedCloud(OpenAICloud(server.base_url, MODEL, api_key_env=KEY_ENV, max_retries=1, backoff_base_s=0.01), str(tmp_path / "c.sqlite"))
+    cloud = CachedCloud(
+        OpenAICloud(server.base_url, MODEL, api_key_env=KEY_ENV, max_retries=1, backoff_base_s=0.01),
+        str(tmp_path / "c.sqlite"),
+    )
     env = QueryEnv("arithmetic", tok, cloud, few_shot=False)
     p = Problem("q1", "What is 37 * 46?", "1702", level=6)
     scripts = {"q1": [["Hmm <query>37 * 46</query>", " so \\boxed{1702}<|im_end|>"], ["\\boxed{1702}<|im_end|>"]]}
     (g,) = env.rollout(ScriptedExtender(tok, env, [p], scripts), [p], group_size=2, max_new_tokens=200)
     asked, plain = g.rollouts
     assert asked.cloud_failed and asked.queries == [] and asked.calls == 0  # no answer: not a call, nothing charged
-    assert f"<response>{CLOUD_UNAVAILABLE_TEXT}</response>" in asked.sample.text and asked.sample.text.endswith("\\boxed{1702}")
+    assert f"<response>{CLOUD_UNAVAILABLE_TEXT}</response>" in asked.sample.text and asked.sample.text.endswith(
+        "\\boxed{1702}"
+    )
     inserted = tok(f"<response>{CLOUD_UNAVAILABLE_TEXT}</response>", add_special_tokens=False)["input_ids"]
     assert asked.sample.loss_mask.count(0) == len(inserted)  # the inserted text is never trained
     assert not plain.cloud_failed and plain.unaided_correct
@@ -128,24 +152,54 @@ def test_a_query_the_cloud_cannot_answer_lets_the_row_finish_and_leaves_the_grou
 
 
 COMMON = [
-    "task.name=arithmetic", "task.num_train=32", "task.num_test=6", "task.levels=[1+1,1x1]", "rl.group_size=4",
-    "rl.rollout_prompts=4", "rl.batch_prompts=4", "rl.max_new_tokens=6", "rl.gamma=0.05", "train.learning_rate=1e-2",
-    "train.wandb=false", "train.eval_before=false", "train.eval_max_new_tokens=4", "train.save_every=0",
+    "task.name=arithmetic",
+    "task.num_train=32",
+    "task.num_test=6",
+    "task.levels=[1+1,1x1]",
+    "rl.group_size=4",
+    "rl.rollout_prompts=4",
+    "rl.batch_prompts=4",
+    "rl.max_new_tokens=6",
+    "rl.gamma=0.05",
+    "train.learning_rate=1e-2",
+    "train.wandb=false",
+    "train.eval_before=false",
+    "train.eval_max_new_tokens=4",
+    "train.save_every=0",
 ]
 
 
 def _cloud(server, **kw):
-    opts = {"cloud.backend": "openai", "cloud.base_url": server.base_url, "cloud.model": MODEL, "cloud.api_key_env": KEY_ENV,
-            "cloud.backoff_base_s": 0.01, "cloud.backoff_max_s": 0.05, "cloud.max_new_tokens": 16, **kw}
+    opts = {
+        "cloud.backend": "openai",
+        "cloud.base_url": server.base_url,
+        "cloud.model": MODEL,
+        "cloud.api_key_env": KEY_ENV,
+        "cloud.backoff_base_s": 0.01,
+        "cloud.backoff_max_s": 0.05,
+        "cloud.max_new_tokens": 16,
+        **kw,
+    }
     return [f"{k}={v}" for k, v in opts.items()]
 
 
 def test_transient_faults_during_training_are_retried_and_the_run_finishes(serve, tiny_model_dir, tmp_path, caplog):
-    faults = [("status", 429, {"Retry-After": "0.05"}), ("status", 500), ("hang", 1.0), ("reset",), ("status", 503), ("status", 502)]
+    faults = [
+        ("status", 429, {"Retry-After": "0.05"}),
+        ("status", 500),
+        ("hang", 1.0),
+        ("reset",),
+        ("status", 503),
+        ("status", 502),
+    ]
     server = serve({None: list(faults)})
     out = str(tmp_path / "run")
-    args = COMMON + [f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out}", "train.max_steps=2",
-                     *_cloud(server, **{"cloud.timeout_s": 0.3, "cloud.max_retries": 8, "cloud.concurrency": 2})]
+    args = COMMON + [
+        f"model.name_or_path={tiny_model_dir}",
+        f"train.output_dir={out}",
+        "train.max_steps=2",
+        *_cloud(server, **{"cloud.timeout_s": 0.3, "cloud.max_retries": 8, "cloud.concurrency": 2}),
+    ]
     assert train.main(args) == 0
     metrics = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     assert [m["step"] for m in metrics] == [1, 2]
@@ -157,7 +211,9 @@ def test_transient_faults_during_training_are_retried_and_the_run_finishes(serve
     assert "HTTP 429" in caplog.text and "no reply within cloud.timeout_s" in caplog.text
 
 
-def test_permanent_faults_during_training_skip_those_groups_and_are_counted(serve, tiny_model_dir, tmp_path, monkeypatch, caplog):
+def test_permanent_faults_during_training_skip_those_groups_and_are_counted(
+    serve, tiny_model_dir, tmp_path, monkeypatch, caplog
+):
     """Every '+' question fails for good (503 after retries); '*' questions are answered.  The model's first two
     responses per prompt are forced to escalate (a wrapper around the real generator), so failed problems have
     escalations whose reward is unknown."""
@@ -182,11 +238,22 @@ def test_permanent_faults_during_training_skip_those_groups_and_are_counted(serv
     seen = []  # (groups of each step, groups passed to the update)
     real_update, real_rewards = trainer.policy_update, RouteEnv.reward
     monkeypatch.setattr(trainer, "HFGenerator", ForcedEscalations)
-    monkeypatch.setattr(RouteEnv, "reward", lambda env, groups, *a: (seen.append((list(groups), [])), real_rewards(env, groups, *a))[1])
-    monkeypatch.setattr(trainer, "policy_update", lambda m, o, acc, groups, *a, **k: (seen[-1][1].extend(groups), real_update(m, o, acc, groups, *a, **k))[1])
+    monkeypatch.setattr(
+        RouteEnv, "reward", lambda env, groups, *a: (seen.append((list(groups), [])), real_rewards(env, groups, *a))[1]
+    )
+    monkeypatch.setattr(
+        trainer,
+        "policy_update",
+        lambda m, o, acc, groups, *a, **k: (seen[-1][1].extend(groups), real_update(m, o, acc, groups, *a, **k))[1],
+    )
     out = str(tmp_path / "run")
-    args = COMMON + [f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out}", "train.max_steps=3", "rl.filtering=false",
-                     *_cloud(server, **{"cloud.max_retries": 1})]
+    args = COMMON + [
+        f"model.name_or_path={tiny_model_dir}",
+        f"train.output_dir={out}",
+        "train.max_steps=3",
+        "rl.filtering=false",
+        *_cloud(server, **{"cloud.max_retries": 1}),
+    ]
     assert train.main(args) == 0
 
     metrics = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
@@ -208,13 +275,20 @@ def test_permanent_faults_during_training_skip_those_groups_and_are_counted(serv
     answered = [r["question"] for r in server.requests if r["question"] not in plus]
     assert len(answered) == len(set(answered))
     # the held-out evaluation meets the failing cloud too: it is skipped with a warning, the model is saved
-    assert "held-out evaluation 'final' skipped" in caplog.text and not os.path.exists(os.path.join(out, "eval", "final.json"))
+    assert "held-out evaluation 'final' skipped" in caplog.text and not os.path.exists(
+        os.path.join(out, "eval", "final.json")
+    )
     assert os.path.exists(os.path.join(out, "final", "model.safetensors"))
 
 
 def test_a_wrong_key_stops_training_with_the_fix(serve, tiny_model_dir, tmp_path):
     server = serve({None: [("status", 401)] * 50})
-    args = COMMON + [f"model.name_or_path={tiny_model_dir}", f"train.output_dir={tmp_path}", "train.max_steps=1", *_cloud(server)]
+    args = COMMON + [
+        f"model.name_or_path={tiny_model_dir}",
+        f"train.output_dir={tmp_path}",
+        "train.max_steps=1",
+        *_cloud(server),
+    ]
     with pytest.raises(CloudConfigError, match=rf"Set the API key in \${KEY_ENV}"):
         train.main(args)
 
@@ -224,7 +298,10 @@ def test_trl_reward_gives_a_failed_problem_zero_advantage(serve, tiny_model_dir,
     from rl.trl_grpo import make_reward_fn
 
     server = serve({B.question: [("status", 503)] * 20, A.question: [("raw", 200, reply_body("\\boxed{5}"))]})
-    cloud = CachedCloud(OpenAICloud(server.base_url, MODEL, api_key_env=KEY_ENV, max_retries=1, backoff_base_s=0.01, concurrency=1), None)
+    cloud = CachedCloud(
+        OpenAICloud(server.base_url, MODEL, api_key_env=KEY_ENV, max_retries=1, backoff_base_s=0.01, concurrency=1),
+        None,
+    )
     env = RouteEnv("arithmetic", None, cloud)
     fn = make_reward_fn(env, [A, B], RewardConfig(alpha_local=1.0, alpha_cloud=0.4), 0.1)
     logged = {}

@@ -31,7 +31,9 @@ MODEL = "scripted-model"
 def ok_body(question: str) -> dict:
     answer = f"The answer to {question!r} is \\boxed{{{len(question)}}}."
     return {
-        "id": "cmpl-1", "object": "chat.completion", "model": MODEL,
+        "id": "cmpl-1",
+        "object": "chat.completion",
+        "model": MODEL,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 10 + len(question), "completion_tokens": 7, "total_tokens": 17 + len(question)},
     }
@@ -65,7 +67,9 @@ class ScriptedServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 question = body["messages"][-1]["content"]
                 with server.lock:
-                    server.requests.append({"t": t, "question": question, "auth": self.headers.get("Authorization"), "body": body})
+                    server.requests.append(
+                        {"t": t, "question": question, "auth": self.headers.get("Authorization"), "body": body}
+                    )
                     queue = server.script.get(question) or server.script.get(None) or []
                     action = queue.pop(0) if queue else ("ok",)
                     server.in_flight += 1
@@ -154,7 +158,15 @@ def api_key(monkeypatch):
 
 
 def client(server, **kw) -> OpenAICloud:
-    opts = dict(api_key_env=KEY_ENV, timeout_s=2.0, max_retries=4, backoff_base_s=0.01, backoff_max_s=0.05, concurrency=4, max_new_tokens=32)
+    opts = dict(
+        api_key_env=KEY_ENV,
+        timeout_s=2.0,
+        max_retries=4,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+        concurrency=4,
+        max_new_tokens=32,
+    )
     opts.update(kw)
     return OpenAICloud(server.base_url, MODEL, **opts)
 
@@ -226,7 +238,9 @@ def test_hang_past_timeout_is_retried(serve, tmp_path, caplog):
 
 
 def test_malformed_json_and_missing_choices_are_retried(serve, tmp_path, caplog):
-    server = serve({None: [("raw", 200, b'{"choices": [{"message": '), ("raw", 200, b'{"choices": []}'), ("raw", 200, b"<html>")]})
+    server = serve(
+        {None: [("raw", 200, b'{"choices": [{"message": '), ("raw", 200, b'{"choices": []}'), ("raw", 200, b"<html>")]}
+    )
     backend = client(server)
     cloud = CachedCloud(backend, str(tmp_path / "c.sqlite"))
     assert "boxed" in cloud.answer(probs("q?")[0])
@@ -324,15 +338,25 @@ def test_make_cloud_from_config_and_key_is_base_url_independent(serve, tmp_path,
     from rl.config import load_config, to_dict
 
     server = serve()
-    cfg = load_config(None, ["cloud.backend=openai", f"cloud.base_url={server.base_url}", f"cloud.model={MODEL}",
-                             f"cloud.api_key_env={KEY_ENV}", "cloud.backoff_base_s=0.01"])
+    cfg = load_config(
+        None,
+        [
+            "cloud.backend=openai",
+            f"cloud.base_url={server.base_url}",
+            f"cloud.model={MODEL}",
+            f"cloud.api_key_env={KEY_ENV}",
+            "cloud.backoff_base_s=0.01",
+        ],
+    )
     assert SECRET not in json.dumps(to_dict(cfg))
     cloud = make_cloud(cfg.cloud, str(tmp_path / "cloud_cache.sqlite"))
     assert isinstance(cloud.backend, OpenAICloud)
     p = probs("q?")[0]
     other = OpenAICloud("http://10.0.0.1:9/v1", MODEL, api_key_env=KEY_ENV, max_new_tokens=cfg.cloud.max_new_tokens)
     assert cloud.backend.cache_key(p) == other.cache_key(p)
-    hotter = OpenAICloud(server.base_url, MODEL, api_key_env=KEY_ENV, temperature=0.7, max_new_tokens=cfg.cloud.max_new_tokens)
+    hotter = OpenAICloud(
+        server.base_url, MODEL, api_key_env=KEY_ENV, temperature=0.7, max_new_tokens=cfg.cloud.max_new_tokens
+    )
     assert cloud.backend.cache_key(p) != hotter.cache_key(p)
     assert SECRET not in repr(cloud.backend)
     cloud.answer(p)

@@ -34,16 +34,28 @@ def _fingerprint(sim):
     out = []
     for p in _requests():
         rep = sim.answer_many([p])[0]
-        out.append({"uid": p.uid, "sim_key": sim.cache_key(p), "hf_key": hf.cache_key(p), "openai_key": oa.cache_key(p),
-                    "text": rep.text, "prompt_tokens": rep.prompt_tokens, "completion_tokens": rep.completion_tokens})
+        out.append(
+            {
+                "uid": p.uid,
+                "sim_key": sim.cache_key(p),
+                "hf_key": hf.cache_key(p),
+                "openai_key": oa.cache_key(p),
+                "text": rep.text,
+                "prompt_tokens": rep.prompt_tokens,
+                "completion_tokens": rep.completion_tokens,
+            }
+        )
     return out
 
 
 def test_replies_and_cache_keys_are_unchanged_by_the_injected_task_simulator():
-    rows = (_fingerprint(SimulatedCloud(accuracy=0.6, seed=7, simulator=TASK_SIMULATOR))
-            + _fingerprint(SimulatedCloud(accuracy=0.95, accuracy_per_level={2: 0.2}, seed=1234, simulator=TASK_SIMULATOR)))
+    rows = _fingerprint(SimulatedCloud(accuracy=0.6, seed=7, simulator=TASK_SIMULATOR)) + _fingerprint(
+        SimulatedCloud(accuracy=0.95, accuracy_per_level={2: 0.2}, seed=1234, simulator=TASK_SIMULATOR)
+    )
     assert rows[0]["sim_key"].startswith("fe1a9292e59ac3de") and rows[0]["openai_key"].startswith("647db6c815078fb8")
-    assert rows[4]["text"].startswith("<think> Let me search for a combination. </think>\n<answer> ((75 + 96)")  # Countdown
+    assert rows[4]["text"].startswith(
+        "<think> Let me search for a combination. </think>\n<answer> ((75 + 96)"
+    )  # Countdown
     assert rows[13]["text"].startswith("Input: What is 51 * 1?\nResponse: 51 * 1 = 52. \\boxed{52}")  # augmentation
     assert rows[10]["text"] == "21"  # a <query>
     assert hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest() == DIGEST_BEFORE_THE_MOVE

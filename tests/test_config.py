@@ -57,7 +57,15 @@ def test_every_shipped_config_loads():
 
 def test_cli_help_lists_every_option_and_bad_key_exits_2():
     out = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True, check=True).stdout
-    for key in ("rl.budget", "rl.group_size", "reward.alpha_cloud", "reward.charge", "rl.gamma_lr", "train.save_every", "model.lora"):
+    for key in (
+        "rl.budget",
+        "rl.group_size",
+        "reward.alpha_cloud",
+        "reward.charge",
+        "rl.gamma_lr",
+        "train.save_every",
+        "model.lora",
+    ):
         assert key in out
     bad = subprocess.run([sys.executable, "train.py", "rl.group_size=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "rl.group_size" in bad.stderr

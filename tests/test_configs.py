@@ -31,9 +31,9 @@ import zlib
 
 import pytest
 import torch
+from conftest import build_tiny_model
 from safetensors.torch import load_file
 
-from conftest import build_tiny_model
 from rl.config import load_config, to_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,10 +92,18 @@ def tiny_overrides(cfg, models: dict, out: str) -> list[str]:
     # SFT drops reference responses longer than rl.max_new_tokens from its data (cpu_sft's 24 fit in chars too)
     new_tokens = rl.max_new_tokens if rl.trainer == "sft" else min(rl.max_new_tokens, 8)
     ov = [
-        f"model.name_or_path={models[family(cfg.model.name_or_path)]}", "model.gguf_file=null",
-        f"train.output_dir={out}", "train.max_steps=1", "train.eval_before=false", "train.wandb=false", "train.eval_max_new_tokens=4",
-        "task.num_train=16", "task.num_test=2", f"task.data_dir={DATA_DIR}",
-        f"rl.rollout_prompts={min(rl.rollout_prompts, 3)}", f"rl.batch_prompts={min(rl.batch_prompts, 2)}",
+        f"model.name_or_path={models[family(cfg.model.name_or_path)]}",
+        "model.gguf_file=null",
+        f"train.output_dir={out}",
+        "train.max_steps=1",
+        "train.eval_before=false",
+        "train.wandb=false",
+        "train.eval_max_new_tokens=4",
+        "task.num_train=16",
+        "task.num_test=2",
+        f"task.data_dir={DATA_DIR}",
+        f"rl.rollout_prompts={min(rl.rollout_prompts, 3)}",
+        f"rl.batch_prompts={min(rl.batch_prompts, 2)}",
         f"rl.max_new_tokens={new_tokens}",
         f"rl.max_prompt_tokens={4 * rl.max_prompt_tokens}",  # char-level tokenizer: ~4x the tokens of a BPE one
     ]
@@ -105,19 +113,33 @@ def tiny_overrides(cfg, models: dict, out: str) -> list[str]:
     if cfg.model.dtype == "float16":
         ov.append("model.dtype=bfloat16")
     if cfg.cloud.backend == "hf":  # a local model as the cloud (LSRP's leader): the tiny model of its family
-        ov += [f"cloud.model={models[family(cfg.cloud.model)]}", f"cloud.max_new_tokens={min(cfg.cloud.max_new_tokens, 6)}"]
+        ov += [
+            f"cloud.model={models[family(cfg.cloud.model)]}",
+            f"cloud.max_new_tokens={min(cfg.cloud.max_new_tokens, 6)}",
+        ]
     if rl.trainer == "sft":
-        ov += ["sft.num_real=4", f"sft.augment_k={min(cfg.sft.augment_k, 2)}", "sft.probe_problems=8",
-               f"sft.batch_size={min(cfg.sft.batch_size, 4)}"]
+        ov += [
+            "sft.num_real=4",
+            f"sft.augment_k={min(cfg.sft.augment_k, 2)}",
+            "sft.probe_problems=8",
+            f"sft.batch_size={min(cfg.sft.batch_size, 4)}",
+        ]
     if rl.trainer == "dpo":
         ov += [f"dpo.num_prompts={min(cfg.dpo.num_prompts, 3)}", "dpo.num_epochs=1"]
     if rl.env == "lsrp":  # 2 index users, 1 test user, 1 task each, a short NSGA-II
-        ov += ["lsrp.num_users=2", "lsrp.tasks_per_user=1", "lsrp.num_test_users=1", f"lsrp.top_k={min(cfg.lsrp.top_k, 2)}",
-               f"lsrp.device_max_new_tokens={min(cfg.lsrp.device_max_new_tokens, 6)}", "lsrp.nsga_pop_size=8",
-               "lsrp.nsga_generations=3", "dpo.num_epochs=1",
-               # the forcing for LSRP (as tests/test_lsrp.py): a greedy tiny random device answers every guideline
-               # alike, so both guidelines of a pair tie on S and SMFB-DPO has no pair; a sampled device breaks the ties
-               "lsrp.device_temperature=1.0"]
+        ov += [
+            "lsrp.num_users=2",
+            "lsrp.tasks_per_user=1",
+            "lsrp.num_test_users=1",
+            f"lsrp.top_k={min(cfg.lsrp.top_k, 2)}",
+            f"lsrp.device_max_new_tokens={min(cfg.lsrp.device_max_new_tokens, 6)}",
+            "lsrp.nsga_pop_size=8",
+            "lsrp.nsga_generations=3",
+            "dpo.num_epochs=1",
+            # the forcing for LSRP (as tests/test_lsrp.py): a greedy tiny random device answers every guideline
+            # alike, so both guidelines of a pair tie on S and SMFB-DPO has no pair; a sampled device breaks the ties
+            "lsrp.device_temperature=1.0",
+        ]
     return ov
 
 
@@ -134,7 +156,10 @@ def _is_sweep(path: str) -> bool:
 
 def _changed(init_dir: str, final_dir: str) -> tuple[int, int]:
     """(tensors that differ, tensors) between the tiny model and a saved (merged) model, in the saved dtype."""
-    init, final = load_file(os.path.join(init_dir, "model.safetensors")), load_file(os.path.join(final_dir, "model.safetensors"))
+    init, final = (
+        load_file(os.path.join(init_dir, "model.safetensors")),
+        load_file(os.path.join(final_dir, "model.safetensors")),
+    )
     assert init.keys() == final.keys(), "the saved model is not a plain (merged) model of the same architecture"
     return sum(not torch.equal(init[k].to(final[k].dtype), final[k]) for k in init), len(init)
 
@@ -166,7 +191,9 @@ def test_config_runs_a_real_update(path, tiny_models, tmp_path, monkeypatch):
         real_score = trainer.score_sequences
 
         def spy(model, *a, **kw):
-            inner = getattr(model, "module", model)  # DDP-wrapped or not; transformers checkpoints in training mode only
+            inner = getattr(
+                model, "module", model
+            )  # DDP-wrapped or not; transformers checkpoints in training mode only
             scored.append((inner.training, inner.training and bool(inner.is_activation_checkpointing)))
             return real_score(model, *a, **kw)
 
@@ -189,10 +216,13 @@ def test_config_runs_a_real_update(path, tiny_models, tmp_path, monkeypatch):
         assert scored, f"{os.path.basename(path)}: no GAPG update ran"
         assert all(training for training, _ in scored), f"{os.path.basename(path)}: the GAPG update ran in eval mode"
         assert all(ckpt == tiny.model.gradient_checkpointing for _, ckpt in scored), (
-            f"{os.path.basename(path)}: model.gradient_checkpointing={tiny.model.gradient_checkpointing} but the update "
-            f"{'did not recompute' if tiny.model.gradient_checkpointing else 'recomputed'} activations")
+            f"{os.path.basename(path)}: model.gradient_checkpointing={tiny.model.gradient_checkpointing} "
+            f"but the update {'did not recompute' if tiny.model.gradient_checkpointing else 'recomputed'} activations"
+        )
     changed, total = _changed(base, final)
     assert changed > 0, f"{os.path.basename(path)}: one update changed none of the {total} weight tensors"
     if gapg and not tiny.model.lora:  # full fine-tuning: Adam moves every weight that has a gradient, at any lr
         # (bf16 weights at the paper's lr 2e-6 rounded the update away: no norm weight moved, a few biases did)
-        assert changed >= 0.9 * total, f"{os.path.basename(path)}: one update moved only {changed} of {total} weight tensors"
+        assert changed >= 0.9 * total, (
+            f"{os.path.basename(path)}: one update moved only {changed} of {total} weight tensors"
+        )

@@ -1,4 +1,5 @@
-"""rl.trainer=dpo: preference pairs from routing rollouts, the exact-token collator, and a tiny DPO run through train.py."""
+"""rl.trainer=dpo: preference pairs from routing rollouts, the exact-token collator, and a tiny DPO run through
+train.py."""
 
 import json
 import os
@@ -19,8 +20,10 @@ PROBLEM = Problem(uid="t:1", question="What is 2 + 3?", answer="5", level=1)
 
 
 def _group(texts_rewards, mask=None):
-    rolls = [Rollout(Sample([1, 2, 3], [10 + i, 20 + i] if t != "dup" else [99, 99], t, False, mask), False, None, False)
-             for i, (t, _) in enumerate(texts_rewards)]
+    rolls = [
+        Rollout(Sample([1, 2, 3], [10 + i, 20 + i] if t != "dup" else [99, 99], t, False, mask), False, None, False)
+        for i, (t, _) in enumerate(texts_rewards)
+    ]
     return Group(PROBLEM, rolls, rewards=[r for _, r in texts_rewards])
 
 
@@ -28,27 +31,49 @@ def test_pairs_prefer_the_higher_reward_and_drop_ties():
     g = _group([("right", 1.0), ("escalated", 0.4), ("escalated again", 0.4), ("wrong", 0.0)])
     pairs = preference_pairs([g])
     got = sorted((p["chosen"], p["rejected"]) for p in pairs)
-    assert got == sorted([("right", "escalated"), ("right", "escalated again"), ("right", "wrong"),
-                          ("escalated", "wrong"), ("escalated again", "wrong")])  # the 0.4/0.4 tie is dropped
+    assert got == sorted(
+        [
+            ("right", "escalated"),
+            ("right", "escalated again"),
+            ("right", "wrong"),
+            ("escalated", "wrong"),
+            ("escalated again", "wrong"),
+        ]
+    )  # the 0.4/0.4 tie is dropped
     assert all(p["chosen_reward"] > p["rejected_reward"] for p in pairs)
     assert pairs[0]["chosen"] == "right" and pairs[0]["rejected"] == "wrong"  # the largest gap comes first
     # the cap keeps the largest gaps; a group of equal rewards gives nothing
-    assert [(p["chosen_reward"], p["rejected_reward"]) for p in preference_pairs([g], max_pairs_per_prompt=2)] == [(1.0, 0.0), (1.0, 0.4)]
+    assert [(p["chosen_reward"], p["rejected_reward"]) for p in preference_pairs([g], max_pairs_per_prompt=2)] == [
+        (1.0, 0.0),
+        (1.0, 0.4),
+    ]
     assert preference_pairs([_group([("a", 0.4), ("b", 0.4)])]) == []
     # identical token sequences are never a pair, even with different (stale) rewards
     assert preference_pairs([_group([("dup", 1.0), ("dup", 0.0)])]) == []
     # exact ids and masks travel with the pair; route rollouts train every completion token
     p = pairs[0]
-    assert p["exact_prompt_ids"] == [1, 2, 3] and p["exact_chosen_ids"] == [10, 20] and p["exact_rejected_ids"] == [13, 23]
+    assert (
+        p["exact_prompt_ids"] == [1, 2, 3] and p["exact_chosen_ids"] == [10, 20] and p["exact_rejected_ids"] == [13, 23]
+    )
     assert p["chosen_mask"] == [1, 1] and p["rejected_mask"] == [1, 1]
 
 
 def test_collator_trains_only_device_tokens():
     ex = [
-        {"exact_prompt_ids": [1, 2], "exact_chosen_ids": [5, 6, 7], "exact_rejected_ids": [8],
-         "chosen_mask": [1, 0, 1], "rejected_mask": [1]},  # token 6 is a cloud <response> token (query mode)
-        {"exact_prompt_ids": [3], "exact_chosen_ids": [9, 9], "exact_rejected_ids": [4, 4, 4],
-         "chosen_mask": [1, 1], "rejected_mask": [0, 1, 1]},
+        {
+            "exact_prompt_ids": [1, 2],
+            "exact_chosen_ids": [5, 6, 7],
+            "exact_rejected_ids": [8],
+            "chosen_mask": [1, 0, 1],
+            "rejected_mask": [1],
+        },  # token 6 is a cloud <response> token (query mode)
+        {
+            "exact_prompt_ids": [3],
+            "exact_chosen_ids": [9, 9],
+            "exact_rejected_ids": [4, 4, 4],
+            "chosen_mask": [1, 1],
+            "rejected_mask": [0, 1, 1],
+        },
     ]
     out = exact_collator(pad_token_id=0, max_length=None)(ex)
     assert out["input_ids"].tolist() == [[1, 2, 5, 6, 7], [3, 9, 9, 0, 0], [1, 2, 8, 0, 0], [3, 4, 4, 4, 0]]
@@ -71,9 +96,21 @@ def test_train_py_dpo_builds_pairs_trains_saves_and_evaluates(tiny_model_dir, tm
 
     out = str(tmp_path / "dpo")
     args = [
-        "--config", TINY, f"model.name_or_path={tiny_model_dir}", "rl.trainer=dpo", f"train.output_dir={out}",
-        "task.levels=[1+1]", "rl.group_size=8", "rl.rollout_prompts=8", "rl.max_new_tokens=10", "dpo.num_prompts=16",
-        "dpo.num_epochs=1", "dpo.batch_size=4", "dpo.learning_rate=1e-2", "dpo.max_length=512", "train.eval_before=true",
+        "--config",
+        TINY,
+        f"model.name_or_path={tiny_model_dir}",
+        "rl.trainer=dpo",
+        f"train.output_dir={out}",
+        "task.levels=[1+1]",
+        "rl.group_size=8",
+        "rl.rollout_prompts=8",
+        "rl.max_new_tokens=10",
+        "dpo.num_prompts=16",
+        "dpo.num_epochs=1",
+        "dpo.batch_size=4",
+        "dpo.learning_rate=1e-2",
+        "dpo.max_length=512",
+        "train.eval_before=true",
     ]
     assert train.main(args) == 0
     pairs = [json.loads(l) for l in open(os.path.join(out, "dpo_pairs.jsonl"))]
@@ -88,7 +125,10 @@ def test_train_py_dpo_builds_pairs_trains_saves_and_evaluates(tiny_model_dir, tm
     final = os.path.join(out, "final")
     AutoModelForCausalLM.from_pretrained(final)
     assert not os.path.exists(os.path.join(final, "adapter_config.json"))
-    init, trained = load_file(os.path.join(tiny_model_dir, "model.safetensors")), load_file(os.path.join(final, "model.safetensors"))
+    init, trained = (
+        load_file(os.path.join(tiny_model_dir, "model.safetensors")),
+        load_file(os.path.join(final, "model.safetensors")),
+    )
     assert init.keys() == trained.keys() and any(not torch.equal(init[k], trained[k]) for k in init)
     for tag in ("before", "final"):  # evaluated like any checkpoint
         rows = json.load(open(os.path.join(out, "eval", f"{tag}.json")))
@@ -97,7 +137,16 @@ def test_train_py_dpo_builds_pairs_trains_saves_and_evaluates(tiny_model_dir, tm
 
 def test_dpo_with_no_pairs_says_what_to_change(tiny_model_dir, tmp_path):
     # one sample per prompt can never make a pair
-    args = ["--config", TINY, f"model.name_or_path={tiny_model_dir}", "rl.trainer=dpo", f"train.output_dir={tmp_path}",
-            "rl.group_size=2", "dpo.num_prompts=1", "rl.max_new_tokens=2", "task.levels=[3x2]"]
+    args = [
+        "--config",
+        TINY,
+        f"model.name_or_path={tiny_model_dir}",
+        "rl.trainer=dpo",
+        f"train.output_dir={tmp_path}",
+        "rl.group_size=2",
+        "dpo.num_prompts=1",
+        "rl.max_new_tokens=2",
+        "task.levels=[3x2]",
+    ]
     with pytest.raises(ValueError, match="dpo.num_prompts"):
         train.main(args)

@@ -1,8 +1,8 @@
 """The test-time budget cap and the baselines computed from one set of device outputs."""
 
 from core.problem import Problem
-from envs.route import RouteEnv
 from envs.evaluation import evaluate, format_table
+from envs.route import RouteEnv
 from policies.cloud import CachedCloud, SimulatedCloud
 from policies.generation import Sample
 
@@ -60,10 +60,15 @@ def test_all_rows_share_one_cap_and_cloud_row_pays_for_everything():
     from envs.evaluation import suite_rows
 
     probs = [Problem(f"q{i}", f"What is {i} + 2?", str(i + 2), level=1) for i in range(10)]
-    dev = [{"uid": p.uid, "output": "x", "escalated": i % 2 == 0, "answer": None, "correct": i >= 7} for i, p in enumerate(probs)]
+    dev = [
+        {"uid": p.uid, "output": "x", "escalated": i % 2 == 0, "answer": None, "correct": i >= 7}
+        for i, p in enumerate(probs)
+    ]
     cloud = CachedCloud(SimulatedCloud(accuracy=1.0), None)
     scores = [1.0 - i / 10 for i in range(10)]  # the router thinks the first problems are the hardest
-    rows, records = suite_rows(probs, {"policy": dev}, dev, cloud, 0.2, seed=3, router_scores=scores, router_threshold=0.55)
+    rows, records = suite_rows(
+        probs, {"policy": dev}, dev, cloud, 0.2, seed=3, router_scores=scores, router_threshold=0.55
+    )
     by = {r["method"]: r for r in rows}
     assert list(by) == ["policy", "never", "random", "router", "cloud"]
     for m in ("policy", "random", "router"):
@@ -108,7 +113,9 @@ def test_killed_evaluation_resumes_without_regenerating(tmp_path):
     resumed = run_device(env, second, probs, batch_size=4, path=path, progress=False)
     assert second.seen == [env.prompt(p) for p in probs[8:]]  # only the unfinished problems are generated again
     clean = run_device(env, FlakyGenerator(outputs), probs, batch_size=4, progress=False)
-    assert [(r["uid"], r["correct"], r["escalated"]) for r in resumed] == [(r["uid"], r["correct"], r["escalated"]) for r in clean]
+    assert [(r["uid"], r["correct"], r["escalated"]) for r in resumed] == [
+        (r["uid"], r["correct"], r["escalated"]) for r in clean
+    ]
 
 
 def test_apgr_measures_every_row_against_the_one_weak_model():
@@ -190,7 +197,10 @@ def test_rows_carry_their_ci_and_policy_rows_their_paired_comparisons():
     same = by["b"]["comparisons"][0]  # b answers exactly as the base model: never's twin
     assert same["diff"] == 0 and same["ci"] == [0.0, 0.0] and not same["significant"]
     text = format_table(rows)
-    assert f"a - never: +{100 * vs_never['diff']:.1f} pts [+{100 * vs_never['ci'][0]:.1f}, " in text and "(beyond noise)" in text
+    assert (
+        f"a - never: +{100 * vs_never['diff']:.1f} pts [+{100 * vs_never['ci'][0]:.1f}, " in text
+        and "(beyond noise)" in text
+    )
     assert "b - never: +0.0 pts [+0.0, +0.0] (within noise)" in text
 
 

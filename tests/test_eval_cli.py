@@ -12,8 +12,17 @@ ARGS = ["task.levels=[1+1,1x1]", "task.num_test=12", "train.wandb=false", "--max
 
 def test_eval_cli_writes_tables_samples_and_resumes(tiny_model_dir, tmp_path, capsys):
     out = str(tmp_path / "ev")
-    argv = ["--model", f"a={tiny_model_dir},b={tiny_model_dir}", "--base-model", "same", "--baselines", "never,random,cloud",
-            "--out", out, *ARGS]
+    argv = [
+        "--model",
+        f"a={tiny_model_dir},b={tiny_model_dir}",
+        "--base-model",
+        "same",
+        "--baselines",
+        "never,random,cloud",
+        "--out",
+        out,
+        *ARGS,
+    ]
     assert evalmod.main(argv) == 0
     printed = capsys.readouterr().out
     summary = json.load(open(os.path.join(out, "summary.json")))
@@ -45,8 +54,23 @@ def test_eval_cli_any_jsonl_with_field_names_and_limit(tiny_model_dir, tmp_path)
         for i in range(8):
             f.write(json.dumps({"q": f"What is {i} + {i}?", "sol": f"Double it: \\boxed{{{2 * i}}}"}) + "\n")
     out = str(tmp_path / "ev2")
-    argv = ["--model", tiny_model_dir, "--data", str(data), "--question-field", "q", "--answer-field", "sol",
-            "--limit", "5", "--baselines", "cloud", "--out", out, *ARGS]
+    argv = [
+        "--model",
+        tiny_model_dir,
+        "--data",
+        str(data),
+        "--question-field",
+        "q",
+        "--answer-field",
+        "sol",
+        "--limit",
+        "5",
+        "--baselines",
+        "cloud",
+        "--out",
+        out,
+        *ARGS,
+    ]
     assert evalmod.main(argv) == 0  # the cloud baseline alone needs no base model
     summary = json.load(open(os.path.join(out, "summary.json")))
     rows = summary["suites"]["mine"]
@@ -96,15 +120,33 @@ def test_baselines_default_to_the_configs_base_model_not_the_policy(tiny_model_d
     config = tmp_path / "run.yaml"
     config.write_text(f"model:\n  name_or_path: {tiny_model_dir}\n")
     out = str(tmp_path / "ev")
-    argv = ["--config", str(config), "--model", f"gapg={policy}", "--baselines", "never,random,cloud", "--budget", "0.25",
-            "--out", out, *ARGS]
+    argv = [
+        "--config",
+        str(config),
+        "--model",
+        f"gapg={policy}",
+        "--baselines",
+        "never,random,cloud",
+        "--budget",
+        "0.25",
+        "--out",
+        out,
+        *ARGS,
+    ]
     assert evalmod.main(argv) == 0
     printed = capsys.readouterr().out
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["base_model"] == tiny_model_dir
-    assert summary["row_models"] == {"gapg": policy, "never": tiny_model_dir, "random": tiny_model_dir, "cloud": "simulated cloud"}
-    assert (f"rows: gapg={policy}; never/random={tiny_model_dir} (base model: model.name_or_path of {config}); "
-            "cloud=simulated cloud") in printed
+    assert summary["row_models"] == {
+        "gapg": policy,
+        "never": tiny_model_dir,
+        "random": tiny_model_dir,
+        "cloud": "simulated cloud",
+    }
+    assert (
+        f"rows: gapg={policy}; never/random={tiny_model_dir} (base model: model.name_or_path of {config}); "
+        "cloud=simulated cloud"
+    ) in printed
     base_file = os.path.join(out, "arithmetic", "base.device.jsonl")
     assert json.load(open(base_file + ".meta.json"))["model"] == tiny_model_dir
     base_out = [json.loads(line)["output"] for line in open(base_file)]
@@ -133,6 +175,8 @@ def test_baselines_without_a_known_base_model_stop_with_one_line(tiny_model_dir,
     out = tmp_path / "ev"
     assert evalmod.main(["--model", tiny_model_dir, "--baselines", "never,router,cloud", "--out", str(out), *ARGS]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: the never/router baseline rows need the base device model")
+    assert len(err.splitlines()) == 1 and err.startswith(
+        "error: the never/router baseline rows need the base device model"
+    )
     assert "--base-model <path>" in err and "--config" in err and "--base-model same" in err
     assert not out.exists()  # stopped before anything was loaded or written

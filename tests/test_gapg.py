@@ -20,7 +20,13 @@ def test_gapg_loss_and_gradient_match_hand_computation():
     loss = gapg_loss(logp, group_advantages(r).flatten(), num_prompts=2)
     a1 = [0.6875, -0.3125, -0.3125, -0.0625]
     a2 = [-0.1, -0.1, 0.1, 0.1]
-    expected = -(sum(a * l for a, l in zip(a1, [-1, -2, -3, -4])) / 3 + sum(a * l for a, l in zip(a2, [-0.5, -1.5, -2.5, -3.5])) / 3) / 2
+    expected = (
+        -(
+            sum(a * l for a, l in zip(a1, [-1, -2, -3, -4])) / 3
+            + sum(a * l for a, l in zip(a2, [-0.5, -1.5, -2.5, -3.5])) / 3
+        )
+        / 2
+    )
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
     assert torch.allclose(logp.grad, -torch.tensor(a1 + a2) / 3 / 2)
@@ -58,9 +64,8 @@ def test_masked_cloud_tokens_get_no_gradient():
 
 
 def test_shared_prefix_scoring_matches_full_sequences_value_and_gradient(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
     from conftest import score_with_grads
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     head = list(range(10, 50))
@@ -78,7 +83,9 @@ def test_a_reward_at_its_group_mean_has_exactly_zero_coefficient():
     were scored (and counted in the micro-batch shares) though they add nothing.  They are exactly 0 now."""
     from rl.gapg import group_advantages
 
-    coefs = group_advantages(torch.tensor([[1.0, 1.0, 0.4, 0.4, 0.4, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]))
+    coefs = group_advantages(
+        torch.tensor([[1.0, 1.0, 0.4, 0.4, 0.4, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    )
     assert coefs[0, 2:5].tolist() == [0.0, 0.0, 0.0]
     assert int((coefs != 0).sum()) == 13
     assert coefs[0, 0].item() == pytest.approx(0.6 / 7) and coefs[1, 0].item() == pytest.approx(0.875 / 7)

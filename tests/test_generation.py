@@ -20,8 +20,12 @@ def test_shared_prefix_matches_padded_greedy(tiny_model_dir):
     env = RouteEnv("arithmetic", tok, cloud=None)
     probs = make_problems(9, seed=1, levels=["1+1", "2x2", "3x2"])  # three prompt lengths
     prompts = [env.prompt(p) for p in probs]
-    shared = HFGenerator(model, tok, batch_size=4, min_shared_prefix=32).generate(prompts, n=2, temperature=0.0, max_new_tokens=12)
-    padded = HFGenerator(model, tok, batch_size=4, min_shared_prefix=0).generate(prompts, n=2, temperature=0.0, max_new_tokens=12)
+    shared = HFGenerator(model, tok, batch_size=4, min_shared_prefix=32).generate(
+        prompts, n=2, temperature=0.0, max_new_tokens=12
+    )
+    padded = HFGenerator(model, tok, batch_size=4, min_shared_prefix=0).generate(
+        prompts, n=2, temperature=0.0, max_new_tokens=12
+    )
     assert [[s.completion_ids for s in g] for g in shared] == [[s.completion_ids for s in g] for g in padded]
     assert [g[0].prompt_ids for g in shared] == [g[0].prompt_ids for g in padded]
     assert all(len(g) == 2 for g in shared)

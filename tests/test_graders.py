@@ -118,7 +118,11 @@ def test_math_verify_equivalences(gold, pred, ok):
 
 
 def test_equivalences_hold_without_the_string_shortcut():
-    for gold, pred in [("\\frac{1}{2}", "\\frac{1}{2}"), ("\\left( 3, 4 \\right)", "\\left( 3, 4 \\right)"), ("\\text{Monday}", "Monday")]:
+    for gold, pred in [
+        ("\\frac{1}{2}", "\\frac{1}{2}"),
+        ("\\left( 3, 4 \\right)", "\\left( 3, 4 \\right)"),
+        ("\\text{Monday}", "Monday"),
+    ]:
         assert is_correct(gold, pred, string_match=False)
 
 

@@ -19,7 +19,6 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from test_cloud_http import MODEL, ScriptedServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,23 +33,53 @@ def server():
 
 
 def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
-            KEY_ENV: "sk-kill-test-not-a-real-key"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "disabled",
+        "TOKENIZERS_PARALLELISM": "false",
+        KEY_ENV: "sk-kill-test-not-a-real-key",
+    }
 
 
 def _cloud_args(server, **kw):
-    opts = {"cloud.backend": "openai", "cloud.base_url": server.base_url, "cloud.model": MODEL, "cloud.api_key_env": KEY_ENV,
-            "cloud.backoff_base_s": 0.01, "cloud.backoff_max_s": 0.05, "cloud.max_new_tokens": 16, **kw}
+    opts = {
+        "cloud.backend": "openai",
+        "cloud.base_url": server.base_url,
+        "cloud.model": MODEL,
+        "cloud.api_key_env": KEY_ENV,
+        "cloud.backoff_base_s": 0.01,
+        "cloud.backoff_max_s": 0.05,
+        "cloud.max_new_tokens": 16,
+        **kw,
+    }
     return [f"{k}={v}" for k, v in opts.items()]
 
 
 def _train_args(tiny_model_dir, out, server, steps):
     return [
-        "train.py", f"model.name_or_path={tiny_model_dir}", "task.name=arithmetic", "task.num_train=64", "task.num_test=6",
-        "task.levels=[1+1,1x1]", "rl.group_size=4", "rl.rollout_prompts=4", "rl.batch_prompts=4", "rl.max_new_tokens=8",
-        "rl.filtering=false", "rl.gamma=0.05", "rl.gamma_lr=0.5", "train.learning_rate=1e-2", "train.wandb=false",
-        "train.eval_before=false", "train.eval_max_new_tokens=4", "train.save_every=2", "train.keep_checkpoints=20",
-        f"train.max_steps={steps}", f"train.output_dir={out}", *_cloud_args(server),
+        "train.py",
+        f"model.name_or_path={tiny_model_dir}",
+        "task.name=arithmetic",
+        "task.num_train=64",
+        "task.num_test=6",
+        "task.levels=[1+1,1x1]",
+        "rl.group_size=4",
+        "rl.rollout_prompts=4",
+        "rl.batch_prompts=4",
+        "rl.max_new_tokens=8",
+        "rl.filtering=false",
+        "rl.gamma=0.05",
+        "rl.gamma_lr=0.5",
+        "train.learning_rate=1e-2",
+        "train.wandb=false",
+        "train.eval_before=false",
+        "train.eval_max_new_tokens=4",
+        "train.save_every=2",
+        "train.keep_checkpoints=20",
+        f"train.max_steps={steps}",
+        f"train.output_dir={out}",
+        *_cloud_args(server),
     ]
 
 
@@ -91,11 +120,14 @@ def _start(args, log_path):
 
 
 def _kill_when(proc, ready, cache, counts, timeout=300.0):
-    """Poll until ``ready()``, recording the cache's row count each time; then SIGKILL ``proc`` (which must still run)."""
+    """Poll until ``ready()``, recording the cache's row count each time; then SIGKILL ``proc`` (which must still
+    run)."""
     t0 = time.monotonic()
     while not ready():
         counts.append(len(_cache_keys(cache)))
-        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before it could be killed:\n{open(proc.log_path).read()[-3000:]}"
+        assert proc.poll() is None, (
+            f"the run ended (exit {proc.returncode}) before it could be killed:\n{open(proc.log_path).read()[-3000:]}"
+        )
         assert time.monotonic() - t0 < timeout, "the run did not get far enough to be killed"
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed"
@@ -113,7 +145,9 @@ def _test_problems(n):
 
 
 def _run(args, timeout=600):
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -133,7 +167,9 @@ def _cached_questions(cache, num_train=64, num_test=6, levels="[1+1,1x1]") -> se
         return {by_uid[u] for (u,) in db.execute("SELECT uid FROM answers")}
 
 
-def _check_no_received_answer_asked_again(before: list[str], after: list[str], cached_at_kill: set[str], in_flight: int):
+def _check_no_received_answer_asked_again(
+    before: list[str], after: list[str], cached_at_kill: set[str], in_flight: int
+):
     """A kill loses only the requests in flight (sent, answer not yet received): at most ``in_flight`` questions are
     asked again, none of them one whose answer had been received, and nothing else repeats."""
     again = set(before) & set(after)
@@ -161,11 +197,16 @@ def test_sigkilled_training_resumes_with_the_same_data_order_and_no_repaid_cloud
     cached_at_kill = _cache_keys(cache)
     cached_questions = _cached_questions(cache)
     asked_before_kill = _questions(server)
-    ckpts = [d for d in os.listdir(os.path.join(part, "checkpoints"))
-             if os.path.exists(os.path.join(part, "checkpoints", d, "trainer_state.json"))]
+    ckpts = [
+        d
+        for d in os.listdir(os.path.join(part, "checkpoints"))
+        if os.path.exists(os.path.join(part, "checkpoints", d, "trainer_state.json"))
+    ]
     last_ckpt = max(int(d.split("-")[1]) for d in ckpts)
     rerun = [s for s in done_before_kill if s > last_ckpt]  # finished before the kill, run again after the resume
-    assert rerun, f"killed too late to test re-running finished steps (checkpoint {last_ckpt}, steps {done_before_kill})"
+    assert rerun, (
+        f"killed too late to test re-running finished steps (checkpoint {last_ckpt}, steps {done_before_kill})"
+    )
     assert cached_at_kill and asked_before_kill
 
     resumed = _run(_train_args(tiny_model_dir, part, server, steps) + ["--resume"])
@@ -189,7 +230,9 @@ def test_sigkilled_training_resumes_with_the_same_data_order_and_no_repaid_cloud
     assert counts == sorted(counts) and counts[-1] >= len(cached_at_kill) > 0
     assert cached_at_kill <= _cache_keys(cache)
     asked = _questions(server)
-    _check_no_received_answer_asked_again(asked_before_kill, asked[len(asked_before_kill):], cached_questions, in_flight=8)
+    _check_no_received_answer_asked_again(
+        asked_before_kill, asked[len(asked_before_kill) :], cached_questions, in_flight=8
+    )
     # the steps re-run after the resume were answered from the cache: the resumed process made no call for them
     first = after[last_ckpt]  # metrics of step last_ckpt + 1, the first step of the resumed process
     assert first["cloud_calls"] == 0 and first["cloud_cache_hits"] > 0
@@ -203,9 +246,25 @@ def test_sigkilled_eval_resumes_without_regenerating_or_repaying(tiny_model_dir,
     slow = ScriptedServer({None: [("delay", 0.15)] * 1000})  # a slow cloud: the cloud pass takes seconds
     try:
         out = str(tmp_path / "ev")
-        args = ["eval.py", "--model", tiny_model_dir, "--base-model", "same", "--out", out, "--baselines", "never,random,cloud", "--batch-size", "4",
-                "--max-new-tokens", "6", "task.levels=[1+1,1x1]", f"task.num_test={n}", "train.wandb=false",
-                *_cloud_args(slow, **{"cloud.concurrency": 1})]
+        args = [
+            "eval.py",
+            "--model",
+            tiny_model_dir,
+            "--base-model",
+            "same",
+            "--out",
+            out,
+            "--baselines",
+            "never,random,cloud",
+            "--batch-size",
+            "4",
+            "--max-new-tokens",
+            "6",
+            "task.levels=[1+1,1x1]",
+            f"task.num_test={n}",
+            "train.wandb=false",
+            *_cloud_args(slow, **{"cloud.concurrency": 1}),
+        ]
         device, cache = os.path.join(out, "arithmetic", "policy.device.jsonl"), os.path.join(out, "cloud_cache.sqlite")
         counts: list[int] = []
 
@@ -233,12 +292,18 @@ def test_sigkilled_eval_resumes_without_regenerating_or_repaying(tiny_model_dir,
     rows = _complete_json_lines(device)
     uids = [r["uid"] for r in rows]
     assert len(uids) == len(set(uids)) == n, "a problem was generated twice"
-    assert second_lines[: len(first_lines) - 1] == first_lines[: len(first_lines) - 1]  # kept verbatim (the last may be torn)
+    assert (
+        second_lines[: len(first_lines) - 1] == first_lines[: len(first_lines) - 1]
+    )  # kept verbatim (the last may be torn)
     assert _lines(device) == second_lines  # the third run generated nothing
     asked = [r["question"] for r in slow.requests]
     assert len(set(asked)) == distinct
-    _check_no_received_answer_asked_again(asked_before_kill, asked[len(asked_before_kill):], cached_questions, in_flight=1)
-    assert summary["cloud_usage"]["calls"] == distinct - len(cached_at_kill)  # the third run paid only for the missing ones
+    _check_no_received_answer_asked_again(
+        asked_before_kill, asked[len(asked_before_kill) :], cached_questions, in_flight=1
+    )
+    assert summary["cloud_usage"]["calls"] == distinct - len(
+        cached_at_kill
+    )  # the third run paid only for the missing ones
     assert summary["cloud_usage"]["cache_hits"] >= len(cached_at_kill)
     assert counts == sorted(counts) and counts[-1] == distinct
     rows_by_method = {r["method"]: r for r in summary["suites"]["arithmetic"]}
@@ -276,12 +341,32 @@ def test_eval_stopped_by_a_cloud_outage_says_so_and_resumes(tiny_model_dir, tmp_
     outage = ScriptedServer({None: [("ok",)] * 5 + [("status", 503)] * 2})  # 5 answers, then one request fails twice
     try:
         out = str(tmp_path / "ev")
-        args = ["eval.py", "--model", tiny_model_dir, "--base-model", "same", "--out", out, "--baselines", "never,cloud", "--max-new-tokens", "4",
-                "task.levels=[1+1,1x1]", f"task.num_test={n}", "train.wandb=false",
-                *_cloud_args(outage, **{"cloud.concurrency": 1, "cloud.max_retries": 1})]
-        proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+        args = [
+            "eval.py",
+            "--model",
+            tiny_model_dir,
+            "--base-model",
+            "same",
+            "--out",
+            out,
+            "--baselines",
+            "never,cloud",
+            "--max-new-tokens",
+            "4",
+            "task.levels=[1+1,1x1]",
+            f"task.num_test={n}",
+            "train.wandb=false",
+            *_cloud_args(outage, **{"cloud.concurrency": 1, "cloud.max_retries": 1}),
+        ]
+        proc = subprocess.run(
+            [sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 3, proc.stderr[-3000:]
-        assert "error: cloud request" in proc.stderr and "HTTP 503" in proc.stderr and "run the same command again" in proc.stderr
+        assert (
+            "error: cloud request" in proc.stderr
+            and "HTTP 503" in proc.stderr
+            and "run the same command again" in proc.stderr
+        )
         assert "Traceback" not in proc.stderr
         device = os.path.join(out, "arithmetic", "policy.device.jsonl")
         before = _lines(device)

@@ -20,8 +20,18 @@ import ast
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYERS = {"core": 0, "rewards": 1, "policies": 2, "envs": 3, "rl": 4,
-          "train": 5, "eval": 5, "sweep": 5, "benchmarks": 5, "scripts": 5}
+LAYERS = {
+    "core": 0,
+    "rewards": 1,
+    "policies": 2,
+    "envs": 3,
+    "rl": 4,
+    "train": 5,
+    "eval": 5,
+    "sweep": 5,
+    "benchmarks": 5,
+    "scripts": 5,
+}
 COMMANDS = {"train", "eval", "sweep", "benchmarks", "scripts"}
 SKIP_DIRS = {".git", "tests", "outputs", "__pycache__", "configs", "docs", ".venv", "build"}
 
@@ -30,7 +40,9 @@ def _modules() -> dict[str, str]:
     """Every module of the repository (tests aside): dotted name -> file."""
     mods = {}
     for dirpath, dirnames, filenames in os.walk(ROOT):
-        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".") and not d.endswith(".egg-info")]
+        dirnames[:] = [
+            d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".") and not d.endswith(".egg-info")
+        ]
         for f in filenames:
             if f.endswith(".py"):
                 rel = os.path.relpath(os.path.join(dirpath, f), ROOT)[:-3].replace(os.sep, ".")
@@ -87,7 +99,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for n in sorted(graph.get(m, ())):
             if color.get(n) == 1:
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if n not in color:
                 found = visit(n)
                 if found:
@@ -114,14 +126,20 @@ def test_no_import_cycle():
 
 def test_imports_point_down_only():
     graph = import_graph()
-    up = sorted(f"{m} -> {n}" for m, ns in graph.items() for n in ns
-                if LAYERS.get(_package(n), 99) > LAYERS.get(_package(m), 99))
+    up = sorted(
+        f"{m} -> {n}"
+        for m, ns in graph.items()
+        for n in ns
+        if LAYERS.get(_package(n), 99) > LAYERS.get(_package(m), 99)
+    )
     assert up == []
 
 
 def test_no_library_module_imports_a_command():
     graph = import_graph()
-    bad = sorted(f"{m} -> {n}" for m, ns in graph.items() if _package(m) not in COMMANDS for n in ns if _package(n) in COMMANDS)
+    bad = sorted(
+        f"{m} -> {n}" for m, ns in graph.items() if _package(m) not in COMMANDS for n in ns if _package(n) in COMMANDS
+    )
     assert bad == []
 
 
@@ -133,7 +151,12 @@ def test_no_sys_path_edits_outside_conftest():
     for path in paths:
         for node in ast.walk(ast.parse(open(path).read(), path)):
             # sys.path.insert/append/extend(...), sys.path = ..., sys.path[...] = ..., sys.path += ...
-            if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) and node.value.id == "sys":
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "path"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "sys"
+            ):
                 bad.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
     assert bad == []
 

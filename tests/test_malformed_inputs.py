@@ -9,7 +9,6 @@ gradient during training (skipped, counted, and the run stops after ``train.max_
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 
@@ -19,28 +18,43 @@ from safetensors.torch import load_file
 
 import train
 from core.problem import Problem
-from envs.route import Group, RouteEnv, Rollout, is_escalation, route_metrics, split_escalation
+from envs.route import Group, Rollout, RouteEnv, is_escalation, route_metrics, split_escalation
 from policies.generation import Sample
 from rl import trainer
 from rl.config import ConfigError, load_config
 
-TINY = ["task.name=arithmetic", "task.num_train=32", "task.num_test=4", "task.levels=[1+1,1x1]", "rl.group_size=4",
-        "rl.rollout_prompts=4", "rl.batch_prompts=4", "rl.max_new_tokens=6", "rl.filtering=false", "train.learning_rate=1e-2",
-        "train.wandb=false", "train.eval_before=false", "train.eval_max_new_tokens=4"]
+TINY = [
+    "task.name=arithmetic",
+    "task.num_train=32",
+    "task.num_test=4",
+    "task.levels=[1+1,1x1]",
+    "rl.group_size=4",
+    "rl.rollout_prompts=4",
+    "rl.batch_prompts=4",
+    "rl.max_new_tokens=6",
+    "rl.filtering=false",
+    "train.learning_rate=1e-2",
+    "train.wandb=false",
+    "train.eval_before=false",
+    "train.eval_max_new_tokens=4",
+]
 
 
 # config ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("reward.alpha_local=inf", "reward.alpha_local=inf must be a finite number"),
-    ("reward.alpha_cloud=nan", "reward.alpha_cloud=nan must be a finite number"),
-    ("train.learning_rate=nan", "train.learning_rate=nan must be a finite number"),
-    ("train.learning_rate=0", "train.learning_rate=0.0 must be > 0"),
-    ("rl.gamma=inf", "rl.gamma=inf must be a finite number"),
-    ("train.max_skipped_updates=-1", "train.max_skipped_updates=-1 must be >= 0"),
-    ("train.max_steps=[1,2]", "train.max_steps"),  # a list for a number
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("reward.alpha_local=inf", "reward.alpha_local=inf must be a finite number"),
+        ("reward.alpha_cloud=nan", "reward.alpha_cloud=nan must be a finite number"),
+        ("train.learning_rate=nan", "train.learning_rate=nan must be a finite number"),
+        ("train.learning_rate=0", "train.learning_rate=0.0 must be > 0"),
+        ("rl.gamma=inf", "rl.gamma=inf must be a finite number"),
+        ("train.max_skipped_updates=-1", "train.max_skipped_updates=-1 must be >= 0"),
+        ("train.max_steps=[1,2]", "train.max_steps"),  # a list for a number
+    ],
+)
 def test_non_finite_and_ill_typed_values_are_refused(override, needle):
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("(", r"\(")):
         load_config(None, [override])
@@ -70,19 +84,27 @@ def _math_dir(tmp_path, train_rows: list[str]):
     return d
 
 
-@pytest.mark.parametrize("bad_row,needle", [
-    ('{"problem": "2+2?", "answer": "4"', r"math_train.jsonl:2 is not valid JSON"),
-    ('{"problem": "2+2?", "solution": "no boxed answer"}', r"math_train.jsonl:2 has no gold answer"),
-    ('{"problem": "2+2?", "answer": NaN}', r"math_train.jsonl:2 has no gold answer"),
-    ('{"problem": "2+2?", "answer": Infinity}', r"math_train.jsonl:2 has no gold answer"),
-    ('["2+2?", "4"]', r"math_train.jsonl:2 is a JSON list, not an object"),
-    ('{"answer": "4"}', r"math_train.jsonl:2 has no question"),
-])
-def test_a_corrupt_training_row_stops_train_py_with_the_file_and_line(tiny_model_dir, tmp_path, capsys, bad_row, needle):
+@pytest.mark.parametrize(
+    "bad_row,needle",
+    [
+        ('{"problem": "2+2?", "answer": "4"', r"math_train.jsonl:2 is not valid JSON"),
+        ('{"problem": "2+2?", "solution": "no boxed answer"}', r"math_train.jsonl:2 has no gold answer"),
+        ('{"problem": "2+2?", "answer": NaN}', r"math_train.jsonl:2 has no gold answer"),
+        ('{"problem": "2+2?", "answer": Infinity}', r"math_train.jsonl:2 has no gold answer"),
+        ('["2+2?", "4"]', r"math_train.jsonl:2 is a JSON list, not an object"),
+        ('{"answer": "4"}', r"math_train.jsonl:2 has no question"),
+    ],
+)
+def test_a_corrupt_training_row_stops_train_py_with_the_file_and_line(
+    tiny_model_dir, tmp_path, capsys, bad_row, needle
+):
     good = json.dumps({"problem": "3+3?", "solution": "\\boxed{6}"})
     d = _math_dir(tmp_path, [good, bad_row, good])
     out = tmp_path / "out"
-    rc = train.main(TINY + [f"model.name_or_path={tiny_model_dir}", "task.name=math", f"task.data_dir={d}", f"train.output_dir={out}"])
+    rc = train.main(
+        TINY
+        + [f"model.name_or_path={tiny_model_dir}", "task.name=math", f"task.data_dir={d}", f"train.output_dir={out}"]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "error:" in err
     assert __import__("re").search(needle, err), err
@@ -94,8 +116,20 @@ def test_eval_rejects_a_corrupt_data_row_with_the_line(tiny_model_dir, tmp_path,
 
     data = tmp_path / "mine.jsonl"
     data.write_text(json.dumps({"q": "1+1?", "a": 2}) + "\n" + '{"q": "2+2?", "a": }\n')
-    rc = evalmod.main(["--model", tiny_model_dir, "--data", str(data), "--question-field", "q", "--answer-field", "a",
-                       "--out", str(tmp_path / "ev")])
+    rc = evalmod.main(
+        [
+            "--model",
+            tiny_model_dir,
+            "--data",
+            str(data),
+            "--question-field",
+            "q",
+            "--answer-field",
+            "a",
+            "--out",
+            str(tmp_path / "ev"),
+        ]
+    )
     assert rc == 2 and "mine.jsonl:2 is not valid JSON" in capsys.readouterr().err
 
 
@@ -105,14 +139,17 @@ def test_eval_rejects_a_corrupt_data_row_with_the_line(tiny_model_dir, tmp_path,
 P = Problem("p", "What is 2 + 3?", "5", level=1)
 
 
-@pytest.mark.parametrize("text,escalated,graded_text", [
-    ("<unknown> I need external assistance </unknown>", True, ""),
-    ("2 + 3 = 5. <unknown> I need external assistance </unknown>  \n", True, "2 + 3 = 5. "),
-    ("2 + 3 = \\boxed{5} <unknown> I need external assistance", False, None),  # unclosed: not an escalation
-    ("I need external assistance </unknown>", False, None),  # no opening tag
-    ("<unknown> hm </unknown> so \\boxed{5}", False, None),  # a tag in the middle: the text after it is the answer
-    ("<unknown><unknown> x </unknown>", True, ""),  # nested opening tags still end with a closed escalation
-])
+@pytest.mark.parametrize(
+    "text,escalated,graded_text",
+    [
+        ("<unknown> I need external assistance </unknown>", True, ""),
+        ("2 + 3 = 5. <unknown> I need external assistance </unknown>  \n", True, "2 + 3 = 5. "),
+        ("2 + 3 = \\boxed{5} <unknown> I need external assistance", False, None),  # unclosed: not an escalation
+        ("I need external assistance </unknown>", False, None),  # no opening tag
+        ("<unknown> hm </unknown> so \\boxed{5}", False, None),  # a tag in the middle: the text after it is the answer
+        ("<unknown><unknown> x </unknown>", True, ""),  # nested opening tags still end with a closed escalation
+    ],
+)
 def test_unbalanced_tags_have_one_defined_reading(text, escalated, graded_text):
     assert is_escalation(text) is escalated
     esc, own = split_escalation(text)
@@ -128,7 +165,9 @@ def test_unbalanced_tags_are_graded_as_device_answers_and_counted():
     assert [r.local_answer for r in rolls] == ["5", "7", "5", "5"]
     g = Group(P, rolls, rewards=[1.0, 0.0, 1.0, 1.0])
     m = route_metrics([g])
-    assert m["stray_tags"] == pytest.approx(3 / 4) and m["offload_rate"] == 0.0 and m["device_acc"] == pytest.approx(3 / 4)
+    assert (
+        m["stray_tags"] == pytest.approx(3 / 4) and m["offload_rate"] == 0.0 and m["device_acc"] == pytest.approx(3 / 4)
+    )
 
 
 # NaN / inf during training ----------------------------------------------------------------------------------------
@@ -150,11 +189,20 @@ def setup(tiny_model_dir):
 
 
 def _groups(tok, rewards_per_group):
-    prompt = tok("<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    prompt = tok("<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)[
+        "input_ids"
+    ]
     groups = []
     for rewards in rewards_per_group:
-        rolls = [Rollout(Sample(prompt, tok(f"so {i}", add_special_tokens=False)["input_ids"], f"so {i}", False), False, None, False)
-                 for i in range(len(rewards))]
+        rolls = [
+            Rollout(
+                Sample(prompt, tok(f"so {i}", add_special_tokens=False)["input_ids"], f"so {i}", False),
+                False,
+                None,
+                False,
+            )
+            for i in range(len(rewards))
+        ]
         groups.append(Group(P, rolls, rewards=list(rewards)))
     return groups
 
@@ -167,13 +215,17 @@ def test_a_nan_reward_skips_the_update_and_counts_it(setup, caplog):
     model, opt, acc, cfg, tok = setup
     skipped = trainer.SkippedUpdates(limit=2)
     before = _snapshot(model)
-    loss = trainer.policy_update(model, opt, acc, _groups(tok, [[1.0, float("nan"), 0.0, 0.0]]), cfg, tok.pad_token_id, skipped=skipped)
+    loss = trainer.policy_update(
+        model, opt, acc, _groups(tok, [[1.0, float("nan"), 0.0, 0.0]]), cfg, tok.pad_token_id, skipped=skipped
+    )
     assert math.isnan(loss) and skipped.total == 1 and skipped.in_a_row == 1
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # the weights did not move
     assert all(p.grad is None for p in model.parameters())  # the bad gradients were dropped, not accumulated
     assert "GAPG loss is nan: this update is skipped (1 in a row, 1 in total" in caplog.text
     # a finite update afterwards steps normally and resets the run of skips
-    loss = trainer.policy_update(model, opt, acc, _groups(tok, [[1.0, 0.0, 0.0, 0.0]]), cfg, tok.pad_token_id, skipped=skipped)
+    loss = trainer.policy_update(
+        model, opt, acc, _groups(tok, [[1.0, 0.0, 0.0, 0.0]]), cfg, tok.pad_token_id, skipped=skipped
+    )
     assert math.isfinite(loss) and skipped.total == 1 and skipped.in_a_row == 0
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
 
@@ -185,7 +237,9 @@ def test_an_inf_gradient_with_a_finite_loss_is_skipped(setup):
     hook = emb.register_hook(lambda g: g * float("inf"))
     skipped = trainer.SkippedUpdates(limit=1)
     try:
-        loss = trainer.policy_update(model, opt, acc, _groups(tok, [[1.0, 0.0, 0.0, 0.0]]), cfg, tok.pad_token_id, skipped=skipped)
+        loss = trainer.policy_update(
+            model, opt, acc, _groups(tok, [[1.0, 0.0, 0.0, 0.0]]), cfg, tok.pad_token_id, skipped=skipped
+        )
     finally:
         hook.remove()
     assert math.isnan(loss) and skipped.total == 1
@@ -197,9 +251,14 @@ def test_too_many_skips_in_a_row_stop_with_the_fix(setup):
     skipped = trainer.SkippedUpdates(limit=1)
     bad = _groups(tok, [[float("inf"), 0.0, 0.0, 0.0]])
     trainer.policy_update(model, opt, acc, bad, cfg, tok.pad_token_id, skipped=skipped)
-    with pytest.raises(FloatingPointError, match=r"2 update\(s\) in a row skipped, more than train.max_skipped_updates=1.*train.learning_rate"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"2 update\(s\) in a row skipped, more than train.max_skipped_updates=1.*train.learning_rate",
+    ):
         trainer.policy_update(model, opt, acc, bad, cfg, tok.pad_token_id, skipped=skipped)
-    with pytest.raises(FloatingPointError, match="max_skipped_updates=0"):  # no counter: the first one stops (the old behaviour)
+    with pytest.raises(
+        FloatingPointError, match="max_skipped_updates=0"
+    ):  # no counter: the first one stops (the old behaviour)
         trainer.policy_update(model, opt, acc, bad, cfg, tok.pad_token_id)
 
 
@@ -219,8 +278,19 @@ def _inject_nan(monkeypatch, steps: set[int]):
 def test_training_skips_a_nan_step_counts_it_and_finishes(tiny_model_dir, tmp_path, monkeypatch, caplog):
     _inject_nan(monkeypatch, {2})
     out = tmp_path / "run"
-    assert train.main(TINY + [f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out}", "train.max_steps=3",
-                              "train.save_every=1", "train.keep_checkpoints=5"]) == 0
+    assert (
+        train.main(
+            TINY
+            + [
+                f"model.name_or_path={tiny_model_dir}",
+                f"train.output_dir={out}",
+                "train.max_steps=3",
+                "train.save_every=1",
+                "train.keep_checkpoints=5",
+            ]
+        )
+        == 0
+    )
     metrics = [json.loads(l) for l in open(out / "metrics.jsonl")]
     assert [m["skipped_updates"] for m in metrics] == [0, 1, 1]
     assert math.isnan(metrics[1]["loss"]) and all(math.isfinite(metrics[i]["loss"]) for i in (0, 2))
@@ -236,8 +306,16 @@ def test_training_stops_after_max_skipped_updates_in_a_row(tiny_model_dir, tmp_p
     _inject_nan(monkeypatch, {1, 2, 3, 4})
     out = tmp_path / "run"
     with pytest.raises(FloatingPointError, match="train.max_skipped_updates=1"):
-        train.main(TINY + [f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out}", "train.max_steps=4",
-                           "train.max_skipped_updates=1", "train.save_every=0"])
+        train.main(
+            TINY
+            + [
+                f"model.name_or_path={tiny_model_dir}",
+                f"train.output_dir={out}",
+                "train.max_steps=4",
+                "train.max_skipped_updates=1",
+                "train.save_every=0",
+            ]
+        )
     metrics = [json.loads(l) for l in open(out / "metrics.jsonl")]
     assert [m["skipped_updates"] for m in metrics] == [1]  # step 2 raised before writing its line
     assert not os.path.exists(out / "final")
@@ -256,7 +334,9 @@ def test_gradient_checkpointing_update_equals_the_padded_path(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     cfg = load_config(None, ["train.micro_batch_size=3"])
     head = "<|im_start|>system\n" + "Solve the problem and put the final answer in a box. " * 2 + "<|im_end|>\n"
-    prompt = tok(head + "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    prompt = tok(
+        head + "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False
+    )["input_ids"]
     assert len(prompt) > 64  # the shared head is long enough for the shared-prefix path
 
     def run(checkpointing: bool):
@@ -266,12 +346,19 @@ def test_gradient_checkpointing_update_equals_the_padded_path(tiny_model_dir):
             model.activation_checkpointing_enable()
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights, the gradients stay
-        rolls = [Rollout(Sample(prompt, tok(f"so {i}{i}", add_special_tokens=False)["input_ids"], "", False), False, None, False)
-                 for i in range(4)]
+        rolls = [
+            Rollout(
+                Sample(prompt, tok(f"so {i}{i}", add_special_tokens=False)["input_ids"], "", False), False, None, False
+            )
+            for i in range(4)
+        ]
         groups = [Group(P, rolls, rewards=[1.0, 0.0, 0.5, 0.0])]
         real_zero = opt.zero_grad
         grads = {}
-        opt.zero_grad = lambda set_to_none=True: (grads.update({n: p.grad.clone() for n, p in model.named_parameters()}), real_zero())
+        opt.zero_grad = lambda set_to_none=True: (
+            grads.update({n: p.grad.clone() for n, p in model.named_parameters()}),
+            real_zero(),
+        )
         loss = trainer.policy_update(model, opt, Accelerator(cpu=True), groups, cfg, tok.pad_token_id)
         return loss, grads
 

@@ -29,7 +29,9 @@ class ScriptedExtender:
 
     def __init__(self, tok, env, problems, scripts):
         self.tok, self.calls = tok, []
-        self.by_prompt = {tuple(tok(env.prompt(p), add_special_tokens=False)["input_ids"]): scripts[p.uid] for p in problems}
+        self.by_prompt = {
+            tuple(tok(env.prompt(p), add_special_tokens=False)["input_ids"]): scripts[p.uid] for p in problems
+        }
 
     def extend(self, contexts, max_new_tokens, temperature=1.0, top_p=1.0, stop=None):
         self.calls.append([list(c) for c in contexts])
@@ -39,16 +41,25 @@ class ScriptedExtender:
             completion = self.tok.decode(ctx[len(prompt) :])
             responses = re.findall(r"<response>(.*?)</response>", completion)
             own = re.sub(r"<response>.*?</response>", "", completion)
-            rows = [s for s in self.by_prompt[prompt] if len(s) > len(responses) and "".join(s[: len(responses)]) == own]
+            rows = [
+                s for s in self.by_prompt[prompt] if len(s) > len(responses) and "".join(s[: len(responses)]) == own
+            ]
             j = taken.setdefault((prompt, completion), 0)  # rows with the same past take the matching scripts in order
             taken[(prompt, completion)] += 1
             text = rows[j][len(responses)]
-            text = text.replace("{first}", responses[0] if responses else "").replace("{last}", responses[-1] if responses else "")
+            text = text.replace("{first}", responses[0] if responses else "").replace(
+                "{last}", responses[-1] if responses else ""
+            )
             ids = self.tok(text, add_special_tokens=False)["input_ids"]
             if len(ids) > budget:
                 out.append(Continuation(ids[:budget], "length"))
             else:
-                out.append(Continuation(ids, "eos" if text.endswith("<|im_end|>") else ("stop" if text.endswith("</query>") else "length")))
+                out.append(
+                    Continuation(
+                        ids,
+                        "eos" if text.endswith("<|im_end|>") else ("stop" if text.endswith("</query>") else "length"),
+                    )
+                )
         return out
 
 
@@ -100,11 +111,13 @@ def test_cloud_numbers_are_not_the_device_answer(tok):
 def test_batched_rounds_and_call_limit(tok):
     """Three rollouts in one batch; max_queries=1: a second <query> gets 'call limit reached', no call."""
     env = _env(tok, max_queries=1)
-    scripts = {"q1": [
-        ["<query>37 * 46</query>", " <query>2*3</query>", " \\boxed{1702}<|im_end|>"],  # one answered, one refused
-        ["\\boxed{1702}<|im_end|>"],  # no call
-        ["<query>37*46</query>", " \\boxed{1702}<|im_end|>"],  # one call
-    ]}
+    scripts = {
+        "q1": [
+            ["<query>37 * 46</query>", " <query>2*3</query>", " \\boxed{1702}<|im_end|>"],  # one answered, one refused
+            ["\\boxed{1702}<|im_end|>"],  # no call
+            ["<query>37*46</query>", " \\boxed{1702}<|im_end|>"],  # one call
+        ]
+    }
     gen = ScriptedExtender(tok, env, [P], scripts)
     (g,) = env.rollout(gen, [P], group_size=3, max_new_tokens=200)
     a, b, c = g.rollouts
@@ -143,7 +156,9 @@ def test_query_on_the_last_budget_token_ends_unanswered(tok):
     (g,) = env.rollout(ScriptedExtender(tok, env, [P], {"q1": [[turn]]}), [P], 1, max_new_tokens=len(_ids(tok, turn)))
     r = g.rollouts[0]
     assert r.calls == 0 and r.sample.truncated and cloud.usage()["calls"] == 0
-    (g,) = env.rollout(ScriptedExtender(tok, env, [P], {"q1": [["<query>37 * 46</query> and on"]]}), [P], 1, max_new_tokens=5)
+    (g,) = env.rollout(
+        ScriptedExtender(tok, env, [P], {"q1": [["<query>37 * 46</query> and on"]]}), [P], 1, max_new_tokens=5
+    )
     assert g.rollouts[0].sample.truncated and len(g.rollouts[0].sample.completion_ids) == 5
 
 
@@ -197,12 +212,22 @@ def test_hf_extend_stops_at_query_close_and_resumes_batched(tiny_model_dir, tok)
     ctx = [_ids(tok, "abc"), _ids(tok, "xyz")]  # same length: the forced script index lines up
     s0 = _ids(tok, "hi <query>3*4</query> more")
     s1 = _ids(tok, "ok") + [tok.eos_token_id]
-    outs = gen.extend(ctx, [40, 40], temperature=0.0, stop="</query>",
-                      logits_processor=LogitsProcessorList([_Force([s0, s1], 3, _ids(tok, "z")[0])]))
+    outs = gen.extend(
+        ctx,
+        [40, 40],
+        temperature=0.0,
+        stop="</query>",
+        logits_processor=LogitsProcessorList([_Force([s0, s1], 3, _ids(tok, "z")[0])]),
+    )
     assert tok.decode(outs[0].ids) == "hi <query>3*4</query>" and outs[0].reason == "stop"
     assert outs[1].ids == s1 and outs[1].reason == "eos"
-    outs = gen.extend(ctx, [5, 40], temperature=0.0, stop="</query>",
-                      logits_processor=LogitsProcessorList([_Force([s0, s1], 3, _ids(tok, "z")[0])]))
+    outs = gen.extend(
+        ctx,
+        [5, 40],
+        temperature=0.0,
+        stop="</query>",
+        logits_processor=LogitsProcessorList([_Force([s0, s1], 3, _ids(tok, "z")[0])]),
+    )
     assert outs[0].ids == s0[:5] and outs[0].reason == "length"
 
 
@@ -213,9 +238,14 @@ def test_hf_extend_middle_padding_matches_one_row_at_a_time(tiny_model_dir, tok)
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     head = _ids(tok, "<|im_start|>system\nCompute the result and give the final answer. " * 2)
-    ctxs = [head + _ids(tok, s) for s in ["What is 3+4?", "What is 12 * 345?<query>12</query><response>1</response>", "Hi"]]
+    ctxs = [
+        head + _ids(tok, s) for s in ["What is 3+4?", "What is 12 * 345?<query>12</query><response>1</response>", "Hi"]
+    ]
     shared = HFGenerator(model, tok, batch_size=8, min_shared_prefix=32).extend(ctxs, [10, 7, 12], temperature=0.0)
-    single = [HFGenerator(model, tok, min_shared_prefix=0).extend([c], [m], temperature=0.0)[0] for c, m in zip(ctxs, [10, 7, 12])]
+    single = [
+        HFGenerator(model, tok, min_shared_prefix=0).extend([c], [m], temperature=0.0)[0]
+        for c, m in zip(ctxs, [10, 7, 12])
+    ]
     assert [o.ids for o in shared] == [o.ids for o in single]
     assert len({tuple(o.ids) for o in single}) == 3
 
@@ -248,10 +278,20 @@ def test_simulated_cloud_answers_queries_honestly_and_caches_them(tmp_path):
     assert again.answer_queries(["37*46"])[0].cached and again.usage()["calls"] == 0
 
 
-@pytest.mark.parametrize("text,want", [
-    ("37*46", "1702"), ("(12 + 3) * 2", "30"), ("7 / 2", "3.5"), ("2 ** 10", "1024"), ("What is 5 - 9?", "-4"),
-    ("__import__('os').system('x')", None), ("9 ** 9 ** 9", None), ("1 / 0", None), ("hello", None),
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("37*46", "1702"),
+        ("(12 + 3) * 2", "30"),
+        ("7 / 2", "3.5"),
+        ("2 ** 10", "1024"),
+        ("What is 5 - 9?", "-4"),
+        ("__import__('os').system('x')", None),
+        ("9 ** 9 ** 9", None),
+        ("1 / 0", None),
+        ("hello", None),
+    ],
+)
 def test_calculator_is_exact_and_safe(text, want):
     assert answer_query(text) == want
 
@@ -259,14 +299,17 @@ def test_calculator_is_exact_and_safe(text, want):
 # --------------------------------------------------------------------------- reward, filtering, GAPG masks
 
 
-@pytest.mark.parametrize("correct,esc,cloud_ok,calls,tokens,charge,expected", [
-    (True, False, False, 0, 0, "all_escalations", 1.0),
-    (True, False, False, 2, 10, "all_escalations", 1.0 - 2 * 0.1 - 10 * 0.01),  # helped: α_a minus the calls
-    (False, False, False, 1, 4, "all_escalations", -0.1 - 0.04),
-    (False, False, False, 1, 4, "correct_escalations", 0.0),  # a failed attempt pays nothing under eq. 11
-    (False, True, True, 1, 0, "all_escalations", 0.4 - 0.1),  # <unknown>: α_c, one call
-    (True, True, False, 2, 0, "all_escalations", -0.2),  # escalated: the device's own answer does not count
-])
+@pytest.mark.parametrize(
+    "correct,esc,cloud_ok,calls,tokens,charge,expected",
+    [
+        (True, False, False, 0, 0, "all_escalations", 1.0),
+        (True, False, False, 2, 10, "all_escalations", 1.0 - 2 * 0.1 - 10 * 0.01),  # helped: α_a minus the calls
+        (False, False, False, 1, 4, "all_escalations", -0.1 - 0.04),
+        (False, False, False, 1, 4, "correct_escalations", 0.0),  # a failed attempt pays nothing under eq. 11
+        (False, True, True, 1, 0, "all_escalations", 0.4 - 0.1),  # <unknown>: α_c, one call
+        (True, True, False, 2, 0, "all_escalations", -0.2),  # escalated: the device's own answer does not count
+    ],
+)
 def test_query_reward_accounting(correct, esc, cloud_ok, calls, tokens, charge, expected):
     got = query_reward(correct, esc, cloud_ok, calls, tokens, 1.0, 0.4, gamma=0.1, gamma_tokens=0.01, charge=charge)
     assert got == pytest.approx(expected)
@@ -280,7 +323,9 @@ def _qr(correct, queries=0, escalated=False, cloud_correct=False):
 def test_filtering_in_query_mode_d1_unaided_d2_helped():
     def group(rolls):
         g = Group(P, rolls, cloud_correct=any((r.local_correct and r.queries) or r.cloud_correct for r in rolls))
-        g.rewards = [query_reward(r.local_correct, r.escalated, r.cloud_correct, r.calls, 0, 1.0, 0.4, 0.1) for r in rolls]
+        g.rewards = [
+            query_reward(r.local_correct, r.escalated, r.cloud_correct, r.calls, 0, 1.0, 0.4, 0.1) for r in rolls
+        ]
         return g
 
     assert classify(group([_qr(True), _qr(False), _qr(True, 1), _qr(False, 2)])) == "d1"
@@ -291,6 +336,7 @@ def test_filtering_in_query_mode_d1_unaided_d2_helped():
 
 def test_gapg_scores_exactly_the_device_tokens_of_a_multi_call_rollout(tiny_model_dir):
     from conftest import score_with_grads
+
     from rl.gapg import collate, token_logprobs
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -324,11 +370,14 @@ def test_eval_caps_calls_in_dataset_order(tok):
     from envs.evaluation import call_cap_limits, evaluate_query, format_table
 
     assert call_cap_limits([1, 0, 2, 1, 0, 1], cap=2) == [None, None, 1, 0, None, 0]
-    probs = [Problem(f"p{i}", f"What is {11 * (i + 1)} * {30 + i}?", str(11 * (i + 1) * (30 + i)), level=1 + i % 2) for i in range(5)]
+    probs = [
+        Problem(f"p{i}", f"What is {11 * (i + 1)} * {30 + i}?", str(11 * (i + 1) * (30 + i)), level=1 + i % 2)
+        for i in range(5)
+    ]
     env = _env(tok)
     scripts = {}
     for i, p in enumerate(probs):
-        expr = p.question[len("What is "):-1]
+        expr = p.question[len("What is ") : -1]
         if i == 1:  # solved alone
             scripts[p.uid] = [[f"\\boxed{{{p.answer}}}<|im_end|>"]]
         elif i == 2:  # two queries, then copies the first answer
@@ -358,11 +407,28 @@ def test_train_query_mode_end_to_end(tiny_model_dir, tmp_path):
 
     out = str(tmp_path / "q")
     args = [
-        f"model.name_or_path={tiny_model_dir}", "rl.env=query", "rl.max_queries=1", "task.name=arithmetic", "task.num_train=32",
-        "task.num_test=6", "task.levels=[1+1,2x2]", "rl.group_size=4", "rl.rollout_prompts=4", "rl.batch_prompts=4",
-        "rl.max_new_tokens=8", "rl.max_prompt_tokens=1024", "rl.filtering=false", "rl.gamma=0.05", "rl.gamma_lr=0.5", "train.learning_rate=1e-2",
-        "train.wandb=false", "train.eval_max_new_tokens=6", "train.eval_before=false", f"train.output_dir={out}",
-        "train.max_steps=2", "train.save_every=0",
+        f"model.name_or_path={tiny_model_dir}",
+        "rl.env=query",
+        "rl.max_queries=1",
+        "task.name=arithmetic",
+        "task.num_train=32",
+        "task.num_test=6",
+        "task.levels=[1+1,2x2]",
+        "rl.group_size=4",
+        "rl.rollout_prompts=4",
+        "rl.batch_prompts=4",
+        "rl.max_new_tokens=8",
+        "rl.max_prompt_tokens=1024",
+        "rl.filtering=false",
+        "rl.gamma=0.05",
+        "rl.gamma_lr=0.5",
+        "train.learning_rate=1e-2",
+        "train.wandb=false",
+        "train.eval_max_new_tokens=6",
+        "train.eval_before=false",
+        f"train.output_dir={out}",
+        "train.max_steps=2",
+        "train.save_every=0",
     ]
     assert train.main(args) == 0
     metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
@@ -381,8 +447,22 @@ def test_eval_cli_query_mode_rows_and_samples(tiny_model_dir, tmp_path, capsys):
     import eval as evalmod
 
     out = str(tmp_path / "ev")
-    argv = ["--model", tiny_model_dir, "rl.env=query", "task.levels=[1+1,1x1]", "task.num_test=6", "train.wandb=false",
-            "--max-new-tokens", "5", "--batch-size", "4", "--baselines", "never,random,cloud", "--out", out]
+    argv = [
+        "--model",
+        tiny_model_dir,
+        "rl.env=query",
+        "task.levels=[1+1,1x1]",
+        "task.num_test=6",
+        "train.wandb=false",
+        "--max-new-tokens",
+        "5",
+        "--batch-size",
+        "4",
+        "--baselines",
+        "never,random,cloud",
+        "--out",
+        out,
+    ]
     assert evalmod.main(argv) == 0
     printed = capsys.readouterr().out
     summary = json.load(open(os.path.join(out, "summary.json")))
@@ -391,7 +471,13 @@ def test_eval_cli_query_mode_rows_and_samples(tiny_model_dir, tmp_path, capsys):
     assert [r["method"] for r in rows] == ["policy", "policy/uncapped", "policy/never", "cloud"]
     assert all("calls_per_problem" in r for r in rows[:3]) and rows[-1]["cloud_calls"] == 6
     assert "calls/p" in printed and "has no random baseline rows (route mode only)" in printed
-    assert summary["row_models"]["policy/never"] == tiny_model_dir and f"rows: policy, policy/uncapped, policy/never={tiny_model_dir}; cloud=simulated cloud" in printed
-    assert [(c["a"], c["b"]) for c in summary["comparisons"]["arithmetic"]] == [("policy", "policy/uncapped"), ("policy", "policy/never")]
+    assert (
+        summary["row_models"]["policy/never"] == tiny_model_dir
+        and f"rows: policy, policy/uncapped, policy/never={tiny_model_dir}; cloud=simulated cloud" in printed
+    )
+    assert [(c["a"], c["b"]) for c in summary["comparisons"]["arithmetic"]] == [
+        ("policy", "policy/uncapped"),
+        ("policy", "policy/never"),
+    ]
     samples = [json.loads(line) for line in open(os.path.join(out, "arithmetic", "samples.jsonl"))]
     assert len(samples) == 6 and {"calls", "queries", "uncapped", "never"} <= set(samples[0]["policy"])

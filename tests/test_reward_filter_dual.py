@@ -33,12 +33,18 @@ def test_unknown_tag_counts_only_at_the_end():
 
 
 def _group(uid, local, escalate, cloud_correct, rewards):
-    rolls = [Rollout(None, e, None, l and not e, device_correct=l, cloud_correct=e and bool(cloud_correct)) for l, e in zip(local, escalate)]
+    rolls = [
+        Rollout(None, e, None, l and not e, device_correct=l, cloud_correct=e and bool(cloud_correct))
+        for l, e in zip(local, escalate)
+    ]
     return Group(Problem(uid, "q", "1"), rolls, cloud_correct=cloud_correct, rewards=rewards)
 
 
 def _rewarded(uid, local, escalate, cloud_correct, gamma=0.0):
-    rewards = [collaboration_reward(e, l and not e, e and bool(cloud_correct), 1.0, 0.25, gamma) for l, e in zip(local, escalate)]
+    rewards = [
+        collaboration_reward(e, l and not e, e and bool(cloud_correct), 1.0, 0.25, gamma)
+        for l, e in zip(local, escalate)
+    ]
     return _group(uid, local, escalate, cloud_correct, rewards)
 
 
@@ -74,7 +80,9 @@ def test_select_prompts_mix_follows_rho():
 
 def test_select_prompts_caps_d2_at_rho_times_d1():
     F, T = False, True
-    groups = [_rewarded("d1", [T, F, F, F], [F, F, F, F], None)] + [_rewarded(f"d2-{i}", [F] * 4, [T, F, F, F], True) for i in range(8)]
+    groups = [_rewarded("d1", [T, F, F, F], [F, F, F, F], None)] + [
+        _rewarded(f"d2-{i}", [F] * 4, [T, F, F, F], True) for i in range(8)
+    ]
     picked, stats = select_prompts(groups, batch_prompts=8, rho=1.0)
     assert stats["d1"] == 1 and stats["d2"] == 1 and len(picked) == 2
 

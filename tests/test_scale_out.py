@@ -22,11 +22,24 @@ import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [
-    "task.name=arithmetic", "task.num_train=64", "task.num_test=4", "task.levels=[1+1,1x1]",
-    "rl.group_size=8", "rl.rollout_prompts=8", "rl.batch_prompts=4", "rl.max_new_tokens=10",
-    "rl.gamma=0.05", "rl.gamma_lr=0.5", "rl.seed_per_prompt=true",
-    "train.learning_rate=1e-2", "train.micro_batch_size=2", "train.max_steps=3", "train.save_every=2",
-    "train.wandb=false", "train.eval_max_new_tokens=4", "train.eval_before=false",
+    "task.name=arithmetic",
+    "task.num_train=64",
+    "task.num_test=4",
+    "task.levels=[1+1,1x1]",
+    "rl.group_size=8",
+    "rl.rollout_prompts=8",
+    "rl.batch_prompts=4",
+    "rl.max_new_tokens=10",
+    "rl.gamma=0.05",
+    "rl.gamma_lr=0.5",
+    "rl.seed_per_prompt=true",
+    "train.learning_rate=1e-2",
+    "train.micro_batch_size=2",
+    "train.max_steps=3",
+    "train.save_every=2",
+    "train.wandb=false",
+    "train.eval_max_new_tokens=4",
+    "train.eval_before=false",
 ]
 
 
@@ -41,8 +54,17 @@ def _launch(accelerate_config: str, args: list[str], deepspeed: bool = False):
     if deepspeed:
         env["DS_ACCELERATOR"] = "cpu"
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(ROOT, accelerate_config),
-        "--num_processes", "2", "--main_process_port", str(_free_port()), os.path.join(ROOT, "train.py"), *args,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        os.path.join(ROOT, accelerate_config),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(_free_port()),
+        os.path.join(ROOT, "train.py"),
+        *args,
     ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
@@ -106,7 +128,9 @@ def test_deepspeed_zero3_with_lora_matches_one_process(tiny_model_dir, tmp_path)
 
 
 @pytest.mark.parametrize("accelerate_config", ["configs/accelerate/zero2.yaml", "configs/accelerate/zero3.yaml"])
-def test_deepspeed_uneven_shares_run_the_same_backward_passes_and_match_one_process(tiny_model_dir, tmp_path, accelerate_config):
+def test_deepspeed_uneven_shares_run_the_same_backward_passes_and_match_one_process(
+    tiny_model_dir, tmp_path, accelerate_config
+):
     """13 sequences with a non-zero advantage on 2 processes with micro-batch 2: 7 and 6 sequences, so 4 and 3
     micro-batches.  ZeRO-2/3 communicate on every backward, so each process must run the same number of backward
     passes (the short one pads with a zero-weight pass).  The update finishes and equals 1 process's."""
@@ -115,25 +139,56 @@ def test_deepspeed_uneven_shares_run_the_same_backward_passes_and_match_one_proc
 
     # small buckets (ZeRO-2 reduces a bucket as soon as it fills, inside every backward) and no persistent
     # parameters (ZeRO-3 gathers every weight in every forward), as a real model of 1B+ weights does
-    ds_config = json.load(open(os.path.join(ROOT, "configs", "accelerate", os.path.basename(accelerate_config).replace(".yaml", ".json").replace("zero", "ds_zero"))))
-    ds_config["zero_optimization"].update(reduce_bucket_size=500, allgather_bucket_size=500, stage3_param_persistence_threshold=0)
+    ds_config = json.load(
+        open(
+            os.path.join(
+                ROOT,
+                "configs",
+                "accelerate",
+                os.path.basename(accelerate_config).replace(".yaml", ".json").replace("zero", "ds_zero"),
+            )
+        )
+    )
+    ds_config["zero_optimization"].update(
+        reduce_bucket_size=500, allgather_bucket_size=500, stage3_param_persistence_threshold=0
+    )
     json.dump(ds_config, open(tmp_path / "ds.json", "w"))
-    launch_config = open(os.path.join(ROOT, accelerate_config)).read().replace(
-        "configs/accelerate/ds_" + os.path.basename(accelerate_config).replace(".yaml", ".json"), str(tmp_path / "ds.json"))
+    launch_config = (
+        open(os.path.join(ROOT, accelerate_config))
+        .read()
+        .replace(
+            "configs/accelerate/ds_" + os.path.basename(accelerate_config).replace(".yaml", ".json"),
+            str(tmp_path / "ds.json"),
+        )
+    )
     assert str(tmp_path / "ds.json") in launch_config
     open(tmp_path / "accelerate.yaml", "w").write(launch_config)
     script = os.path.join(ROOT, "tests", "scripts", "one_update.py")
     one, two = str(tmp_path / "one.safetensors"), str(tmp_path / "two.safetensors")
     # the script imports this checkout's packages (not an installed copy): the repository root on PYTHONPATH
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=ROOT)
-    done = subprocess.run([sys.executable, script, tiny_model_dir, one], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, script, tiny_model_dir, one], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "accelerate.yaml"),
-        "--num_processes", "2", "--main_process_port", str(_free_port()), script, tiny_model_dir, two,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(tmp_path / "accelerate.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(_free_port()),
+        script,
+        tiny_model_dir,
+        two,
     ]
     try:  # an uneven number of backward passes hangs in a collective: a timeout is the failure
-        done = subprocess.run(cmd, cwd=ROOT, env=dict(env, DS_ACCELERATOR="cpu"), capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=dict(env, DS_ACCELERATOR="cpu"), capture_output=True, text=True, timeout=300
+        )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"2-process {accelerate_config} update hung: {str(e.stderr)[-2000:]}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -158,7 +213,11 @@ def test_cpu_install_never_imports_vllm_and_asking_for_it_is_a_clear_error(tiny_
     try:
         import vllm  # noqa: F401
     except ImportError:
-        args = ARGS + [f"model.name_or_path={tiny_model_dir}", f"train.output_dir={tmp_path}", "rl.generator=vllm",
-                       "rl.seed_per_prompt=false"]
+        args = ARGS + [
+            f"model.name_or_path={tiny_model_dir}",
+            f"train.output_dir={tmp_path}",
+            "rl.generator=vllm",
+            "rl.seed_per_prompt=false",
+        ]
         with pytest.raises(ImportError, match=re.escape('pip install -e ".[gpu]"')):
             train.main(args)

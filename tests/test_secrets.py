@@ -13,12 +13,12 @@ import logging
 import os
 
 import pytest
+from test_cloud_http import MODEL, ScriptedServer
 
 import train
 from core.problem import Problem
 from policies.cloud import CachedCloud, CloudError, OpenAICloud
 from rl.config import ConfigError, load_config
-from test_cloud_http import MODEL, ScriptedServer
 
 SENTINEL = "sk-SENTINEL-7f3a9c1e5b2d4086aa11-do-not-log"
 KEY_ENV = "CLOUDROUTE_SECRET_TEST_KEY"
@@ -58,12 +58,30 @@ def _count_files(root) -> int:
 
 
 def _cloud_args(server):
-    return ["cloud.backend=openai", f"cloud.base_url={server.base_url}", f"cloud.model={MODEL}", f"cloud.api_key_env={KEY_ENV}",
-            "cloud.backoff_base_s=0.01", "cloud.backoff_max_s=0.05", "cloud.max_new_tokens=16", "cloud.max_retries=3"]
+    return [
+        "cloud.backend=openai",
+        f"cloud.base_url={server.base_url}",
+        f"cloud.model={MODEL}",
+        f"cloud.api_key_env={KEY_ENV}",
+        "cloud.backoff_base_s=0.01",
+        "cloud.backoff_max_s=0.05",
+        "cloud.max_new_tokens=16",
+        "cloud.max_retries=3",
+    ]
 
 
-TINY = ["task.name=arithmetic", "task.num_train=32", "task.num_test=4", "task.levels=[1+1,1x1]", "rl.group_size=4",
-        "rl.rollout_prompts=4", "rl.batch_prompts=4", "rl.max_new_tokens=6", "train.eval_max_new_tokens=4", "train.wandb=true"]
+TINY = [
+    "task.name=arithmetic",
+    "task.num_train=32",
+    "task.num_test=4",
+    "task.levels=[1+1,1x1]",
+    "rl.group_size=4",
+    "rl.rollout_prompts=4",
+    "rl.batch_prompts=4",
+    "rl.max_new_tokens=6",
+    "train.eval_max_new_tokens=4",
+    "train.wandb=true",
+]
 
 
 def test_the_key_is_in_no_file_log_or_message(tiny_model_dir, tmp_path, server, env, caplog, capfd):
@@ -71,20 +89,71 @@ def test_the_key_is_in_no_file_log_or_message(tiny_model_dir, tmp_path, server, 
 
     caplog.set_level(logging.DEBUG)
     gapg, trl, ev = str(tmp_path / "gapg"), str(tmp_path / "trl"), str(tmp_path / "ev")
-    assert train.main(TINY + [f"model.name_or_path={tiny_model_dir}", f"train.output_dir={gapg}", "train.max_steps=2",
-                              "train.save_every=1", "train.eval_before=false", *_cloud_args(server)]) == 0
-    assert train.main(TINY + [f"model.name_or_path={tiny_model_dir}", f"train.output_dir={trl}", "train.max_steps=1",
-                              "train.save_every=1", "rl.trainer=trl_drgrpo", "train.eval_before=false", *_cloud_args(server)]) == 0
-    assert evalmod.main(["--model", os.path.join(gapg, "final"), "--base-model", "same", "--out", ev, "--baselines", "never,cloud", "--max-new-tokens", "4",
-                         "task.levels=[1+1,1x1]", "task.num_test=4", *_cloud_args(server)]) == 0
+    assert (
+        train.main(
+            TINY
+            + [
+                f"model.name_or_path={tiny_model_dir}",
+                f"train.output_dir={gapg}",
+                "train.max_steps=2",
+                "train.save_every=1",
+                "train.eval_before=false",
+                *_cloud_args(server),
+            ]
+        )
+        == 0
+    )
+    assert (
+        train.main(
+            TINY
+            + [
+                f"model.name_or_path={tiny_model_dir}",
+                f"train.output_dir={trl}",
+                "train.max_steps=1",
+                "train.save_every=1",
+                "rl.trainer=trl_drgrpo",
+                "train.eval_before=false",
+                *_cloud_args(server),
+            ]
+        )
+        == 0
+    )
+    assert (
+        evalmod.main(
+            [
+                "--model",
+                os.path.join(gapg, "final"),
+                "--base-model",
+                "same",
+                "--out",
+                ev,
+                "--baselines",
+                "never,cloud",
+                "--max-new-tokens",
+                "4",
+                "task.levels=[1+1,1x1]",
+                "task.num_test=4",
+                *_cloud_args(server),
+            ]
+        )
+        == 0
+    )
 
     # the runs really used the key, really met the echoing error, and really wrote what is searched
     assert server.requests and all(r["auth"] == f"Bearer {SENTINEL}" for r in server.requests)
     assert "HTTP 400" in caplog.text and "left out of the update" in caplog.text
     for d in (gapg, trl):
         assert os.path.isdir(os.path.join(d, "wandb")), f"wandb wrote nothing under {d}"
-    for path in ("gapg/config.json", "gapg/metrics.jsonl", "gapg/checkpoints/step-1/trainer_state.json", "gapg/eval/final.json",
-                 "trl/config.json", "trl/checkpoint-1/trainer_state.json", "trl/checkpoint-1/training_args.bin", "ev/summary.json"):
+    for path in (
+        "gapg/config.json",
+        "gapg/metrics.jsonl",
+        "gapg/checkpoints/step-1/trainer_state.json",
+        "gapg/eval/final.json",
+        "trl/config.json",
+        "trl/checkpoint-1/trainer_state.json",
+        "trl/checkpoint-1/training_args.bin",
+        "ev/summary.json",
+    ):
         assert os.path.exists(tmp_path / path), path
     assert _count_files(tmp_path) > 40
 
@@ -103,13 +172,16 @@ def test_errors_and_the_client_repr_never_hold_the_key(tmp_path, server, env):
         assert SENTINEL not in text and SENTINEL[3:] not in text
 
 
-@pytest.mark.parametrize("override", [
-    f"cloud.api_key_env={SENTINEL}",  # the key where its variable's name belongs
-    "cloud.api_key_env=0123456789abcdef0123456789abcdef",  # a hex key
-    "cloud.api_key_env=AbCdEf0123456789XyZw9876QrSt",  # a random-looking key with no prefix
-    f"cloud.api_key={SENTINEL}",  # an inline key option that does not exist
-    f"cloud.timeout_s={SENTINEL}",  # the key pasted into the wrong option
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        f"cloud.api_key_env={SENTINEL}",  # the key where its variable's name belongs
+        "cloud.api_key_env=0123456789abcdef0123456789abcdef",  # a hex key
+        "cloud.api_key_env=AbCdEf0123456789XyZw9876QrSt",  # a random-looking key with no prefix
+        f"cloud.api_key={SENTINEL}",  # an inline key option that does not exist
+        f"cloud.timeout_s={SENTINEL}",  # the key pasted into the wrong option
+    ],
+)
 def test_an_inline_key_is_refused_without_being_echoed(override):
     with pytest.raises(ConfigError) as e:
         load_config(None, ["cloud.backend=openai", "cloud.base_url=http://127.0.0.1:9/v1", "cloud.model=m", override])

@@ -11,7 +11,9 @@ from envs.tasks import read_math_jsonl
 from rewards.math_grader import grade, is_correct
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
-needs_data = pytest.mark.skipif(not os.path.exists(os.path.join(DATA, "math500.jsonl")), reason="shared data not beside the checkout")
+needs_data = pytest.mark.skipif(
+    not os.path.exists(os.path.join(DATA, "math500.jsonl")), reason="shared data not beside the checkout"
+)
 
 ROWS = {"math_train": 7500, "math": 5000, "math500": 500, "amc23": 40, "minerva": 272, "agieval": 1000}
 
@@ -45,7 +47,12 @@ def test_shipped_suites_normalise_like_the_harnesses():
     assert m500.uid == "math500:test/precalculus/807.json" and m500.level == 2 and m500.meta["subject"] == "Precalculus"
     assert m500.answer == "\\left( 3, \\frac{\\pi}{2} \\right)"  # the answer field, as shipped
     mth = load_suite("math", DATA, limit=1)[0]
-    assert (mth.uid, mth.answer, mth.level, mth.meta["subject"]) == ("math:algebra/1", "2", 3, "Algebra")  # last \boxed{}
+    assert (mth.uid, mth.answer, mth.level, mth.meta["subject"]) == (
+        "math:algebra/1",
+        "2",
+        3,
+        "Algebra",
+    )  # last \boxed{}
     mnv = load_suite("minerva", DATA)
     assert (mnv[0].uid, mnv[0].answer, mnv[1].answer) == ("minerva:0", "1.6", "4.5e33")
     assert mnv[72].answer == "x_{0} \\cos (\\omega t)+ \\dot{x}_{0} \\sin (\\omega t) / \\omega"  # "$ $" dropped
@@ -66,15 +73,18 @@ def test_math500_gold_solutions_grade_100_percent():
 
 
 def test_load_jsonl_autodetects_and_normalises(tmp_path):
-    path = _write(tmp_path / "mine.jsonl", [
-        {"problem": "1+1?", "solution": "It is \\boxed{2}.", "level": "Level 3", "type": "Algebra", "id": "a"},
-        {"question": "2+2?", "answer": 4.0, "id": 0},
-        "",
-        {"prompt": "half?", "other": {"solution": "so $\\boxed{\\frac{1}{2}}$"}, "idx": 7},
-        {"input": "q4", "final_answer": "The total is \\boxed{12}", "level": 2},
-        {"question": "q5", "answer": [3, 4.5]},
-        {"question": "Is it?", "passage": "A passage.", "answer": "\\text{yes}", "id": "a"},
-    ])
+    path = _write(
+        tmp_path / "mine.jsonl",
+        [
+            {"problem": "1+1?", "solution": "It is \\boxed{2}.", "level": "Level 3", "type": "Algebra", "id": "a"},
+            {"question": "2+2?", "answer": 4.0, "id": 0},
+            "",
+            {"prompt": "half?", "other": {"solution": "so $\\boxed{\\frac{1}{2}}$"}, "idx": 7},
+            {"input": "q4", "final_answer": "The total is \\boxed{12}", "level": 2},
+            {"question": "q5", "answer": [3, 4.5]},
+            {"question": "Is it?", "passage": "A passage.", "answer": "\\text{yes}", "id": "a"},
+        ],
+    )
     probs = load_jsonl(path)
     assert [(p.uid, p.question, p.answer, p.level) for p in probs] == [
         ("mine:a", "1+1?", "2", 3),
@@ -89,9 +99,12 @@ def test_load_jsonl_autodetects_and_normalises(tmp_path):
 
 
 def test_load_jsonl_explicit_and_dotted_fields(tmp_path):
-    path = _write(tmp_path / "s.jsonl", [
-        {"q": {"text": "What is 6*7?"}, "sol": "Multiply: \\boxed{42}", "meta": {"final": 42}},
-    ])
+    path = _write(
+        tmp_path / "s.jsonl",
+        [
+            {"q": {"text": "What is 6*7?"}, "sol": "Multiply: \\boxed{42}", "meta": {"final": 42}},
+        ],
+    )
     by_solution = load_jsonl(path, question_field="q.text", answer_field="sol")
     assert (by_solution[0].question, by_solution[0].answer) == ("What is 6*7?", "42")
     assert load_jsonl(path, question_field="q.text", answer_field="meta.final")[0].answer == "42"
@@ -151,7 +164,10 @@ def test_normalize_gold():
 
 
 def test_read_math_jsonl_keeps_its_behaviour(tmp_path):
-    path = _write(tmp_path / "s.jsonl", [{"problem": "1+1?", "solution": "\\boxed{2}", "id": "a"}, {"question": "2+2?", "answer": 4}])
+    path = _write(
+        tmp_path / "s.jsonl",
+        [{"problem": "1+1?", "solution": "\\boxed{2}", "id": "a"}, {"question": "2+2?", "answer": 4}],
+    )
     probs = read_math_jsonl(path)
     assert [(p.uid, p.answer) for p in probs] == [("s.jsonl:a", "2"), ("s.jsonl:1", "4")]
     assert read_math_jsonl(path, limit=1, name="math_train")[0].uid == "math_train:a"

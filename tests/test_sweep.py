@@ -7,18 +7,52 @@ import shutil
 import sweep
 import train
 
-TINY = ["task.levels=[1+1,1x1]", "task.num_train=32", "task.num_test=10", "rl.group_size=4", "rl.rollout_prompts=4",
-        "rl.batch_prompts=4", "rl.max_new_tokens=6", "rl.filtering=false", "train.max_steps=2", "train.save_every=1",
-        "train.eval_max_new_tokens=6", "train.eval_before=false", "train.wandb=false"]
+TINY = [
+    "task.levels=[1+1,1x1]",
+    "task.num_train=32",
+    "task.num_test=10",
+    "rl.group_size=4",
+    "rl.rollout_prompts=4",
+    "rl.batch_prompts=4",
+    "rl.max_new_tokens=6",
+    "rl.filtering=false",
+    "train.max_steps=2",
+    "train.save_every=1",
+    "train.eval_max_new_tokens=6",
+    "train.eval_before=false",
+    "train.wandb=false",
+]
 
 
 def test_sweep_runs_each_budget_once_and_resumes_a_half_finished_point(tiny_model_dir, tmp_path):
     out = str(tmp_path / "sw")
     over = [f"model.name_or_path={tiny_model_dir}", *TINY]
-    argv = ["--config", "configs/tiny_test.yaml", "--budgets", "0.2,0.4", "--out", out, "--baselines", "never,random,cloud", *over]
+    argv = [
+        "--config",
+        "configs/tiny_test.yaml",
+        "--budgets",
+        "0.2,0.4",
+        "--out",
+        out,
+        "--baselines",
+        "never,random,cloud",
+        *over,
+    ]
     # a sweep killed during the second point: budget 0.4 has its step-1 checkpoint but no final model
     half = sweep.point_dir(out, 0.4)
-    assert train.main(["--config", "configs/tiny_test.yaml", *over, "rl.budget=0.4", f"train.output_dir={half}", "train.max_steps=1"]) == 0
+    assert (
+        train.main(
+            [
+                "--config",
+                "configs/tiny_test.yaml",
+                *over,
+                "rl.budget=0.4",
+                f"train.output_dir={half}",
+                "train.max_steps=1",
+            ]
+        )
+        == 0
+    )
     shutil.rmtree(os.path.join(half, "final"))
     assert sweep.main(argv) == 0
     steps = [json.loads(l)["step"] for l in open(os.path.join(half, "metrics.jsonl"))]
@@ -26,7 +60,9 @@ def test_sweep_runs_each_budget_once_and_resumes_a_half_finished_point(tiny_mode
     rows = sweep.read_table(os.path.join(out, "sweep.csv"))
     assert sorted({r["budget"] for r in rows}) == [0.2, 0.4]
     assert {r["method"] for r in rows} == {"policy", "never", "random", "cloud"}
-    assert all(r["overall_ci_lo"] <= r["overall_acc"] <= r["overall_ci_hi"] for r in rows)  # one suite: every row has its CI
+    assert all(
+        r["overall_ci_lo"] <= r["overall_acc"] <= r["overall_ci_hi"] for r in rows
+    )  # one suite: every row has its CI
     for r in rows:
         if r["method"] in ("policy", "random"):
             assert r["cloud_calls"] <= int(r["budget"] * 10)  # every capped method respects its own budget
@@ -36,15 +72,35 @@ def test_sweep_runs_each_budget_once_and_resumes_a_half_finished_point(tiny_mode
     # a finished sweep run again trains nothing and evaluates nothing
     stamp = {b: os.path.getmtime(os.path.join(sweep.point_dir(out, b), "final", "config.json")) for b in (0.2, 0.4)}
     assert sweep.main(argv) == 0
-    assert stamp == {b: os.path.getmtime(os.path.join(sweep.point_dir(out, b), "final", "config.json")) for b in (0.2, 0.4)}
+    assert stamp == {
+        b: os.path.getmtime(os.path.join(sweep.point_dir(out, b), "final", "config.json")) for b in (0.2, 0.4)
+    }
     assert len(open(os.path.join(half, "metrics.jsonl")).read().splitlines()) == 2
 
 
 def test_table_writer_round_trip_sorted_and_blank_for_missing(tmp_path):
     rows = [
-        {"budget": 0.5, "method": "random", "overall_acc": 0.61234567, "overall_ci": [0.5, 0.7], "device_acc": 0.5, "offload_rate": 0.5, "cloud_calls": 5, "n": 10},
-        {"budget": 0.1, "method": "policy", "overall_acc": 0.7, "device_acc": 0.66, "offload_rate": 0.1, "cloud_calls": 1,
-         "apgr": None, "n": 10, "per_level": {"1": {}}},
+        {
+            "budget": 0.5,
+            "method": "random",
+            "overall_acc": 0.61234567,
+            "overall_ci": [0.5, 0.7],
+            "device_acc": 0.5,
+            "offload_rate": 0.5,
+            "cloud_calls": 5,
+            "n": 10,
+        },
+        {
+            "budget": 0.1,
+            "method": "policy",
+            "overall_acc": 0.7,
+            "device_acc": 0.66,
+            "offload_rate": 0.1,
+            "cloud_calls": 1,
+            "apgr": None,
+            "n": 10,
+            "per_level": {"1": {}},
+        },
     ]
     csv_path, json_path = sweep.write_table(rows, str(tmp_path))
     back = sweep.read_table(csv_path)
@@ -53,7 +109,11 @@ def test_table_writer_round_trip_sorted_and_blank_for_missing(tmp_path):
     assert back[0]["overall_ci_lo"] is None  # no CI (e.g. an average over suites): blank
     assert json.load(open(json_path))[0]["per_level"] == {"1": {}}
     assert (back[1]["overall_ci_lo"], back[1]["overall_ci_hi"]) == (0.5, 0.7)
-    assert sweep.plot(back, str(tmp_path / "p.png")) and sweep.ci_of(back[1]) == [0.5, 0.7] and sweep.ci_of(back[0]) is None
+    assert (
+        sweep.plot(back, str(tmp_path / "p.png"))
+        and sweep.ci_of(back[1]) == [0.5, 0.7]
+        and sweep.ci_of(back[0]) is None
+    )
 
 
 def test_sweep_rejects_budgets_outside_the_unit_interval(capsys):

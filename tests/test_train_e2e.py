@@ -9,10 +9,23 @@ from safetensors.torch import load_file
 import train
 
 COMMON = [
-    "task.name=arithmetic", "task.num_train=64", "task.num_test=14", "task.levels=[1+1,1x1]",
-    "rl.group_size=8", "rl.rollout_prompts=8", "rl.batch_prompts=8", "rl.max_new_tokens=10", "rl.filtering=false",
-    "rl.gamma=0.05", "rl.gamma_lr=0.5", "train.learning_rate=1e-2", "train.micro_batch_size=16", "train.wandb=false",
-    "train.eval_max_new_tokens=8", "train.eval_before=false", "train.keep_checkpoints=5",
+    "task.name=arithmetic",
+    "task.num_train=64",
+    "task.num_test=14",
+    "task.levels=[1+1,1x1]",
+    "rl.group_size=8",
+    "rl.rollout_prompts=8",
+    "rl.batch_prompts=8",
+    "rl.max_new_tokens=10",
+    "rl.filtering=false",
+    "rl.gamma=0.05",
+    "rl.gamma_lr=0.5",
+    "train.learning_rate=1e-2",
+    "train.micro_batch_size=16",
+    "train.wandb=false",
+    "train.eval_max_new_tokens=8",
+    "train.eval_before=false",
+    "train.keep_checkpoints=5",
 ]
 
 
@@ -68,9 +81,16 @@ def test_lora_run_with_local_hf_cloud_saves_a_merged_model(tiny_model_dir, tmp_p
 
     out = str(tmp_path / "lora")
     args = COMMON + [
-        f"model.name_or_path={tiny_model_dir}", "model.lora=true", "model.lora_r=4", "model.lora_alpha=8",
-        "cloud.backend=hf", f"cloud.model={tiny_model_dir}", "cloud.max_new_tokens=6",
-        f"train.output_dir={out}", "train.max_steps=1", "train.save_every=0",
+        f"model.name_or_path={tiny_model_dir}",
+        "model.lora=true",
+        "model.lora_r=4",
+        "model.lora_alpha=8",
+        "cloud.backend=hf",
+        f"cloud.model={tiny_model_dir}",
+        "cloud.max_new_tokens=6",
+        f"train.output_dir={out}",
+        "train.max_steps=1",
+        "train.save_every=0",
     ]
     assert train.main(args) == 0
     merged = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"))
@@ -82,6 +102,11 @@ def test_lora_run_with_local_hf_cloud_saves_a_merged_model(tiny_model_dir, tmp_p
 def test_prompt_over_max_prompt_tokens_is_a_clear_error(tiny_model_dir, tmp_path):
     import pytest
 
-    args = COMMON + [f"model.name_or_path={tiny_model_dir}", "rl.max_prompt_tokens=20", f"train.output_dir={tmp_path}", "train.max_steps=1"]
+    args = COMMON + [
+        f"model.name_or_path={tiny_model_dir}",
+        "rl.max_prompt_tokens=20",
+        f"train.output_dir={tmp_path}",
+        "train.max_steps=1",
+    ]
     with pytest.raises(ValueError, match="rl.max_prompt_tokens"):
         train.main(args)

@@ -35,7 +35,9 @@ def test_reward_fn_is_the_hierarchical_reward_minus_fixed_gamma():
     logged = {}
     out = _reward(1.0)([""] * 4, completions, ["t:1"] * 4, log_metric=lambda k, v: logged.__setitem__(k, v))
     assert out == pytest.approx([1.0, 0.4 - 0.1, 0.0, 1.0])
-    assert logged["offload_rate"] == 0.25 and logged["cloud_acc"] == 1.0 and logged["device_acc"] == pytest.approx(2 / 3)
+    assert (
+        logged["offload_rate"] == 0.25 and logged["cloud_acc"] == 1.0 and logged["device_acc"] == pytest.approx(2 / 3)
+    )
     # a wrong cloud: the escalation earns nothing and pays γ under eq. 18, nothing under eq. 11
     assert _reward(0.0)([""], [ESC], ["t:1"]) == pytest.approx([-0.1])
     assert _reward(0.0, "correct_escalations")([""], [ESC], ["t:1"]) == pytest.approx([0.0])
@@ -44,8 +46,18 @@ def test_reward_fn_is_the_hierarchical_reward_minus_fixed_gamma():
 def test_dataset_prompts_are_routeenv_prompts_and_config_maps_to_dr_grpo(tiny_model_dir, tmp_path):
     from policies.device import load_tokenizer
 
-    cfg = load_config(TINY, [f"model.name_or_path={tiny_model_dir}", f"train.output_dir={tmp_path}", "rl.trainer=trl_drgrpo",
-                             "rl.group_size=4", "rl.batch_prompts=6", "train.micro_batch_size=8", "rl.max_new_tokens=12"])
+    cfg = load_config(
+        TINY,
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            f"train.output_dir={tmp_path}",
+            "rl.trainer=trl_drgrpo",
+            "rl.group_size=4",
+            "rl.batch_prompts=6",
+            "train.micro_batch_size=8",
+            "rl.max_new_tokens=12",
+        ],
+    )
     tok = load_tokenizer(tiny_model_dir)
     env = RouteEnv("arithmetic", tok, None)
     ds = build_dataset(env, [PROBLEM])
@@ -54,7 +66,9 @@ def test_dataset_prompts_are_routeenv_prompts_and_config_maps_to_dr_grpo(tiny_mo
     a = grpo_config(cfg)
     assert (a.loss_type, a.scale_rewards, a.beta, a.num_iterations) == ("dr_grpo", "none", 0.0, 1)
     assert (a.num_generations, a.generation_batch_size, a.max_completion_length) == (4, 24, 12)
-    assert a.per_device_train_batch_size * a.gradient_accumulation_steps == 24  # one optimizer step per generation batch
+    assert (
+        a.per_device_train_batch_size * a.gradient_accumulation_steps == 24
+    )  # one optimizer step per generation batch
     assert a.per_device_train_batch_size <= 8 and a.steps_per_generation == a.gradient_accumulation_steps
     assert a.report_to in ([], "none", ["none"]) and a.logging_steps == 1 and not a.bf16
 
@@ -64,9 +78,20 @@ def test_train_py_trl_drgrpo_trains_saves_evaluates_and_resumes(tiny_model_dir, 
 
     out = str(tmp_path / "drgrpo")
     args = [
-        "--config", TINY, f"model.name_or_path={tiny_model_dir}", "rl.trainer=trl_drgrpo", "train.max_steps=2",
-        f"train.output_dir={out}", "task.levels=[1+1]", "rl.group_size=8", "rl.batch_prompts=8", "rl.max_new_tokens=10",
-        "rl.gamma=0.05", "train.learning_rate=1e-2", "train.micro_batch_size=32", "train.save_every=1",
+        "--config",
+        TINY,
+        f"model.name_or_path={tiny_model_dir}",
+        "rl.trainer=trl_drgrpo",
+        "train.max_steps=2",
+        f"train.output_dir={out}",
+        "task.levels=[1+1]",
+        "rl.group_size=8",
+        "rl.batch_prompts=8",
+        "rl.max_new_tokens=10",
+        "rl.gamma=0.05",
+        "train.learning_rate=1e-2",
+        "train.micro_batch_size=32",
+        "train.save_every=1",
     ]
     assert train.main(args) == 0
     # TRL logged two optimizer steps, each with the collaboration metrics
@@ -80,7 +105,10 @@ def test_train_py_trl_drgrpo_trains_saves_evaluates_and_resumes(tiny_model_dir, 
     # the final model loads, and training moved its weights
     final = os.path.join(out, "final")
     AutoModelForCausalLM.from_pretrained(final)
-    init, trained = load_file(os.path.join(tiny_model_dir, "model.safetensors")), load_file(os.path.join(final, "model.safetensors"))
+    init, trained = (
+        load_file(os.path.join(tiny_model_dir, "model.safetensors")),
+        load_file(os.path.join(final, "model.safetensors")),
+    )
     assert any(not torch.equal(init[k], trained[k]) for k in init), "two Dr.GRPO steps changed no weight"
     # the same held-out evaluation as the GAPG path
     summary = json.load(open(os.path.join(out, "eval", "final.json")))
@@ -94,4 +122,6 @@ def test_train_py_trl_drgrpo_trains_saves_evaluates_and_resumes(tiny_model_dir, 
         f.write('{"step": 3, "rew')
     assert train.main(args + ["--resume"]) == 0
     assert [json.loads(l)["step"] for l in open(os.path.join(out, "metrics.jsonl"))] == [1, 2]
-    assert os.path.exists(os.path.join(out, "checkpoint-2")) and os.path.exists(os.path.join(final, "model.safetensors"))
+    assert os.path.exists(os.path.join(out, "checkpoint-2")) and os.path.exists(
+        os.path.join(final, "model.safetensors")
+    )

@@ -9,15 +9,15 @@ import os
 import pytest
 import torch
 
-from envs.arithmetic import make_problems
 from core.problem import Problem
+from envs.arithmetic import make_problems
+from envs.augment import augment, parse_pairs
+from envs.filters import AnswerVerifier, Candidate, filter_pairs, length_ratio, rouge_l
 from envs.prompts import ESCALATION
 from envs.route import format_ok
 from envs.simulation import TASK_SIMULATOR
 from policies.cloud import CLOUD_AUGMENT_SYSTEM, CachedCloud, CloudReply, SimulatedCloud, cloud_messages, request_key
 from rl.config import ConfigError, load_config
-from envs.augment import augment, parse_pairs
-from envs.filters import AnswerVerifier, Candidate, filter_pairs, length_ratio, rouge_l
 from rl.sft import Example, build_mix, reference_response, unknown_pool
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_test.yaml")
@@ -86,7 +86,9 @@ def test_token_diversity_filter_drops_near_copies():
 def test_length_ratio_filter_checks_input_and_response():
     cfg = sft_cfg(rouge_l_max=1.0, length_ratio_min=0.5, length_ratio_max=2.0)
     ok = cand("Compute 82 * 19 please", "82 * 19 = 1558. \\boxed{1558}")
-    long_x = cand("What is the product of 82 and 19 when both are multiplied together?", "82 * 19 = 1558. \\boxed{1558}")
+    long_x = cand(
+        "What is the product of 82 and 19 when both are multiplied together?", "82 * 19 = 1558. \\boxed{1558}"
+    )
     short_y = cand("What is 82 * 19?", "\\boxed{1558}")  # 1 word against 5
     assert length_ratio("What is 37 * 46?", long_x.x) == pytest.approx(13 / 5)
     kept, stats = filter_pairs([ok, long_x, short_y], cfg)
@@ -97,7 +99,10 @@ def test_length_ratio_filter_checks_input_and_response():
 
 def test_semantic_filter_verifies_answers_per_task():
     cfg = sft_cfg(rouge_l_max=1.0)
-    right, wrong = cand("What is 82 * 19?", "82 * 19 = 1558. \\boxed{1558}"), cand("What is 82 * 19?", "82 * 19 = 1568. \\boxed{1568}")
+    right, wrong = (
+        cand("What is 82 * 19?", "82 * 19 = 1558. \\boxed{1558}"),
+        cand("What is 82 * 19?", "82 * 19 = 1568. \\boxed{1568}"),
+    )
     kept, stats = filter_pairs([right, wrong], cfg, check_answers=AnswerVerifier("arithmetic"))
     assert kept == [right] and stats["removed"]["semantic"] == 1 and stats["semantic_checks"] == ["answer"]
     kept, _ = filter_pairs([right, wrong], cfg)  # no check configured: nothing to verify against
@@ -126,8 +131,12 @@ def test_semantic_filter_nli_needs_entailment_both_ways():
     y = "82 * 19 = 1558. \\boxed{1558}"
     a, b, c = cand("What is 82 * 19?", y), cand("What is 11 * 12?", y), cand("Name a colour here.", y)
     # premise -> hypothesis scores: a entails both ways; b only from the original to the synthetic; c neither way
-    scores = {("What is 37 * 46?", a.x): 0.9, (a.x, "What is 37 * 46?"): 0.8,
-              ("What is 37 * 46?", b.x): 0.9, (b.x, "What is 37 * 46?"): 0.3}
+    scores = {
+        ("What is 37 * 46?", a.x): 0.9,
+        (a.x, "What is 37 * 46?"): 0.8,
+        ("What is 37 * 46?", b.x): 0.9,
+        (b.x, "What is 37 * 46?"): 0.3,
+    }
     calls = []
 
     def nli(premises, hyps):
@@ -158,7 +167,10 @@ def test_nli_scorer_reads_the_entailment_class(tiny_model_dir, tmp_path):
     from envs.filters import NLIScorer
 
     conf = LlamaConfig.from_pretrained(tiny_model_dir)
-    conf.id2label, conf.label2id = {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}, {"CONTRADICTION": 0, "NEUTRAL": 1, "ENTAILMENT": 2}
+    conf.id2label, conf.label2id = (
+        {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"},
+        {"CONTRADICTION": 0, "NEUTRAL": 1, "ENTAILMENT": 2},
+    )
     model = LlamaForSequenceClassification(conf)
     model.save_pretrained(tmp_path / "nli")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "nli")
@@ -184,18 +196,29 @@ def test_simulated_augmentation_is_generated_cached_and_as_wrong_as_the_cloud(tm
     sim = SimulatedCloud(accuracy=0.6, seed=7, simulator=TASK_SIMULATOR)
     cloud = CachedCloud(sim, str(tmp_path / "cache.sqlite"))
     cands, stats = augment(cloud, real, "arithmetic", k=5)
-    assert len(cands) == 30 and stats["requests"] == 6 and stats["cloud_calls"] == 6 and stats["replies_with_fewer_than_k"] == 0
+    assert (
+        len(cands) == 30
+        and stats["requests"] == 6
+        and stats["cloud_calls"] == 6
+        and stats["replies_with_fewer_than_k"] == 0
+    )
     assert "no LLM" in stats["written_by"]
     by_src = {p.uid: p for p, _ in real}
     for c in cands:  # same level: same operation and digit counts as the source problem
         src = by_src[c.source_uid]
-        a, op, b = c.x[len("What is "):-1].split()
-        assert (len(a), op, len(b)) == (len(str(src.meta["a"])), "+" if src.meta["op"] == "+" else "*", len(str(src.meta["b"])))
+        a, op, b = c.x[len("What is ") : -1].split()
+        assert (len(a), op, len(b)) == (
+            len(str(src.meta["a"])),
+            "+" if src.meta["op"] == "+" else "*",
+            len(str(src.meta["b"])),
+        )
         assert c.level == src.level and format_ok(c.y, "arithmetic")
     right = AnswerVerifier("arithmetic")(cands)
     assert 0 < right.count(False) < len(cands)  # a 60%-accurate cloud gets some wrong, and the verifier sees which
 
-    again = CachedCloud(SimulatedCloud(accuracy=0.6, seed=7, simulator=TASK_SIMULATOR), str(tmp_path / "cache.sqlite"))  # a resumed run
+    again = CachedCloud(
+        SimulatedCloud(accuracy=0.6, seed=7, simulator=TASK_SIMULATOR), str(tmp_path / "cache.sqlite")
+    )  # a resumed run
     cands2, stats2 = augment(again, real, "arithmetic", k=5)
     assert stats2["cloud_calls"] == 0 and stats2["cache_hits"] == 6
     assert [(c.x, c.y) for c in cands2] == [(c.x, c.y) for c in cands]
@@ -216,8 +239,14 @@ class ScriptedLLM:
         out = []
         for p in problems:
             self.sent.append(cloud_messages(p))
-            out.append(CloudReply("Input: What is 61 * 7?\nResponse: 61 * 7 = 427. \\boxed{427}\n"
-                                  "Input: What is 14 * 3?\nResponse: 14 * 3 = 42. \\boxed{42}", 50, 30))
+            out.append(
+                CloudReply(
+                    "Input: What is 61 * 7?\nResponse: 61 * 7 = 427. \\boxed{427}\n"
+                    "Input: What is 14 * 3?\nResponse: 14 * 3 = 42. \\boxed{42}",
+                    50,
+                    30,
+                )
+            )
         return out
 
 
@@ -249,7 +278,9 @@ def test_hf_backend_augments_through_the_same_path(tiny_model_dir, tmp_path):
 
 
 def test_mix_has_the_configured_unknown_share_and_counts():
-    answers = [Example(f"q{i}", "r", "real", f"r{i}") for i in range(30)] + [Example(f"s{i}", "r", "synthetic", f"s{i}") for i in range(50)]
+    answers = [Example(f"q{i}", "r", "real", f"r{i}") for i in range(30)] + [
+        Example(f"s{i}", "r", "synthetic", f"s{i}") for i in range(50)
+    ]
     pool = [Problem(f"u{i}", f"hard {i}", "1", level=7) for i in range(40)]
     examples, counts = build_mix(answers, pool, 0.2, seed=0)
     assert (counts["real"], counts["synthetic"], counts["unknown"], counts["total"]) == (30, 50, 20, 100)
@@ -290,12 +321,15 @@ def test_reference_responses_are_correct_and_well_formed():
 # ---- configuration ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("sft.unknown_share=1.0", "sft.unknown_share"),
-    ("sft.length_ratio_min=3", "sft.length_ratio_min"),
-    ("sft.rouge_l_max=0", "sft.rouge_l_max"),
-    ("rl.env=query", "rl.env=route"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("sft.unknown_share=1.0", "sft.unknown_share"),
+        ("sft.length_ratio_min=3", "sft.length_ratio_min"),
+        ("sft.rouge_l_max=0", "sft.rouge_l_max"),
+        ("rl.env=query", "rl.env=route"),
+    ],
+)
 def test_bad_sft_values_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         load_config(None, ["rl.trainer=sft", override])
@@ -318,13 +352,23 @@ def test_sft_trains_on_the_response_only_under_the_rl_prompt(tiny_model_dir, tmp
     from policies.device import load_tokenizer
     from rl.sft import sft_config, to_dataset
 
-    cfg = load_config(TINY, [f"model.name_or_path={tiny_model_dir}", "rl.trainer=sft", f"train.output_dir={tmp_path}", "sft.batch_size=2"])
+    cfg = load_config(
+        TINY,
+        [f"model.name_or_path={tiny_model_dir}", "rl.trainer=sft", f"train.output_dir={tmp_path}", "sft.batch_size=2"],
+    )
     tok = load_tokenizer(tiny_model_dir)
     from transformers import AutoModelForCausalLM
 
-    ex = [Example("What is 2 + 3?", "2 + 3 = 5. \\boxed{5}", "real", "a"), Example("What is 91 * 7?", ESCALATION, "unknown", "b")]
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=sft_config(cfg),
-                         train_dataset=to_dataset(ex, "arithmetic", 6), processing_class=tok)
+    ex = [
+        Example("What is 2 + 3?", "2 + 3 = 5. \\boxed{5}", "real", "a"),
+        Example("What is 91 * 7?", ESCALATION, "unknown", "b"),
+    ]
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=sft_config(cfg),
+        train_dataset=to_dataset(ex, "arithmetic", 6),
+        processing_class=tok,
+    )
     env = RouteEnv("arithmetic", tok, None)
     for e, row in zip(ex, trainer.train_dataset):
         ids, labels = row["input_ids"], row["labels"]
@@ -342,11 +386,28 @@ def test_train_py_sft_mode_tunes_saves_and_reports(tiny_model_dir, tmp_path):
 
     out = str(tmp_path / "sft")
     args = [
-        "--config", TINY, f"model.name_or_path={tiny_model_dir}", "rl.trainer=sft", f"train.output_dir={out}",
-        "model.lora=true", "model.lora_r=4", "model.lora_alpha=8", "task.levels=[2x1,1+1]", "task.num_train=40",
-        "sft.num_real=8", "sft.augment_k=3", "sft.probe_problems=12", "sft.unknown_share=0.25", "sft.batch_size=4",
-        "rl.max_new_tokens=24", "train.max_steps=2", "train.learning_rate=1e-2", "train.micro_batch_size=2",
-        "train.save_every=2", "train.eval_before=true", "cloud.accuracy=0.7",
+        "--config",
+        TINY,
+        f"model.name_or_path={tiny_model_dir}",
+        "rl.trainer=sft",
+        f"train.output_dir={out}",
+        "model.lora=true",
+        "model.lora_r=4",
+        "model.lora_alpha=8",
+        "task.levels=[2x1,1+1]",
+        "task.num_train=40",
+        "sft.num_real=8",
+        "sft.augment_k=3",
+        "sft.probe_problems=12",
+        "sft.unknown_share=0.25",
+        "sft.batch_size=4",
+        "rl.max_new_tokens=24",
+        "train.max_steps=2",
+        "train.learning_rate=1e-2",
+        "train.micro_batch_size=2",
+        "train.save_every=2",
+        "train.eval_before=true",
+        "cloud.accuracy=0.7",
     ]
     assert train.main(args) == 0
     stats = json.load(open(os.path.join(out, "sft_data", "stats.json")))
@@ -366,21 +427,29 @@ def test_train_py_sft_mode_tunes_saves_and_reports(tiny_model_dir, tmp_path):
     final = os.path.join(out, "final")
     merged = AutoModelForCausalLM.from_pretrained(final)
     assert not any("lora" in k for k in merged.state_dict())
-    init, tuned = load_file(os.path.join(tiny_model_dir, "model.safetensors")), load_file(os.path.join(final, "model.safetensors"))
+    init, tuned = (
+        load_file(os.path.join(tiny_model_dir, "model.safetensors")),
+        load_file(os.path.join(final, "model.safetensors")),
+    )
     assert any(not torch.equal(init[k], tuned[k]) for k in init)
     for tag in ("before", "final"):
         rows = json.load(open(os.path.join(out, "eval", f"{tag}.json")))
         assert [r["method"] for r in rows] == ["policy", "never", "random"] and 0.0 <= rows[0]["format_rate"] <= 1.0
     # RL starts from the tuned checkpoint
     rl_out = str(tmp_path / "rl")
-    assert train.main(["--config", TINY, f"model.name_or_path={final}", f"train.output_dir={rl_out}", "train.max_steps=1"]) == 0
+    assert (
+        train.main(["--config", TINY, f"model.name_or_path={final}", f"train.output_dir={rl_out}", "train.max_steps=1"])
+        == 0
+    )
     assert os.path.exists(os.path.join(rl_out, "final", "model.safetensors"))
 
 
 def test_format_compliance_script(tiny_model_dir, tmp_path):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("format_compliance", os.path.join(os.path.dirname(__file__), "..", "scripts", "format_compliance.py"))
+    spec = importlib.util.spec_from_file_location(
+        "format_compliance", os.path.join(os.path.dirname(__file__), "..", "scripts", "format_compliance.py")
+    )
     fc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fc)
     rows = [  # an answer right, an answer wrong, a well-formed escalation, an unformatted reply
@@ -395,4 +464,7 @@ def test_format_compliance_script(tiny_model_dir, tmp_path):
     out = tmp_path / "fmt.json"
     assert fc.main(["--config", TINY, "--models", f"tiny={tiny_model_dir}", "--limit", "3", "--out", str(out)]) == 0
     got = json.load(open(out))
-    assert [(r["model"], r["prompt"], r["n"]) for r in got["rows"]] == [("tiny", "few-shot", 3), ("tiny", "zero-shot", 3)]
+    assert [(r["model"], r["prompt"], r["n"]) for r in got["rows"]] == [
+        ("tiny", "few-shot", 3),
+        ("tiny", "zero-shot", 3),
+    ]

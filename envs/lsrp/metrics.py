@@ -103,7 +103,9 @@ _NUM = r"(10(?:\.0+)?|\d(?:\.\d+)?)"
 _SCORE = (
     re.compile(rf"^\W*{_NUM}\W*$"),  # the reply is the number alone: "7", "7.", "**7**"
     re.compile(rf"(?<![\d.]){_NUM}\s*(?:/|out of)\s*10(?!\d)", re.I),  # "7/10", "7 out of 10"
-    re.compile(rf"\b(?:score|rating|rate it)\W{{0,3}}(?:is\W{{0,3}}|of\W{{0,3}})?{_NUM}(?![\d.]\d)", re.I),  # "Score: 7"
+    re.compile(
+        rf"\b(?:score|rating|rate it)\W{{0,3}}(?:is\W{{0,3}}|of\W{{0,3}})?{_NUM}(?![\d.]\d)", re.I
+    ),  # "Score: 7"
 )
 
 
@@ -142,14 +144,20 @@ class Judge:
         qa_llm = pe_llm = [None] * len(outs)
         if self.cloud is not None:
             qa_p = [chat_problem(judge_messages(QA_REL_PROMPT, task=t, output=o), "judge") for t, o in zip(tasks, outs)]
-            pe_p = [chat_problem(judge_messages(PERSONA_PROMPT, task=t, user_data=u, output=o), "judge")
-                    for t, u, o in zip(tasks, user_data, outs)]
+            pe_p = [
+                chat_problem(judge_messages(PERSONA_PROMPT, task=t, user_data=u, output=o), "judge")
+                for t, u, o in zip(tasks, user_data, outs)
+            ]
             replies = self.cloud.answer_many(qa_p + pe_p)
             qa_llm = [parse_score(r) for r in replies[: len(outs)]]
             pe_llm = [parse_score(r) for r in replies[len(outs) :]]
         for row, q, p in zip(rows, qa_llm, pe_llm):
-            row["qa_rel"], row["qa_rel_source"] = (q, "llm") if q is not None else (row["qa_rel_emb"], "offline-embedding")
-            row["persona"], row["persona_source"] = (p, "llm") if p is not None else (row["persona_emb"], "offline-embedding")
+            row["qa_rel"], row["qa_rel_source"] = (
+                (q, "llm") if q is not None else (row["qa_rel_emb"], "offline-embedding")
+            )
+            row["persona"], row["persona_source"] = (
+                (p, "llm") if p is not None else (row["persona_emb"], "offline-embedding")
+            )
         return rows
 
 
@@ -160,7 +168,8 @@ METRICS = ("qa_rel", "udrr", "ppl")  # the three terms of eq. 17, in order
 
 @dataclass
 class ScoreWeights:
-    """S = w1·n(QA-Rel) + w2·n(UDRR) − w3·n(PPL) (eq. 17), n = min-max with the bounds ``lo``/``hi`` of the index records."""
+    """S = w1·n(QA-Rel) + w2·n(UDRR) − w3·n(PPL) (eq. 17), n = min-max with the bounds ``lo``/``hi`` of the index
+    records."""
 
     w: list[float]  # (w1, w2, w3), non-negative, summing to 1
     lo: list[float]
@@ -185,7 +194,7 @@ class ScoreWeights:
             json.dump(asdict(self), f, indent=2)
 
     @classmethod
-    def load(cls, path: str) -> "ScoreWeights":
+    def load(cls, path: str) -> ScoreWeights:
         with open(path) as f:
             return cls(**json.load(f))
 

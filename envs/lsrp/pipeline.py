@@ -35,8 +35,12 @@ class Device:
         self.generator = HFGenerator(model, tokenizer, batch_size=batch_size, min_shared_prefix=0)
         self.batch_size = batch_size
 
-    def answer(self, pairs: list[UserTask], guidelines: list[str], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
-        prompts = [chat_prompt(self.tokenizer, device_messages(p.task, p.user_data, g)) for p, g in zip(pairs, guidelines)]
+    def answer(
+        self, pairs: list[UserTask], guidelines: list[str], max_new_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
+        prompts = [
+            chat_prompt(self.tokenizer, device_messages(p.task, p.user_data, g)) for p, g in zip(pairs, guidelines)
+        ]
         out = self.generator.generate(prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens)
         return [g[0].text.strip() for g in out]
 
@@ -51,7 +55,9 @@ class Device:
         for start in range(0, len(pairs), self.batch_size):
             chunk = pairs[start : start + self.batch_size]
             prompts = [chat_prompt(tok, choice_prompt(p.task, p.user_data)) for p in chunk]
-            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)  # left padded
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                model.device
+            )  # left padded
             pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             logits = model(**enc, position_ids=pos).logits[:, -1, letters]
             out += [STRATEGIES[i] for i in logits.argmax(-1).tolist()]
@@ -85,8 +91,19 @@ class RecordStore:
         append_jsonl(self.path, rows)
 
 
-def execute(jobs, leader, tag: str, temperature: float, device: Device, judge, store: RecordStore,
-            max_new_tokens: int = 128, device_temperature: float = 0.0, chunk: int = 16, log=print) -> list[dict]:
+def execute(
+    jobs,
+    leader,
+    tag: str,
+    temperature: float,
+    device: Device,
+    judge,
+    store: RecordStore,
+    max_new_tokens: int = 128,
+    device_temperature: float = 0.0,
+    chunk: int = 16,
+    log=print,
+) -> list[dict]:
     """Records for ``jobs`` = [(UserTask, strategy)], made for those not in ``store`` (``chunk`` at a time)."""
     keys = [store.key(tag, temperature, p.uid, s) for p, s in jobs]
     todo = [(k, p, s) for k, (p, s) in zip(keys, jobs) if k not in store]
@@ -98,10 +115,23 @@ def execute(jobs, leader, tag: str, temperature: float, device: Device, judge, s
         outputs = device.answer(pairs, guides, max_new_tokens, device_temperature)
         ppl = device.perplexities(outputs)
         judged = judge.scores([p.task for p in pairs], [p.user_data for p in pairs], outputs)
-        store.add([
-            {"key": k, "leader": tag, "temperature": float(temperature), "uid": p.uid, "strategy": s, "guideline": g,
-             "output": o, "udrr": udrr(p.user_data, o), "ppl": x, "flesch": flesch(o), **j}
-            for (k, p, s), g, o, x, j in zip(part, guides, outputs, ppl, judged)
-        ])
+        store.add(
+            [
+                {
+                    "key": k,
+                    "leader": tag,
+                    "temperature": float(temperature),
+                    "uid": p.uid,
+                    "strategy": s,
+                    "guideline": g,
+                    "output": o,
+                    "udrr": udrr(p.user_data, o),
+                    "ppl": x,
+                    "flesch": flesch(o),
+                    **j,
+                }
+                for (k, p, s), g, o, x, j in zip(part, guides, outputs, ppl, judged)
+            ]
+        )
         log(f"lsrp [{tag}, T={temperature:g}]: {min(start + chunk, len(todo))}/{len(todo)} new records")
     return [store[k] for k in keys]

@@ -51,11 +51,14 @@ class UURAG:
         e = embed(self._encoder, texts)
         return np.ascontiguousarray(np.asarray(e, dtype=np.float32))
 
-    def build(self, texts: list[str], strategies: list[str], uids: list[str] | None = None) -> "UURAG":
+    def build(self, texts: list[str], strategies: list[str], uids: list[str] | None = None) -> UURAG:
         import faiss
 
         if not len(texts) == len(strategies) > 0:
-            raise ValueError(f"UURAG.build needs one strategy per text and at least one text (got {len(texts)} texts, {len(strategies)} strategies).")
+            raise ValueError(
+                f"UURAG.build needs one strategy per text and at least one text (got {len(texts)} texts, "
+                f"{len(strategies)} strategies)."
+            )
         e = self.embed(texts)
         self.index = faiss.IndexFlatL2(e.shape[1])
         self.index.add(e)
@@ -71,11 +74,15 @@ class UURAG:
         e = self.embed(texts)
         if e.shape[1] != self.index.d:
             raise ValueError(
-                f"The encoder {self.encoder_name!r} gives {e.shape[1]}-d embeddings but the index holds {self.index.d}-d "
-                "ones: load the index with the encoder it was built with (lsrp.encoder), or rebuild it."
+                f"The encoder {self.encoder_name!r} gives {e.shape[1]}-d embeddings but the index holds "
+                f"{self.index.d}-d ones: load the index with the encoder it was built with (lsrp.encoder), "
+                "or rebuild it."
             )
         dist, idx = self.index.search(e, k)
-        return [[(self.uids[j], self.strategies[j], float(d)) for d, j in zip(drow, irow) if j >= 0] for drow, irow in zip(dist, idx)]
+        return [
+            [(self.uids[j], self.strategies[j], float(d)) for d, j in zip(drow, irow) if j >= 0]
+            for drow, irow in zip(dist, idx)
+        ]
 
     def choose(self, texts: list[str], k: int) -> list[str]:
         """Eq. 9: the voted strategy for each text."""
@@ -95,18 +102,24 @@ class UURAG:
         os.replace(tmp, os.path.join(directory, "meta.json"))
 
     @classmethod
-    def load(cls, directory: str, encoder: str | None = None, model=None) -> "UURAG":
-        """A saved index; ``encoder`` defaults to the one it was built with (a different one must match its dimension)."""
+    def load(cls, directory: str, encoder: str | None = None, model=None) -> UURAG:
+        """A saved index; ``encoder`` defaults to the one it was built with (a different one must match its
+        dimension)."""
         import faiss
 
         path = os.path.join(directory, "index.faiss")
         if not os.path.exists(path) or not os.path.exists(os.path.join(directory, "meta.json")):
-            raise FileNotFoundError(f"No U-U-RAG index in {directory} (expected index.faiss and meta.json): build it first.")
+            raise FileNotFoundError(
+                f"No U-U-RAG index in {directory} (expected index.faiss and meta.json): build it first."
+            )
         with open(os.path.join(directory, "meta.json")) as f:
             meta = json.load(f)
         rag = cls(encoder if encoder is not None else meta["encoder"], model)
         rag.index = faiss.read_index(path)
         rag.strategies, rag.uids = meta["strategies"], meta["uids"]
         if rag.index.ntotal != len(rag.strategies) or rag.index.d != meta["dim"]:
-            raise ValueError(f"U-U-RAG index in {directory} is inconsistent ({rag.index.ntotal} vectors, {len(rag.strategies)} strategies): rebuild it.")
+            raise ValueError(
+                f"U-U-RAG index in {directory} is inconsistent ({rag.index.ntotal} vectors, "
+                f"{len(rag.strategies)} strategies): rebuild it."
+            )
         return rag

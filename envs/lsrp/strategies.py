@@ -23,19 +23,23 @@ _PRIVACY = (
 )
 
 LEADER_PROMPTS = {
-    "directive": _PRIVACY + (
+    "directive": _PRIVACY
+    + (
         "Use a DIRECTIVE leadership style: give clear, numbered, step-by-step instructions that say exactly "
         "what to write, in which order, and which of the user's details to insert at each step."
     ),
-    "supportive": _PRIVACY + (
+    "supportive": _PRIVACY
+    + (
         "Use a SUPPORTIVE leadership style: give general direction and encouragement, suggest several possible "
         "angles, and leave the on-device assistant free to personalise the answer to the user's life and tone."
     ),
-    "participative": _PRIVACY + (
+    "participative": _PRIVACY
+    + (
         "Use a PARTICIPATIVE leadership style: propose an outline, then explicitly ask the on-device assistant "
         "to contribute the user's own experiences, preferences and wording to each part."
     ),
-    "achievement_oriented": _PRIVACY + (
+    "achievement_oriented": _PRIVACY
+    + (
         "Use an ACHIEVEMENT-ORIENTED leadership style: set high standards for the answer (specific, vivid, "
         "well structured, clearly tied to the user's goals) and challenge the on-device assistant to meet them."
     ),

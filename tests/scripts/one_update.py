@@ -25,7 +25,9 @@ REWARDS = [[1.0, 1.0, 0.4, 0.4, 0.4, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0
 
 
 def main(model_dir: str, out: str, overrides: list[str]) -> None:
-    cfg = load_config(None, [f"model.name_or_path={model_dir}", "train.micro_batch_size=2", "train.learning_rate=1e-2", *overrides])
+    cfg = load_config(
+        None, [f"model.name_or_path={model_dir}", "train.micro_batch_size=2", "train.learning_rate=1e-2", *overrides]
+    )
     accelerator = trainer.make_accelerator(cfg)
     set_seed(0)
     model, tok = load_device_model(cfg.model)
@@ -36,8 +38,15 @@ def main(model_dir: str, out: str, overrides: list[str]) -> None:
     groups = []
     for g, rewards in enumerate(REWARDS):
         prompt = tok(f"What is {g} + 3?", add_special_tokens=False)["input_ids"]
-        rolls = [Rollout(Sample(prompt, tok(f"so {g}{i} {i}", add_special_tokens=False)["input_ids"], "", False), False, None, False)
-                 for i in range(len(rewards))]
+        rolls = [
+            Rollout(
+                Sample(prompt, tok(f"so {g}{i} {i}", add_special_tokens=False)["input_ids"], "", False),
+                False,
+                None,
+                False,
+            )
+            for i in range(len(rewards))
+        ]
         groups.append(Group(Problem(f"p{g}", "q", "1"), rolls, rewards=list(rewards)))
     loss = trainer.policy_update(model, optimizer, accelerator, groups, cfg, tok.pad_token_id)
     state = accelerator.get_state_dict(model)  # ZeRO-3: gathered from every process's shard
