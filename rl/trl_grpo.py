@@ -110,7 +110,7 @@ def build_dataset(env: RouteEnv, problems, max_prompt_tokens: int = 0):
 
 
 def grpo_config(cfg, num_processes: int = 1):
-    """The TRL ``GRPOConfig`` for this run (see the mapping table in README: Baselines)."""
+    """The TRL ``GRPOConfig`` for this run (see the mapping table in docs/drgrpo.md)."""
     from trl import GRPOConfig
 
     t, rl = cfg.train, cfg.rl

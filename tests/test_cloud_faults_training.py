@@ -1,6 +1,6 @@
 """Cloud faults during training: a real HTTP server on 127.0.0.1 answers with 429/5xx/timeouts/resets.
 
-The policy (documented in envs/route.py and the README): transient faults are retried by the client;
+The policy (documented in envs/route.py and docs/reliability.md): transient faults are retried by the client;
 a request that still fails (``CloudError``) does not stop the step.  Answers that did arrive are used;
 a problem still without one keeps its escalated rollouts as escalations (never graded as device answers),
 with no reward: its group is left out of the update and counted in ``cloud_errors``.  A wrong key, URL
