@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_test.yaml")
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_feeds_both_trainers_the_same_work(tiny_model_dir, tmp_path):
     from benchmarks import bench_train_step
 

@@ -55,6 +55,7 @@ def test_every_shipped_config_loads():
         load_config(p)
 
 
+@pytest.mark.slow
 def test_cli_help_lists_every_option_and_bad_key_exits_2():
     out = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True, check=True).stdout
     for key in (

@@ -91,6 +91,7 @@ def test_dpo_config_maps_the_dpo_section(tmp_path):
     assert a.per_device_train_batch_size == 2 and a.max_length == 1024 and a.remove_unused_columns is False
 
 
+@pytest.mark.slow
 def test_train_py_dpo_builds_pairs_trains_saves_and_evaluates(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 

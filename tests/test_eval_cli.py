@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 import torch
 
 import eval as evalmod
@@ -113,6 +114,7 @@ def build_escalating_model(path: str) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_baselines_default_to_the_configs_base_model_not_the_policy(tiny_model_dir, tmp_path, capsys):
     """Without --base-model, never/random answer with the config's model.name_or_path: here a model that never
     escalates, while the evaluated policy escalates every problem."""

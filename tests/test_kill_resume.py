@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from test_cloud_http import MODEL, ScriptedServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]  # several processes: accelerate launch, SIGKILL
 KEY_ENV = "CLOUDROUTE_KILL_TEST_KEY"
 
 

@@ -230,6 +230,7 @@ def test_lsrp_config_errors_name_the_fix():
     )
 
 
+@pytest.mark.slow
 def test_train_py_lsrp_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
     """rl.env=lsrp through train.py with a tiny random leader (hf cloud backend) and device: every stage runs,
     the outputs are consistent, and a rerun makes no new record, cloud call or DPO run."""

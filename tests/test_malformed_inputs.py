@@ -275,6 +275,7 @@ def _inject_nan(monkeypatch, steps: set[int]):
     monkeypatch.setattr(RouteEnv, "reward", poisoned)
 
 
+@pytest.mark.slow
 def test_training_skips_a_nan_step_counts_it_and_finishes(tiny_model_dir, tmp_path, monkeypatch, caplog):
     _inject_nan(monkeypatch, {2})
     out = tmp_path / "run"

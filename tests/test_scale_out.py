@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]  # several processes: accelerate launch, SIGKILL
 ARGS = [
     "task.name=arithmetic",
     "task.num_train=64",

@@ -84,6 +84,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_the_key_is_in_no_file_log_or_message(tiny_model_dir, tmp_path, server, env, caplog, capfd):
     import eval as evalmod
 

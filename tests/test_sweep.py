@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 
+import pytest
+
 import sweep
 import train
 
@@ -24,6 +26,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_budget_once_and_resumes_a_half_finished_point(tiny_model_dir, tmp_path):
     out = str(tmp_path / "sw")
     over = [f"model.name_or_path={tiny_model_dir}", *TINY]

@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -40,6 +41,7 @@ def _weights(out):
     return load_file(os.path.join(out, "final", "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path):
     base = COMMON + [f"model.name_or_path={tiny_model_dir}"]
     full = str(tmp_path / "full")
@@ -75,6 +77,7 @@ def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path):
     assert all(m["cloud_calls"] >= 0 and m["cloud_calls_total"] >= m["cloud_calls"] for m in m2)  # usage in metrics
 
 
+@pytest.mark.slow
 def test_lora_run_with_local_hf_cloud_saves_a_merged_model(tiny_model_dir, tmp_path):
     """model.lora=true trains adapters only; cloud.backend=hf answers with a local model; final/ is a plain model."""
     from transformers import AutoModelForCausalLM

@@ -73,6 +73,7 @@ def test_dataset_prompts_are_routeenv_prompts_and_config_maps_to_dr_grpo(tiny_mo
     assert a.report_to in ([], "none", ["none"]) and a.logging_steps == 1 and not a.bf16
 
 
+@pytest.mark.slow
 def test_train_py_trl_drgrpo_trains_saves_evaluates_and_resumes(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 

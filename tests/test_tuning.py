@@ -378,6 +378,7 @@ def test_sft_trains_on_the_response_only_under_the_rl_prompt(tiny_model_dir, tmp
         assert labels[start:] == ids[start:]
 
 
+@pytest.mark.slow
 def test_train_py_sft_mode_tunes_saves_and_reports(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
