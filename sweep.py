@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -68,10 +69,15 @@ def run_training(config: str, budget: float, out: str, overrides: list[str], lau
     if launch:
         cmd = [*shlex.split(launch), os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), *args]
         subprocess.run(cmd, check=True)
-    else:
-        import train
+    else:  # in this process, through the library train.py calls (rl/run.py), with train.py's config handling
+        from rl.config import ConfigError, load_config
+        from rl.run import run
 
-        if train.main(args) != 0:
+        try:
+            cfg = load_config(config, [a for a in args[2:] if a != "--resume"])
+        except ConfigError as e:
+            raise SystemExit(f"[sweep] error: {e}") from None
+        if run(cfg, resume="--resume" in args) != 0:
             raise SystemExit(
                 f"[sweep] training at budget {budget} failed; fix the error above and rerun (finished points are kept)."
             )
@@ -264,6 +270,9 @@ def main(argv=None):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # as train.py
+    for noisy in ("httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     group = args.group or os.path.basename(os.path.normpath(args.out))
     eval_args = ["--baselines", args.baselines, *shlex.split(args.eval_args)]
     rows = []

@@ -27,10 +27,8 @@ import argparse
 import logging
 import sys
 
-from rl.baselines import run_task_tuning, run_trl_baseline
 from rl.config import ConfigError, format_help, load_config
-from rl.lsrp import run_lsrp
-from rl.trainer import train
+from rl.run import run
 
 
 def main(argv=None) -> int:
@@ -53,14 +51,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if cfg.rl.env == "lsrp":  # the cloud leads, the device answers with private data (rl/lsrp.py)
-        return run_lsrp(cfg)
-    if cfg.rl.trainer in ("trl_drgrpo", "dpo"):  # TRL's own loops (Dr.GRPO baseline, DPO), same evaluation
-        return run_trl_baseline(cfg, args.resume)
-    if cfg.rl.trainer == "sft":  # task tuning: the supervised warm start and the task-tuning-only baseline
-        return run_task_tuning(cfg, args.resume)
-
-    return train(cfg, args.resume)  # GAPG (rl/trainer.py)
+    return run(cfg, args.resume)  # rl/run.py: GAPG (rl/trainer.py), or the mode rl.env / rl.trainer names
 
 
 if __name__ == "__main__":
