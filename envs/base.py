@@ -1,17 +1,32 @@
 """The environment interface the trainer and the evaluation talk to; ``RouteEnv`` and ``QueryEnv`` implement it.
 
+    env_cls = env_class_for(cfg)                # rl.env -> RouteEnv / QueryEnv: the one place the name is read
+    env = env_cls.from_config(cfg, tokenizer, cloud)  # the training environment (rl/trainer.py: make_env)
     groups = env.rollout(generator, problems, group_size, temperature, top_p, max_new_tokens)  # -> list[Group]
     env.reward(groups, cfg.reward, gamma)       # fills each Group.rewards (r̃ = r − γ·cost, SPEC §3)
     used = env.usage_of(groups)                 # what the dual holds to the budget: offload rate / calls per rollout
     metrics = env.metrics(groups)               # the per-step training metrics (metrics.jsonl)
     rows, records = env.evaluate(generator, problems, budget, batch_size, max_new_tokens, seed)  # held-out rows
+    exit_code = env_cls.evaluate_suites(cfg, opts)  # eval.py: every model over the suites (envs/suite_evaluation.py)
 
-``rl.env=lsrp`` (envs/lsrp/) is a different pipeline, not an ``Environment``.
+``rl.env=lsrp`` (envs/lsrp/) is a different pipeline, not an ``Environment``; ``env_class_for`` gives any name other
+than ``query`` (lsrp too) the route environment, as the trainer and eval.py always did.
 """
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
+
+from envs.query import QueryEnv
+from envs.route import RouteEnv
+
+ENVIRONMENTS = {env.name: env for env in (RouteEnv, QueryEnv)}  # rl.env -> its class
+
+
+def env_class_for(cfg) -> type[RouteEnv] | type[QueryEnv]:
+    """The environment class ``cfg.rl.env`` names: route (answer or escalate) or query (ask mid-reasoning); route for
+    any other name (lsrp).  The trainer (``rl/trainer.py: make_env``) and eval.py both pick the mode here."""
+    return ENVIRONMENTS.get(cfg.rl.env, RouteEnv)
 
 
 @runtime_checkable
@@ -22,6 +37,9 @@ class Environment(Protocol):
     template: str
     tokenizer: object
     cloud: object
+
+    @classmethod
+    def from_config(cls, cfg, tokenizer, cloud) -> Environment: ...
 
     def prompt(self, problem) -> str: ...
 
@@ -53,3 +71,9 @@ class Environment(Protocol):
         seed: int = 0,
         progress=True,
     ) -> tuple[list[dict], list[dict]]: ...
+
+    @staticmethod
+    def suite_base_model(opts, cfg, models: dict[str, str]) -> tuple[str | None, str | None]: ...
+
+    @classmethod
+    def evaluate_suites(cls, cfg, opts) -> int: ...

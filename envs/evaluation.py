@@ -5,7 +5,8 @@ The device answers every problem; at most ``floor(budget·N)`` problems go to th
 cloud only.  ``suite_rows`` builds the rows of one suite from resumable device passes (``run_device``) and cloud
 answers (``run_cloud``), with RouteLLM's APGR/CPT (``apgr_cpt``) and paired bootstrap CIs (``bootstrap_ci``,
 ``compare_rows``); ``evaluate`` / ``evaluate_query`` are the in-training evaluations of the route and query
-environments; ``format_table`` prints the rows.  The command line around it is eval.py.
+environments; ``format_table`` prints the rows.  The run of eval.py over whole suites (models, base model,
+tables, summary.json) is envs/suite_evaluation.py with each environment's ``evaluate_suites``.
 """
 
 from __future__ import annotations

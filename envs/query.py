@@ -38,16 +38,21 @@ Cloud failures (``CloudError``), as in the route environment: a query the cloud 
 answer gets ``<response>cloud unavailable</response>`` (not a call, not trained) so the
 row can finish, an escalation gets no verdict, and such rollouts are ``cloud_failed``:
 their group is left out of the update (``Group.trainable``) and counted in ``cloud_errors``.
+
+Evaluation.  ``env.evaluate`` gives the held-out rows during training (envs/evaluation.py: ``evaluate_query``);
+``QueryEnv.evaluate_suites(cfg, opts)`` is eval.py in query mode: per model its capped, uncapped and no-call rows,
+and the cloud row, over the suites (envs/suite_evaluation.py).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from core.problem import Problem
-from envs.evaluation import evaluate_query
+from envs.evaluation import evaluate_query, run_cloud, summarise
 from envs.prompts import messages
 from envs.route import (
     Group,
@@ -58,6 +63,8 @@ from envs.route import (
     route_metrics,
     split_escalation,
 )
+from envs.suite_evaluation import EvalOptions, SuiteRun, cloud_label, comparisons_by_suite, format_row_models
+from envs.tasks import template_for
 from policies.cloud import query_problem
 from policies.generation import Sample, chat_prompt
 from rewards.collaboration import query_reward
@@ -173,6 +180,20 @@ class QueryEnv:
         self.max_queries, self.max_response_tokens = max_queries, max_response_tokens
         self.max_solve_steps, self.few_shot, self.system_prompt = max_solve_steps, few_shot, system_prompt
         self.max_prompt_tokens = max_prompt_tokens
+
+    @classmethod
+    def from_config(cls, cfg, tokenizer, cloud) -> QueryEnv:
+        """The training environment of ``cfg`` (rl/trainer.py: ``make_env``)."""
+        return cls(
+            template_for(cfg.task),
+            tokenizer,
+            cloud,
+            cfg.rl.max_queries,
+            cfg.rl.max_response_tokens,
+            cfg.task.max_solve_steps,
+            max_prompt_tokens=cfg.rl.max_prompt_tokens,
+            gamma_tokens=cfg.rl.gamma_tokens,
+        )
 
     def prompt(self, problem: Problem) -> str:
         msgs = messages(
@@ -387,3 +408,76 @@ class QueryEnv:
     ):
         """Held-out rows at the call budget (envs/evaluation.py: ``evaluate_query``)."""
         return evaluate_query(self, generator, problems, budget, batch_size, max_new_tokens, seed, progress)
+
+    @staticmethod
+    def suite_base_model(opts: EvalOptions, cfg, models: dict[str, str]) -> tuple[str | None, str | None]:
+        """No base-model rows here (each model gets its own never row): an explicit ``--base-model`` (not ``same``)
+        is evaluated as one more model."""
+        if opts.base_model and opts.base_model != "same":
+            return opts.base_model, "--base-model"
+        return None, None
+
+    @classmethod
+    def evaluate_suites(cls, cfg, opts: EvalOptions) -> int:
+        """eval.py in query mode (envs/suite_evaluation.py): per model and suite the rows of ``evaluate_query``
+        (capped / uncapped / no calls), named ``<model>``, ``<model>/uncapped``, ``<model>/never``, and the ``cloud``
+        row (the cloud answers every problem).  The router and random baselines are route-mode rows; query-mode
+        evaluation regenerates instead of resuming (the cloud cache still answers every request it has seen).
+        Returns the exit code."""
+        run = SuiteRun.prepare(cfg, opts, cls)
+        budget, baselines, models = cfg.rl.budget, opts.baselines, run.models
+        skipped = [b for b in baselines if b not in ("cloud", "never")]
+        if skipped:
+            print(
+                f"note: rl.env=query has no {', '.join(skipped)} baseline rows (route mode only); "
+                "each model gets its own never row"
+            )
+        per_suite = {suite: [] for suite, _, _ in run.suites}
+        row_models = {f"{name}{m}": path for name, path in models.items() for m in ("", "/uncapped", "/never")}
+        row_models["cloud"] = cloud_label(cfg.cloud)
+        records = {
+            suite: [{"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer} for p in probs]
+            for suite, probs, _ in run.suites
+        }
+
+        def visit(name, path, tok, gen):
+            for suite, probs, template in run.suites:
+                env = cls(
+                    template, tok, run.cloud, cfg.rl.max_queries, cfg.rl.max_response_tokens, cfg.task.max_solve_steps
+                )
+                rows, recs = evaluate_query(
+                    env, gen, probs, budget, run.batch_size, run.max_new(template), cfg.train.seed
+                )
+
+                def rename(m):
+                    return name if m == "policy" else f"{name}/{m}"
+
+                for r in rows:
+                    r["method"] = rename(r["method"])
+                    for c in r.get("comparisons", []):
+                        c["a"], c["b"] = rename(c["a"]), rename(c["b"])
+                per_suite[suite] += rows
+                for rec, r in zip(records[suite], recs):
+                    rec[name] = {k: v for k, v in r.items() if k not in ("uid", "level", "question", "gold")}
+
+        run.each_model(visit)
+        for suite, probs, _ in run.suites:
+            if "cloud" in baselines:
+                res = run_cloud(run.cloud, probs, set(range(len(probs))), os.path.join(run.out, suite, "cloud.jsonl"))
+                per_suite[suite].append(summarise("cloud", probs, [None] * len(probs), range(len(probs)), res))
+            title = (
+                f"== {suite}: {len(probs)} problems, {budget:g} calls per problem, "
+                f"cloud {cfg.cloud.backend} (query mode) =="
+            )
+            line = format_row_models({r["method"]: row_models[r["method"]] for r in per_suite[suite]})
+            run.report(suite, per_suite[suite], title, line, records[suite])
+        summary = {
+            "budget": budget,
+            "env": cls.name,
+            "cloud": cfg.cloud.backend,
+            "models": models,
+            "row_models": {r["method"]: row_models[r["method"]] for rows in per_suite.values() for r in rows},
+            "suites": per_suite,
+            "comparisons": comparisons_by_suite(per_suite),
+        }
+        return run.finish(summary, per_suite)

