@@ -54,30 +54,28 @@ def run_training(config: str, budget: float, out: str, overrides: list[str], lau
     if os.path.exists(os.path.join(run, "final", "config.json")):
         print(f"[sweep] budget {budget:.0%}: trained already ({run}/final)")
         return
-    args = [
-        "--config",
-        config,
+    point = [
         *overrides,
         f"rl.budget={budget}",
         f"train.output_dir={run}",
         f"train.run_name={group}-budget-{budget:.2f}",
         f"train.wandb_group={group}",
     ]
-    if os.path.isdir(os.path.join(run, "checkpoints")):
-        args.append("--resume")
+    resume = os.path.isdir(os.path.join(run, "checkpoints"))
     print(f"[sweep] budget {budget:.0%}: training -> {run}")
     if launch:
-        cmd = [*shlex.split(launch), os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), *args]
+        train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+        cmd = [*shlex.split(launch), train_py, "--config", config, *point, *(["--resume"] if resume else [])]
         subprocess.run(cmd, check=True)
     else:  # in this process, through the library train.py calls (rl/run.py), with train.py's config handling
         from rl.config import ConfigError, load_config
-        from rl.run import run
+        from rl.run import run as train_run
 
         try:
-            cfg = load_config(config, [a for a in args[2:] if a != "--resume"])
+            cfg = load_config(config, point)
         except ConfigError as e:
             raise SystemExit(f"[sweep] error: {e}") from None
-        if run(cfg, resume="--resume" in args) != 0:
+        if train_run(cfg, resume=resume) != 0:
             raise SystemExit(
                 f"[sweep] training at budget {budget} failed; fix the error above and rerun (finished points are kept)."
             )

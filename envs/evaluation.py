@@ -304,9 +304,8 @@ def suite_rows(
         for m, (dev, sent, wants, order) in plans.items()
     ]
     for row, (dev, _, _, _) in zip(rows, plans.values()):
-        flags = [
-            d["format_ok"] for d in dev if d.get("format_ok") is not None
-        ]  # work files from before the field: none
+        # work files from before the field have no format_ok: none
+        flags = [d["format_ok"] for d in dev if d.get("format_ok") is not None]
         row["format_rate"] = sum(flags) / len(flags) if flags else None
     if every:
         rows.append(summarise("cloud", problems, [None] * n, range(n), cloud_res))
@@ -325,15 +324,14 @@ def suite_rows(
             rec.update(cloud_output=c["text"], cloud_answer=c["answer"], cloud_correct=c["correct"])
         for m, (dev, sent, _wants, _) in plans.items():
             d = dev[i]
-            to_cloud = i in sent
             rec[m] = {
                 "prompt": d.get("prompt"),
                 "device_output": d["output"],
                 "device_answer": d["answer"],
                 "device_correct": d["correct"],
                 "escalated": d["escalated"],
-                "sent_to_cloud": to_cloud,
-                "correct": bool(c["correct"]) if to_cloud else d["correct"],
+                "sent_to_cloud": i in sent,
+                "correct": correct[m][i],  # row_correct: the cloud's answer where sent, the device's elsewhere
             }
         records.append(rec)
     return rows, records

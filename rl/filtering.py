@@ -48,7 +48,7 @@ def batch_mix(n_d1: int, n_d2: int, batch_prompts: int, rho: float) -> tuple[int
     Every n2 in 0..min(|D2|, B) is tried with n1 = min(|D1|, B − n2); the nearest share wins, ties going to the
     larger batch, then to fewer D2 prompts.  B = 6 at ρ = 3/7 gives 4 : 2 (33% against 30%), B = 8 gives 6 : 2."""
     share = 1.0 if math.isinf(rho) else rho / (1.0 + rho)
-    best, best_key = (min(n_d1, batch_prompts), 0), None
+    best, best_key = (0, 0), None  # no D1 prompt: no batch
     for n2 in range(0, min(n_d2, batch_prompts) + 1):
         n1 = min(n_d1, batch_prompts - n2)
         if n1 == 0:  # no batch of D2 prompts alone: they teach escalation only next to what the device can do
