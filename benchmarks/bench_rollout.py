@@ -91,13 +91,11 @@ def main(argv=None) -> dict:
     tmp = tempfile.mkdtemp(prefix="bench_rollout_")
     model, tok = load_device_model(cfg.model, for_training=False)
     model.eval()
-    if fixed:  # HFGenerator passes max_new_tokens; min_new_tokens comes from the generation config
-        model.generation_config.min_new_tokens = cfg.rl.max_new_tokens
     cloud = task_cloud(cfg.cloud, os.path.join(tmp, "cloud_cache.sqlite"))
     env = RouteEnv(
         template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens
     )
-    gen = HFGenerator(model, tok)
+    gen = HFGenerator(model, tok, min_new_tokens=cfg.rl.max_new_tokens if fixed else 0)
     timer = Timer()
     timer.wrap(gen, "generate", "generation")
     train_problems, _ = load_problems(cfg.task)

@@ -146,6 +146,7 @@ class _Row:
     done: bool = False
     truncated: bool = False
     cloud_error: str | None = None  # a query of this row got no answer: the CloudError's message
+    rollout_logprob: float | None = None  # sum over its turns of the sampling copy's log-probs (Sample's field)
 
     def add(self, ids: list[int], trained: bool):
         self.ids += ids
@@ -277,6 +278,8 @@ class QueryEnv:
             asking = []  # (row, question, overhang)
             for r, o in zip(active, outs):
                 r.add(o.ids, trained=True)
+                if o.logprob is not None:
+                    r.rollout_logprob = (r.rollout_logprob or 0.0) + o.logprob
                 if o.reason != "stop" or r.device_tokens >= max_new_tokens:
                     r.done, r.truncated = True, o.reason != "eos"
                     continue
@@ -304,7 +307,12 @@ class QueryEnv:
         rolls = []
         for r in rows:
             sample = Sample(
-                r.prompt_ids, r.ids, tok.decode(r.ids, skip_special_tokens=True), r.truncated, loss_mask=r.mask
+                r.prompt_ids,
+                r.ids,
+                tok.decode(r.ids, skip_special_tokens=True),
+                r.truncated,
+                loss_mask=r.mask,
+                rollout_logprob=r.rollout_logprob,
             )
             may = r.call_limit is None or len(r.queries) < r.call_limit
             rolls.append(

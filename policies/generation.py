@@ -1,22 +1,40 @@
-"""Generation backends behind one small interface: ``generate(prompts, n, ...) -> [[Sample]*n]*len(prompts)``.
+"""Rollouts from the device policy: ``generate(prompts, n, ...) -> [[Sample]*n]*len(prompts)``.
 
-``HFGenerator`` batches HF ``model.generate`` (left padding, ``num_return_sequences``);
-a vLLM backend can sit behind the same call.  Prompts are chat-formatted with the
-tokenizer's own template; a sample keeps its prompt and completion token ids so
-the trainer scores exactly the tokens that were sampled.
+    gen = HFGenerator(model, tokenizer)                       # exact sampling from the fp32 policy
+    groups = gen.generate(prompts, n=4, temperature=1.0, max_new_tokens=64)
+    gen = HFGenerator(model, tokenizer, dtype="bfloat16")     # faster where bf16 matmuls are (docs/rollout_speed.md)
 
-Multi-turn environments (``envs/query.py``) use ``extend(contexts, budgets, stop=...)``:
-continue many token sequences at once, each row stopping on EOS, on its own token
-budget, or right after the token that completes a stop string (``</query>``).
+``HFGenerator`` runs its own decode loop over a transformers model and its KV cache (``DynamicCache``),
+built for RL rollouts, where HF ``generate`` wastes most of its time on a CPU:
+  * every prompt is prefilled once, not once per sample: its KV cache is repeated G times afterwards;
+  * a head shared by all prompts (chat template, system prompt, worked examples) is prefilled once per call;
+  * prompts of different lengths share one batch: the padding sits between the shared head and each row's
+    own tokens, and positions come from the attention mask, so a row's tokens do not depend on its padding;
+  * a row that finishes (EOS, its token budget, a stop string) leaves the batch at once, cache and all;
+  * a token is drawn by inverting the CDF of softmax(logits / T) with one uniform number per row, which is
+    exact sampling from the policy, and the same distribution as ``torch.multinomial`` at a fraction of its
+    cost on a 49k vocabulary.  No repetition penalty or top-k from a model's ``generation_config`` enters:
+    the samples come from the distribution the trainer scores.
+A sample keeps its prompt and completion token ids so the trainer scores exactly the tokens that were sampled.
+
+Multi-turn environments (``envs/query.py``) use ``extend(contexts, budgets, stop=...)``: continue many token
+sequences at once, each row stopping on EOS, on its own token budget, or right after the token that completes
+a stop string (``</query>``).  ``benchmarks/bench_generation.py`` measures all of this against HF ``generate``
+and TRL, as a fraction of the machine's roofline.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.generation.logits_process import TopPLogitsWarper
+
+from policies.device import DTYPES
 
 
 @dataclass
@@ -28,6 +46,9 @@ class Sample:
     # 1 = device token (trained), 0 = inserted context (cloud <response> tokens);
     # None = every completion token is the device's
     loss_mask: list[int] | None = None
+    # sum of the device tokens' log-probs under the weights that sampled them, when those are a low-precision
+    # copy of the policy (HFGenerator(dtype=...)): the trainer's importance weights need it; None = the policy's
+    rollout_logprob: float | None = None
 
 
 @dataclass
@@ -36,32 +57,7 @@ class Continuation:
 
     ids: list[int]
     reason: str  # "stop" (the stop string was completed), "eos", or "length" (the row's budget ran out)
-
-
-class _RowStop(StoppingCriteria):
-    """Per-row stop: a row is done once it has ``budget`` new tokens, or once its new tokens contain ``stop``.
-
-    The check decodes only the last ``window`` new tokens of a row, so a stop string is found
-    however the tokenizer splits it (``</query>`` may end inside a token such as ``><``)."""
-
-    def __init__(self, tokenizer, start: int, budgets: list[int], stop: str | None, window: int = 24):
-        self.tokenizer, self.start, self.budgets, self.stop, self.window = tokenizer, start, budgets, stop, window
-        self.stop_at: list[int | None] = [None] * len(
-            budgets
-        )  # new tokens up to and including the one completing ``stop``
-
-    def __call__(self, input_ids, scores, **kwargs):
-        cur = input_ids.shape[1]
-        new = cur - self.start
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for b in range(input_ids.shape[0]):
-            if self.stop_at[b] is not None or new >= self.budgets[b]:
-                done[b] = True
-            elif self.stop and new > 0:
-                tail = input_ids[b, max(self.start, cur - self.window) : cur].tolist()
-                if self.stop in self.tokenizer.decode(tail):
-                    self.stop_at[b], done[b] = new, True
-        return done
+    logprob: float | None = None  # sum of log-probs of ``ids`` under a low-precision sampling copy (else None)
 
 
 def chat_prompt(tokenizer, user_text: str | list[dict], system: str | None = None) -> str:
@@ -103,19 +99,115 @@ def common_prefix_len(seqs: list[list[int]]) -> int:
     return n
 
 
-class HFGenerator:
-    """Batched sampling with ``transformers`` ``generate``; greedy when ``temperature == 0``.
+def cache_keyword(model) -> str:
+    """The name a model's forward gives its KV cache argument: ``cache`` (transformers >= 5.2x) or
+    ``past_key_values`` (earlier releases, which the later ones still accept with a deprecation warning)."""
+    inner = getattr(model, "module", model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
-    Prefix sharing: prompts of one call usually share a long head (chat template, system
-    prompt, worked examples), and the G samples of a prompt share all of it.  When that
-    head is at least ``min_shared_prefix`` tokens, its KV cache is computed once and
-    copied into every row; prompts are batched by length so no padding enters the
-    middle.  Greedy outputs equal the padded path's; samples follow the same distribution.
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """One token per row of ``logits`` (B, V): argmax when ``temperature == 0``, else a draw from
+    softmax(logits / temperature) restricted to the top-p nucleus (HF's ``TopPLogitsWarper``).
+
+    The draw inverts the CDF: token = the first index whose cumulative probability exceeds u * total, with u
+    uniform in [0, 1).  Each token's chance is its probability (up to float32 rounding of the cumulative
+    sum), as with ``torch.multinomial``, which draws one exponential number per vocabulary entry instead."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    scores = logits.float() / temperature
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1)
+    u = torch.rand((cdf.shape[0], 1), device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
+
+
+class _AppendInPlace(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values live in a buffer with room for ``reserve`` more positions.
+
+    ``DynamicLayer.update`` concatenates, copying the whole cache at every decode step (with a long prompt head
+    repeated in every row that is most of a CPU decode step); this one writes the new position in place.
+    ``keys``/``values`` stay views of the filled part, so everything else (masks, ``batch_select_indices``,
+    ``batch_repeat_interleave``, ``crop``) works unchanged; when one of those replaces the tensors, the next
+    update moves them into a fresh buffer."""
+
+    def __init__(self, reserve: int = 64):
+        super().__init__()
+        self.reserve, self._buffer = reserve, None
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = self.get_seq_length()
+        total = n + key_states.shape[-2]
+        buf = self._buffer
+        if (
+            buf is None
+            or buf[0].shape[0] != key_states.shape[0]
+            or buf[0].shape[-2] < total
+            or (n and buf[0].data_ptr() != self.keys.data_ptr())
+        ):
+            shape = (*key_states.shape[:2], total + self.reserve)
+            buf = (
+                key_states.new_empty((*shape, key_states.shape[-1])),
+                value_states.new_empty((*shape, value_states.shape[-1])),
+            )
+            if n:
+                buf[0][:, :, :n], buf[1][:, :, :n] = self.keys, self.values
+            self._buffer = buf
+        buf[0][:, :, n:total], buf[1][:, :, n:total] = key_states, value_states
+        self.keys, self.values = buf[0][:, :, :total], buf[1][:, :, :total]
+        return self.keys, self.values
+
+
+def rollout_cache(reserve: int, head: DynamicCache | None = None) -> DynamicCache:
+    """A ``DynamicCache`` that appends in place (``_AppendInPlace``), with room for ``reserve`` more tokens;
+    a copy of ``head`` (a rollout cache) when given."""
+    if head is None:
+        cache = DynamicCache()
+        cache.layer_class_to_replicate = functools.partial(_AppendInPlace, reserve=reserve)
+        return cache
+    cache = copy.deepcopy(head)
+    for layer in cache.layers:
+        layer.reserve = reserve
+    return cache
+
+
+def completes_stop(tokenizer, new_ids: list[int], stop: str, window: int = 24) -> bool:
+    """True once a row's new tokens contain ``stop``.  Only the last ``window`` tokens are decoded, so the check
+    is cheap, and the text is decoded whole, so ``stop`` is found however the tokenizer splits it (``</query>``
+    may end inside a token such as ``><``)."""
+    return stop in tokenizer.decode(new_ids[-window:])
+
+
+class HFGenerator:
+    """Batched sampling from a transformers causal LM (greedy when ``temperature == 0``); see the module docstring.
+
+    ``batch_size``: the most rows (prompts x samples) decoded at once.  ``min_shared_prefix``: the shortest
+    head common to all contexts of a call that is prefilled once for all of them (0 = never).
+    ``dtype``: sample from a copy of the weights in this dtype (``bfloat16`` roughly doubles decode speed on
+    CPUs with bf16 matmuls), refreshed whenever the policy's weights change; ``None`` = the policy itself
+    (exact).  ``min_new_tokens``: no EOS before this many new tokens (benchmarks force fixed lengths with it).
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, min_shared_prefix: int = 32):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 64,
+        min_shared_prefix: int = 32,
+        dtype: str | None = None,
+        min_new_tokens: int = 0,
+    ):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self.min_shared_prefix = min_shared_prefix
+        self.min_shared_prefix, self.min_new_tokens = min_shared_prefix, min_new_tokens
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"rollout dtype {dtype!r}: use one of {', '.join(DTYPES)} (or None for the policy's own)")
+        self.dtype = DTYPES[dtype] if dtype else None
+        self._copy, self._copy_versions = None, None
+        self._cache_kw = cache_keyword(model)
 
     @torch.no_grad()
     def generate(
@@ -126,25 +218,16 @@ class HFGenerator:
         top_p: float = 1.0,
         max_new_tokens: int = 64,
     ) -> list[list[Sample]]:
-        tok, model = self.tokenizer, self.model
-        was_training = model.training
-        model.eval()
-        try:
-            ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-            shared = common_prefix_len(ids) - 1 if len(ids) else 0  # every row keeps >= 1 token of its own
-            if self.min_shared_prefix and shared >= self.min_shared_prefix:
-                return self._generate_shared(ids, shared, n, temperature, top_p, max_new_tokens)
-            return self._generate_padded(prompts, n, temperature, top_p, max_new_tokens)
-        finally:
-            model.train(was_training)
+        """``n`` samples of each prompt (chat-formatted text), in prompt order."""
+        tok = self.tokenizer
+        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        reps = n if temperature > 0 else 1  # greedy: one decode, copied n times
+        conts = self._decode(ids, reps, [max_new_tokens] * len(ids), temperature, top_p)
+        return [[self._sample(ids[i], conts[i * reps + k % reps]) for k in range(n)] for i in range(len(ids))]
 
-    def _sampling_kwargs(self, temperature, top_p, max_new_tokens) -> dict:
-        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kwargs
+    def _sample(self, prompt_ids: list[int], cont: Continuation) -> Sample:
+        text = self.tokenizer.decode(cont.ids, skip_special_tokens=True)
+        return Sample(prompt_ids, list(cont.ids), text, cont.reason == "length", rollout_logprob=cont.logprob)
 
     @torch.no_grad()
     def extend(
@@ -154,117 +237,154 @@ class HFGenerator:
         temperature: float = 1.0,
         top_p: float = 1.0,
         stop: str | None = None,
-        **generate_kwargs,
+        logits_processor=None,
     ) -> list[Continuation]:
         """Continue every token sequence in ``contexts`` (batched); one ``Continuation`` per context.
 
-        Row ``i`` gets at most ``max_new_tokens[i]`` new tokens and stops early on EOS or right after
-        the token that completes ``stop``.  Contexts of different lengths share one batch: a head
-        common to all of them (``>= min_shared_prefix`` tokens) is encoded once and its KV cache
-        copied into every row, and the padding goes between that head and each row's own tokens
-        (positions come from the attention mask, so a row's outputs do not depend on its padding).
-        Without a shared head the rows are left padded.  ``generate_kwargs`` go to ``model.generate``.
+        Row ``i`` gets at most ``max_new_tokens[i]`` new tokens and stops early on EOS or right after the
+        token that completes ``stop`` (``completes_stop``).
+        ``logits_processor``: an HF ``LogitsProcessorList``, called as ``(input_ids, scores)`` on the rows
+        still running (tests force scripted outputs with it).
         """
-        tok, model = self.tokenizer, self.model
         budgets = [max_new_tokens] * len(contexts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        out: list[Continuation] = [Continuation([], "length") for _ in contexts]
+        return self._decode(contexts, 1, budgets, temperature, top_p, stop, logits_processor)
+
+    # ------------------------------------------------------------------ the decode loop
+
+    def _policy(self):
+        """The module that samples: the policy itself, or its ``dtype`` copy with the policy's current weights."""
+        model = self.model
+        if self.dtype is None or next(model.parameters()).dtype == self.dtype:
+            return model
+        params = list(model.parameters())
+        if any(hasattr(p, "ds_id") for p in params):
+            raise ValueError("rl.rollout_dtype needs whole weights in each process: not with DeepSpeed ZeRO-3")
+        if self._copy is None:
+            self._copy = copy.deepcopy(model)
+            for p in self._copy.parameters():  # buffers (rotary frequencies) keep their precision
+                p.requires_grad_(False)
+                p.data = p.data.to(self.dtype)
+        versions = [p._version for p in params]  # bumped by every in-place update (optimizer steps, loading)
+        if versions != self._copy_versions:
+            for c, p in zip(self._copy.parameters(), params):
+                c.copy_(p)
+            self._copy_versions = versions
+        return self._copy
+
+    def _forward(self, model, ids, mask, positions, cache) -> torch.Tensor:
+        kwargs = {self._cache_kw: cache}
+        out = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **kwargs
+        )
+        return out.logits[:, -1]
+
+    def _decode(self, contexts, n, budgets, temperature, top_p, stop=None, logits_processor=None):
+        """``n`` continuations of each context (context-major order), each within its context's budget."""
+        out = [Continuation([], "length") for _ in range(len(contexts) * n)]
         todo = [i for i in range(len(contexts)) if budgets[i] > 0]
         if not todo:
             return out
-        was_training = model.training
-        model.eval()
+        policy = self._policy()
+        was_training = policy.training
+        policy.eval()
         try:
-            eos, pad = eos_ids(self.model, tok), tok.pad_token_id
+            device = next(policy.parameters()).device
             shared = common_prefix_len([contexts[i] for i in todo]) - 1  # every row keeps >= 1 token of its own
             shared = shared if self.min_shared_prefix and shared >= self.min_shared_prefix else 0
-            prefix_cache = None
+            head = None
             if shared:
-                prefix_cache = model(
-                    input_ids=torch.tensor([contexts[todo[0]][:shared]], device=model.device), use_cache=True
-                ).past_key_values
+                head = rollout_cache(0)
+                ids = torch.tensor([contexts[todo[0]][:shared]], device=device)
+                self._forward(policy, ids, torch.ones_like(ids), None, head)
             todo.sort(key=lambda i: len(contexts[i]))  # similar lengths share a batch: less padding
-            for start in range(0, len(todo), self.batch_size):
-                rows = todo[start : start + self.batch_size]
-                width = max(len(contexts[i]) for i in rows)
-                ids, mask = [], []
-                for i in rows:
-                    c, gap = contexts[i], width - len(contexts[i])
-                    ids.append(c[:shared] + [pad] * gap + c[shared:])
-                    mask.append([1] * shared + [0] * gap + [1] * (len(c) - shared))
-                stopper = _RowStop(tok, width, [budgets[i] for i in rows], stop)
-                kwargs = self._sampling_kwargs(temperature, top_p, max(budgets[i] for i in rows))
-                if prefix_cache is not None:
-                    kwargs["past_key_values"] = copy.deepcopy(prefix_cache)
-                    kwargs["past_key_values"].batch_repeat_interleave(len(rows))
-                seqs = model.generate(
-                    input_ids=torch.tensor(ids, device=model.device),
-                    attention_mask=torch.tensor(mask, device=model.device),
-                    stopping_criteria=StoppingCriteriaList([stopper]),
-                    **kwargs,
-                    **generate_kwargs,
+            per_call = max(1, self.batch_size // n)
+            for start in range(0, len(todo), per_call):
+                rows = todo[start : start + per_call]
+                self._decode_rows(
+                    policy,
+                    device,
+                    contexts,
+                    rows,
+                    n,
+                    budgets,
+                    shared,
+                    head,
+                    temperature,
+                    top_p,
+                    stop,
+                    logits_processor,
+                    out,
                 )
-                for j, i in enumerate(rows):
-                    out[i] = self._cut(seqs[j, width:].tolist(), budgets[i], stopper.stop_at[j], eos)
         finally:
-            model.train(was_training)
+            policy.train(was_training)
         return out
 
-    @staticmethod
-    def _cut(gen: list[int], budget: int, stop_at: int | None, eos: set[int]) -> Continuation:
-        ids: list[int] = []
-        for t in gen[:budget]:
-            ids.append(t)
-            if t in eos:
-                return Continuation(ids, "eos")
-            if stop_at is not None and len(ids) == stop_at:
-                return Continuation(ids, "stop")
-        return Continuation(ids, "length")
-
-    def _generate_shared(self, ids, shared, n, temperature, top_p, max_new_tokens) -> list[list[Sample]]:
-        model, eos = self.model, eos_ids(self.model, self.tokenizer)
-        prefix = torch.tensor([ids[0][:shared]], device=model.device)
-        prefix_cache = model(input_ids=prefix, use_cache=True).past_key_values
-        kwargs = self._sampling_kwargs(temperature, top_p, max_new_tokens)
-        out: list[list[Sample] | None] = [None] * len(ids)
-        by_len: dict[int, list[int]] = {}
-        for i, s in enumerate(ids):
-            by_len.setdefault(len(s), []).append(i)
-        per_call = max(1, self.batch_size // n)
-        for length, members in sorted(by_len.items()):
-            for start in range(0, len(members), per_call):
-                rows = members[start : start + per_call]
-                batch = torch.tensor([ids[i] for i in rows for _ in range(n)], device=model.device)
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(batch.shape[0])
-                seqs = model.generate(
-                    input_ids=batch, attention_mask=torch.ones_like(batch), past_key_values=cache, **kwargs
-                )
-                for j, i in enumerate(rows):
-                    out[i] = [
-                        to_sample(self.tokenizer, ids[i], seqs[j * n + k, length:].tolist(), eos) for k in range(n)
-                    ]
-        return out
-
-    def _generate_padded(self, prompts, n, temperature, top_p, max_new_tokens) -> list[list[Sample]]:
-        tok, model = self.tokenizer, self.model
-        eos = eos_ids(self.model, self.tokenizer)
-        out: list[list[Sample]] = []
-        per_call = max(1, self.batch_size // n)
-        for start in range(0, len(prompts), per_call):
-            chunk = prompts[start : start + per_call]
-            enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            reps = n if temperature > 0 else 1  # greedy: one decode, copied n times
-            seqs = model.generate(
-                **enc, num_return_sequences=reps, **self._sampling_kwargs(temperature, top_p, max_new_tokens)
-            )
-            width = enc["input_ids"].shape[1]
-            for j in range(len(chunk)):
-                mask = enc["attention_mask"][j].bool()
-                prompt_ids = enc["input_ids"][j][mask].tolist()
-                out.append(
-                    [
-                        to_sample(self.tokenizer, prompt_ids, seqs[j * reps + k % reps, width:].tolist(), eos)
-                        for k in range(n)
-                    ]
-                )
-        return out
+    def _decode_rows(
+        self, policy, device, contexts, rows, n, budgets, shared, head, temperature, top_p, stop, logits_processor, out
+    ):
+        tok, eos = self.tokenizer, eos_ids(self.model, self.tokenizer)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        # prefill: [shared head (cached)] [padding] [the row's own tokens], each context once
+        width = max(len(contexts[i]) for i in rows)
+        ids, mask = [], []
+        for i in rows:
+            c, gap = contexts[i], width - len(contexts[i])
+            ids.append([pad] * gap + c[shared:])
+            mask.append([1] * shared + [0] * gap + [1] * (len(c) - shared))
+        ids = torch.tensor(ids, device=device)
+        mask = torch.tensor(mask, device=device)
+        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+        cache = rollout_cache(width - shared + max(budgets[i] for i in rows), head)
+        if head is not None:
+            cache.batch_repeat_interleave(len(rows))
+        logits = self._forward(policy, ids, mask, positions[:, shared:], cache)
+        # each context's cache and last logits, repeated for its n samples
+        slots = [i * n + k for i in rows for k in range(n)]  # where each running row's result goes in ``out``
+        budget = [budgets[i] for i in rows for _ in range(n)]
+        seqs = [contexts[i] for i in rows for _ in range(n)] if logits_processor is not None else None
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        position = positions[:, -1:].repeat_interleave(n, 0)
+        new: list[list[int]] = [[] for _ in slots]
+        eos_list = sorted(eos)
+        behaviour = torch.zeros(len(slots), device=device) if policy is not self.model else None
+        for t in range(max(budget)):
+            if t < self.min_new_tokens:
+                logits[:, eos_list] = float("-inf")
+            if logits_processor is not None:
+                width_now = max(len(s) for s in seqs) + t
+                grid = torch.full((len(slots), width_now), pad, dtype=torch.long, device=device)
+                for j, s in enumerate(seqs):
+                    row = s + new[j]
+                    grid[j, width_now - len(row) :] = torch.tensor(row, device=device)
+                logits = logits_processor(grid, logits.float())
+            picked = sample_tokens(logits, temperature, top_p)
+            if behaviour is not None:  # log μ(token) at temperature 1, the trainer's log π_θ counterpart
+                behaviour += torch.log_softmax(logits.float(), -1).gather(1, picked[:, None]).squeeze(1)
+            keep = []
+            for j, token in enumerate(picked.tolist()):
+                new[j].append(token)
+                reason = None
+                if token in eos:
+                    reason = "eos"
+                elif stop and completes_stop(tok, new[j], stop):
+                    reason = "stop"
+                elif len(new[j]) >= budget[j]:
+                    reason = "length"
+                if reason:
+                    out[slots[j]] = Continuation(new[j], reason, None if behaviour is None else behaviour[j].item())
+                else:
+                    keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(slots):  # finished rows leave the batch, cache included
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, position, picked = mask[index], position[index], picked[index]
+                behaviour = behaviour[index] if behaviour is not None else None
+                slots, budget, new = [slots[j] for j in keep], [budget[j] for j in keep], [new[j] for j in keep]
+                seqs = [seqs[j] for j in keep] if seqs is not None else None
+            mask = torch.cat([mask, mask.new_ones((len(slots), 1))], dim=1)
+            position = position + 1
+            logits = self._forward(policy, picked[:, None], mask, position, cache)

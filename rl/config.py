@@ -102,6 +102,19 @@ class RLConfig(Section):
         "Rollout generation: hf (batched transformers generate, CPU or GPU) or vllm (GPU only, pip install -e "
         '".[gpu]"; TRL\'s vLLM backend, weights pushed to it after every update). Evaluation always uses hf.',
     )
+    rollout_dtype: Literal["policy", "bfloat16", "float16"] = option(
+        "policy",
+        "Weights the rl.generator=hf rollouts sample from. policy: the trained weights themselves (exact on-policy "
+        "samples). bfloat16 / float16: a low-precision copy, refreshed after every update, that decodes about 1.5x "
+        "faster on CPUs with bf16 matmuls (AVX512-BF16, AMX) and on GPUs; the gap between the copy and the policy "
+        "is corrected by rl.rollout_is_cap (docs/rollout_speed.md). Evaluation always uses the policy itself.",
+    )
+    rollout_is_cap: float = option(
+        2.0,
+        "rl.rollout_dtype other than policy: truncated importance sampling. Each sequence's coefficient is "
+        "multiplied by min(π_θ(y|x) / μ(y|x), cap), μ being the low-precision copy that sampled it (TIS, as TRL's "
+        "vllm_importance_sampling_correction). 0 = no correction.",
+    )
     vllm_mode: Literal["colocate", "server"] = option(
         "colocate",
         "rl.generator=vllm: colocate (a vLLM engine in each training process, sharing its GPU) or server "
@@ -173,6 +186,13 @@ class RLConfig(Section):
                 "rl.trainer=gapg and rl.seed_per_prompt=false (query mode continues rollouts turn by turn: use "
                 "rl.generator=hf)."
             )
+        if self.rollout_dtype != "policy" and (self.generator != "hf" or self.trainer != "gapg"):
+            raise ConfigError(
+                f"rl.rollout_dtype={self.rollout_dtype} is a setting of this repo's rollouts (rl.generator=hf, "
+                "rl.trainer=gapg); set rl.rollout_dtype=policy."
+            )
+        if not (self.rollout_is_cap >= 0 and math.isfinite(self.rollout_is_cap)):
+            raise ConfigError(f"rl.rollout_is_cap={self.rollout_is_cap} must be a number >= 0 (0 = no correction).")
         if self.env == "query" and self.trainer == "trl_drgrpo":
             raise ConfigError("rl.env=query trains with rl.trainer=gapg or dpo (the TRL GRPO baseline is single-turn).")
         if self.max_queries < 0 or self.max_response_tokens < 0 or self.gamma_tokens < 0:

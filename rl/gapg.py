@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache
+
+from policies.generation import cache_keyword
 
 
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -28,6 +31,17 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
     rounding = 1e-6 * rewards.abs().amax(dim=1, keepdim=True).clamp(min=1.0)
     centred = torch.where(centred.abs() <= rounding, torch.zeros_like(centred), centred)
     return centred / (rewards.shape[1] - 1)
+
+
+def truncated_importance_weights(logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """w_i = min(π_θ(y_i|x) / μ(y_i|x), cap) per sequence, without gradient: truncated importance sampling
+    (TIS; the correction TRL applies to vLLM rollouts) for responses sampled by a low-precision copy μ of the
+    policy π_θ (``HFGenerator(dtype=...)``).  The group policy gradient becomes
+
+        ĝ = 1/(G−1) Σ_i w_i ∇ log π_θ(y_i | x) · (r̃_i − mean_j r̃_j).
+
+    ``logprobs`` and ``behaviour_logprobs``: (B,) sums over the same device tokens."""
+    return torch.exp(logprobs.detach().float() - behaviour_logprobs.float()).clamp(max=cap)
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -99,11 +113,12 @@ def score_sequences(model, sequences: list[tuple], pad_id: int, device, shared_p
         logits = model(input_ids=ids, attention_mask=attn).logits
         return sequence_logprobs(logits, ids, mask)
     prefix = torch.tensor([sequences[0][0][:shared_prefix]], device=device)
-    cache = model(input_ids=prefix, use_cache=True).past_key_values
+    cache = DynamicCache()
+    model(input_ids=prefix, use_cache=True, **{cache_keyword(model): cache})
     cache.batch_repeat_interleave(len(sequences))
     rest = [(s[0][shared_prefix:], *s[1:]) for s in sequences]
     ids, attn, mask = collate(rest, pad_id)
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
     full_attn = torch.cat([torch.ones((len(sequences), shared_prefix), dtype=attn.dtype, device=device), attn], dim=1)
-    logits = model(input_ids=ids, attention_mask=full_attn, past_key_values=cache, use_cache=True).logits
+    logits = model(input_ids=ids, attention_mask=full_attn, use_cache=True, **{cache_keyword(model): cache}).logits
     return sequence_logprobs(logits, ids, mask)

@@ -43,7 +43,7 @@ from policies.generation import HFGenerator, common_prefix_len
 from rl.checkpoint import latest_checkpoint, save_checkpoint, save_final, truncate_metrics
 from rl.config import rho, save_config, to_dict
 from rl.filtering import select_prompts
-from rl.gapg import gapg_loss, group_advantages, score_sequences
+from rl.gapg import gapg_loss, group_advantages, score_sequences, truncated_importance_weights
 from rl.lagrangian import DualVariable
 from rl.trl_run import wandb_offline_unless_configured
 
@@ -184,6 +184,8 @@ def policy_update(
     coefs = group_advantages(torch.tensor([g.rewards for g in groups], dtype=torch.float32)).flatten()
     # (prompt, completion, per-token mask): the query mode's inserted cloud tokens are context only, never trained
     seqs = [(r.sample.prompt_ids, r.sample.completion_ids, r.sample.loss_mask) for g in groups for r in g.rollouts]
+    behaviour = [r.sample.rollout_logprob for g in groups for r in g.rollouts]  # None: sampled by the policy itself
+    cap = cfg.rl.rollout_is_cap
     keep = [i for i in range(len(seqs)) if coefs[i] != 0]  # zero-coefficient sequences add nothing to the gradient
     world, rank = accelerator.num_processes, accelerator.process_index
     batches = micro_batches(keep, world, rank, cfg.train.micro_batch_size)
@@ -200,7 +202,11 @@ def policy_update(
         weight = torch.zeros(1) if padding else coefs[idx]
         with sync_context(accelerator, model, k == len(batches) - 1, deepspeed), accelerator.autocast():
             logps = score_sequences(model, [seqs[i] for i in idx], pad_id, accelerator.device, shared)
-            loss = gapg_loss(logps, weight.to(accelerator.device), num_prompts)
+            weight = weight.to(accelerator.device)
+            if cap > 0 and not padding and behaviour[idx[0]] is not None:  # a low-precision copy sampled them
+                mu = torch.tensor([behaviour[i] for i in idx], device=accelerator.device)
+                weight = weight * truncated_importance_weights(logps, mu, cap)
+            loss = gapg_loss(logps, weight, num_prompts)
             accelerator.backward(loss)
         total += loss.item()
     if world > 1:  # the logged loss is the global one: the mean of the processes' W-scaled partial sums
@@ -302,8 +308,8 @@ class Run:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     tok: object
-    generator: HFGenerator  # evaluation, and rollouts with rl.generator=hf
-    rollout_generator: object  # the generator itself, or vLLM (rl.generator=vllm)
+    generator: HFGenerator  # evaluation (always the policy's own weights)
+    rollout_generator: object  # HFGenerator (the same one, or one with rl.rollout_dtype), or vLLM
     cloud: object
     env: Environment
     dual: DualVariable
@@ -328,12 +334,12 @@ def select(groups, cfg, rho_: float) -> tuple[list[int], dict]:
 
 def rollout(run: Run, problems, step: int):
     """Every process's groups for this step's problems (the same global list on every process)."""
-    if run.rollout_generator is run.generator:
+    if isinstance(run.rollout_generator, HFGenerator):
         with unwrap_model_for_generation(
             run.model, run.accelerator
         ) as policy:  # ZeRO-3: gathers the weights for generation
-            run.generator.model = policy
-            return rollout_step(run.env, run.generator, problems, step, run.cfg, run.accelerator)
+            run.rollout_generator.model = policy
+            return rollout_step(run.env, run.rollout_generator, problems, step, run.cfg, run.accelerator)
     # vLLM holds its own copy of the weights, synced after every update
     return rollout_step(run.env, run.rollout_generator, problems, step, run.cfg, run.accelerator)
 
@@ -355,7 +361,7 @@ def step(run: Run, step: int) -> dict:
         if picked
         else 0.0
     )
-    if picked and run.rollout_generator is not run.generator:
+    if picked and hasattr(run.rollout_generator, "sync_weights"):  # vLLM; HFGenerator's copy follows by itself
         run.rollout_generator.sync_weights()
 
     used = env.usage_of(groups)  # the constrained quantity: offload rate (route) or calls per rollout (query)
@@ -437,6 +443,8 @@ def setup(cfg, resume: bool) -> Run | int:
         from policies.vllm_generation import VLLMGenerator  # optional dependency (vllm): imported only when asked for
 
         rollout_generator = VLLMGenerator(accelerator.unwrap_model(model), accelerator, tok, cfg.rl)
+    elif cfg.rl.rollout_dtype != "policy":
+        rollout_generator = HFGenerator(accelerator.unwrap_model(model), tok, dtype=cfg.rl.rollout_dtype)
     else:
         rollout_generator = generator
     cloud = task_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
@@ -478,7 +486,7 @@ def resume_from_checkpoint(run: Run) -> int:
             run.dual.gamma,
             len(run.cloud),
         )
-        if run.rollout_generator is not run.generator:
+        if hasattr(run.rollout_generator, "sync_weights"):
             run.rollout_generator.sync_weights()  # vLLM loaded the initial weights from disk
     if run.accelerator.is_main_process:
         truncate_metrics(run.metrics_path, start)

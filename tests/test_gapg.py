@@ -1,7 +1,16 @@
+import math
+
 import pytest
 import torch
 
-from rl.gapg import collate, gapg_loss, group_advantages, sequence_logprobs
+from rl.gapg import (
+    collate,
+    gapg_loss,
+    group_advantages,
+    score_sequences,
+    sequence_logprobs,
+    truncated_importance_weights,
+)
 
 
 def test_group_advantages_hand_computed():
@@ -92,3 +101,52 @@ def test_a_reward_at_its_group_mean_has_exactly_zero_coefficient():
     # genuinely small differences are kept: only float rounding of the mean is zeroed
     small = group_advantages(torch.tensor([[0.001, 0.0]]))
     assert small[0, 0].item() == pytest.approx(0.0005)
+
+
+def test_truncated_importance_weights_hand_computed():
+    logp = torch.tensor([-2.0, -3.0, -1.0], requires_grad=True)
+    mu = torch.tensor([-2.0, -3.0 + math.log(2.0), -1.0 - math.log(5.0)])  # ratios 1, 1/2, 5
+    w = truncated_importance_weights(logp, mu, cap=2.0)
+    assert torch.allclose(w, torch.tensor([1.0, 0.5, 2.0]))  # the last is cut to the cap
+    assert not w.requires_grad  # a weight on the gradient, not a term of it
+
+
+def test_policy_update_weights_sequences_sampled_by_a_low_precision_copy(tiny_model_dir):
+    """With ``rollout_logprob`` set, the update's loss is Σ w_i · coef_i · log π(y_i) with w = min(π/μ, cap)."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from core.problem import Problem
+    from envs.route import Group, Rollout
+    from policies.device import load_tokenizer
+    from policies.generation import Sample
+    from rl.config import load_config
+    from rl.trainer import policy_update
+
+    tok = load_tokenizer(tiny_model_dir)
+    prompt = tok("<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    completions = [tok(f"so {i}", add_special_tokens=False)["input_ids"] for i in range(4)]
+    rewards = [1.0, 0.0, 1.0, 0.0]
+
+    def loss_with(behaviour, cap):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        cfg = load_config(None, ["train.micro_batch_size=4", f"rl.rollout_is_cap={cap}"])
+        rolls = [
+            Rollout(Sample(prompt["input_ids"], c, "", False, rollout_logprob=b), False, None, False)
+            for c, b in zip(completions, behaviour)
+        ]
+        group = Group(Problem("p", "What is 2 + 3?", "5"), rolls, rewards=rewards)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        return model, policy_update(model, opt, Accelerator(cpu=True), [group], cfg, tok.pad_token_id)
+
+    model, plain = loss_with([None] * 4, cap=2.0)
+    with torch.no_grad():
+        logp = score_sequences(model, [(prompt["input_ids"], c) for c in completions], tok.pad_token_id, "cpu")
+    coefs = group_advantages(torch.tensor([rewards])).flatten()
+    assert plain == pytest.approx(float(-(coefs * logp).sum()), rel=1e-5)
+    ratios = torch.tensor([0.5, 1.0, 4.0, 1.5])
+    _, weighted = loss_with((logp - ratios.log()).tolist(), cap=2.0)
+    assert weighted == pytest.approx(float(-(coefs * ratios.clamp(max=2.0) * logp).sum()), rel=1e-4)
+    _, uncorrected = loss_with((logp - ratios.log()).tolist(), cap=0.0)  # cap 0: no correction
+    assert uncorrected == pytest.approx(plain, rel=1e-6)

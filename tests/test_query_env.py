@@ -14,7 +14,7 @@ from envs.route import Group
 from policies.calculator import answer_query
 from policies.cloud import CachedCloud, SimulatedCloud, cloud_messages, query_problem
 from policies.device import load_tokenizer
-from policies.generation import Continuation, HFGenerator, Sample, _RowStop
+from policies.generation import Continuation, HFGenerator, Sample, completes_stop
 from rewards.collaboration import query_reward
 from rl.filtering import classify
 
@@ -179,29 +179,29 @@ class _Vocab:
         return "".join(self.pieces[i] for i in ids)
 
 
-def test_row_stop_finds_the_stop_string_across_and_inside_tokens():
+def test_completes_stop_finds_the_stop_string_across_and_inside_tokens():
     v = _Vocab(["</", "query", "><", "response", "x", ">."])
-    stop = _RowStop(v, start=1, budgets=[10, 10, 2], stop="</query>")
-    ids = torch.tensor([[4, 0, 1, 2], [4, 4, 0, 1], [4, 4, 4, 4]])
-    assert stop(ids, None).tolist() == [True, False, True]  # row 0: '></query><' ; row 2: budget of 2 reached
-    assert stop.stop_at == [3, None, None]
-    ids = torch.tensor([[4, 0, 1, 2, 4], [4, 4, 0, 1, 5], [4, 4, 4, 4, 4]])
-    assert stop(ids, None).tolist() == [True, True, True] and stop.stop_at == [3, 4, None]
-    # a stop string in the context (before ``start``) does not count
-    early = _RowStop(v, start=3, budgets=[10], stop="</query>")
-    assert early(torch.tensor([[0, 1, 2, 4]]), None).tolist() == [False]
+    assert completes_stop(v, [4, 0, 1, 2], "</query>")  # '></query><': completed inside the token '><'
+    assert not completes_stop(v, [4, 4, 0, 1], "</query>")  # 'xx</query' is one token short
+    assert completes_stop(v, [4, 4, 0, 1, 5], "</query>")  # ... and '>.' completes it
+    assert not completes_stop(v, [0, 1, 5, 4, 4, 4], "</query>", window=3)  # only the last tokens are read
 
 
 class _Force(LogitsProcessor):
-    """Forces row b to write ``scripts[b]`` (token ids), then EOS-free filler 'z'."""
+    """Forces the row whose context is ``contexts[i]`` to write ``scripts[i]`` (token ids), then EOS-free filler 'z'.
 
-    def __init__(self, scripts, start, filler):
-        self.scripts, self.start, self.filler = scripts, start, filler
+    A row is known by its context (the first ``start`` tokens), not by its place in the batch: finished rows leave
+    the batch, so the others move up."""
+
+    def __init__(self, contexts, scripts, start, filler):
+        self.scripts = {tuple(c): s for c, s in zip(contexts, scripts)}
+        self.start, self.filler = start, filler
 
     def __call__(self, input_ids, scores):
         k = input_ids.shape[1] - self.start
         forced = torch.full_like(scores, -1e9)
-        for b, s in enumerate(self.scripts):
+        for b in range(input_ids.shape[0]):
+            s = self.scripts[tuple(input_ids[b, : self.start].tolist())]
             forced[b, s[k] if k < len(s) else self.filler] = 0.0
         return forced
 
@@ -217,7 +217,7 @@ def test_hf_extend_stops_at_query_close_and_resumes_batched(tiny_model_dir, tok)
         [40, 40],
         temperature=0.0,
         stop="</query>",
-        logits_processor=LogitsProcessorList([_Force([s0, s1], 3, _ids(tok, "z")[0])]),
+        logits_processor=LogitsProcessorList([_Force(ctx, [s0, s1], 3, _ids(tok, "z")[0])]),
     )
     assert tok.decode(outs[0].ids) == "hi <query>3*4</query>" and outs[0].reason == "stop"
     assert outs[1].ids == s1 and outs[1].reason == "eos"
@@ -226,7 +226,7 @@ def test_hf_extend_stops_at_query_close_and_resumes_batched(tiny_model_dir, tok)
         [5, 40],
         temperature=0.0,
         stop="</query>",
-        logits_processor=LogitsProcessorList([_Force([s0, s1], 3, _ids(tok, "z")[0])]),
+        logits_processor=LogitsProcessorList([_Force(ctx, [s0, s1], 3, _ids(tok, "z")[0])]),
     )
     assert outs[0].ids == s0[:5] and outs[0].reason == "length"
 
