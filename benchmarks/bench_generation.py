@@ -15,7 +15,8 @@ machine load slows all paths alike):
   * ``ours``: ``HFGenerator`` as ``train.py`` uses it (exact sampling from the fp32 policy);
   * ``ours bf16`` (``--bf16``, default on where the CPU has bf16 matmuls or on a GPU): ``HFGenerator(dtype=
     "bfloat16")``; it then scores its samples under the fp32 policy and prints the log-prob mismatch per
-    token, as TRL and verl report it for vLLM rollouts.
+    token, as TRL and verl report it for vLLM rollouts;
+  * ``vllm (bf16)`` (``--vllm``, on a GPU with vLLM installed): vLLM's offline engine on the same weights.
 
 **The roofline.**  The benchmark measures the machine first: memory bandwidth (a 1 GiB tensor copy) and the
 peak matmul rate (a large GEMM in each dtype).  A decode step at batch B must read every weight once
@@ -101,6 +102,17 @@ def load_generation_at(rev: str):
     return module
 
 
+def older_generator(module, model, tok, min_new_tokens: int):
+    """``module.HFGenerator`` with every completion forced to ``min_new_tokens``: through its constructor where it
+    takes that argument, else through ``model.generation_config`` (read by the HF ``generate`` it then calls)."""
+    import inspect
+
+    if "min_new_tokens" in inspect.signature(module.HFGenerator.__init__).parameters:
+        return module.HFGenerator(model, tok, min_new_tokens=min_new_tokens)
+    model.generation_config.min_new_tokens = min_new_tokens or None
+    return module.HFGenerator(model, tok)
+
+
 def hf_generate(model, tok, prompts, G, temperature, top_p, T) -> int:
     """TRL's non-vLLM generation: the P x G prompt rows left padded, one ``generate`` call. Returns new tokens."""
     import torch
@@ -119,6 +131,28 @@ def hf_generate(model, tok, prompts, G, temperature, top_p, T) -> int:
             pad_token_id=tok.pad_token_id,
         )
     return int(out[:, enc["input_ids"].shape[1] :].numel())
+
+
+def vllm_path(cfg, G, temperature, top_p, T, device):
+    """vLLM's offline engine on the same weights (bf16), or None (with a note) where vLLM cannot run."""
+    from trl.import_utils import is_vllm_available
+
+    if device != "cuda" or not is_vllm_available():
+        print('vLLM path skipped: it needs a GPU and `pip install -e ".[gpu]"`', flush=True)
+        return None
+    from vllm import LLM, SamplingParams
+
+    from policies.device import resolve_model_path
+
+    path = resolve_model_path(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.cache_dir)
+    llm = LLM(model=path, dtype="bfloat16", gpu_memory_utilization=0.35, seed=cfg.train.seed)
+    params = SamplingParams(n=G, temperature=temperature, top_p=top_p, max_tokens=T, min_tokens=T)
+
+    def run(prompts) -> int:
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        return sum(len(c.token_ids) for o in outs for c in o.outputs)
+
+    return run
 
 
 def logprob_mismatch(model, samples, pad_id, device) -> dict:
@@ -162,6 +196,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--against", default=None, help="also time policies/generation.py at this git revision")
     ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="time the bf16 rollout copy")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF generate path")
+    ap.add_argument("--vllm", action="store_true", help="also time vLLM's offline engine (GPU, when installed)")
     args, overrides = ap.parse_known_args(argv)
     threads = setup_torch(args)
     if not any(o.startswith("rl.max_new_tokens=") for o in overrides):
@@ -200,11 +235,10 @@ def main(argv=None) -> dict:
         )
     if args.against:
         old = load_generation_at(args.against)
-        model.generation_config.min_new_tokens = None
-        old_gen = old.HFGenerator(model, tok)
+        old_gen = older_generator(old, model, tok, T)
 
         def run_old(ps):
-            model.generation_config.min_new_tokens = T  # the old generator calls HF generate: force lengths there
+            model.generation_config.min_new_tokens = T if not hasattr(old_gen, "min_new_tokens") else None
             try:
                 return sum(len(s.completion_ids) for g in old_gen.generate(ps, G, temperature, top_p, T) for s in g)
             finally:
@@ -226,6 +260,11 @@ def main(argv=None) -> dict:
             return len(bf16_samples) * T
 
         paths["ours bf16"] = ("bfloat16", run_bf16)
+
+    if args.vllm:
+        vllm_run = vllm_path(cfg, G, temperature, top_p, T, device)
+        if vllm_run is not None:
+            paths["vllm (bf16)"] = ("bfloat16", vllm_run)
 
     records = {name: [] for name in paths}
     names = list(paths)

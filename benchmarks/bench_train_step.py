@@ -63,27 +63,44 @@ def step_problems(cfg, n_steps: int):
 class GapgStepper:
     """train.py's step, phase by phase, with the same functions (rollout, rewards, filtering, update, dual)."""
 
-    def __init__(self, cfg, accelerator, fixed_length: bool = False):
+    def __init__(self, cfg, accelerator, fixed_length: bool = False, generation=None):
+        """``generation``: a module with an ``HFGenerator`` (default: policies.generation; ``--against REV`` passes
+        that file as it was at revision REV)."""
         import torch
 
         from envs.simulation import task_cloud
         from policies.device import load_device_model
-        from policies.generation import HFGenerator
+        from policies.generation import HFGenerator, Sample
         from rl.config import rho
         from rl.lagrangian import DualVariable
         from rl.trainer import make_env
 
         self.cfg, self.accelerator = cfg, accelerator
         model, self.tok = load_device_model(cfg.model)
-        if fixed_length:
-            model.generation_config.min_new_tokens = cfg.rl.max_new_tokens
+        T = cfg.rl.max_new_tokens if fixed_length else 0
         opt = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad],
             lr=cfg.train.learning_rate,
             weight_decay=cfg.train.weight_decay,
         )
         self.model, self.opt = accelerator.prepare(model, opt)
-        self.generator = HFGenerator(accelerator.unwrap_model(self.model), self.tok)
+        policy = accelerator.unwrap_model(self.model)
+        if generation is not None:
+            from benchmarks.bench_generation import older_generator
+
+            self.generator = older_generator(generation, policy, self.tok, T)
+            old_generate = self.generator.generate
+
+            def generate(*a, **k):  # the older module's Samples as today's (the trainer reads newer fields)
+                return [
+                    [Sample(s.prompt_ids, s.completion_ids, s.text, s.truncated) for s in g]
+                    for g in old_generate(*a, **k)
+                ]
+
+            self.generator.generate = generate
+        else:
+            dtype = None if cfg.rl.rollout_dtype == "policy" else cfg.rl.rollout_dtype
+            self.generator = HFGenerator(policy, self.tok, dtype=dtype, min_new_tokens=T)
         self.cloud = task_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "gapg_cloud.sqlite"))
         self.env = make_env(cfg, self.tok, self.cloud)
         self.dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
@@ -192,6 +209,8 @@ def summarise(records: list[dict]) -> dict:
     tps = [r["completion_tokens"] / r["total_s"] for r in records]
     out["samples_per_s"] = dict(zip(("mean", "std"), mean_std(sps)))
     out["tokens_per_s"] = dict(zip(("mean", "std"), mean_std(tps)))
+    gtps = [r["completion_tokens"] / r["generation_s"] for r in records if r["generation_s"] > 0]
+    out["generation_tokens_per_s"] = dict(zip(("mean", "std"), mean_std(gtps)))
     return out
 
 
@@ -209,6 +228,8 @@ def main(argv=None) -> dict:
         help="GAPG with adaptive prompt filtering (off by default: same prompts as TRL)",
     )
     ap.add_argument("--out", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--against", default=None, help="also run GAPG with policies/generation.py of this git revision")
+    ap.add_argument("--no-trl", action="store_true", help="GAPG only (with --against: old rollout against new)")
     args, overrides = ap.parse_known_args(argv)
     threads = setup_torch(args)
 
@@ -222,10 +243,27 @@ def main(argv=None) -> dict:
     n = args.warmup + args.steps
     per_step = step_problems(cfg, n)
     set_seed(cfg.train.seed)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a benchmark run before this one may have set it up
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
-    gapg = GapgStepper(cfg, accelerator, args.fixed_length)
-    gapg_rec, trl_rec = [], []
+    steppers = {"GAPG (ours)": GapgStepper(cfg, accelerator, args.fixed_length)}
+    if args.against:
+        from benchmarks.bench_generation import load_generation_at
+
+        old = load_generation_at(args.against)
+        steppers[f"GAPG, rollout @{args.against}"] = GapgStepper(cfg, accelerator, args.fixed_length, old)
+    recs = {name: [] for name in steppers}
+    trl_rec = []
     clock = {}
+
+    def gapg_steps(k) -> str:
+        """Step k of every GAPG variant, in an order that rotates with k; a line for the log."""
+        names = list(steppers)
+        names = names[k % len(names) :] + names[: k % len(names)]
+        for name in names:
+            recs[name].append(steppers[name].step(per_step[k]))
+        return "  ".join(f"{name} {recs[name][-1]['total_s']:.2f}s" for name in steppers)
 
     class Interleave(TrainerCallback):
         """After TRL's optimizer step k: record it, then run GAPG's step k on the same prompts."""
@@ -247,32 +285,32 @@ def main(argv=None) -> dict:
             rec["other_s"] = rec["total_s"] - rec["generation_s"] - rec["scoring_s"] - rec["update_s"]
             trl_counts.update(samples=0, completion_tokens=0, uids=set())
             trl_rec.append(rec)
-            gapg_rec.append(gapg.step(per_step[k]))
-            print(
-                f"step {k + 1}/{n}{' (warm-up)' if k < args.warmup else ''}: "
-                f"TRL {rec['total_s']:.2f}s  GAPG {gapg_rec[-1]['total_s']:.2f}s",
-                flush=True,
-            )
+            line = gapg_steps(k)
+            print(f"step {k + 1}/{n}{' (warm-up)' if k < args.warmup else ''}: TRL {rec['total_s']:.2f}s  {line}")
             clock["start"] = time.perf_counter()
 
-    trainer, trl_timer, trl_counts = build_trl(
-        cfg, [p for s in per_step for p in s], args.fixed_length, callbacks=[Interleave()]
-    )
-    clock["start"] = time.perf_counter()
-    trainer.train()
-    if len(trl_rec) != n:
-        raise RuntimeError(f"TRL ran {len(trl_rec)} optimizer steps, expected {n}")
+    if args.no_trl:
+        for k in range(n):
+            print(f"step {k + 1}/{n}{' (warm-up)' if k < args.warmup else ''}: {gapg_steps(k)}", flush=True)
+    else:
+        trainer, trl_timer, trl_counts = build_trl(
+            cfg, [p for s in per_step for p in s], args.fixed_length, callbacks=[Interleave()]
+        )
+        clock["start"] = time.perf_counter()
+        trainer.train()
+        if len(trl_rec) != n:
+            raise RuntimeError(f"TRL ran {len(trl_rec)} optimizer steps, expected {n}")
 
-    g, t = gapg_rec[args.warmup :], trl_rec[args.warmup :]
-    sg, st = summarise(g), summarise(t)
-    paired = [b["total_s"] / a["total_s"] for a, b in zip(g, t)]
-    ratio = st["total_s"]["mean"] / sg["total_s"]["mean"]
+    summaries = {name: summarise(r[args.warmup :]) for name, r in recs.items()}
+    if not args.no_trl:
+        summaries["TRL GRPOTrainer"] = summarise(trl_rec[args.warmup :])
     headers = [
         "trainer",
         "s/step",
         "samples/s",
         "completion tok/s",
         "generation s",
+        "generation tok/s",
         "scoring s",
         "update s",
         "other s",
@@ -288,6 +326,7 @@ def main(argv=None) -> dict:
             f"{s['samples_per_s']['mean']:.2f} ± {s['samples_per_s']['std']:.2f}",
             f"{s['tokens_per_s']['mean']:.1f}",
             f("generation_s"),
+            f"{s['generation_tokens_per_s']['mean']:.1f} ± {s['generation_tokens_per_s']['std']:.1f}",
             f("scoring_s"),
             f("update_s"),
             f("other_s"),
@@ -297,35 +336,56 @@ def main(argv=None) -> dict:
 
     P, G = cfg.rl.batch_prompts, cfg.rl.group_size
     title = (
-        f"== training step: GAPG vs TRL GRPOTrainer (dr_grpo, beta=0, scale_rewards=none) ==\n"
-        f"model {cfg.model.name_or_path}; {P} prompts x G={G}, max_new_tokens {cfg.rl.max_new_tokens}"
-        f"{' (fixed length)' if args.fixed_length else ''}, micro-batch {cfg.train.micro_batch_size}, "
-        f"filtering {'on' if cfg.rl.filtering else 'off'}; {args.steps} measured steps after {args.warmup} warm-up; "
-        f"{device_name()}"
+        f"== training step: GAPG{'' if args.no_trl else ' vs TRL GRPOTrainer (dr_grpo, beta=0, scale_rewards=none)'}"
+        f" ==\nmodel {cfg.model.name_or_path}, task {cfg.task.name}; {P} prompts x G={G}, max_new_tokens "
+        f"{cfg.rl.max_new_tokens}{' (fixed length)' if args.fixed_length else ''}, micro-batch "
+        f"{cfg.train.micro_batch_size}, filtering {'on' if cfg.rl.filtering else 'off'}, rollout weights "
+        f"{cfg.rl.rollout_dtype}; {args.steps} measured steps after {args.warmup} warm-up; {device_name()}"
     )
-    print("\n" + table(headers, [row("GAPG (ours)", sg), row("TRL GRPOTrainer", st)], title))
-    pm, ps = mean_std(paired)
-    print(f"\nspeed-up of GAPG over TRL: {ratio:.2f}x (mean s/step ratio); per-step paired ratio {pm:.2f} ± {ps:.2f}")
+    print("\n" + table(headers, [row(name, sm) for name, sm in summaries.items()], title))
     result = {
         "benchmark": "train_step",
         "command": command_line(),
         "device": device_name(),
         "torch_threads": threads,
         "model": cfg.model.name_or_path,
+        "task": cfg.task.name,
         "prompts_per_step": P,
         "group_size": G,
         "max_new_tokens": cfg.rl.max_new_tokens,
         "fixed_length": args.fixed_length,
         "filtering": cfg.rl.filtering,
+        "rollout_dtype": cfg.rl.rollout_dtype,
         "warmup": args.warmup,
         "steps": args.steps,
-        "gapg": sg,
-        "trl": st,
-        "speedup": ratio,
-        "paired_speedup": {"mean": pm, "std": ps},
-        "gapg_steps": gapg_rec,
-        "trl_steps": trl_rec,
+        "gapg": summaries["GAPG (ours)"],
+        "gapg_steps": recs["GAPG (ours)"],
     }
+
+    def compare(key, name, slow, fast):
+        a, b = recs[fast][args.warmup :], (trl_rec if slow == "TRL GRPOTrainer" else recs[slow])[args.warmup :]
+        ratio = summaries[slow]["total_s"]["mean"] / summaries[fast]["total_s"]["mean"]
+        pm, ps = mean_std([y["total_s"] / x["total_s"] for x, y in zip(a, b)])
+        gm, gs = mean_std([y["generation_s"] / x["generation_s"] for x, y in zip(a, b)])
+        print(
+            f"{name}: {ratio:.2f}x per step (mean s/step ratio; paired per step {pm:.2f} ± {ps:.2f}); "
+            f"generation {gm:.2f} ± {gs:.2f}x"
+        )
+        result[key] = {
+            "speedup": ratio,
+            "paired": {"mean": pm, "std": ps},
+            "generation_paired": {"mean": gm, "std": gs},
+        }
+
+    print()
+    if not args.no_trl:
+        result.update(trl=summaries["TRL GRPOTrainer"], trl_steps=trl_rec)
+        compare("vs_trl", "speed-up of GAPG over TRL", "TRL GRPOTrainer", "GAPG (ours)")
+        result["speedup"], result["paired_speedup"] = result["vs_trl"]["speedup"], result["vs_trl"]["paired"]
+    if args.against:
+        old_name = f"GAPG, rollout @{args.against}"
+        result.update(against=args.against, gapg_old=summaries[old_name], gapg_old_steps=recs[old_name])
+        compare("vs_old", f"speed-up of GAPG over GAPG with the rollout of {args.against}", old_name, "GAPG (ours)")
     write_json(args.json, result)
     del torch
     return result

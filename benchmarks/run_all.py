@@ -5,6 +5,7 @@
 
 Benchmarks (each also runs alone, with more options: ``python -m benchmarks.<name> --help``):
   train_step  GAPG vs TRL GRPOTrainer (Dr.GRPO) s/step and samples/s, side by side    bench_train_step.py
+  generation  our rollout vs HF generate (TRL's path), tokens/s and roofline fraction  bench_generation.py
   rollout     RouteEnv.rollout vs raw HF generate, same prompts and token counts       bench_rollout.py
   memory      peak memory of one training step, each trainer in its own process       bench_memory.py
   eval        eval.py problems/s on MATH-500 with --limit                             bench_eval.py
@@ -15,10 +16,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import bench_eval, bench_memory, bench_rollout, bench_train_step
+from benchmarks import bench_eval, bench_generation, bench_memory, bench_rollout, bench_train_step
 from benchmarks.common import DEFAULT_CONFIG, command_line, device_name, write_json
 
-ALL = ("train_step", "rollout", "memory", "eval")
+ALL = ("train_step", "generation", "rollout", "memory", "eval")
 
 
 def main(argv=None) -> dict:
@@ -41,6 +42,8 @@ def main(argv=None) -> dict:
     results, t0 = {}, time.time()
     if "train_step" in only:
         results["train_step"] = bench_train_step.main(base + ["--steps", str(args.train_steps), *overrides])
+    if "generation" in only:
+        results["generation"] = bench_generation.main(base + ["--steps", str(args.rollout_steps), *overrides])
     if "rollout" in only:
         results["rollout"] = bench_rollout.main(base + ["--steps", str(args.rollout_steps), *overrides])
     if "memory" in only:

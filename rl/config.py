@@ -471,12 +471,15 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         key = ov.split("=", 1)[0].lstrip("-")
         layers.append(OmegaConf.from_dotlist([f"{key}={ov.split('=', 1)[1]}"]))
     cfg = schema
-    known = {k for k, _, _, _ in _all_keys()}
+    classes = {k: cls for k, _, _, cls in _all_keys()}
     for layer in layers:
         # check keys first so the error names the full dotted key
-        for key in _flatten(OmegaConf.to_container(layer)):
-            if key not in known:
+        for key, value in _flatten(OmegaConf.to_container(layer)).items():
+            if key not in classes:
                 raise _unknown_key_error(key)
+            allowed = choices_of(classes[key], key.split(".", 1)[1])
+            if isinstance(value, bool) and allowed and ("yes", "no")[value is False] in allowed:
+                OmegaConf.update(layer, key, ("yes", "no")[value is False])  # YAML reads a bare no/yes as a bool
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except (ConfigKeyError, ConfigAttributeError) as e:

@@ -78,3 +78,12 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
     cfg = load_config(None, ["task.name=math", f"task.data_dir={tmp_path}", "task.hub_id=/nonexistent/dataset"])
     with pytest.raises(FileNotFoundError, match="task.data_dir"):
         load_problems(cfg.task)
+
+
+def test_a_bare_no_reads_as_the_choice_no_not_a_boolean(tmp_path):
+    """YAML (and OmegaConf's dotlist) read ``no`` as False; a choice that is literally "no" gets it back."""
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    (tmp_path / "c.yaml").write_text("train:\n  mixed_precision: no\n")
+    assert load_config(str(tmp_path / "c.yaml")).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_config(None, ["train.mixed_precision=yes"])  # True is not a choice there
