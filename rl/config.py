@@ -75,6 +75,12 @@ class RLConfig(Section):
         "dpo: preference optimisation (rl/dpo.py): rollouts of the base policy, pairs by reward (higher chosen, ties "
         "dropped), TRL DPOTrainer (section dpo).",
     )
+    advantage: Literal["gapg", "grpo", "dr_grpo"] = option(
+        "gapg",
+        "Advantage estimator of rl.trainer=gapg's update (rl/advantages.py), for the ablation: gapg (the paper's: "
+        "(r − mean)/(G−1), summed token log-probs), grpo (TRL's default: (r − mean)/std, each response's token "
+        "mean) or dr_grpo (r − mean, a constant normaliser rl.max_new_tokens). Same rollouts, filtering and dual.",
+    )
     budget: float = option(
         0.3,
         "Maximum share of problems sent to the cloud, in (0, 1); ρ = budget / (1 - budget). rl.env=query: the "
@@ -185,6 +191,11 @@ class RLConfig(Section):
                 "rl.generator=vllm generates single-turn rollouts in one batch per step: it needs rl.env=route, "
                 "rl.trainer=gapg and rl.seed_per_prompt=false (query mode continues rollouts turn by turn: use "
                 "rl.generator=hf)."
+            )
+        if self.advantage != "gapg" and self.trainer != "gapg":
+            raise ConfigError(
+                f"rl.advantage={self.advantage} chooses the estimator of rl.trainer=gapg's update; rl.trainer="
+                f"{self.trainer} has its own (set rl.advantage=gapg, or rl.trainer=gapg)."
             )
         if self.rollout_dtype != "policy" and (self.generator != "hf" or self.trainer != "gapg"):
             raise ConfigError(

@@ -40,10 +40,11 @@ from envs.tasks import load_problems
 from policies.cloud import CloudError
 from policies.device import load_device_model
 from policies.generation import HFGenerator, common_prefix_len
+from rl.advantages import advantage_coefficients, length_normalisers
 from rl.checkpoint import latest_checkpoint, save_checkpoint, save_final, truncate_metrics
 from rl.config import rho, save_config, to_dict
 from rl.filtering import select_prompts
-from rl.gapg import gapg_loss, group_advantages, score_sequences, truncated_importance_weights
+from rl.gapg import gapg_loss, score_sequences, truncated_importance_weights
 from rl.lagrangian import DualVariable
 from rl.trl_run import wandb_offline_unless_configured
 
@@ -181,9 +182,12 @@ def policy_update(
     A non-finite loss or gradient norm skips the optimizer step on every process alike and is counted in
     ``skipped``; without ``skipped`` it raises ``FloatingPointError`` at once."""
     model.train()  # from_pretrained returns eval mode; gradient checkpointing (and dropout) act in training mode only
-    coefs = group_advantages(torch.tensor([g.rewards for g in groups], dtype=torch.float32)).flatten()
+    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
+    coefs = advantage_coefficients(rewards, cfg.rl.advantage).flatten()  # GAPG's by default (rl/advantages.py)
     # (prompt, completion, per-token mask): the query mode's inserted cloud tokens are context only, never trained
     seqs = [(r.sample.prompt_ids, r.sample.completion_ids, r.sample.loss_mask) for g in groups for r in g.rollouts]
+    device_tokens = [len(c) if m is None else sum(m) for _, c, m in seqs]
+    coefs = coefs / length_normalisers(cfg.rl.advantage, device_tokens, cfg.rl.max_new_tokens)
     behaviour = [r.sample.rollout_logprob for g in groups for r in g.rollouts]  # None: sampled by the policy itself
     cap = cfg.rl.rollout_is_cap
     keep = [i for i in range(len(seqs)) if coefs[i] != 0]  # zero-coefficient sequences add nothing to the gradient

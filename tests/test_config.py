@@ -26,6 +26,10 @@ def test_defaults_yaml_and_overrides(tmp_path):
         (["reward.alpha_cloud=1.0"], "collapses"),
         (["rl.budget"], "section.key=value"),
         (["task.name=chess"], "task.name"),
+        (["rl.advantage=ppo"], "rl.advantage"),
+        (["rl.advantage=grpo", "rl.trainer=trl_drgrpo"], "rl.advantage=grpo chooses the estimator"),
+        (["rl.rollout_dtype=bfloat16", "rl.generator=vllm"], "rl.rollout_dtype=bfloat16"),
+        (["rl.rollout_is_cap=-1"], "rl.rollout_is_cap"),
     ],
 )
 def test_bad_values_name_the_key(override, needle):
