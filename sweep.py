@@ -15,6 +15,16 @@ Then it writes ``<out>/sweep.csv`` and ``sweep.json`` (one row per budget and me
 overall accuracy against the cloud share actually used, one line per method (error bars: each point's 95%
 bootstrap CI over problems, where the rows carry one), with the cloud-only and device-only accuracies as
 reference lines.  Training runs share the wandb group ``--group``.
+
+Grid mode (``--methods`` and/or ``--seeds``): the results grid of method (``rl.advantage``: gapg, grpo,
+dr_grpo) x budget x seed.  Each point trains into ``<out>/<method>/seed-<s>/budget-<b>`` (skipped when
+finished, resumed when half done); each (budget, seed) is evaluated once with all its methods and the
+baselines (paired comparisons between every row), into ``<out>/eval-points/``; after every point
+``--report`` (default ``<out>/results``) gets ``.md`` (means ± 95% t-intervals over seeds, bootstrap CIs
+over problems, comparisons), ``.csv``, ``.png`` and ``_offload.png`` (rl/results.py):
+
+    python sweep.py --config configs/cpu_results.yaml --budgets 0.1,0.2,0.3,0.5 --methods gapg,grpo,dr_grpo \
+        --seeds 0,1,2 --out outputs/results --report docs/results
 """
 
 from __future__ import annotations
@@ -48,9 +58,20 @@ def point_dir(out: str, budget: float) -> str:
     return os.path.join(out, f"budget-{budget:.2f}")
 
 
-def run_training(config: str, budget: float, out: str, overrides: list[str], launch: str | None, group: str) -> None:
-    """Train one budget point unless it is finished; resume it when it has checkpoints."""
-    run = point_dir(out, budget)
+def grid_dir(out: str, method: str, seed: int, budget: float) -> str:
+    return os.path.join(out, method, f"seed-{seed}", f"budget-{budget:.2f}")
+
+
+def run_training(
+    config: str,
+    budget: float,
+    run: str,
+    overrides: list[str],
+    launch: str | None,
+    group: str,
+    name: str | None = None,
+) -> None:
+    """Train one point into ``run`` unless it is finished; resume it when it has checkpoints."""
     if os.path.exists(os.path.join(run, "final", "config.json")):
         print(f"[sweep] budget {budget:.0%}: trained already ({run}/final)")
         return
@@ -58,7 +79,7 @@ def run_training(config: str, budget: float, out: str, overrides: list[str], lau
         *overrides,
         f"rl.budget={budget}",
         f"train.output_dir={run}",
-        f"train.run_name={group}-budget-{budget:.2f}",
+        f"train.run_name={group}-{name or f'budget-{budget:.2f}'}",
         f"train.wandb_group={group}",
     ]
     resume = os.path.isdir(os.path.join(run, "checkpoints"))
@@ -117,6 +138,59 @@ def run_eval(
         json.dump(rows, f, indent=2)
     os.replace(done + ".tmp", done)
     return rows
+
+
+def run_grid_eval(
+    config: str, budget: float, seed: int, models: dict[str, str], out: str, overrides: list[str], eval_args, base_model
+) -> list[dict]:
+    """Evaluate the trained methods of one (budget, seed) and the baselines in one eval.py call (paired
+    comparisons between all rows); returns its rows, each with budget, seed and the last training offload."""
+    import eval as evalmod
+    from rl.results import train_offload_curve
+
+    done = os.path.join(out, "eval-points", f"budget-{budget:.2f}-seed-{seed}.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            rows = json.load(f)
+        if set(models) <= {r["method"] for r in rows}:
+            return rows
+    args = ["--config", config, *overrides, f"train.seed={seed}", "--model"]
+    args += [",".join(f"{m}={path}/final" for m, path in models.items()), "--base-model", base_model]
+    args += ["--budget", str(budget), "--out", os.path.join(out, "eval", f"seed-{seed}"), *eval_args]
+    if evalmod.main(args) != 0:
+        raise SystemExit(f"[sweep] evaluation at budget {budget}, seed {seed} failed; see the error above.")
+    with open(os.path.join(out, "eval", f"seed-{seed}", "summary.json")) as f:
+        summary = json.load(f)
+    suites = summary["suites"]
+    rows = summary["average"] if len(suites) > 1 else next(iter(suites.values()))
+    for r in rows:
+        curve = train_offload_curve(models[r["method"]]) if r["method"] in models else []
+        r.update(budget=budget, seed=seed, train_offload_last=curve[-1][1] if curve else None)
+    os.makedirs(os.path.dirname(done), exist_ok=True)
+    with open(done + ".tmp", "w") as f:
+        json.dump(rows, f, indent=2)
+    os.replace(done + ".tmp", done)
+    return rows
+
+
+def write_report(rows, methods, budgets, seeds, out: str, report: str, command: str) -> list[str]:
+    """``report``.md/.csv/.png and _offload.png from the grid's rows (rl/results.py)."""
+    from rl import results
+
+    os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
+    curves = {
+        (b, m): [results.train_offload_curve(grid_dir(out, m, s, b)) for s in seeds] for b in budgets for m in methods
+    }
+    meta = {
+        "description": f"Grid: methods {', '.join(methods)} x budgets {', '.join(f'{b:.0%}' for b in budgets)} x "
+        f"seeds {', '.join(map(str, seeds))}; rows in `{os.path.basename(report)}.csv`."
+    }
+    return [
+        results.write_csv(rows, report + ".csv"),
+        results.write_markdown(rows, methods, report + ".md", command, meta),
+        results.plot_accuracy(rows, methods, report + ".png"),
+        results.plot_offload_curves(curves, report + "_offload.png"),
+    ]
 
 
 def write_table(rows: list[dict], out: str) -> tuple[str, str]:
@@ -244,6 +318,11 @@ def main(argv=None):
     ap.add_argument("--eval-args", default="", help='extra eval.py arguments, e.g. "--suites math500 --limit 100"')
     ap.add_argument("--group", default=None, help="wandb group of the training runs (default: the --out folder's name)")
     ap.add_argument("--plot-only", action="store_true", help="redraw sweep.png from sweep.csv")
+    ap.add_argument(
+        "--methods", default="", help="grid mode: comma list of rl.advantage values to train (gapg,grpo,dr_grpo)"
+    )
+    ap.add_argument("--seeds", default="", help="grid mode: comma list of train.seed values (default 0)")
+    ap.add_argument("--report", default=None, help="grid mode: write <report>.md/.csv/.png (e.g. docs/results)")
     args, overrides = ap.parse_known_args(argv)
     try:
         budgets = [float(b) for b in args.budgets.split(",") if b]
@@ -274,8 +353,10 @@ def main(argv=None):
     group = args.group or os.path.basename(os.path.normpath(args.out))
     eval_args = ["--baselines", args.baselines, *shlex.split(args.eval_args)]
     rows = []
+    if args.methods or args.seeds:
+        return run_grid(args, budgets, overrides, group, eval_args, cfg.model.name_or_path)
     for b in budgets:
-        run_training(args.config, b, args.out, overrides, args.launch, group)
+        run_training(args.config, b, point_dir(args.out, b), overrides, args.launch, group)
         rows += run_eval(args.config, b, args.out, overrides, eval_args, cfg.model.name_or_path)
         write_table(rows, args.out)  # the table grows point by point
     csv_path, json_path = write_table(rows, args.out)
@@ -286,6 +367,38 @@ def main(argv=None):
             f"  budget {r['budget']:.0%}  {r['method']:<8} overall {100 * r['overall_acc']:5.1f}%  "
             f"offload {100 * r['offload_rate']:5.1f}%"
         )
+    return 0
+
+
+def run_grid(args, budgets, overrides, group, eval_args, base_model) -> int:
+    """Grid mode: (method x budget x seed), trained and evaluated point by point; the report after every point."""
+    from rl.advantages import ESTIMATORS
+
+    methods = [m for m in (args.methods or "gapg").split(",") if m]
+    bad = [m for m in methods if m not in ESTIMATORS]
+    if bad:
+        print(f"error: --methods {bad}: choose from {','.join(ESTIMATORS)} (rl.advantage values).", file=sys.stderr)
+        return 2
+    try:
+        seeds = [int(s) for s in (args.seeds or "0").split(",") if s]
+    except ValueError:
+        print(f"error: --seeds {args.seeds!r} must be integers like 0,1,2", file=sys.stderr)
+        return 2
+    report = args.report or os.path.join(args.out, "results")
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    rows: list[dict] = []
+    for b in budgets:
+        for s in seeds:
+            models = {}
+            for m in methods:
+                run = grid_dir(args.out, m, s, b)
+                point = [*overrides, f"rl.advantage={m}", f"train.seed={s}"]
+                run_training(args.config, b, run, point, args.launch, group, f"{m}-seed{s}-budget-{b:.2f}")
+                models[m] = run
+            rows = [r for r in rows if not (r["budget"] == b and r["seed"] == s)]
+            rows += run_grid_eval(args.config, b, s, models, args.out, overrides, eval_args, base_model)
+            written = write_report(rows, methods, budgets, seeds, args.out, report, command)
+            print(f"[sweep] point budget {b:.0%} seed {s} done; report: {', '.join(written)}", flush=True)
     return 0
 
 

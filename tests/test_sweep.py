@@ -122,3 +122,39 @@ def test_table_writer_round_trip_sorted_and_blank_for_missing(tmp_path):
 def test_sweep_rejects_budgets_outside_the_unit_interval(capsys):
     assert sweep.main(["--config", "configs/tiny_test.yaml", "--budgets", "0.3,1.5"]) == 2
     assert "1.5" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir, tmp_path):
+    """--methods x --seeds x --budgets: one run per point, one eval per (budget, seed) with every method and
+    baseline, the report after each point; a rerun redoes nothing."""
+    out, report = str(tmp_path / "grid"), str(tmp_path / "docs" / "results")
+    argv = ["--config", "configs/tiny_test.yaml", "--budgets", "0.3", "--methods", "gapg,grpo", "--seeds", "0,1"]
+    argv += ["--out", out, "--report", report, "--baselines", "never,random", f"model.name_or_path={tiny_model_dir}"]
+    argv += [*TINY, "rl.filtering=true"]
+    assert sweep.main(argv) == 0
+    rows = list(__import__("csv").DictReader(open(report + ".csv")))
+    assert sorted((r["method"], r["seed"]) for r in rows) == sorted(
+        (m, s) for m in ("gapg", "grpo", "never", "random") for s in ("0", "1")
+    )
+    for m in ("gapg", "grpo"):
+        for s in (0, 1):
+            run = sweep.grid_dir(out, m, s, 0.3)
+            cfg = json.load(open(os.path.join(run, "config.json")))
+            assert cfg["rl"]["advantage"] == m and cfg["train"]["seed"] == s
+    trained = [r for r in rows if r["method"] in ("gapg", "grpo")]
+    assert all(r["train_offload_last"] != "" and r["offload_per_level"] for r in trained)
+    md = open(report + ".md").read()
+    assert "python " in md.splitlines()[5] or "sweep.py" in md  # the command that made it, in its first lines
+    assert "| gapg − grpo |" in md and "| gapg − random |" in md and " ± " in md  # two seeds: intervals
+    assert os.path.getsize(report + ".png") > 0 and os.path.getsize(report + "_offload.png") > 0
+    stamp = os.path.getmtime(os.path.join(out, "eval-points", "budget-0.30-seed-1.json"))
+    final = os.path.getmtime(os.path.join(sweep.grid_dir(out, "grpo", 1, 0.3), "final", "config.json"))
+    assert sweep.main(argv) == 0  # a rerun: every point is done
+    assert os.path.getmtime(os.path.join(out, "eval-points", "budget-0.30-seed-1.json")) == stamp
+    assert os.path.getmtime(os.path.join(sweep.grid_dir(out, "grpo", 1, 0.3), "final", "config.json")) == final
+
+
+def test_grid_mode_rejects_unknown_methods(capsys):
+    assert sweep.main(["--config", "configs/tiny_test.yaml", "--methods", "ppo", "--out", "/tmp/x"]) == 2
+    assert "rl.advantage" in capsys.readouterr().err

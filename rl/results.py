@@ -1,0 +1,270 @@
+"""The results grid's report: (method x budget x seed) evaluation rows -> tables with confidence intervals, plots.
+
+    python sweep.py --config configs/cpu_results.yaml --methods gapg,grpo,dr_grpo --seeds 0,1,2 \\
+        --budgets 0.1,0.2,0.3,0.5 --out outputs/results --report docs/results
+
+``sweep.py`` trains and evaluates the grid point by point; this module turns its rows into ``<report>.md``,
+``<report>.csv``, ``<report>.png`` (accuracy against the cloud share used) and ``<report>_offload.png``
+(offload rate over training steps, per method and budget).  Two kinds of interval:
+
+* **over seeds**: a trained method's mean over its seeds ± the 95% Student-t half-width
+  t_{0.975, n−1} · sd / √n (n seeds; none for one seed);
+* **over problems**: each run's 95% percentile-bootstrap CI over the held-out problems (``eval.py``'s
+  ``overall_ci``, envs/evaluation.py: ``bootstrap_ci``), and its paired bootstrap CI against each baseline.
+
+A comparison "beats X beyond noise" when the seed-mean difference's t-interval excludes 0; the table also says in
+how many seeds the paired bootstrap over problems excluded 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+
+BASELINES = ("never", "random", "router", "cloud")
+FIELDS = [
+    "budget",
+    "seed",
+    "method",
+    "overall_acc",
+    "overall_ci_lo",
+    "overall_ci_hi",
+    "device_acc",
+    "offload_rate",
+    "cloud_calls",
+    "n",
+    "train_offload_last",
+    "offload_per_level",
+]
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_ci(xs: list[float]) -> tuple[float, float | None]:
+    """Mean and the 95% Student-t half-width over ``xs`` (None for fewer than 2 values)."""
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return m, None
+    t = T_975.get(len(xs) - 1, 1.96)
+    return m, t * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def fmt(m: float, h: float | None, scale: float = 100.0, digits: int = 1) -> str:
+    return f"{scale * m:.{digits}f}" + ("" if h is None else f" ± {scale * h:.{digits}f}")
+
+
+def train_offload_curve(run_dir: str) -> list[tuple[int, float]]:
+    """(step, training offload rate) from a run's metrics.jsonl (empty if none)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            m = json.loads(line)
+            if "step" in m and "offload_rate" in m:
+                out.append((int(m["step"]), float(m["offload_rate"])))
+    return out
+
+
+def write_csv(rows: list[dict], path: str) -> str:
+    with open(path + ".tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in sorted(rows, key=lambda r: (r["budget"], r["method"], r["seed"])):
+            flat = dict(r)
+            if r.get("overall_ci"):
+                flat["overall_ci_lo"], flat["overall_ci_hi"] = r["overall_ci"]
+            if r.get("per_level"):
+                flat["offload_per_level"] = ";".join(
+                    f"{lvl}:{v['offload_rate']:.3f}" for lvl, v in sorted(r["per_level"].items())
+                )
+            w.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in flat.items() if k in FIELDS})
+    os.replace(path + ".tmp", path)  # a stop mid-write keeps the previous table whole
+    return path
+
+
+def by_key(rows: list[dict]) -> dict[tuple[float, str], list[dict]]:
+    out: dict[tuple[float, str], list[dict]] = {}
+    for r in rows:
+        out.setdefault((r["budget"], r["method"]), []).append(r)
+    return out
+
+
+def comparison_rows(rows: list[dict], methods: list[str]) -> list[dict]:
+    """Per budget, each trained method against each baseline (and each later method): the seed-mean difference
+    in overall accuracy with its t-interval, and in how many seeds the paired bootstrap over problems excluded 0."""
+    seeds_of: dict[tuple[float, str], dict[int, dict]] = {}
+    for r in rows:
+        seeds_of.setdefault((r["budget"], r["method"]), {})[r["seed"]] = r
+    out = []
+    for budget in sorted({r["budget"] for r in rows}):
+        for i, a in enumerate(methods):
+            for b in list(methods[i + 1 :]) + [x for x in BASELINES if x != "cloud"]:
+                ra, rb = seeds_of.get((budget, a), {}), seeds_of.get((budget, b), {})
+                common = sorted(set(ra) & set(rb))
+                if not common:
+                    continue
+                diffs = [ra[s]["overall_acc"] - rb[s]["overall_acc"] for s in common]
+                m, h = mean_ci(diffs)
+                beyond_seeds = sum(
+                    1
+                    for s in common
+                    for c in ra[s].get("comparisons", [])
+                    if c["b"] == b and c.get("significant") and c["diff"] * m > 0
+                )
+                out.append(
+                    {
+                        "budget": budget,
+                        "a": a,
+                        "b": b,
+                        "diff": m,
+                        "half_width": h,
+                        "seeds": len(common),
+                        "beyond": h is not None and (m - h > 0 or m + h < 0),
+                        "beyond_in_seeds": beyond_seeds,
+                    }
+                )
+    return out
+
+
+def write_markdown(rows: list[dict], methods: list[str], path: str, command: str, meta: dict) -> str:
+    grouped = by_key(rows)
+    budgets = sorted({r["budget"] for r in rows})
+    order = methods + [b for b in BASELINES if any(k[1] == b for k in grouped)]
+    lines = [
+        "# Results: GAPG against GRPO, Dr.GRPO and the baselines, at CPU scale",
+        "",
+        "Made by this command (resumable point by point; rerun it to finish or extend the grid):",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"{meta.get('description', '')}",
+        "",
+        "Accuracy and offload: mean over seeds ± the 95% t-interval over seeds (no ± with one seed). "
+        "*Problems CI*: the mean over seeds of each run's 95% bootstrap interval over the held-out problems. "
+        "*Train offload*: the training offload rate at the last step (mean over seeds); it shows whether a "
+        "method drifts toward the cloud.",
+        "",
+    ]
+    for budget in budgets:
+        lines += [
+            f"## Budget {budget:.0%}",
+            "",
+            "| method | seeds | accuracy % | problems CI % | cloud share % | train offload (last step) % |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method in order:
+            rs = grouped.get((budget, method))
+            if not rs:
+                continue
+            acc, off = mean_ci([r["overall_acc"] for r in rs]), mean_ci([r["offload_rate"] for r in rs])
+            cis = [r["overall_ci"] for r in rs if r.get("overall_ci")]
+            pci = (
+                f"[{100 * statistics.fmean(c[0] for c in cis):.1f}, {100 * statistics.fmean(c[1] for c in cis):.1f}]"
+                if cis
+                else "-"
+            )
+            last = [r["train_offload_last"] for r in rs if r.get("train_offload_last") is not None]
+            lines.append(
+                f"| {method} | {len(rs)} | {fmt(*acc)} | {pci} | {fmt(*off)} | "
+                f"{fmt(statistics.fmean(last), None) if last else '-'} |"
+            )
+        lines.append("")
+        comps = [c for c in comparison_rows(rows, methods) if c["budget"] == budget]
+        if comps:
+            lines += [
+                "| comparison | accuracy difference, points | verdict over seeds | seeds beyond noise (problems) |"
+            ]
+            lines += ["|---|---|---|---|"]
+            for c in comps:
+                verdict = (
+                    "one seed: no interval"
+                    if c["half_width"] is None
+                    else ("beyond noise" if c["beyond"] else "within noise")
+                )
+                lines.append(
+                    f"| {c['a']} − {c['b']} | {fmt(c['diff'], c['half_width'])} | {verdict} | "
+                    f"{c['beyond_in_seeds']}/{c['seeds']} |"
+                )
+            lines.append("")
+    lines += [
+        f"![accuracy against cloud share]({os.path.basename(path)[:-3]}.png)",
+        "",
+        f"![offload over training]({os.path.basename(path)[:-3]}_offload.png)",
+        "",
+    ]
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(lines))
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def plot_accuracy(rows: list[dict], methods: list[str], path: str) -> str:
+    """Overall accuracy against the cloud share used, mean over seeds with t-interval error bars, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grouped = by_key(rows)
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    for k, method in enumerate(methods + ["random", "router", "never", "cloud"]):
+        pts = sorted((b, rs) for (b, m), rs in grouped.items() if m == method)
+        if not pts:
+            continue
+        xs, ys, xe, ye = [], [], [], []
+        for _, rs in pts:
+            (x, hx), (y, hy) = mean_ci([r["offload_rate"] for r in rs]), mean_ci([r["overall_acc"] for r in rs])
+            xs.append(100 * x), ys.append(100 * y), xe.append(100 * (hx or 0)), ye.append(100 * (hy or 0))
+        style = "o-" if method in methods else "s--"
+        ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt=style, capsize=3, color=f"C{k}", label=method)
+    ax.set_xlabel("cloud share used (% of held-out problems)")
+    ax.set_ylabel("overall accuracy (%)")
+    ax.set_title("Accuracy against cloud share (mean over seeds, 95% t-intervals)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_offload_curves(curves: dict[tuple[float, str], list[list[tuple[int, float]]]], path: str) -> str:
+    """Training offload rate per step, one panel per budget, one line per method (mean over seeds, min-max band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = sorted({b for b, _ in curves})
+    methods = sorted({m for _, m in curves})
+    fig, axes = plt.subplots(1, max(len(budgets), 1), figsize=(4 * max(len(budgets), 1), 3.6), squeeze=False)
+    for ax, budget in zip(axes[0], budgets):
+        for k, method in enumerate(methods):
+            runs = [c for c in curves.get((budget, method), []) if c]
+            if not runs:
+                continue
+            steps = sorted({s for c in runs for s, _ in c})
+            vals = [[dict(c).get(s) for c in runs] for s in steps]
+            mean = [100 * statistics.fmean(v for v in vs if v is not None) for vs in vals]
+            lo = [100 * min(v for v in vs if v is not None) for vs in vals]
+            hi = [100 * max(v for v in vs if v is not None) for vs in vals]
+            ax.plot(steps, mean, color=f"C{k}", label=method)
+            ax.fill_between(steps, lo, hi, color=f"C{k}", alpha=0.15)
+        ax.axhline(100 * budget, color="black", ls="--", lw=1, label="budget")
+        ax.set_title(f"budget {budget:.0%}", fontsize=10)
+        ax.set_xlabel("training step")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("offload rate in training rollouts (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
