@@ -5,6 +5,7 @@
     accelerate launch train.py --config configs/cpu_default.yaml --resume   # continue the last checkpoint
     accelerate launch train.py --config configs/cpu_sft.yaml                # rl.trainer=sft: task tuning (rl/sft.py)
     python train.py --help                                                  # every option
+    python train.py --config configs/cpu_default.yaml rl.budget=0.2 --print-config   # the resolved config (YAML)
 
 The command: parse the options, load the config (rl/config.py), hand it to the library: the GAPG run is
 rl/trainer.py: ``train`` (the TRL trainers: rl/baselines.py; ``rl.env=lsrp``: rl/lsrp.py).
@@ -27,7 +28,7 @@ import argparse
 import logging
 import sys
 
-from rl.config import ConfigError, format_help, load_config
+from rl.config import ConfigError, format_help, load_config, to_yaml
 from rl.run import run
 
 
@@ -37,17 +38,25 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--config", default=None, help="YAML config (configs/*.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     ap.add_argument("-h", "--help", action="store_true")
     args, overrides = ap.parse_known_args(argv)
-    if args.help:
-        ap.print_help()
-        print("\nOptions (section.key=value):" + format_help())
-        return 0
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
+        if args.help:  # the help still prints; the values it would show are not valid
+            ap.print_help()
+            print("\nOptions (section.key=value):" + format_help())
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.help:
+        ap.print_help()
+        given = " (', now' = the value from --config and the overrides)" if args.config or overrides else ""
+        print(f"\nOptions (section.key=value){given}:" + format_help(cfg))
+        return 0
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

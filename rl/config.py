@@ -422,15 +422,18 @@ def _all_keys(dc=Config, prefix=""):
 SECTIONS = {f.name for f in fields(Config)}
 
 
-def format_help() -> str:
-    """Every option with its type, default, help text and choices (``train.py --help``)."""
+def format_help(effective: Config | None = None) -> str:
+    """Every option with its type, default, help text and choices (``train.py --help``); with ``effective`` (the
+    config after ``--config`` and the overrides), each option also shows the value a run would use."""
     lines, section = [], None
+    values = _flatten(to_dict(effective)) if effective is not None else {}
     for key, f, default, cls in _all_keys():
         sec = key.split(".")[0]
         if sec != section:
             section = sec
             lines.append(f"\n[{sec}]")
-        lines.append(f"  {key} ({type_name(cls, f.name)}, default {default!r})")
+        now = f", now {values[key]!r}" if key in values and values[key] != default else ""
+        lines.append(f"  {key} ({type_name(cls, f.name)}, default {default!r}{now})")
         lines.append(f"      {f.metadata.get('help', '')}")
         allowed = choices_of(cls, f.name)
         if allowed is not None:
@@ -523,6 +526,11 @@ def validate(c: Config) -> None:
 
 def to_dict(c: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(c))
+
+
+def to_yaml(c: Config) -> str:
+    """The resolved config as YAML (``train.py --print-config``): loadable again with ``--config``."""
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(c)))
 
 
 def save_config(c: Config) -> str:

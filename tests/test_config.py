@@ -91,3 +91,28 @@ def test_a_bare_no_reads_as_the_choice_no_not_a_boolean(tmp_path):
     assert load_config(str(tmp_path / "c.yaml")).train.mixed_precision == "no"
     with pytest.raises(ConfigError, match="mixed_precision"):
         load_config(None, ["train.mixed_precision=yes"])  # True is not a choice there
+
+
+def test_print_config_writes_the_resolved_yaml_that_loads_back(tmp_path, capsys):
+    import train
+    from rl.config import to_dict
+
+    assert train.main(["--config", "configs/cpu_default.yaml", "rl.budget=0.2", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    (tmp_path / "resolved.yaml").write_text(text)
+    again = load_config(str(tmp_path / "resolved.yaml"))
+    assert again.rl.budget == 0.2 and again.task.num_test == 70  # the override and the config's own value
+    assert to_dict(again) == to_dict(load_config("configs/cpu_default.yaml", ["rl.budget=0.2"]))
+    assert not (tmp_path / "outputs").exists()  # nothing ran
+
+
+def test_help_shows_the_effective_values_of_the_given_config(capsys):
+    import train
+
+    assert train.main(["--config", "configs/cpu_default.yaml", "rl.budget=0.2", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "rl.budget (float, default 0.3, now 0.2)" in out
+    assert "rl.group_size (int, default 8, now 4)" in out  # from the YAML file
+    assert "rl.temperature (float, default 1.0)" in out  # unchanged: no 'now'
+    assert train.main(["--help", "rl.budget=7"]) == 2  # a bad value: the help, then the error
+    assert "rl.budget=7" in capsys.readouterr().err
