@@ -20,6 +20,7 @@ from envs.base import env_class_for
 from envs.evaluation import BASELINES, MATH_SUITE_MAX_NEW_TOKENS
 from envs.suite_evaluation import EvalOptions, UsageError
 from policies.cloud import CloudError
+from policies.device import ModelNotFoundError
 from rl.config import ConfigError, format_help, load_config
 
 HELP = f"{__doc__}\n{suite_evaluation.__doc__}"  # --help: the command, then the evaluation it runs
@@ -122,7 +123,7 @@ def main(argv=None):
     opts = {k: v for k, v in vars(args).items() if k not in ("help", "cloud", "budget", "baselines")}
     try:
         return env_class_for(cfg).evaluate_suites(cfg, EvalOptions(**opts, baselines=baselines, overrides=overrides))
-    except UsageError as e:  # an unknown suite or file, base-model rows without a base model
+    except (UsageError, ModelNotFoundError) as e:  # an unknown suite or file, no base model, a missing model
         print(f"error: {e}", file=sys.stderr)
         return 2
 

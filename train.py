@@ -28,6 +28,7 @@ import argparse
 import logging
 import sys
 
+from policies.device import ModelNotFoundError
 from rl.config import ConfigError, format_help, load_config, to_yaml
 from rl.run import run
 
@@ -60,7 +61,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return run(cfg, args.resume)  # rl/run.py: GAPG (rl/trainer.py), or the mode rl.env / rl.trainer names
+    try:
+        return run(cfg, args.resume)  # rl/run.py: GAPG (rl/trainer.py), or the mode rl.env / rl.trainer names
+    except ModelNotFoundError as e:  # a missing model directory, or a hub id while offline: one line, at once
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

