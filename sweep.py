@@ -32,11 +32,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import os
 import shlex
 import subprocess
 import sys
+
+from core.logs import setup_logging
 
 FIELDS = [
     "budget",
@@ -317,6 +318,7 @@ def main(argv=None):
     ap.add_argument("--baselines", default="never,random,router,cloud", help="eval.py --baselines at every budget")
     ap.add_argument("--eval-args", default="", help='extra eval.py arguments, e.g. "--suites math500 --limit 100"')
     ap.add_argument("--group", default=None, help="wandb group of the training runs (default: the --out folder's name)")
+    ap.add_argument("--verbose", action="store_true", help="debug logging (cloud retries, accelerate, checkpoints)")
     ap.add_argument("--plot-only", action="store_true", help="redraw sweep.png from sweep.csv")
     ap.add_argument(
         "--methods", default="", help="grid mode: comma list of rl.advantage values to train (gapg,grpo,dr_grpo)"
@@ -347,9 +349,7 @@ def main(argv=None):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # as train.py
-    for noisy in ("httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(args.verbose)  # as train.py
     group = args.group or os.path.basename(os.path.normpath(args.out))
     eval_args = ["--baselines", args.baselines, *shlex.split(args.eval_args)]
     rows = []

@@ -25,9 +25,9 @@ One step, top to bottom (read ``step()`` in rl/trainer.py):
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from core.logs import setup_logging
 from policies.device import ModelNotFoundError
 from rl.config import ConfigError, format_help, load_config, to_yaml
 from rl.run import run
@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--config", default=None, help="YAML config (configs/*.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
+    ap.add_argument("--verbose", action="store_true", help="debug logging (cloud retries, accelerate, checkpoints)")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     ap.add_argument("-h", "--help", action="store_true")
     args, overrides = ap.parse_known_args(argv)
@@ -58,9 +59,7 @@ def main(argv=None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(args.verbose)
     try:
         return run(cfg, args.resume)  # rl/run.py: GAPG (rl/trainer.py), or the mode rl.env / rl.trainer names
     except ModelNotFoundError as e:  # a missing model directory, or a hub id while offline: one line, at once

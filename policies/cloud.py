@@ -426,7 +426,7 @@ class OpenAICloud:
                 delay = self._backoff(attempt)
                 if last.retry_after is not None:
                     delay = max(delay, min(last.retry_after, RETRY_AFTER_MAX_S))
-                log.warning(
+                log.debug(  # a failure that outlives its retries is reported once, by the caller (CloudError)
                     "cloud: %s for problem %s (attempt %d/%d); retrying in %.2fs%s",
                     last.cause,
                     problem.uid,

@@ -203,6 +203,7 @@ def test_success_usage_and_key_sent_only_as_header(serve, tmp_path, caplog):
 
 
 def test_429_retry_after_is_honoured(serve, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="policies.cloud")  # retries log at debug level (train.py --verbose)
     server = serve({None: [("status", 429, {"Retry-After": "0.25"})]})
     backend = client(server)
     cloud = CachedCloud(backend, str(tmp_path / "c.sqlite"))
