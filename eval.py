@@ -91,6 +91,13 @@ def main(argv=None):
     )
     ap.add_argument("--out", default=None, help="output folder (default: <train.output_dir>/eval)")
     ap.add_argument("--fresh", action="store_true", help="discard this --out's earlier work files instead of resuming")
+    ap.add_argument(
+        "--show-gold",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the first N problems of each suite with their gold answers as parsed, and exit (no model)",
+    )
     ap.add_argument("-h", "--help", action="store_true")
     args, overrides = ap.parse_known_args(argv)
     if args.help:
@@ -120,7 +127,13 @@ def main(argv=None):
         print(f"error: --baselines {bad} unknown; choose from {','.join(BASELINES)}.", file=sys.stderr)
         return 2
 
-    opts = {k: v for k, v in vars(args).items() if k not in ("help", "cloud", "budget", "baselines")}
+    opts = {k: v for k, v in vars(args).items() if k not in ("help", "cloud", "budget", "baselines", "show_gold")}
+    if args.show_gold:
+        try:
+            return suite_evaluation.show_gold(cfg, EvalOptions(**opts, overrides=overrides), args.show_gold)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         return env_class_for(cfg).evaluate_suites(cfg, EvalOptions(**opts, baselines=baselines, overrides=overrides))
     except (UsageError, ModelNotFoundError) as e:  # an unknown suite or file, no base model, a missing model

@@ -136,6 +136,17 @@ def load_eval_suites(opts: EvalOptions, cfg):
     return [(cfg.task.name, test[: opts.limit] if opts.limit else test, template_for(cfg.task))]
 
 
+def show_gold(cfg, opts: EvalOptions, n: int) -> int:
+    """``eval.py --show-gold N``: each suite's first ``n`` problems and their gold answers as parsed (the answers
+    grading and the simulated cloud use), without loading a model."""
+    for name, probs, _ in load_eval_suites(opts, cfg):
+        print(f"== {name}: {len(probs)} problems; the first {min(n, len(probs))} with their parsed gold ==")
+        for p in probs[:n]:
+            question = " ".join(p.question.split())
+            print(f"{p.uid}\n  question: {question[:100]}{'...' if len(question) > 100 else ''}\n  gold: {p.answer}")
+    return 0
+
+
 def router_problems(opts: EvalOptions, cfg, template):
     """Problems the router learns from: --router-data, else the config task's train split, else MATH train."""
     size = opts.router_train_size

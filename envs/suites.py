@@ -8,7 +8,11 @@ lighteval, math-verify) read them:
 - an ``answer`` field when the row has one (MATH-500, AMC23, AGIEval cloze);
 - else the last ``\\boxed{}`` of the solution (MATH / MATH-lighteval, MinervaMath);
 - numbers become strings, integral floats lose their ``.0`` (AMC23's ``27.0`` -> ``27``);
-- an answer that itself holds ``\\boxed{}`` is reduced to its last ``\\boxed{}`` content.
+- an answer that itself holds ``\\boxed{}`` is reduced to its last ``\\boxed{}`` content;
+- a worked solution ending in GSM8K's ``#### 72`` is reduced to what follows the last ``####``;
+- a list of answers (OlympiadBench's ``final_answer``) is joined with ", "; ``$...$`` delimiters are dropped;
+- a number written with thousands separators loses them (``1,234`` -> ``1234``).
+``python eval.py --data my.jsonl --show-gold 5`` prints the golds as parsed, without running a model.
 AGIEval questions carry an optional ``passage``, put before the question as the AGIEval
 harness does. Every Problem gets ``uid = "<suite>:<row id or line index>"``, unique within a file.
 """
@@ -42,6 +46,7 @@ SUBJECT_FIELDS = ("type", "subject", "other.type", "category")
 LEVEL_FIELDS = ("level", "other.level", "difficulty")
 
 _INTEGRAL_FLOAT = re.compile(r"(-?\d+)\.0*")
+_THOUSANDS = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
 
 # The two MATH train rows whose solution ends in an empty \boxed{} (the source lost "(A) 0"): row id -> the
 # answer the solution's text proves. number_theory/7115: every number between n!+1 and n!+n is composite, so
@@ -88,11 +93,15 @@ def normalize_gold(value) -> str | None:
         parts = [p for p in parts if p]
         return ", ".join(parts) if parts else None
     s = str(value).strip()
+    if "####" in s:  # GSM8K: a worked solution, then "#### 72"
+        s = s.rsplit("####", 1)[1].strip()
     if "\\boxed" in s or "\\fbox" in s:
         s = last_boxed(s) or ""
     if re.search(r"(?<!\\)\$", s):  # "a+$ $b" (MinervaMath row 72): drop stray math delimiters
         s = re.sub(r"\s*(?<!\\)\$\s*", " ", s).strip()
         s = re.sub(r"\s{2,}", " ", s)
+    if _THOUSANDS.fullmatch(s):  # "1,234" -> "1234" (a list of numbers is "1, 2": a space after each comma)
+        s = s.replace(",", "")
     m = _INTEGRAL_FLOAT.fullmatch(s)
     if m:  # "27.0" -> "27", as the Qwen2.5-Math harness strips it
         s = m.group(1)

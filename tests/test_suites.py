@@ -171,3 +171,41 @@ def test_read_math_jsonl_keeps_its_behaviour(tmp_path):
     probs = read_math_jsonl(path)
     assert [(p.uid, p.answer) for p in probs] == [("s.jsonl:a", "2"), ("s.jsonl:1", "4")]
     assert read_math_jsonl(path, limit=1, name="math_train")[0].uid == "math_train:a"
+
+
+@pytest.mark.parametrize(
+    "raw,gold",
+    [
+        ("Natalia sold 48/2 = <<48/2=24>>24 clips.\nAltogether 48+24 = <<48+24=72>>72.\n#### 72", "72"),  # GSM8K
+        ("#### 1,234", "1234"),
+        ("1,234,567", "1234567"),
+        ("1, 2", "1, 2"),  # a list of numbers keeps its commas
+        (["\\frac{1}{2}", "3"], "\\frac{1}{2}, 3"),  # OlympiadBench's final_answer list
+        ("$x^2$", "x^2"),
+        ("so \\boxed{1,000}", "1000"),
+        (36.0, "36"),
+    ],
+)
+def test_common_gold_formats_parse(raw, gold):
+    assert normalize_gold(raw) == gold
+
+
+def test_show_gold_prints_parsed_golds_without_a_model(tmp_path, capsys):
+    import eval as evalmod
+
+    data = tmp_path / "gsm8k_mini.jsonl"
+    rows = [
+        {"question": "Natalia sold 48 clips in April and half as many in May. How many?", "answer": "48/2=24\n#### 72"},
+        {"question": "What is 1000 + 234?", "answer": "#### 1,234"},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert evalmod.main(["--data", str(data), "--show-gold", "5", "--model", str(tmp_path / "no-model-needed")]) == 0
+    out = capsys.readouterr().out
+    assert "gsm8k_mini: 2 problems" in out and "gold: 72" in out and "gold: 1234" in out
+    assert "####" not in out
+    # the parsed gold is what grading and the simulated cloud use
+    from policies.cloud import SimulatedCloud
+
+    problems = load_jsonl(str(data))
+    assert [p.answer for p in problems] == ["72", "1234"]
+    assert "\\boxed{72}" in SimulatedCloud(accuracy=1.0).answer_many(problems[:1])[0].text
