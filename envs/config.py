@@ -12,8 +12,11 @@ from core.config import Section, option
 class TaskConfig(Section):
     section = "task"
 
-    name: Literal["arithmetic", "countdown", "math"] = option(
-        "arithmetic", "Task: arithmetic (CPU ladder), countdown, or math."
+    name: Literal["arithmetic", "countdown", "math", "file"] = option(
+        "arithmetic",
+        "Task: arithmetic (CPU ladder), countdown, math, or file (your own problems: task.train_file and "
+        "task.test_file are JSONL, CSV or Parquet files, or a hub dataset id when online; fields by "
+        "task.question_field / task.answer_field, found automatically when empty; the math template).",
     )
     template: Literal["auto", "math", "countdown", "arithmetic"] = option(
         "auto", "Prompt template: auto (the task's own), math (SPEC §2 MATH), countdown, arithmetic."
@@ -27,8 +30,22 @@ class TaskConfig(Section):
         "(e.g. '1x1', '2+2'). Empty = the default ladder calibrated on SmolLM2 (envs/arithmetic.py).",
     )
     data_dir: str = option("../shared/data", "Folder with offline JSONL copies of the math suites.")
-    train_file: str = option("math_train.jsonl", "MATH training file inside data_dir (task=math).")
-    test_file: str = option("math500.jsonl", "MATH held-out file inside data_dir (task=math).")
+    train_file: str = option(
+        "math_train.jsonl",
+        "Training problems: task=math, a file inside data_dir; task=file, a path (JSONL, CSV, Parquet), else a "
+        "file inside data_dir, else a hub dataset id (its train split).",
+    )
+    test_file: str = option(
+        "math500.jsonl", "Held-out problems, as task.train_file (task=file: a hub id's test split)."
+    )
+    question_field: str | None = option(
+        None, "task=file: the field holding the question (dotted paths reach nested fields); empty = automatic."
+    )
+    answer_field: str | None = option(
+        None,
+        "task=file: the field holding the gold answer (a number, a LaTeX answer, a solution ending in a \\boxed{} "
+        "or GSM8K's '#### N'); empty = automatic.",
+    )
     hub_id: str = option(
         "DigitalLearningGmbH/MATH-lighteval", "Dataset hub id used when the local file is missing (task=math)."
     )

@@ -155,7 +155,7 @@ def router_problems(opts: EvalOptions, cfg, template):
             probs = load_suite(opts.router_data, cfg.task.data_dir)
         else:
             probs = load_jsonl(opts.router_data, opts.question_field, opts.answer_field)
-    elif template != "math" or cfg.task.name == "math":
+    elif template != "math" or cfg.task.name in ("math", "file"):
         probs = load_problems(cfg.task)[0]
     else:
         probs = load_suite("math_train", cfg.task.data_dir)
