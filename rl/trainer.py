@@ -43,6 +43,7 @@ from policies.generation import HFGenerator, common_prefix_len
 from rl.advantages import advantage_coefficients, length_normalisers
 from rl.checkpoint import latest_checkpoint, save_checkpoint, save_final, truncate_metrics
 from rl.config import rho, save_config, to_dict
+from rl.curves import plot_learning_curve
 from rl.filtering import select_prompts
 from rl.gapg import gapg_loss, score_sequences, truncated_importance_weights
 from rl.lagrangian import DualVariable
@@ -532,6 +533,15 @@ def train(cfg, resume: bool = False) -> int:
         tqdm.write(
             f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})"
         )
+        try:
+            curve = plot_learning_curve(out)
+        except Exception as e:  # a plot never fails a finished run
+            log.warning(
+                "learning curve not drawn (%s: %s); python -m scripts.plot_metrics %s", type(e).__name__, e, out
+            )
+        else:
+            if curve:
+                tqdm.write(f"learning curve: {curve}  (redraw: python -m scripts.plot_metrics {out})")
         if run.wandb is not None:  # finished also when the final evaluation was skipped (a failed cloud)
             if rows:
                 run.wandb.summary.update(

@@ -66,12 +66,16 @@ def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path):
     assert train.main(base + [f"train.output_dir={part}", "train.max_steps=2", "train.save_every=2"]) == 0
     cached = _cache_rows(part)
     assert cached
+    curve = os.path.join(part, "learning_curve.png")
+    assert os.path.getsize(curve) > 0  # every run draws its learning curve
+    os.remove(curve)
     assert train.main(base + [f"train.output_dir={part}", "train.max_steps=4", "train.save_every=2", "--resume"]) == 0
     resumed = _weights(part)
     for k in trained:
         assert torch.allclose(trained[k], resumed[k], atol=1e-6), k
     m2 = [json.loads(l) for l in open(os.path.join(part, "metrics.jsonl"))]
     assert [m["step"] for m in m2] == [1, 2, 3, 4]
+    assert os.path.getsize(curve) > 0  # ... and a resumed one again, over all its steps
     assert [round(m["reward"], 6) for m in m2] == [round(m["reward"], 6) for m in metrics]
     assert set(cached) <= set(_cache_rows(part))  # nothing answered before the interruption is lost
     assert all(m["cloud_calls"] >= 0 and m["cloud_calls_total"] >= m["cloud_calls"] for m in m2)  # usage in metrics
