@@ -11,9 +11,11 @@ tables, summary.json) is envs/suite_evaluation.py with each environment's ``eval
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -633,16 +635,21 @@ def average_rows(per_suite: dict[str, list[dict]]) -> list[dict]:
     return out
 
 
-def train_router(probs, env, gen, template, max_new_tokens, bs, out, base_path):
-    """Greedy rollouts of the base device model on the router training problems ``probs``; fit on 80%, calibrate on 20%;
-    saved under ``out``/router-<template>/ and loaded from there when it exists."""
-    rdir = os.path.join(out, f"router-{template}")
+def train_router(probs, source, env, gen, template, max_new_tokens, bs, out, base_path):
+    """Greedy rollouts of the base device model on the router training problems ``probs``; fit on 80%, calibrate on
+    20%; saved under ``out``/router-<template>-<digest of the problems>/ and loaded from there when it exists (a rerun,
+    or a later run with the same --out, reuses it; other router data gets a folder of its own)."""
+    digest = hashlib.sha1("\n".join(p.uid for p in probs).encode()).hexdigest()[:8]
+    rdir = os.path.join(out, f"router-{template}-{digest}")
     rpath = os.path.join(rdir, "router.pkl")
     wpath = os.path.join(rdir, "device.jsonl")
     meta = {"model": base_path, "template": template, "max_new_tokens": max_new_tokens, "n": len(probs)}
+    meta["source"] = source
     check_meta(wpath, meta)
     if os.path.exists(rpath):
+        print(f"router: reusing {rpath} ({len(probs)} problems from {source})", file=sys.stderr)
         return PromptRouter.load(rpath)
+    print(f"router: learning from {len(probs)} problems of {source} (rollouts of the base model)", file=sys.stderr)
     dev = run_device(env, gen, probs, bs, max_new_tokens, 0.0, wpath, desc=f"router-data:{template}")
     cut = max(1, int(0.8 * len(probs)))
     router = PromptRouter().fit([p.question for p in probs[:cut]], [d["correct"] for d in dev[:cut]])

@@ -353,14 +353,14 @@ class RouteEnv:
                                 PromptRouter.load(opts.router)
                                 if opts.router
                                 else train_router(
-                                    router_problems(opts, cfg, template),
-                                    env,
-                                    gen,
-                                    template,
-                                    max_new,
-                                    run.batch_size,
-                                    run.out,
-                                    path,
+                                    *router_problems(opts, cfg, template, probs),
+                                    env=env,
+                                    gen=gen,
+                                    template=template,
+                                    max_new_tokens=max_new,
+                                    bs=run.batch_size,
+                                    out=run.out,
+                                    base_path=path,
                                 )
                             )
                         except ValueError as e:  # e.g. the device never (or always) solved the router's problems

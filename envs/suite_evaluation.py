@@ -147,21 +147,36 @@ def show_gold(cfg, opts: EvalOptions, n: int) -> int:
     return 0
 
 
-def router_problems(opts: EvalOptions, cfg, template):
-    """Problems the router learns from: --router-data, else the config task's train split, else MATH train."""
+def router_problems(opts: EvalOptions, cfg, template, evaluated=()) -> tuple[list, str]:
+    """(problems the router learns from, where they come from): ``--router-data``; else, for ``--data``, the rows of
+    that file that are not evaluated (the rest after ``--limit``); else the config task's train split, else MATH
+    train.  With ``--limit N`` at most max(N, 20) problems (a quick look stays quick); always at most
+    ``--router-train-size``."""
     size = opts.router_train_size
+    if opts.limit:
+        size = min(size, max(opts.limit, 20))
     if opts.router_data:
         if opts.router_data in SUITES:
             probs = load_suite(opts.router_data, cfg.task.data_dir)
         else:
             probs = load_jsonl(opts.router_data, opts.question_field, opts.answer_field)
+        source = opts.router_data
+    elif opts.data:  # the user's own suite: its rows that are not evaluated, never the evaluated ones
+        seen = {p.uid for p in evaluated}
+        probs = [p for p in load_jsonl(opts.data, opts.question_field, opts.answer_field) if p.uid not in seen]
+        if not probs:
+            raise ValueError(
+                f"every row of {opts.data} is evaluated, so none is left to train the router on: pass "
+                "--router-data FILE, or --limit N to keep the rows after the first N for the router"
+            )
+        source = f"{opts.data} (rows not evaluated)"
     elif template != "math" or cfg.task.name in ("math", "file"):
-        probs = load_problems(cfg.task)[0]
+        probs, source = load_problems(cfg.task)[0], f"task {cfg.task.name} train split"
     else:
-        probs = load_suite("math_train", cfg.task.data_dir)
+        probs, source = load_suite("math_train", cfg.task.data_dir), "math_train"
     probs = list(probs)
     random.Random(cfg.train.seed).shuffle(probs)
-    return probs[:size]
+    return probs[:size], source
 
 
 def base_model_for(opts: EvalOptions, cfg, models: dict[str, str]) -> tuple[str | None, str]:

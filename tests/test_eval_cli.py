@@ -182,3 +182,25 @@ def test_baselines_without_a_known_base_model_stop_with_one_line(tiny_model_dir,
     )
     assert "--base-model <path>" in err and "--config" in err and "--base-model same" in err
     assert not out.exists()  # stopped before anything was loaded or written
+
+
+def test_router_learns_from_the_rows_of_the_users_file_that_are_not_evaluated(tiny_model_dir, tmp_path, capsys):
+    """--data mine.jsonl --limit 5: the router baseline learns from the other rows of mine.jsonl (at most
+    max(limit, 20)), never from MATH train and never from the evaluated rows; a rerun reuses it."""
+    data = tmp_path / "mine.jsonl"
+    with open(data, "w") as f:
+        for i in range(30):
+            f.write(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n")
+    out = str(tmp_path / "ev")
+    argv = ["--model", tiny_model_dir, "--base-model", "same", "--data", str(data), "--limit", "5"]
+    argv += ["--baselines", "router", "--out", out, *ARGS]
+    assert evalmod.main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"router: learning from 20 problems of {data} (rows not evaluated)" in err
+    (rdir,) = [d for d in os.listdir(out) if d.startswith("router-math-")]
+    uids = {json.loads(line)["uid"] for line in open(os.path.join(out, rdir, "device.jsonl"))}
+    assert len(uids) == 20 and not uids & {f"mine:{i}" for i in range(5)}  # the evaluated rows stay out
+    work = os.path.join(out, rdir, "device.jsonl")
+    before = (os.path.getmtime(work), open(work).read())
+    assert evalmod.main(argv) == 0  # a rerun: the router's rollouts are on disk, none is generated again
+    assert (os.path.getmtime(work), open(work).read()) == before
