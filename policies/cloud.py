@@ -297,6 +297,9 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+REFUSED_RETRIES = 2  # nothing listens on the port: a server that is down stays down for a while; fail fast
+
+
 class OpenAICloud:
     """An OpenAI-compatible chat-completions server (vLLM, llama.cpp server, hosted APIs) as the cloud."""
 
@@ -314,6 +317,7 @@ class OpenAICloud:
         concurrency: int = 8,
         temperature: float = 0.0,
         max_new_tokens: int = 256,
+        deadline_s: float = 600.0,
     ):
         import httpx
 
@@ -325,6 +329,7 @@ class OpenAICloud:
         self.backoff_base_s, self.backoff_max_s = float(backoff_base_s), float(backoff_max_s)
         self.concurrency = max(1, int(concurrency))
         self.temperature, self.max_new_tokens = float(temperature), int(max_new_tokens)
+        self.deadline_s = float(deadline_s)
         key = os.environ.get(api_key_env, "") if api_key_env else ""
         if not key:
             log.info("cloud: $%s is not set; sending the placeholder key 'EMPTY' (fine for local servers)", api_key_env)
@@ -417,15 +422,27 @@ class OpenAICloud:
         return d * (0.5 + 0.5 * random.random())
 
     def ask(self, problem: Problem, stop: threading.Event | None = None) -> CloudReply:
+        """One reply, retried on 429/5xx, timeouts, connection errors and malformed replies (backoff with jitter,
+        Retry-After honoured) within ``cloud.max_retries`` and the ``cloud.deadline_s`` of the whole request; a
+        refused connection (nothing listening) is retried at most ``REFUSED_RETRIES`` times."""
         httpx = self._httpx
         body = {"model": self.model, "messages": cloud_messages(problem), **self.sampling()}
         attempts = 1 + self.max_retries
         last: _Retryable | None = None
+        start, refused = time.monotonic(), 0
         for attempt in range(attempts):
             if attempt:
                 delay = self._backoff(attempt)
                 if last.retry_after is not None:
                     delay = max(delay, min(last.retry_after, RETRY_AFTER_MAX_S))
+                if refused > REFUSED_RETRIES:
+                    attempts = attempt
+                    break
+                if self.deadline_s and time.monotonic() - start + delay > self.deadline_s:
+                    raise CloudError(
+                        f"cloud request to {self.url} for problem {problem.uid} gave up: its next retry would pass "
+                        f"cloud.deadline_s={self.deadline_s:g}s ({attempt} attempts; last cause: {last.cause})."
+                    )
                 log.debug(  # a failure that outlives its retries is reported once, by the caller (CloudError)
                     "cloud: %s for problem %s (attempt %d/%d); retrying in %.2fs%s",
                     last.cause,
@@ -448,6 +465,7 @@ class OpenAICloud:
                 last = _Retryable(f"no reply within cloud.timeout_s={self.timeout_s:g}s ({type(e).__name__})")
                 continue
             except httpx.TransportError as e:  # refused, reset, closed mid-reply, protocol errors
+                refused += isinstance(e, httpx.ConnectError) and "refused" in str(e).lower()
                 last = _Retryable(f"connection error to {self.url} ({type(e).__name__}: {self._scrub(str(e))[:120]})")
                 continue
             status = response.status_code
@@ -804,6 +822,7 @@ def make_backend(cfg, simulator=None):
             concurrency=cfg.concurrency,
             temperature=cfg.temperature,
             max_new_tokens=cfg.max_new_tokens,
+            deadline_s=cfg.deadline_s,
         )
     raise ValueError(f"cloud.backend={cfg.backend!r}: use simulated, hf or openai")
 

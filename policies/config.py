@@ -75,6 +75,11 @@ class CloudConfig(Section):
     backoff_max_s: float = option(
         60.0, "openai backend: longest wait between retries (a longer Retry-After is still honoured)."
     )
+    deadline_s: float = option(
+        600.0,
+        "openai backend: total seconds one request may take, retries and waits included; past it the request "
+        "fails (0 = no deadline). A refused connection (no server listening) gives up after 2 retries.",
+    )
     concurrency: int = option(8, "openai backend: requests in flight at once.")
     cache_file: str = option(
         "",
@@ -108,8 +113,10 @@ class CloudConfig(Section):
                 "leave the key out of configs and command lines. A variable name is letters, digits and '_', not "
                 "starting with a digit."
             )
-        if self.timeout_s <= 0 or self.max_retries < 0 or self.concurrency < 1:
-            raise ConfigError("cloud.timeout_s must be > 0, cloud.max_retries >= 0 and cloud.concurrency >= 1.")
+        if self.timeout_s <= 0 or self.max_retries < 0 or self.concurrency < 1 or self.deadline_s < 0:
+            raise ConfigError(
+                "cloud.timeout_s must be > 0, cloud.max_retries >= 0, cloud.deadline_s >= 0 and cloud.concurrency >= 1."
+            )
         if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
             raise ConfigError("cloud.backoff_base_s must be >= 0 and cloud.backoff_max_s >= cloud.backoff_base_s.")
         if self.temperature < 0 or self.max_new_tokens < 1:

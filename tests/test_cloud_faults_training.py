@@ -10,6 +10,7 @@ or model (401/403/404, ``CloudConfigError``) stops the run with a message that n
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 
@@ -26,6 +27,12 @@ from rl import trainer
 
 KEY_ENV = "CLOUDROUTE_FAULT_TEST_KEY"
 ESC = "<unknown> I need external assistance </unknown>"
+
+
+@pytest.fixture(autouse=True)
+def _retry_logs(caplog):
+    """Retries log at debug level (shown by --verbose); these tests read them."""
+    caplog.set_level(logging.DEBUG, logger="policies.cloud")
 
 
 @pytest.fixture(autouse=True)

@@ -139,6 +139,12 @@ class ScriptedServer:
         self.httpd.server_close()
 
 
+@pytest.fixture(autouse=True)
+def _retry_logs(caplog):
+    """Retries log at debug level (shown by --verbose); these tests read them."""
+    caplog.set_level(logging.DEBUG, logger="policies.cloud")
+
+
 @pytest.fixture
 def serve():
     servers = []
@@ -203,7 +209,6 @@ def test_success_usage_and_key_sent_only_as_header(serve, tmp_path, caplog):
 
 
 def test_429_retry_after_is_honoured(serve, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="policies.cloud")  # retries log at debug level (train.py --verbose)
     server = serve({None: [("status", 429, {"Retry-After": "0.25"})]})
     backend = client(server)
     cloud = CachedCloud(backend, str(tmp_path / "c.sqlite"))
@@ -267,6 +272,33 @@ def test_connection_refused_exhausts_retries(tmp_path):
     with pytest.raises(CloudError, match=r"failed after 3 attempts.*connection error"):
         CachedCloud(backend, str(tmp_path / "c.sqlite")).answer(probs("q?")[0])
     assert backend.requests == 3
+
+
+def test_a_refused_connection_gives_up_sooner_than_a_429(serve, tmp_path):
+    """Nothing listening: 1 + REFUSED_RETRIES attempts however many retries are allowed; a 429 uses them all."""
+    from policies.cloud import REFUSED_RETRIES
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    down = OpenAICloud(f"http://127.0.0.1:{port}/v1", MODEL, api_key_env=KEY_ENV, max_retries=8, backoff_base_s=0.01)
+    with pytest.raises(CloudError, match=rf"failed after {1 + REFUSED_RETRIES} attempts.*connection error"):
+        CachedCloud(down, str(tmp_path / "a.sqlite")).answer(probs("q?")[0])
+    assert down.requests == 1 + REFUSED_RETRIES
+    busy = client(serve({None: [("status", 429)] * 20}), max_retries=8)
+    with pytest.raises(CloudError, match="failed after 9 attempts"):
+        CachedCloud(busy, str(tmp_path / "b.sqlite")).answer(probs("q?")[0])
+    assert busy.requests == 9
+
+
+def test_the_deadline_bounds_a_request_with_its_retries(serve, tmp_path):
+    server = serve({None: [("status", 503, {"Retry-After": "0.4"})] * 20})
+    backend = client(server, max_retries=20, deadline_s=1.0)
+    t = time.monotonic()
+    with pytest.raises(CloudError, match=r"next retry would pass cloud.deadline_s=1s"):
+        CachedCloud(backend, str(tmp_path / "c.sqlite")).answer(probs("q?")[0])
+    assert time.monotonic() - t < 1.0 and 2 <= len(server.requests) <= 3  # 0.4 s waits: it stops before 1 s
 
 
 def test_401_fails_at_once_with_a_clear_message_and_no_key(serve, tmp_path, caplog):
