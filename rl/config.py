@@ -323,6 +323,12 @@ class TrainConfig(Section):
         "with a warning); more than this many in a row stops the run with an error (0 = stop at the first).",
     )
     micro_batch_size: int = option(16, "Sequences per forward/backward pass (gradient accumulation splits the batch).")
+    share_prompt_head: bool = option(
+        True,
+        "One process: score a prompt head shared by all sequences of the update once (KV cache) instead of in "
+        "every sequence: the same loss and gradient up to float rounding, at a fraction of the tokens. Off: "
+        "every sequence whole, as several processes do (bit-level comparisons across process counts).",
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = option("no", "Accelerate mixed precision: no, bf16 or fp16 (GPU).")
     seed: int = option(0, "Seed for sampling, data order and initialisation.")
     save_every: int = option(10, "Checkpoint every N steps (0 = only at the end).")
