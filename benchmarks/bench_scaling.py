@@ -67,7 +67,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--base-group", type=int, default=4)
     ap.add_argument("--base-tokens", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=4, help="prompts per step (P)")
-    ap.add_argument("--steps", type=int, default=1, help="measured steps per point (after one warm-up)")
+    ap.add_argument("--steps", type=int, default=1, help="measured steps per point")
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured steps per point before them")
     args, overrides = ap.parse_known_args(argv)
 
     from benchmarks import bench_train_step
@@ -80,6 +81,8 @@ def main(argv=None) -> dict:
         "prompts": args.prompts,
         "base_group": args.base_group,
         "base_tokens": args.base_tokens,
+        "steps": args.steps,
+        "warmup": args.warmup,
     }
     todo = points(
         [int(g) for g in args.groups.split(",")],
@@ -94,7 +97,7 @@ def main(argv=None) -> dict:
             continue
         print(f"[{i + 1}/{len(todo)}] {key} ...", flush=True)
         r = bench_train_step.main(
-            ["--fixed-length", "--steps", str(args.steps), "--warmup", "1"]
+            ["--fixed-length", "--steps", str(args.steps), "--warmup", str(args.warmup)]
             + [f"rl.group_size={G}", f"rl.max_new_tokens={T}", f"rl.batch_prompts={args.prompts}"]
             + [f"rl.rollout_prompts={args.prompts}", *overrides]
         )
