@@ -116,3 +116,19 @@ def test_help_shows_the_effective_values_of_the_given_config(capsys):
     assert "rl.temperature (float, default 1.0)" in out  # unchanged: no 'now'
     assert train.main(["--help", "rl.budget=7"]) == 2  # a bad value: the help, then the error
     assert "rl.budget=7" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_readme_launch_is_quiet_and_a_bad_option_is_one_line():
+    """The README's `accelerate launch -q --config_file configs/accelerate/single.yaml train.py ...`: no warning
+    block about unset launch defaults, and a bad config value reads as our one error line, exit status non-zero."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--config_file", "configs/accelerate/single.yaml"]
+    done = subprocess.run(
+        cmd + ["train.py", "--config", "configs/cpu_default.yaml", "rl.budget=2"], capture_output=True, text=True
+    )
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode != 0
+    assert lines == [
+        "error: rl.budget=2.0 must lie strictly between 0 and 1 (it is the maximum cloud share, e.g. rl.budget=0.3 "
+        "for 30%)."
+    ]
