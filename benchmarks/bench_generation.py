@@ -19,8 +19,9 @@ machine load slows all paths alike):
   * ``vllm (bf16)`` (``--vllm``, on a GPU with vLLM installed): vLLM's offline engine on the same weights.
 
 **The roofline.**  The benchmark measures the machine before and after the paths (the better of the two
-counts): memory bandwidth (a 1 GiB tensor copy) and the peak matmul rate (a large GEMM in each dtype).  A decode step at batch B must read every weight once
-(``bytes`` = parameters x dtype size) and do 2 x parameters x B FLOPs, so it cannot take less than
+counts): memory bandwidth (a 1 GiB tensor copy) and the peak matmul rate (a large GEMM in each dtype).  A
+decode step at batch B must read every weight once (``bytes`` = parameters x dtype size) and do
+2 x parameters x B FLOPs, so it cannot take less than
 max(bytes / bandwidth, FLOPs / peak).  The prompt prefill needs 2 x parameters FLOPs per distinct prompt
 token.  The *roofline time* of a rollout is that prefill plus T decode steps at B = P x G rows; a path's
 *fraction of the roofline* is roofline time / its measured time (1.0 = the hardware limit; attention and the
