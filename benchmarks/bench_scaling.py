@@ -38,22 +38,23 @@ def plot(results: dict, path: str) -> None:
         (axes[1], "T", "G", meta["base_group"]),
     ):
         pts = sorted((p for p in results["points"].values() if p[fixed_key] == fixed), key=lambda p: p[axis])
-        for trainer, style in (("gapg", "o-"), ("trl", "s--")):
+        for trainer, style, color in (("gapg", "o-", "C0"), ("trl", "s--", "C3")):
             xs = [p[axis] for p in pts if trainer in p]
             ys = [p[trainer]["total_s"]["mean"] for p in pts if trainer in p]
             es = [p[trainer]["total_s"]["std"] for p in pts if trainer in p]
             gen = [p[trainer]["generation_s"]["mean"] for p in pts if trainer in p]
             label = "GAPG (ours)" if trainer == "gapg" else "TRL GRPOTrainer"
-            ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=f"{label}: step")
-            ax.plot(xs, gen, style[0] + ":", alpha=0.6, label=f"{label}: generation part")
+            ax.errorbar(xs, ys, yerr=es, fmt=style, color=color, capsize=3, label=f"{label}: step")
+            ax.plot(xs, gen, style[0] + ":", color=color, alpha=0.5, label=f"{label}: its generation")
         ax.set_xscale("log", base=2)
         ax.set_xticks([p[axis] for p in pts], [str(p[axis]) for p in pts])
         ax.set_xlabel("G (responses per prompt)" if axis == "G" else "max_new_tokens (fixed length)")
-        ax.set_ylabel("seconds per training step")
+        ax.set_ylabel("seconds")
         ax.set_title(f"{meta['prompts']} prompts, {fixed_key} = {fixed}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Training-step cost, SmolLM2-135M, {meta['device']}", fontsize=10)
+    steps = f"{meta.get('steps', 1)} measured step(s) per point after {meta.get('warmup', 1)} warm-up"
+    fig.suptitle(f"Training-step cost, SmolLM2-135M, {meta['device']}; {steps}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
