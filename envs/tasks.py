@@ -47,8 +47,9 @@ def _load_math(cfg, filename: str, split: str, limit: int) -> list[Problem]:
 def _load_file(cfg, spec: str, split: str, limit: int) -> list[Problem]:
     """task=file: ``spec`` is a path (JSONL, CSV, Parquet; as given, else inside task.data_dir) or a hub dataset
     id (its ``split``), read with ``datasets``; fields by task.question_field / task.answer_field."""
-    from datasets import load_dataset
+    from datasets import disable_progress_bars, load_dataset
 
+    disable_progress_bars()  # a "Generating train split" bar per file is noise here
     key = "train_file" if split == "train" else "test_file"
     path = spec if os.path.exists(spec) else os.path.join(cfg.data_dir, spec)
     try:
