@@ -354,7 +354,8 @@ def main(argv=None):
     eval_args = ["--baselines", args.baselines, *shlex.split(args.eval_args)]
     rows = []
     if args.methods or args.seeds:
-        return run_grid(args, budgets, overrides, group, eval_args, cfg.model.name_or_path)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        return run_grid(args, budgets, overrides, group, eval_args, cfg.model.name_or_path, argv)
     for b in budgets:
         run_training(args.config, b, point_dir(args.out, b), overrides, args.launch, group)
         rows += run_eval(args.config, b, args.out, overrides, eval_args, cfg.model.name_or_path)
@@ -370,7 +371,7 @@ def main(argv=None):
     return 0
 
 
-def run_grid(args, budgets, overrides, group, eval_args, base_model) -> int:
+def run_grid(args, budgets, overrides, group, eval_args, base_model, argv: list[str]) -> int:
     """Grid mode: (method x budget x seed), trained and evaluated point by point; the report after every point."""
     from rl.advantages import ESTIMATORS
 
@@ -385,7 +386,7 @@ def run_grid(args, budgets, overrides, group, eval_args, base_model) -> int:
         print(f"error: --seeds {args.seeds!r} must be integers like 0,1,2", file=sys.stderr)
         return 2
     report = args.report or os.path.join(args.out, "results")
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = "python sweep.py " + " ".join(shlex.quote(a) for a in argv)  # what the report says made it
     rows: list[dict] = []
     for b in budgets:
         for s in seeds:
@@ -395,7 +396,6 @@ def run_grid(args, budgets, overrides, group, eval_args, base_model) -> int:
                 point = [*overrides, f"rl.advantage={m}", f"train.seed={s}"]
                 run_training(args.config, b, run, point, args.launch, group, f"{m}-seed{s}-budget-{b:.2f}")
                 models[m] = run
-            rows = [r for r in rows if not (r["budget"] == b and r["seed"] == s)]
             rows += run_grid_eval(args.config, b, s, models, args.out, overrides, eval_args, base_model)
             written = write_report(rows, methods, budgets, seeds, args.out, report, command)
             print(f"[sweep] point budget {b:.0%} seed {s} done; report: {', '.join(written)}", flush=True)

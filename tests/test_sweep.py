@@ -145,7 +145,8 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
     trained = [r for r in rows if r["method"] in ("gapg", "grpo")]
     assert all(r["train_offload_last"] != "" and r["offload_per_level"] for r in trained)
     md = open(report + ".md").read()
-    assert "python " in md.splitlines()[5] or "sweep.py" in md  # the command that made it, in its first lines
+    command = md.splitlines()[5]  # the command that made it, in its first lines
+    assert command.startswith("python ") and "sweep.py" in command and "--methods gapg,grpo" in command
     assert "| gapg − grpo |" in md and "| gapg − random |" in md and " ± " in md  # two seeds: intervals
     assert os.path.getsize(report + ".png") > 0 and os.path.getsize(report + "_offload.png") > 0
     stamp = os.path.getmtime(os.path.join(out, "eval-points", "budget-0.30-seed-1.json"))
