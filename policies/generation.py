@@ -127,8 +127,8 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float = 1.0) 
 class _AppendInPlace(DynamicLayer):
     """A ``DynamicLayer`` whose keys and values live in a buffer with room for ``reserve`` more positions.
 
-    ``DynamicLayer.update`` concatenates, copying the whole cache at every decode step (with a long prompt head
-    repeated in every row that is most of a CPU decode step); this one writes the new position in place.
+    ``DynamicLayer.update`` concatenates, copying the whole cache at every decode step; this one writes the new
+    position in place (on the 2-core CPU the saving was within the noise of a step: docs/rollout_speed.md).
     ``keys``/``values`` stay views of the filled part, so everything else (masks, ``batch_select_indices``,
     ``batch_repeat_interleave``, ``crop``) works unchanged; when one of those replaces the tensors, the next
     update moves them into a fresh buffer."""
@@ -187,9 +187,10 @@ class HFGenerator:
 
     ``batch_size``: the most rows (prompts x samples) decoded at once.  ``min_shared_prefix``: the shortest
     head common to all contexts of a call that is prefilled once for all of them (0 = never).
-    ``dtype``: sample from a copy of the weights in this dtype (``bfloat16`` roughly doubles decode speed on
-    CPUs with bf16 matmuls), refreshed whenever the policy's weights change; ``None`` = the policy itself
-    (exact).  ``min_new_tokens``: no EOS before this many new tokens (benchmarks force fixed lengths with it).
+    ``dtype``: sample from a copy of the weights in this dtype (``bfloat16`` decodes about 1.5x faster on a
+    CPU with bf16 matmuls: docs/rollout_speed.md), refreshed whenever the policy's weights change; ``None`` = the
+    policy itself (exact).  ``min_new_tokens``: no EOS before this many new tokens (benchmarks force fixed
+    lengths with it).
     """
 
     def __init__(

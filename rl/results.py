@@ -135,6 +135,7 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
     grouped = by_key(rows)
     budgets = sorted({r["budget"] for r in rows})
     order = methods + [b for b in BASELINES if any(k[1] == b for k in grouped)]
+    comparisons = comparison_rows(rows, methods)
     lines = [
         "# Results: GAPG against GRPO, Dr.GRPO and the baselines, at CPU scale",
         "",
@@ -176,7 +177,7 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
                 f"{fmt(statistics.fmean(last), None) if last else '-'} |"
             )
         lines.append("")
-        comps = [c for c in comparison_rows(rows, methods) if c["budget"] == budget]
+        comps = [c for c in comparisons if c["budget"] == budget]
         if comps:
             lines += [
                 "| comparison | accuracy difference, points | verdict over seeds | seeds beyond noise (problems) |"

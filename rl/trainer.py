@@ -199,8 +199,8 @@ def policy_update(
     # a prompt head shared by every sequence (chat template, worked examples) is scored once;
     # DDP allows one forward per backward, so several processes score full sequences
     mine = keep[rank::world]
-    shared = common_prefix_len([seqs[i][0] for i in mine]) - 1 if mine and world == 1 else 0
-    shared = shared if cfg.train.share_prompt_head else 0
+    one = mine and world == 1 and cfg.train.share_prompt_head
+    shared = common_prefix_len([seqs[i][0] for i in mine]) - 1 if one else 0
     shared = shared if shared >= 32 else 0
     deepspeed = uses_deepspeed(accelerator)
     total = 0.0
