@@ -30,7 +30,6 @@ import sys
 from core.logs import setup_logging
 from policies.device import ModelNotFoundError
 from rl.config import ConfigError, format_help, load_config, to_yaml
-from rl.run import run
 
 
 def main(argv=None) -> int:
@@ -60,6 +59,10 @@ def main(argv=None) -> int:
         print(to_yaml(cfg), end="")
         return 0
     setup_logging(args.verbose)
+    # Imported once the config is valid: importing the trainers imports transformers' integrations, which print a
+    # line when WANDB_MODE=offline, and a bad option should read as our one error line.
+    from rl.run import run
+
     try:
         return run(cfg, args.resume)  # rl/run.py: GAPG (rl/trainer.py), or the mode rl.env / rl.trainer names
     except ModelNotFoundError as e:  # a missing model directory, or a hub id while offline: one line, at once
