@@ -372,7 +372,8 @@ def main(argv=None):
 
 
 def run_grid(args, budgets, overrides, group, eval_args, base_model, argv: list[str]) -> int:
-    """Grid mode: (method x budget x seed), trained and evaluated point by point; the report after every point."""
+    """Grid mode: (method x budget x seed), trained and evaluated point by point, seed by seed; the report after every
+    point."""
     from rl.advantages import ESTIMATORS
 
     methods = [m for m in (args.methods or "gapg").split(",") if m]
@@ -388,8 +389,8 @@ def run_grid(args, budgets, overrides, group, eval_args, base_model, argv: list[
     report = args.report or os.path.join(args.out, "results")
     command = "python sweep.py " + " ".join(shlex.quote(a) for a in argv)  # what the report says made it
     rows: list[dict] = []
-    for b in budgets:
-        for s in seeds:
+    for s in seeds:  # seed-major: a grid stopped early holds whole replicates (every budget) of the seeds it finished
+        for b in budgets:
             models = {}
             for m in methods:
                 run = grid_dir(args.out, m, s, b)
