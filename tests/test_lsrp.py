@@ -57,14 +57,19 @@ def test_knee_of_known_fronts():
     x = np.linspace(0, 1, 21)
     front = np.concatenate([np.stack([0.1 * x, 1 - 0.9 * x], 1), np.stack([0.1 + 0.9 * x, 0.1 - 0.1 * x], 1)])
     assert np.allclose(front[knee_point(front)], [0.1, 0.1])
-    # 3 objectives: the sphere (1-f1)²+(1-f2)²+(1-f3)² = 1, bulging toward the ideal point; the knee is its middle
-    v = np.abs(np.random.default_rng(0).normal(size=(300, 3)))
-    sphere = 1 - v / np.linalg.norm(v, axis=1, keepdims=True)
-    middle = 1 - np.ones(3) / np.sqrt(3)
-    sphere = np.concatenate(
-        [sphere, [middle], 1 - np.eye(3)]
-    )  # with its exact extreme points (0,1,1), (1,0,1), (1,1,0)
-    assert np.allclose(sphere[knee_point(sphere)], middle)
+    # 3 objectives: the surface √f1 + √f2 + √f3 = 1, bulging toward the ideal point, with its corners (1,0,0),
+    # (0,1,0), (0,0,1) (each objective's unique largest point): the hyperplane through them is f1 + f2 + f3 = 1,
+    # and the surface's point farthest from it (least f1 + f2 + f3) is its middle (1/9, 1/9, 1/9)
+    s = np.random.default_rng(0).dirichlet(np.ones(3), size=300)
+    middle = np.full(3, 1 / 9)
+    surface = np.concatenate([s**2, [middle], np.eye(3)])
+    assert np.allclose(surface[knee_point(surface)], middle)
+    # 3 objectives where KnEA's extremes (each objective's LARGEST point) and the per-objective minima span
+    # different hyperplanes. Normalised: (.5,0,.5) (0,2/3,1) (.25,1/3,.75) (1,0,0) (.25,1,.5); the maxima are
+    # rows 3, 4, 1, the hyperplane through them h = (1, .375, .75); 1 − n·h = .125 for row 0, .0625 for row 2,
+    # 0 for the extremes: the knee is row 0. (The plane through the minima, rows 1, 0, 3, picks row 4.)
+    five = np.array([[2.0, 1, 2], [0, 3, 4], [1, 2, 3], [4, 1, 0], [1, 4, 2]])
+    assert knee_point(five) == 0
     # a degenerate front (fewer distinct extremes than objectives): the point nearest the ideal point
     flat = np.array([[0.0, 1.0, 0.5], [1.0, 0.0, 0.5], [0.45, 0.45, 0.5]])
     assert knee_point(flat) == 2

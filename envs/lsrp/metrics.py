@@ -17,8 +17,8 @@ Choices the paper leaves open, made explicit here:
 * NSGA-II (eq. 18) searches the weight vector w; the objectives of a w are the means, over the
   synthetic user-task pairs, of (−QA-Rel, −UDRR, PPL) of the output that S_w selects for each pair
   (eq. 5). The knee of the Pareto front is the point farthest from the hyperplane through the
-  front's extreme points, on the ideal point's side (Zhang et al. 2014, KnEA), in the front's own
-  min-max normalised objective space.
+  front's extreme points (each objective's largest value), on the ideal point's side (Zhang et al. 2015,
+  KnEA, as its reference code does), in the front's own min-max normalised objective space.
 * The judge: any cloud backend (``hf``, ``openai``) through the cached cloud; its reply is the score when it
   has one of the forms of ``parse_score``. ``judge="offline"``, or a reply without a number, falls back to the
   embedding score ``10·max(0, cos(e(a), e(b)))`` (task vs output for Q-A Rel., profile vs output for
@@ -202,21 +202,27 @@ class ScoreWeights:
 def knee_point(front: np.ndarray) -> int:
     """Index of the knee of a Pareto front to MINIMISE (rows = points, columns = objectives).
 
-    Zhang et al. 2014 (KnEA): normalise the front to [0, 1] per objective, take the hyperplane through the
-    extreme points (the point that minimises each objective), and return the point farthest from it on the
-    ideal point's side. A degenerate hyperplane (fewer distinct extremes than objectives) falls back to the
-    point nearest the ideal point."""
+    Zhang, Tian and Jin 2015 (KnEA), as its reference code (PlatEMO) computes it: normalise the front to [0, 1]
+    per objective; the extreme points are the points with the LARGEST value of each objective (objective j takes
+    the next largest when that point is already an extreme of an earlier objective); the knee is the point
+    farthest from the hyperplane through them, on the ideal point's side: argmax (1 − n·h)/‖h‖ with n·h = 1 the
+    hyperplane. With two objectives the largest-f1 point is the smallest-f2 one, so only fronts of three or more
+    objectives see the difference from a hyperplane through the per-objective minima.  A degenerate hyperplane
+    (singular extremes) falls back to the point nearest the ideal point."""
     f = np.asarray(front, dtype=float)
     if len(f) == 1:
         return 0
     lo, hi = f.min(0), f.max(0)
     n = (f - lo) / np.where(hi > lo, hi - lo, 1.0)
     m = n.shape[1]
-    extremes = [int(np.lexsort((n.sum(1), n[:, j]))[0]) for j in range(m)]  # min of objective j, ties: smallest sum
+    extremes: list[int] = []
+    for j in range(m):  # objective j's largest point not yet taken (ties: the earlier row, as MATLAB's sort)
+        order = np.argsort(-n[:, j], kind="stable")
+        extremes.append(int(next((i for i in order if i not in extremes), order[0])))
     e = n[extremes]
     if len(set(extremes)) == m and abs(np.linalg.det(e)) > 1e-12:
-        normal = np.linalg.solve(e, np.ones(m))  # the hyperplane normal·x = 1 through the extremes
-        dist = (1.0 - n @ normal) / np.linalg.norm(normal)  # > 0 on the ideal (origin) side
+        h = np.linalg.solve(e, np.ones(m))  # the hyperplane h·x = 1 through the extremes
+        dist = (1.0 - n @ h) / np.linalg.norm(h)  # > 0 on the ideal (origin) side
         return int(np.argmax(dist))
     return int(np.argmin(np.linalg.norm(n, axis=1)))
 
