@@ -61,11 +61,12 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     # Imported once the config is valid: importing the trainers imports transformers' integrations, which print a
     # line when WANDB_MODE=offline, and a bad option should read as our one error line.
+    from envs.lsrp.metrics import JudgeReplyError
     from rl.run import run
 
     try:
         return run(cfg, args.resume)  # rl/run.py: GAPG (rl/trainer.py), or the mode rl.env / rl.trainer names
-    except ModelNotFoundError as e:  # a missing model directory, or a hub id while offline: one line, at once
+    except (ModelNotFoundError, JudgeReplyError) as e:  # a missing model, an unreadable LSRP judge: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
 

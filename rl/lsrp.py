@@ -30,7 +30,7 @@ import numpy as np
 from accelerate.utils import set_seed
 
 from core.io import write_jsonl
-from envs.lsrp.metrics import Judge, fit_score_weights
+from envs.lsrp.metrics import Judge, fit_score_weights, judge_caption
 from envs.lsrp.pipeline import Device, RecordStore, execute
 from envs.lsrp.rag import UURAG
 from envs.lsrp.strategies import STRATEGIES
@@ -74,7 +74,20 @@ def best_strategies(records: dict, pairs, weights) -> list[str]:
     return [max(STRATEGIES, key=lambda s: weights.score_record(records[(p.uid, s)])) for p in pairs]
 
 
-def format_rows(rows: list[dict], title: str) -> str:
+def standins_caption(cfg) -> str:
+    """The line under every LSRP table that says which parts are stand-ins for the paper's models and users."""
+    leader, device = cfg.cloud.model, cfg.model.name_or_path
+    judge = "embedding similarity" if cfg.lsrp.judge == "offline" else (cfg.lsrp.judge_model or leader)
+    if cfg.lsrp.judge == "cloud" and cfg.lsrp.judge_base_url:
+        judge += f" at {cfg.lsrp.judge_base_url}"
+    return (
+        f"Models: leader {leader} (cloud.backend={cfg.cloud.backend}), device {device}, judge {judge}; users: "
+        "synthetic, and the held-out 'real' users come from the same generator (envs/lsrp/users.py)."
+    )
+
+
+def format_rows(rows: list[dict], title: str, captions: tuple[str, ...] = ()) -> str:
+    """A markdown table of ``choice_rows``, with ``captions`` (the judge's sources, the stand-ins) under it."""
     head = f"| {title} | S | Q-A Rel. | Persona | UDRR | PPL | FRE | Q-A Rel. (emb) | Persona (emb) | LLM-judged |"
     lines = [head, "|" + "---|" * 10]
     for r in rows:
@@ -83,7 +96,7 @@ def format_rows(rows: list[dict], title: str) -> str:
             f"{r['ppl']:.2f} | {r['flesch']:.1f} | {r['qa_rel_emb']:.2f} | {r['persona_emb']:.2f} | "
             f"{r['llm_judged']:.0%} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *captions])
 
 
 def run_lsrp(cfg) -> int:
@@ -111,8 +124,10 @@ def run_lsrp(cfg) -> int:
     judge_cloud = None
     if s.judge == "cloud":  # greedy, a few tokens: the reply is a number
         judge_cfg = replace(cfg.cloud, model=s.judge_model or cfg.cloud.model, temperature=0.0, max_new_tokens=8)
+        if s.judge_base_url:  # a judge behind its own OpenAI-compatible server (the leader stays cloud.backend)
+            judge_cfg = replace(judge_cfg, backend="openai", base_url=s.judge_base_url)
         judge_cloud = CachedCloud(make_backend(judge_cfg), cache)
-    judge = Judge(judge_cloud, lambda texts: embed(encoder, texts))
+    judge = Judge(judge_cloud, lambda texts: embed(encoder, texts), fallback=s.judge_fallback)
     store = RecordStore(os.path.join(out, "records.jsonl"))
 
     def run(pairs, strategies, ldr, tag: str, temperature: float) -> list[dict]:
@@ -166,6 +181,7 @@ def run_lsrp(cfg) -> int:
         "best in hindsight (oracle)": best_strategies(base, test_pairs, weights),
     }
     rows_before = choice_rows(base, test_pairs, choices, weights) + [random_row(base, test_pairs, weights)]
+    captions_before = (judge_caption(list(base.values())), standins_caption(cfg))
     oracle = choices["best in hindsight (oracle)"]
     agree = {m: sum(a == b for a, b in zip(c, oracle)) / len(oracle) for m, c in choices.items()}
     timings["test_before_s"] = time.time() - t0
@@ -177,8 +193,9 @@ def run_lsrp(cfg) -> int:
         "choices": choices,
         "agreement_with_oracle": agree,
         "before": rows_before,
+        "captions_before": captions_before,
     }
-    say(format_rows(rows_before, f"{len(test_pairs)} real pairs, base leader"))
+    say(format_rows(rows_before, f"{len(test_pairs)} real pairs, base leader", captions_before))
 
     # 3-4. SMFB-DPO and the same comparison after it -----------------------------------------------------
     kept = []
@@ -246,8 +263,9 @@ def run_lsrp(cfg) -> int:
         after_choices = dict(choices, **{"best in hindsight (oracle)": best_strategies(after, test_pairs, weights)})
         rows_after = choice_rows(after, test_pairs, after_choices, weights) + [random_row(after, test_pairs, weights)]
         report["after"] = rows_after
+        report["captions_after"] = (judge_caption(list(after.values())), standins_caption(cfg))
         timings["test_after_s"] = time.time() - t0
-        say(format_rows(rows_after, f"{len(test_pairs)} real pairs, leader after SMFB-DPO"))
+        say(format_rows(rows_after, f"{len(test_pairs)} real pairs, leader after SMFB-DPO", report["captions_after"]))
 
     timings["total_s"] = time.time() - t_start
     report["timings"] = timings
@@ -267,11 +285,11 @@ def run_lsrp(cfg) -> int:
             + ", ".join(f"{m} {a:.0%}" for m, a in agree.items() if not m.startswith("best"))
             + ".\n\n"
         )
-        f.write(format_rows(rows_before, "before SMFB-DPO") + "\n\n")
+        f.write(format_rows(rows_before, "before SMFB-DPO", captions_before) + "\n\n")
         if "smfb" in report:
             f.write(f"SMFB-DPO: {report['smfb']}\n\n")
         if "after" in report:
-            f.write(format_rows(report["after"], "after SMFB-DPO") + "\n\n")
+            f.write(format_rows(report["after"], "after SMFB-DPO", report["captions_after"]) + "\n\n")
         f.write(f"Timings (s): { {k: round(v) for k, v in timings.items()} }\n")
     say(f"LSRP report: {os.path.join(out, 'report.md')} ({timings['total_s'] / 60:.1f} min)")
     return 0

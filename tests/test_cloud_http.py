@@ -28,8 +28,8 @@ KEY_ENV = "CLOUDROUTE_TEST_API_KEY"
 MODEL = "scripted-model"
 
 
-def ok_body(question: str) -> dict:
-    answer = f"The answer to {question!r} is \\boxed{{{len(question)}}}."
+def ok_body(question: str, reply=None) -> dict:
+    answer = reply(question) if reply else f"The answer to {question!r} is \\boxed{{{len(question)}}}."
     return {
         "id": "cmpl-1",
         "object": "chat.completion",
@@ -49,10 +49,13 @@ class ScriptedServer:
     ("reset",)                 -- close the socket with a TCP RST, no response at all
     ("delay", seconds)         -- wait, then answer normally
     ("delay_then", seconds, action) -- wait, then do action
+
+    ``reply(question) -> str``, when given, writes the content of the normal answers (a judge's score, ...).
     """
 
-    def __init__(self, script: dict | None = None):
+    def __init__(self, script: dict | None = None, reply=None):
         self.script = {k: list(v) for k, v in (script or {}).items()}
+        self.reply = reply
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         self.in_flight = self.max_in_flight = 0
@@ -100,7 +103,7 @@ class ScriptedServer:
                     self.close_connection = True
                     return
                 if kind == "ok":
-                    code, headers, payload = 200, {}, json.dumps(ok_body(question)).encode()
+                    code, headers, payload = 200, {}, json.dumps(ok_body(question, server.reply)).encode()
                 elif kind == "status":
                     code, headers = action[1], action[2] if len(action) > 2 else {}
                     payload = json.dumps({"error": {"message": f"scripted {code}", "type": "test"}}).encode()

@@ -2,6 +2,7 @@
 the FAISS index round trip, and a tiny end-to-end run through train.py (tiny random leader and device)."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -50,6 +51,49 @@ def test_judge_score_parsing():
         "12/10",
     ):
         assert parse_score(reply) is None, reply
+
+
+def test_the_judge_scores_over_http_and_an_unreadable_reply_stops_unless_the_fallback_is_on(tmp_path):
+    """The real judge path: an OpenAI-compatible judge on loopback (cloud.backend=openai) through the cached cloud.
+    Its replies are parsed into the right metric; a reply that is not a score stops with the reply quoted; with
+    ``judge_fallback`` that output takes its embedding score and says so; the offline judge is labelled as such."""
+    from test_cloud_http import MODEL, ScriptedServer
+
+    from envs.lsrp.metrics import Judge, JudgeReplyError, judge_caption
+    from policies.cloud import CachedCloud, OpenAICloud
+
+    def reply(prompt: str) -> str:  # a judge: the Q-A relevance of "good" outputs is 8, of the others it rambles
+        if "personalised" in prompt:
+            return "Score: 3"
+        return "8/10" if "Answer: good" in prompt else "It is a fine answer overall."
+
+    server = ScriptedServer(reply=reply)
+    try:
+        cloud = CachedCloud(OpenAICloud(server.base_url, MODEL, max_retries=0), str(tmp_path / "judge.sqlite"))
+        embed = lambda texts: np.eye(4)[[len(t) % 4 for t in texts]]  # noqa: E731  unit vectors
+        tasks, users = ["plan a trip", "cook dinner"], ["likes trains", "vegan"]
+        rows = Judge(cloud, embed).scores(tasks, users, ["good plan", "good meal"])
+        assert [(r["qa_rel"], r["qa_rel_source"], r["persona"], r["persona_source"]) for r in rows] == [
+            (8.0, "llm", 3.0, "llm")
+        ] * 2
+        with pytest.raises(JudgeReplyError, match="qa_rel reply is not a 0-10 score: 'It is a fine answer overall.'"):
+            Judge(cloud, embed).scores(tasks, users, ["good plan", "bad meal"])
+        mixed = Judge(cloud, embed, fallback=True).scores(tasks, users, ["good plan", "bad meal"])
+        assert mixed[0]["qa_rel"] == 8.0 and mixed[1]["qa_rel_source"] == "embedding-fallback"
+        assert mixed[1]["qa_rel"] == mixed[1]["qa_rel_emb"] and mixed[1]["persona_source"] == "llm"
+        assert judge_caption(mixed) == (
+            "Judge: of 2 outputs, Q-A Rel. by the LLM judge 1, Persona by the LLM judge 2; embedding fallback for "
+            "unparseable replies (lsrp.judge_fallback=true): Q-A 1, Persona 0."
+        )
+        asked = len(server.requests)
+        Judge(cloud, embed, fallback=True).scores(tasks, users, ["good plan", "bad meal"])
+        assert len(server.requests) == asked  # every judge reply is cached
+    finally:
+        server.close()
+    offline = Judge(None, embed).scores(tasks, users, ["good plan", "bad meal"])
+    assert {r["qa_rel_source"] for r in offline} == {"offline-embedding"} and "lsrp.judge=offline" in judge_caption(
+        offline
+    )
 
 
 def test_knee_of_known_fronts():
@@ -226,22 +270,30 @@ def test_lsrp_config_errors_name_the_fix():
         load_config(None, ["rl.env=lsrp", "cloud.backend=openai", "cloud.base_url=http://x/v1", "cloud.model=m"])
     with pytest.raises(ConfigError, match="lsrp.fixed_strategy"):
         load_config(None, ["lsrp.fixed_strategy=bossy"])
-    cfg = load_config("configs/lsrp_cpu.yaml")
-    assert (
-        cfg.rl.env == "lsrp"
-        and cfg.dpo.beta == 0.1
-        and cfg.dpo.loss_type == "sigmoid"
-        and cfg.dpo.learning_rate == 5e-5
-    )
+    with pytest.raises(ConfigError, match="lsrp.judge_model=<the model that server serves>"):
+        load_config(None, ["rl.env=lsrp", "cloud.backend=hf", "cloud.model=x", "lsrp.judge_base_url=http://h/v1"])
+
+
+def judge_reply(prompt: str) -> str:
+    """A scripted judge (the loopback server's replies): scores that depend on the output, so a test can check that
+    each reply reaches the right record and metric. Q-A Rel. = len(output) mod 11, Persona = len(output) mod 7."""
+    output = prompt.split("\n\nAnswer: ", 1)[1].rsplit("\n\nScore (0-10):", 1)[0]
+    return f"Score: {len(output) % 7}" if "personalised" in prompt else f"{len(output) % 11}/10"
 
 
 @pytest.mark.slow
 def test_train_py_lsrp_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
-    """rl.env=lsrp through train.py with a tiny random leader (hf cloud backend) and device: every stage runs,
-    the outputs are consistent, and a rerun makes no new record, cloud call or DPO run."""
+    """rl.env=lsrp through train.py with a tiny random leader (hf cloud backend) and device, and the judge an
+    OpenAI-compatible server on loopback (lsrp.judge_base_url): every stage runs, each judge reply is parsed into
+    its record's score, SMFB-DPO takes the general prompt by default (eq. 10) and starts from the reference
+    (first DPO loss ln 2), and a rerun makes no new record, cloud call or DPO run."""
+    from test_cloud_http import ScriptedServer
+
     import train
+    from envs.lsrp.strategies import leader_messages
 
     out = str(tmp_path / "lsrp")
+    judge = ScriptedServer(reply=judge_reply)
     args = [
         "--config",
         "configs/lsrp_cpu.yaml",
@@ -255,51 +307,70 @@ def test_train_py_lsrp_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
         "lsrp.device_max_new_tokens=6",
         "lsrp.device_temperature=1.0",
         "cloud.max_new_tokens=6",
-        "lsrp.judge=cloud",
+        f"lsrp.judge_base_url={judge.base_url}",
+        "lsrp.judge_model=scripted-judge",
+        "lsrp.judge_fallback=false",
         "lsrp.nsga_pop_size=8",
         "lsrp.nsga_generations=3",
         "dpo.num_epochs=1",
         "dpo.learning_rate=1e-2",
         "train.wandb=false",
     ]
-    assert train.main(args) == 0
-    report = json.load(open(os.path.join(out, "report.json")))
-    assert sum(report["weights"]) == pytest.approx(1.0) and all(x >= 0 for x in report["weights"])
-    assert sum(report["index_best"].values()) == 4
-    methods = [r["method"] for r in report["before"]]
-    assert (
-        methods[0].startswith("U-U-RAG")
-        and "device chooses (SLM-choose)" in methods
-        and [r["method"] for r in report["after"]] == methods
-    )
-    oracle = next(r for r in report["before"] if r["method"].startswith("best in hindsight"))
-    assert all(r["S"] <= oracle["S"] + 1e-9 for r in report["before"])  # nothing beats the best strategy per pair
-    for picks in report["choices"].values():
-        assert len(picks) == 2 and set(picks) <= {
-            "directive",
-            "supportive",
-            "participative",
-            "achievement_oriented",
-            "general",
-        }
-    # every score says where it came from: the LLM judge, or the offline embedding fallback when its reply had no number
-    records = [json.loads(l) for l in open(os.path.join(out, "records.jsonl"))]
-    assert len(records) == 4 * 4 + 2 * 5 + 4 * 4 + 2 * 5  # index, test, index at T=1, test after DPO
-    assert all(
-        r["qa_rel_source"] in ("llm", "offline-embedding") and 0 <= r["udrr"] <= 1 and r["ppl"] > 1 for r in records
-    )
-    assert UURAG.load(os.path.join(out, "uurag")).index.ntotal == 4
-    leader = os.path.join(report["smfb"]["leader"], "model.safetensors")
-    assert os.path.dirname(os.path.dirname(report["smfb"]["leader"])) == os.path.join(
-        out, "leader_dpo"
-    ) and os.path.exists(leader)
-    assert sum(report["smfb"]["balanced"].values()) == len(open(os.path.join(out, "smfb_pairs.jsonl")).readlines())
-    # rerun: everything comes from the work file, the cloud cache and the saved leader
-    mtime = os.path.getmtime(leader)
-    assert train.main(args) == 0
-    assert len(open(os.path.join(out, "records.jsonl")).readlines()) == len(records)
-    assert os.path.getmtime(leader) == mtime and len(os.listdir(os.path.join(out, "leader_dpo"))) == 1
-    assert json.load(open(os.path.join(out, "report.json")))["before"] == report["before"]
+    try:
+        assert train.main(args) == 0
+        asked = len(judge.requests)
+        report = json.load(open(os.path.join(out, "report.json")))
+        assert sum(report["weights"]) == pytest.approx(1.0) and all(x >= 0 for x in report["weights"])
+        assert sum(report["index_best"].values()) == 4
+        methods = [r["method"] for r in report["before"]]
+        assert methods[0].startswith("U-U-RAG") and [r["method"] for r in report["after"]] == methods
+        # every score is the judge's reply for that record's output
+        records = [json.loads(l) for l in open(os.path.join(out, "records.jsonl"))]
+        # index; test; the index under the general prompt at T=0 and T=1 (SMFB-DPO); test after DPO
+        assert len(records) == 4 * 4 + 2 * 5 + 4 * 2 + 2 * 5
+        assert all(r["qa_rel"] == len(r["output"]) % 11 and r["persona"] == len(r["output"]) % 7 for r in records)
+        assert report["captions_before"][0] == (
+            "Judge: of 10 outputs, Q-A Rel. by the LLM judge 10, Persona by the LLM judge 10."
+        )
+        assert {r["body"]["model"] for r in judge.requests} == {"scripted-judge"}
+        # SMFB-DPO (eq. 10): both guidelines of a pair written under the general prompt P_g, so no balancing
+        pairs = [json.loads(l) for l in open(os.path.join(out, "smfb_pairs.jsonl"))]
+        assert pairs and {p["strategy"] for p in pairs} == {"general"}
+        assert report["smfb"]["pairs"] == report["smfb"]["balanced"] == {"general": len(pairs)}
+        tasks = {json.loads(l)["uid"]: json.loads(l)["task"] for l in open(os.path.join(out, "users.jsonl"))}
+        assert dpo_rows(pairs, tasks)[0]["prompt"] == leader_messages("general", tasks[pairs[0]["uid"]])
+        # the reference is the leader before DPO: the first step's loss is -log σ(0) = ln 2
+        leader_dir = os.path.dirname(report["smfb"]["leader"])
+        first = next(json.loads(l) for l in open(os.path.join(leader_dir, "metrics.jsonl")) if "loss" in l)
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-3)
+        leader = os.path.join(report["smfb"]["leader"], "model.safetensors")
+        assert os.path.dirname(leader_dir) == os.path.join(out, "leader_dpo") and os.path.exists(leader)
+        assert UURAG.load(os.path.join(out, "uurag")).index.ntotal == 4
+        # rerun: everything comes from the work file, the cloud cache and the saved leader
+        mtime = os.path.getmtime(leader)
+        assert train.main(args) == 0
+        assert len(judge.requests) == asked
+        assert len(open(os.path.join(out, "records.jsonl")).readlines()) == len(records)
+        assert os.path.getmtime(leader) == mtime and len(os.listdir(os.path.join(out, "leader_dpo"))) == 1
+        assert json.load(open(os.path.join(out, "report.json")))["before"] == report["before"]
+    finally:
+        judge.close()
+
+
+def test_smfb_dpo_rows_take_the_general_prompt_or_each_pairs_strategy_prompt():
+    """eq. 10: under lsrp.dpo_prompt=general every pair is written (and trained) under P_g; under strategy each pair
+    keeps its own strategy's leader prompt."""
+    from envs.lsrp.strategies import leader_messages
+
+    tasks = {"u0": "plan a trip", "u1": "cook dinner"}
+    pairs = [
+        {"uid": "u0", "strategy": "directive", "chosen": "a", "rejected": "b"},
+        {"uid": "u1", "strategy": "general", "chosen": "c", "rejected": "d"},
+    ]
+    rows = dpo_rows(pairs, tasks)
+    assert rows[0]["prompt"] == leader_messages("directive", "plan a trip")
+    assert rows[1]["prompt"] == leader_messages("general", "cook dinner") != leader_messages("directive", "cook dinner")
+    assert rows[1]["chosen"] == [{"role": "assistant", "content": "c"}]
 
 
 def test_record_store_survives_a_line_torn_by_a_crash(tmp_path):

@@ -40,14 +40,25 @@ class LSRPConfig(Section):
     judge_model: str = option(
         "", "judge=cloud: the judge model (hub id/dir for hf, served name for openai); empty = cloud.model."
     )
+    judge_base_url: str = option(
+        "",
+        "judge=cloud: an OpenAI-compatible server for the judge (e.g. http://127.0.0.1:8000/v1 of `vllm serve "
+        "<model>`), model lsrp.judge_model, key from cloud.api_key_env; empty = the cloud section's backend.",
+    )
+    judge_fallback: bool = option(
+        False,
+        "judge=cloud: a reply that is not a 0-10 score stops the run with the reply quoted (false), or gives that "
+        "output its embedding score (true; counted under every table as the embedding fallback).",
+    )
     dpo: bool = option(True, "Run SMFB-DPO on the leader (needs cloud.backend=hf: the leader's weights are trained).")
     dpo_temperatures: list = option(
         [0.0, 1.0], "SMFB-DPO: the leader writes one guideline at each of these two temperatures (eq. 10)."
     )
-    dpo_prompt: Literal["strategy", "general"] = option(
-        "strategy",
-        "SMFB-DPO prompts: strategy (each strategy's own prompt, pair counts balanced per strategy) or general (the "
-        "general leader prompt P_g of eq. 10 for every pair, as the paper does).",
+    dpo_prompt: Literal["general", "strategy"] = option(
+        "general",
+        "SMFB-DPO prompts: general (the general leader prompt P_g of eq. 10 for every pair, as the paper does, "
+        "which avoids the imbalance across strategies) or strategy (each strategy's own prompt, pair counts "
+        "balanced per strategy by lsrp.balance).",
     )
     balance: Literal["downsample", "none"] = option(
         "downsample",
@@ -92,6 +103,12 @@ class LSRPConfig(Section):
             raise ConfigError(
                 "lsrp.dpo=true fine-tunes the leader's weights, so it needs cloud.backend=hf (a local leader); "
                 "set lsrp.dpo=false to run U-U-RAG alone against a remote leader."
+            )
+        if self.judge_base_url and not (self.judge_base_url.startswith(("http://", "https://")) and self.judge_model):
+            raise ConfigError(
+                f"lsrp.judge_base_url={self.judge_base_url!r} needs an http(s) URL up to /v1 and lsrp.judge_model=<the "
+                "model that server serves>, e.g. lsrp.judge_base_url=http://127.0.0.1:8000/v1 "
+                "lsrp.judge_model=Qwen/Qwen2.5-7B-Instruct."
             )
         if self.nsga_pop_size < 4 or self.nsga_generations < 1 or self.min_score_gap < 0 or self.device_temperature < 0:
             raise ConfigError(

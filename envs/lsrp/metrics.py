@@ -20,9 +20,10 @@ Choices the paper leaves open, made explicit here:
   front's extreme points (each objective's largest value), on the ideal point's side (Zhang et al. 2015,
   KnEA, as its reference code does), in the front's own min-max normalised objective space.
 * The judge: any cloud backend (``hf``, ``openai``) through the cached cloud; its reply is the score when it
-  has one of the forms of ``parse_score``. ``judge="offline"``, or a reply without a number, falls back to the
-  embedding score ``10·max(0, cos(e(a), e(b)))`` (task vs output for Q-A Rel., profile vs output for
-  Persona). Every score carries its source (``llm`` or ``offline-embedding``); reports count them.
+  has one of the forms of ``parse_score``, and an error quoting it otherwise. ``judge="offline"`` scores by
+  embedding instead, ``10·max(0, cos(e(a), e(b)))`` (task vs output for Q-A Rel., profile vs output for
+  Persona); ``judge_fallback=true`` gives that score to the outputs whose reply had no number. Every score
+  carries its source (``llm``, ``offline-embedding`` or ``embedding-fallback``); every table counts them.
 """
 
 from __future__ import annotations
@@ -125,15 +126,21 @@ def judge_messages(prompt: str, **fields) -> list[dict]:
     return [{"role": "user", "content": prompt.format(**fields)}]
 
 
+class JudgeReplyError(ValueError):
+    """A judge reply that is not a 0-10 score, with ``lsrp.judge_fallback`` off."""
+
+
 class Judge:
-    """Q-A Rel. and Persona scores (0-10): an LLM judge through a cached cloud, or the offline embedding fallback.
+    """Q-A Rel. and Persona scores (0-10): an LLM judge through a cached cloud, or the offline embedding judge.
 
     ``cloud`` is a ``CachedCloud`` (any backend; every call is cached, so reruns resume) or None for the
-    offline judge; ``embed(texts) -> unit vectors`` gives the fallback scores, which are always computed
-    too (``*_emb``), so a weak LLM judge can be cross-checked."""
+    offline judge (``lsrp.judge=offline``); ``embed(texts) -> unit vectors`` gives the embedding scores, which
+    are always computed too (``*_emb``), so a weak LLM judge can be cross-checked.  A reply that ``parse_score``
+    cannot read is an error quoting it, unless ``fallback`` (``lsrp.judge_fallback=true``): then that output
+    takes its embedding score, with the source ``embedding-fallback``, and every table counts such scores."""
 
-    def __init__(self, cloud, embed, output_chars: int = 2000):
-        self.cloud, self.embed, self.output_chars = cloud, embed, output_chars
+    def __init__(self, cloud, embed, output_chars: int = 2000, fallback: bool = False):
+        self.cloud, self.embed, self.output_chars, self.fallback = cloud, embed, output_chars, fallback
 
     def scores(self, tasks: list[str], user_data: list[str], outputs: list[str]) -> list[dict]:
         outs = [o[: self.output_chars] for o in outputs]
@@ -141,24 +148,51 @@ class Judge:
         qa_emb = 10 * np.clip((e_out * e_task).sum(1), 0, 1)
         pe_emb = 10 * np.clip((e_out * e_user).sum(1), 0, 1)
         rows = [{"qa_rel_emb": float(a), "persona_emb": float(b)} for a, b in zip(qa_emb, pe_emb)]
-        qa_llm = pe_llm = [None] * len(outs)
-        if self.cloud is not None:
-            qa_p = [chat_problem(judge_messages(QA_REL_PROMPT, task=t, output=o), "judge") for t, o in zip(tasks, outs)]
-            pe_p = [
-                chat_problem(judge_messages(PERSONA_PROMPT, task=t, user_data=u, output=o), "judge")
-                for t, u, o in zip(tasks, user_data, outs)
-            ]
-            replies = self.cloud.answer_many(qa_p + pe_p)
-            qa_llm = [parse_score(r) for r in replies[: len(outs)]]
-            pe_llm = [parse_score(r) for r in replies[len(outs) :]]
-        for row, q, p in zip(rows, qa_llm, pe_llm):
-            row["qa_rel"], row["qa_rel_source"] = (
-                (q, "llm") if q is not None else (row["qa_rel_emb"], "offline-embedding")
-            )
-            row["persona"], row["persona_source"] = (
-                (p, "llm") if p is not None else (row["persona_emb"], "offline-embedding")
-            )
+        if self.cloud is None:  # the offline judge, chosen: every score is the embedding one
+            for row in rows:
+                row.update(qa_rel=row["qa_rel_emb"], qa_rel_source="offline-embedding")
+                row.update(persona=row["persona_emb"], persona_source="offline-embedding")
+            return rows
+        qa_p = [chat_problem(judge_messages(QA_REL_PROMPT, task=t, output=o), "judge") for t, o in zip(tasks, outs)]
+        pe_p = [
+            chat_problem(judge_messages(PERSONA_PROMPT, task=t, user_data=u, output=o), "judge")
+            for t, u, o in zip(tasks, user_data, outs)
+        ]
+        replies = self.cloud.answer_many(qa_p + pe_p)
+        for metric, part in (("qa_rel", replies[: len(outs)]), ("persona", replies[len(outs) :])):
+            for row, reply in zip(rows, part):
+                score = parse_score(reply)
+                if score is not None:
+                    row[metric], row[f"{metric}_source"] = score, "llm"
+                elif self.fallback:
+                    row[metric], row[f"{metric}_source"] = row[f"{metric}_emb"], "embedding-fallback"
+                else:
+                    raise JudgeReplyError(
+                        f"the judge's {metric} reply is not a 0-10 score: {reply[:300]!r}. Use a judge that follows "
+                        "the prompt (lsrp.judge_model=<model>), lsrp.judge=offline for embedding scores throughout, "
+                        "or lsrp.judge_fallback=true to give such outputs their embedding score (counted in every "
+                        "table)."
+                    )
         return rows
+
+
+def judge_caption(records: list[dict]) -> str:
+    """The line printed under every LSRP table: where its Q-A Rel. and Persona scores came from."""
+    n = len(records)
+    count = {
+        m: {src: sum(r[f"{m}_source"] == src for r in records) for src in ("llm", "embedding-fallback")}
+        for m in ("qa_rel", "persona")
+    }
+    if n and all(r["qa_rel_source"] == "offline-embedding" for r in records):
+        return f"Judge: all {n} outputs scored by embedding similarity (lsrp.judge=offline), no LLM judge."
+    text = (
+        f"Judge: of {n} outputs, Q-A Rel. by the LLM judge {count['qa_rel']['llm']}, Persona by the LLM judge "
+        f"{count['persona']['llm']}"
+    )
+    fb = count["qa_rel"]["embedding-fallback"], count["persona"]["embedding-fallback"]
+    if any(fb):
+        text += f"; embedding fallback for unparseable replies (lsrp.judge_fallback=true): Q-A {fb[0]}, Persona {fb[1]}"
+    return text + "."
 
 
 # Score S and its weights --------------------------------------------------------------------------
