@@ -38,10 +38,12 @@ def run_trl_baseline(cfg, resume: bool) -> int:
         train_with_dpo(cfg, resume) if cfg.rl.trainer == "dpo" else train_with_trl(cfg, resume, eval_hook=eval_model)
     )
     if accelerator.is_main_process:
-        eval_model(
+        rows = eval_model(
             "final",
             *load_device_model(replace(cfg.model, name_or_path=final, gguf_file=None, lora=False), for_training=False),
         )
+        if rows and cfg.rl.env == "route":  # query mode's budget counts calls: eval/final.json has them
+            tqdm.write(f"held-out offload {rows[0]['offload_rate']:.1%} against the budget {cfg.rl.budget:.0%}")
         tqdm.write(
             f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})"
         )

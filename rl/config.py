@@ -72,8 +72,8 @@ class RLConfig(Section):
         "sft: supervised task tuning (rl/sft.py, TRL SFTTrainer + LoRA, the sft.* keys): the warm start that RL "
         "starts from (model.name_or_path=<output_dir>/final) and the paper's 'task tuning only' baseline; of rl.* it "
         "uses budget (evaluation), max_new_tokens and max_prompt_tokens. "
-        "dpo: preference optimisation (rl/dpo.py): rollouts of the base policy, pairs by reward (higher chosen, ties "
-        "dropped), TRL DPOTrainer (section dpo).",
+        "dpo: preference optimisation (rl/dpo.py): rollouts of the policy, pairs by reward (higher chosen, ties "
+        "dropped), TRL DPOTrainer (section dpo), for dpo.rounds rounds with the dual step on γ between them.",
     )
     advantage: Literal["gapg", "grpo", "dr_grpo"] = option(
         "gapg",
@@ -384,6 +384,12 @@ class DPOConfig(Section):
     max_pairs_per_prompt: int = option(
         4, "rl.trainer=dpo: at most this many pairs per problem, largest reward gap first (0 = all)."
     )
+    rounds: int = option(
+        1,
+        "rl.trainer=dpo: rounds of (roll out the current policy -> pairs -> DPO). Between rounds γ takes the dual "
+        "step of rl.gamma_lr toward rl.budget on the measured offload (calls per rollout in query mode), so DPO "
+        "holds the budget the way GAPG does; 1 = one offline round at the fixed γ = rl.gamma.",
+    )
 
     def check(self) -> None:
         if (
@@ -398,8 +404,10 @@ class DPOConfig(Section):
                 "dpo.beta, dpo.learning_rate and dpo.num_epochs must be > 0, dpo.batch_size and dpo.grad_accum >= 1, "
                 "dpo.max_length >= 16."
             )
-        if self.num_prompts < 1 or self.max_pairs_per_prompt < 0:
-            raise ConfigError("dpo.num_prompts must be >= 1 and dpo.max_pairs_per_prompt >= 0 (0 = every pair).")
+        if self.num_prompts < 1 or self.max_pairs_per_prompt < 0 or self.rounds < 1:
+            raise ConfigError(
+                "dpo.num_prompts and dpo.rounds must be >= 1 and dpo.max_pairs_per_prompt >= 0 (0 = every pair)."
+            )
 
 
 @dataclass

@@ -1,22 +1,28 @@
 """DPO instead of RL (SPEC §1 ``dpo``): preference pairs from routing rollouts, trained with TRL ``DPOTrainer``.
 
-    accelerate launch train.py --config configs/cpu_dpo.yaml          # rl.trainer: dpo
+    accelerate launch train.py --config configs/cpu_dpo.yaml          # rl.trainer: dpo, 3 rounds with the dual
     accelerate launch train.py --config configs/cpu_default.yaml rl.trainer=dpo dpo.num_prompts=32
 
-1. Roll out the base policy: ``dpo.num_prompts`` training problems (a seeded sample), ``rl.group_size``
-   responses each at ``rl.temperature``, in the ``rl.env`` environment (route or query) with the same
-   prompts and cached cloud as GAPG.
-2. Reward every response with the collaboration reward of SPEC §3 (``rewards/collaboration.py``, fixed
-   γ = ``rl.gamma``): α_a for a correct local answer, α_c for an escalation the cloud gets right, else 0.
+Each of ``dpo.rounds`` rounds:
+1. Roll out the current policy (the base model in round 1, the previous round's ``final/`` after):
+   ``dpo.num_prompts`` training problems (a seeded sample, fresh each round), ``rl.group_size`` responses
+   each at ``rl.temperature``, in the ``rl.env`` environment (route or query) with the same prompts and cached
+   cloud as GAPG.
+2. Reward every response with the collaboration reward of SPEC §3 (``rewards/collaboration.py``) at the
+   round's γ: α_a for a correct local answer, α_c − γ for an escalation the cloud gets right, else 0 (− γ).
 3. Pairs (``preference_pairs``): within each group, every two responses with different rewards make a pair,
    the higher reward chosen; ties are dropped (they say nothing about which to prefer), and so are pairs of
    identical texts. At most ``dpo.max_pairs_per_prompt`` per problem, the largest reward gap first.
 4. TRL ``DPOTrainer`` (β = ``dpo.beta``, ``dpo.loss_type``, LoRA when ``dpo.lora``; the reference model is
-   the base policy) on the exact token ids that were sampled: ``ExactPreferenceCollator`` feeds TRL the
-   rollout's own prompt and completion ids (no re-tokenisation of decoded text) and its per-token loss mask,
-   so the cloud's ``<response>`` tokens of a query rollout are context and never trained.
-5. ``final/``: the merged policy, evaluated by rl/baselines.py (before/after) and loadable by eval.py like any
-   checkpoint.
+   the round's starting policy) on the exact token ids that were sampled: ``ExactPreferenceCollator`` feeds TRL
+   the rollout's own prompt and completion ids (no re-tokenisation of decoded text) and its per-token loss
+   mask, so the cloud's ``<response>`` tokens of a query rollout are context and never trained.
+5. The dual step of rl/lagrangian.py on the round's measured usage: γ ← max(0, γ + rl.gamma_lr · (offload −
+   rl.budget)) (calls per rollout in query mode), so the next round's pairs charge the cloud more when it was
+   over budget and less when under. ``dpo_rounds.json`` records γ, the usage and the pairs of every round.
+``final/`` (the last round's merged policy) is evaluated by rl/baselines.py (before/after, with its held-out
+offload against rl.budget) and loadable by eval.py like any checkpoint. ``dpo.rounds=1`` with
+``rl.gamma_lr=0`` is one offline round at the fixed γ = rl.gamma.
 
 The same ``dpo_args``/``train_dpo`` serve LSRP's SMFB-DPO of the leader (rl/smfb_dpo.py).
 """
@@ -35,6 +41,7 @@ from envs.simulation import task_cloud
 from envs.tasks import load_problems
 from policies.device import load_device_model
 from policies.generation import HFGenerator
+from rl.lagrangian import DualVariable
 from rl.trainer import make_env
 from rl.trl_run import common_args, metrics_callback, save_final, train_resumable
 
@@ -183,15 +190,14 @@ def train_dpo(
 # rl.trainer=dpo: the routing policy -------------------------------------------------------------
 
 
-def rollout_pairs(cfg, env, generator, problems) -> tuple[list[dict], dict]:
-    """Roll out ``problems`` (rl.rollout_prompts at a time), reward them and build the pairs; also rollout stats."""
+def rollout_pairs(cfg, env, generator, problems, gamma: float) -> tuple[list[dict], dict]:
+    """Roll out ``problems`` (rl.rollout_prompts at a time), reward them with the cloud cost ``gamma`` and build the
+    pairs; also rollout stats, with ``usage`` the constrained quantity (offload rate, or calls per rollout)."""
     groups = []
     for start in range(0, len(problems), cfg.rl.rollout_prompts):
         chunk = problems[start : start + cfg.rl.rollout_prompts]
         part = env.rollout(generator, chunk, cfg.rl.group_size, cfg.rl.temperature, cfg.rl.top_p, cfg.rl.max_new_tokens)
-        env.reward(
-            part, cfg.reward, cfg.rl.gamma
-        )  # the environment's reward (route or query) with a fixed γ = rl.gamma
+        env.reward(part, cfg.reward, gamma)  # the environment's reward (route or query) at this round's γ
         groups += part
         log.info("dpo rollouts: %d/%d problems", len(groups), len(problems))
     pairs = preference_pairs(groups, cfg.dpo.max_pairs_per_prompt)
@@ -200,44 +206,84 @@ def rollout_pairs(cfg, env, generator, problems) -> tuple[list[dict], dict]:
         "problems": len(groups),
         "rollouts": len(rolls),
         "pairs": len(pairs),
+        "gamma": gamma,
         "reward": sum(x for g in groups for x in g.rewards) / max(len(rolls), 1),
         "offload_rate": sum(r.escalated for r in rolls) / max(len(rolls), 1),
         "calls_per_rollout": sum(r.calls for r in rolls) / max(len(rolls), 1),
+        "usage": env.usage_of(groups),
         "groups_without_pairs": sum(len(set(g.rewards)) == 1 for g in groups),
     }
     return pairs, stats
 
 
 def train_with_dpo(cfg, resume: bool = False) -> str:
-    """rl.trainer=dpo: rollouts of the base policy -> pairs -> TRL DPOTrainer; returns ``<output_dir>/final``."""
+    """rl.trainer=dpo: ``dpo.rounds`` rounds of (roll out the current policy -> pairs at the current γ -> TRL
+    DPOTrainer, the round's starting policy as reference); between rounds the dual step of rl/lagrangian.py,
+    γ ← max(0, γ + rl.gamma_lr · (usage − rl.budget)), on the usage measured in the round's rollouts (offload
+    rate, or calls per rollout in query mode), so the pairs of the next round charge the cloud more when it was
+    over budget. Round k works in ``<output_dir>/round-<k>`` (the output_dir itself when dpo.rounds=1); the last
+    round's policy is ``<output_dir>/final``, which this returns. ``dpo_rounds.json`` has γ and the usage of every
+    round; a rerun with --resume skips the finished rounds."""
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
-    model, tok = load_device_model(replace(cfg.model, lora=False))  # DPOTrainer attaches LoRA (dpo.lora)
-    pairs_path = os.path.join(out, PAIRS_FILE)
-    if resume and os.path.exists(pairs_path):
-        pairs = [json.loads(line) for line in open(pairs_path)]
-        log.info("--resume: %d preference pairs from %s", len(pairs), pairs_path)
-    else:
-        cloud = task_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
-        env = make_env(cfg, tok, cloud)  # rl.env: route or query
-        train_problems = load_problems(cfg.task)[0]
-        problems = random.Random(f"{cfg.train.seed}-dpo").sample(
-            train_problems, min(cfg.dpo.num_prompts, len(train_problems))
+    dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
+    rounds_path = os.path.join(out, "dpo_rounds.json")
+    done = json.load(open(rounds_path)) if resume and os.path.exists(rounds_path) else []
+    train_problems = load_problems(cfg.task)[0]
+    policy = None  # None = the base model of the model section; else the previous round's merged final/
+    for k in range(1, cfg.dpo.rounds + 1):
+        work = out if cfg.dpo.rounds == 1 else os.path.join(out, f"round-{k}")
+        final = os.path.join(out if k == cfg.dpo.rounds else work, "final")
+        if k <= len(done) and os.path.exists(os.path.join(final, "config.json")):
+            policy, dual.gamma = final, done[k - 1]["gamma_next"]
+            log.info("--resume: DPO round %d is done (%s)", k, final)
+            continue
+        model_cfg = replace(cfg.model, lora=False)  # DPOTrainer attaches LoRA (dpo.lora)
+        if policy is not None:
+            model_cfg = replace(model_cfg, name_or_path=policy, gguf_file=None)
+        model, tok = load_device_model(model_cfg)
+        pairs_path = os.path.join(work, PAIRS_FILE)
+        os.makedirs(work, exist_ok=True)
+        stats_path = os.path.join(work, "dpo_rollouts.json")
+        if resume and os.path.exists(pairs_path) and os.path.exists(stats_path):  # this round's rollouts are done
+            pairs = [json.loads(line) for line in open(pairs_path)]
+            stats = json.load(open(stats_path))
+            log.info("--resume: %d preference pairs of round %d from %s", len(pairs), k, pairs_path)
+        else:
+            cloud = task_cloud(cfg.cloud, os.path.join(out, "cloud_cache.sqlite"))
+            env = make_env(cfg, tok, cloud)  # rl.env: route or query
+            seed = f"{cfg.train.seed}-dpo" if k == 1 else f"{cfg.train.seed}-dpo-{k}"  # fresh problems each round
+            problems = random.Random(seed).sample(train_problems, min(cfg.dpo.num_prompts, len(train_problems)))
+            pairs, stats = rollout_pairs(cfg, env, HFGenerator(model, tok), problems, dual.gamma)
+            write_jsonl(pairs_path, pairs)
+            with open(stats_path, "w") as f:
+                json.dump(stats, f, indent=2)
+        log.info("dpo round %d/%d: %s", k, cfg.dpo.rounds, stats)
+        for p in pairs:  # TRL tokenises these texts; the collator trains on the exact ids
+            p["prompt"] = tok.decode(p["exact_prompt_ids"])
+        collator = exact_collator(tok.pad_token_id, cfg.dpo.max_length)
+        policy = train_dpo(model, tok, pairs, cfg, work, final, collator=collator, resume=resume)
+        gamma_used = dual.gamma
+        dual.update(stats["usage"])
+        done = done[: k - 1] + [
+            {
+                "round": k,
+                "gamma": gamma_used,
+                "usage": stats["usage"],
+                "budget": cfg.rl.budget,
+                "pairs": len(pairs),
+                "gamma_next": dual.gamma,
+                "policy": final,
+            }
+        ]
+        with open(rounds_path, "w") as f:
+            json.dump(done, f, indent=2)
+        log.info(
+            "dpo round %d: usage %.3f against the budget %.3f, γ %.3f -> %.3f",
+            k,
+            stats["usage"],
+            cfg.rl.budget,
+            gamma_used,
+            dual.gamma,
         )
-        pairs, stats = rollout_pairs(cfg, env, HFGenerator(model, tok), problems)
-        write_jsonl(pairs_path, pairs)
-        with open(os.path.join(out, "dpo_rollouts.json"), "w") as f:
-            json.dump(stats, f, indent=2)
-        log.info("dpo: %s", stats)
-    for p in pairs:  # TRL tokenises these texts; the collator trains on the exact ids
-        p["prompt"] = tok.decode(p["exact_prompt_ids"])
-    return train_dpo(
-        model,
-        tok,
-        pairs,
-        cfg,
-        out,
-        os.path.join(out, "final"),
-        collator=exact_collator(tok.pad_token_id, cfg.dpo.max_length),
-        resume=resume,
-    )
+    return policy
