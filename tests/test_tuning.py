@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 
 import pytest
@@ -145,6 +146,84 @@ def test_semantic_filter_nli_needs_entailment_both_ways():
 
     kept, stats = filter_pairs([a, b, c], cfg, nli=nli)
     assert kept == [a] and stats["removed"]["semantic"] == 2 and calls == [3, 3] and stats["semantic_checks"] == ["nli"]
+
+
+def _nli_classifier(path: str, entail_index: int) -> str:
+    """A local NLI classifier directory (a tiny random BERT, its own WordPiece vocabulary) whose classifier head
+    always says the class at index 2 with probability e⁵/(2 + e⁵); ``config.id2label`` names that class
+    'ENTAILMENT' when ``entail_index`` is 2, 'CONTRADICTION' otherwise."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    os.makedirs(path, exist_ok=True)
+    words = "what is a the colour name here 37 46 82 19 11 12 * + ?".split()
+    with open(os.path.join(path, "vocab.txt"), "w") as f:
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    names = ["NEUTRAL", "CONTRADICTION", "CONTRADICTION"]
+    names[entail_index] = "ENTAILMENT"
+    size = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    labels = dict(num_labels=3, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    cfg = BertConfig(vocab_size=5 + len(words), **size, **labels)
+    model = BertForSequenceClassification(cfg)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))
+    model.save_pretrained(path)
+    BertTokenizerFast(os.path.join(path, "vocab.txt")).save_pretrained(path)
+    return path
+
+
+def test_semantic_filter_with_a_local_nli_model_reads_its_entailment_class(tmp_path):
+    """sft.nli_model's real path: a classifier directory loaded by transformers (NLIScorer); P(entailment) comes
+    from the class that config.id2label names, wherever it sits."""
+    from envs.filters import NLIScorer
+
+    cfg = sft_cfg(rouge_l_max=1.0, scf_threshold=0.5)
+    y = "82 * 19 = 1558. \\boxed{1558}"
+    pairs = [cand("What is 82 * 19?", y), cand("What is 11 * 12?", y)]
+    likely = NLIScorer(_nli_classifier(str(tmp_path / "entail-at-2"), entail_index=2))
+    assert likely(["What is 37 * 46?"], ["What is 82 * 19?"])[0] == pytest.approx(1 / (1 + 2 * math.exp(-5)))
+    kept, stats = filter_pairs(pairs, cfg, nli=likely)
+    assert kept == pairs and stats["semantic_checks"] == ["nli"]
+    unlikely = NLIScorer(_nli_classifier(str(tmp_path / "entail-at-0"), entail_index=0))
+    kept, stats = filter_pairs(pairs, cfg, nli=unlikely)
+    assert kept == [] and stats["removed"]["semantic"] == 2
+    with pytest.raises(OSError, match="sft.nli_model="):
+        NLIScorer(str(tmp_path / "missing"))
+
+
+def test_augmentation_by_an_openai_compatible_cloud_on_loopback(tmp_path):
+    """The augmenting cloud's real path (cloud.backend=openai): the augmentation prompt goes over HTTP with the
+    example in it, the reply's pairs come back as candidates, and a rerun is served from the cache."""
+    from test_cloud_http import MODEL, ScriptedServer
+
+    from policies.cloud import OpenAICloud
+
+    def reply(prompt: str) -> str:
+        return (
+            "1. Input: What is 41 * 17?\nResponse: 41 * 17 = 697. \\boxed{697}\n\n"
+            "2. Input: What is 12 * 11?\nResponse: 12 * 11 = 132. \\boxed{132}\n"
+            "3. Input: What is 9 * 9?\nResponse: 81"
+        )
+
+    server = ScriptedServer(reply=reply)
+    try:
+        cloud = CachedCloud(OpenAICloud(server.base_url, MODEL, max_retries=0), str(tmp_path / "cache.sqlite"))
+        example = (
+            Problem(uid="a:1", question="What is 37 * 46?", answer="1702", level=4),
+            "37 * 46 = 1702. \\boxed{1702}",
+        )
+        cands, stats = augment(cloud, [example], "arithmetic", k=2)
+        assert [(c.x, c.y) for c in cands] == [
+            ("What is 41 * 17?", "41 * 17 = 697. \\boxed{697}"),
+            ("What is 12 * 11?", "12 * 11 = 132. \\boxed{132}"),
+        ]  # at most k = 2 of the three pairs
+        assert all(c.source_x == "What is 37 * 46?" and c.level == 4 for c in cands)
+        sent = server.requests[0]["body"]["messages"][-1]["content"]
+        assert "What is 37 * 46?" in sent and "37 * 46 = 1702" in sent and len(server.requests) == 1
+        again, _ = augment(cloud, [example], "arithmetic", k=2)
+        assert [(c.x, c.y) for c in again] == [(c.x, c.y) for c in cands] and len(server.requests) == 1
+    finally:
+        server.close()
 
 
 def test_filter_stats_count_each_filter_in_order():
