@@ -174,7 +174,7 @@ def run_grid_eval(
     return rows
 
 
-def write_report(rows, methods, budgets, seeds, out: str, report: str, command: str) -> list[str]:
+def write_report(rows, methods, budgets, seeds, out: str, report: str, command: str, standins: str = "") -> list[str]:
     """``report``.md/.csv/.png and _offload.png from the grid's rows (rl/results.py)."""
     from rl import results
 
@@ -184,7 +184,8 @@ def write_report(rows, methods, budgets, seeds, out: str, report: str, command: 
     }
     meta = {
         "description": f"Grid: methods {', '.join(methods)} x budgets {', '.join(f'{b:.0%}' for b in budgets)} x "
-        f"seeds {', '.join(map(str, seeds))}; rows in `{os.path.basename(report)}.csv`."
+        f"seeds {', '.join(map(str, seeds))}; rows in `{os.path.basename(report)}.csv`.",
+        "standins": standins,
     }
     return [
         results.write_csv(rows, report + ".csv"),
@@ -355,7 +356,7 @@ def main(argv=None):
     rows = []
     if args.methods or args.seeds:
         argv = sys.argv[1:] if argv is None else list(argv)
-        return run_grid(args, budgets, overrides, group, eval_args, cfg.model.name_or_path, argv)
+        return run_grid(args, budgets, overrides, group, eval_args, cfg, argv)
     for b in budgets:
         run_training(args.config, b, point_dir(args.out, b), overrides, args.launch, group)
         rows += run_eval(args.config, b, args.out, overrides, eval_args, cfg.model.name_or_path)
@@ -371,10 +372,11 @@ def main(argv=None):
     return 0
 
 
-def run_grid(args, budgets, overrides, group, eval_args, base_model, argv: list[str]) -> int:
+def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -> int:
     """Grid mode: (method x budget x seed), trained and evaluated point by point, seed by seed; the report after every
     point."""
     from rl.advantages import ESTIMATORS
+    from rl.results import standins_caption
 
     methods = [m for m in (args.methods or "gapg").split(",") if m]
     bad = [m for m in methods if m not in ESTIMATORS]
@@ -397,8 +399,8 @@ def run_grid(args, budgets, overrides, group, eval_args, base_model, argv: list[
                 point = [*overrides, f"rl.advantage={m}", f"train.seed={s}"]
                 run_training(args.config, b, run, point, args.launch, group, f"{m}-seed{s}-budget-{b:.2f}")
                 models[m] = run
-            rows += run_grid_eval(args.config, b, s, models, args.out, overrides, eval_args, base_model)
-            written = write_report(rows, methods, budgets, seeds, args.out, report, command)
+            rows += run_grid_eval(args.config, b, s, models, args.out, overrides, eval_args, cfg.model.name_or_path)
+            written = write_report(rows, methods, budgets, seeds, args.out, report, command, standins_caption(cfg))
             print(f"[sweep] point budget {b:.0%} seed {s} done; report: {', '.join(written)}", flush=True)
     return 0
 

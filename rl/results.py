@@ -131,6 +131,18 @@ def comparison_rows(rows: list[dict], methods: list[str]) -> list[dict]:
     return out
 
 
+def standins_caption(cfg) -> str:
+    """The line under every results table that names the stand-ins: the cloud (simulated or a model), the device
+    model and the task."""
+    c = cfg.cloud
+    cloud = (
+        f"simulated (no LLM: right with probability {c.accuracy:.2f}, cloud.accuracy)"
+        if c.backend == "simulated"
+        else f"{c.model} (cloud.backend={c.backend})"
+    )
+    return f"Stand-ins: the cloud is {cloud}; the device is {cfg.model.name_or_path}; the task is {cfg.task.name}."
+
+
 def write_markdown(rows: list[dict], methods: list[str], path: str, command: str, meta: dict) -> str:
     grouped = by_key(rows)
     budgets = sorted({r["budget"] for r in rows})
@@ -177,6 +189,8 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
                 f"{fmt(statistics.fmean(last), None) if last else '-'} |"
             )
         lines.append("")
+        if meta.get("standins"):
+            lines += [f"*{meta['standins']}*", ""]
         comps = [c for c in comparisons if c["budget"] == budget]
         if comps:
             lines += [
