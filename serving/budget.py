@@ -31,7 +31,9 @@ class SlidingBudget:
         if not (budget >= 0 and math.isfinite(budget)):
             raise ValueError(f"budget={budget!r}: give a finite number >= 0 (e.g. --budget 0.3)")
         if int(window) < 1:
-            raise ValueError(f"budget window={window!r}: give a whole number of requests >= 1 (e.g. --budget-window 100)")
+            raise ValueError(
+                f"budget window={window!r}: give a whole number of requests >= 1 (e.g. --budget-window 100)"
+            )
         self.budget, self.window = float(budget), int(window)
         self.cap = math.floor(self.budget * self.window + 1e-9)  # 0.3 * 10 is 3.0000000000000004; 0.29 * 100 28.99..
         self._lock = threading.Lock()

@@ -171,7 +171,11 @@ class CollaborativePolicy:
         self.env, self.generator, self.cloud, self.budget = env, generator, cloud, budget
         self.tokenizer = env.tokenizer
         self.mode = env.name  # route | query
-        self.max_new_tokens, self.max_queries, self.max_response_tokens = max_new_tokens, max_queries, max_response_tokens
+        self.max_new_tokens, self.max_queries, self.max_response_tokens = (
+            max_new_tokens,
+            max_queries,
+            max_response_tokens,
+        )
         self.name, self.logits_processor = name, logits_processor
         self._device_lock = threading.Lock()  # one device pass at a time (the model is not re-entrant)
         self._prompt_cache: dict[str, list[int]] = {}
@@ -253,6 +257,10 @@ class CollaborativePolicy:
         cloud = task_cloud(replace(cfg.cloud, cache_file=""), cloud_cache)
         env = env_class_for(cfg).from_config(cfg, tok, cloud)
         b = cfg.rl.budget if budget is None else budget
+        if cfg.rl.env == "route" and b > 1:
+            raise PolicyLoadError(
+                f"budget {b:g}: in route mode it is the share of requests sent to the cloud, in [0, 1]"
+            )
         return cls(
             env,
             generator,
