@@ -42,7 +42,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -307,17 +307,16 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
     async def prometheus():
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.get("/v1/models")
-    async def models(request: Request):
-        check_auth(request)
+    @app.get("/v1/models", dependencies=[Depends(check_auth)])
+    async def models():
         return {
             "object": "list",
             "data": [{"id": policy.name, "object": "model", "created": 0, "owned_by": "cloudroute"}],
         }
 
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest, request: Request):
-        check_auth(request)
+    # auth is a dependency: it runs before the body is validated (no key, no details about the request)
+    @app.post("/v1/chat/completions", dependencies=[Depends(check_auth)])
+    async def chat(body: ChatRequest):
         t0 = time.perf_counter()
         if body.model != policy.name:
             raise ApiError(

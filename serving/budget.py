@@ -59,8 +59,9 @@ class SlidingBudget:
     def _prune(self) -> None:
         # a window that can still change holds an open request or a future one: nothing older than the oldest
         # open request (or the next arrival) minus the window matters any more
-        oldest = min(self._open, default=self._next)
-        for s in [s for s in self._calls if s <= oldest - self.window]:
+        # (and ``recent_calls`` reads the last window of arrivals)
+        oldest = min(min(self._open, default=self._next) - self.window + 1, self._next - self.window)
+        for s in [s for s in self._calls if s < oldest]:
             del self._calls[s]
 
     def _window_sums(self, seq: int) -> list[int]:
