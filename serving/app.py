@@ -36,6 +36,8 @@ import logging
 import os
 import re
 import secrets
+import socket
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -361,3 +363,35 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
         return JSONResponse(completion_body(answer, policy.name, policy.mode, cid, created), headers=headers)
 
     return app
+
+
+class BackgroundServer:
+    """uvicorn serving ``app`` in a background thread (a notebook, the tests, benchmarks/bench_serve.py):
+
+    with BackgroundServer(create_app(policy)) as server:      # port 0: a free port
+        OpenAI(base_url=server.url + "/v1", api_key="unused")
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start (see its log above)")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+        self.sock.close()

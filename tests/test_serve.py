@@ -13,15 +13,11 @@ import json
 import logging
 import random
 import re
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from envs.query import QueryEnv
@@ -29,7 +25,7 @@ from envs.route import RouteEnv
 from policies.cloud import CachedCloud, CloudConfigError, CloudError, SimulatedCloud
 from policies.device import load_tokenizer
 from policies.generation import HFGenerator
-from serving.app import ANSWERED_BY_HEADER, ServeOptions, create_app
+from serving.app import ANSWERED_BY_HEADER, BackgroundServer, ServeOptions, create_app
 from serving.batcher import Batcher
 from serving.budget import SlidingBudget
 from serving.policy import CollaborativePolicy, PolicyLoadError, find_run_config, served_problem
@@ -122,30 +118,7 @@ def make_policy(model, tok, mode="route", cloud=None, budget=None, window=10, sc
     )
 
 
-class Server:
-    """uvicorn serving ``app`` in a background thread on a free loopback port."""
-
-    def __init__(self, app):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(20)
-        self.sock.close()
-
+class Server(BackgroundServer):
     def client(self, key="unused", **kw):
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kw)
 
