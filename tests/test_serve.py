@@ -467,3 +467,38 @@ def test_concurrent_requests_share_device_batches(model, tok):
         )
     assert s_app is not None and all(extra(r)["answered_by"] == "device" for r in replies)
     assert sizes[1] == 8 and sizes[0] <= 3  # 8 requests in a 200 ms window: a few batches, not eight
+
+
+def test_remote_device_proxy_gives_the_local_answers(model, tok):
+    """--device-url: the device behind an OpenAI-compatible /v1/completions server (here a small one on the same tiny
+    model, scripted the same way) gives the same replies as the in-process device, in both modes."""
+    from fastapi import FastAPI
+
+    from serving.remote import RemoteGenerator
+
+    device_app, seen = FastAPI(), []
+    gen = HFGenerator(model, tok, min_shared_prefix=0)
+    script = LogitsProcessorList([Scripted(tok)])
+
+    @device_app.post("/v1/completions")
+    def completions(body: dict):
+        seen.append(body)
+        ids = tok(body["prompt"], add_special_tokens=False)["input_ids"]
+        stop = (body.get("stop") or [None])[0]
+        o = gen.extend([ids], body["max_tokens"], temperature=0.0, stop=stop, logits_processor=script)[0]
+        finish = "length" if o.reason == "length" else "stop"
+        return {"choices": [{"text": tok.decode(o.ids, skip_special_tokens=True), "finish_reason": finish}]}
+
+    with BackgroundServer(device_app) as device:
+        for mode, questions in (
+            ("route", ["What is 3 + 4? (ok)", "What is 37 * 46? (esc)"]),
+            ("query", ["3*4 (query)"]),
+        ):
+            local = make_policy(model, tok, mode=mode)
+            remote = make_policy(model, tok, mode=mode)
+            remote.generator, remote.logits_processor = RemoteGenerator(device.url + "/v1", "tiny", tok), None
+            want, got = local.ask_many(questions), remote.ask_many(questions)
+            assert [(a.text, a.answered_by, a.answer) for a in got] == [(a.text, a.answered_by, a.answer) for a in want]
+    route_env = make_policy(model, tok).env
+    assert seen[0]["prompt"] == route_env.prompt(served_problem("What is 3 + 4? (ok)"))  # the training prompt, as text
+    assert any(b.get("stop") == ["</query>"] for b in seen) and {b["model"] for b in seen} == {"tiny"}
