@@ -131,3 +131,21 @@ def test_scaling_benchmark_writes_each_point_and_resumes(tiny_model_dir, tmp_pat
     json.dump(on_disk, open(out + ".json", "w"))
     again = bench_scaling.main(args)
     assert again["points"]["G=4,T=3"]["speedup"] == -1.0
+
+
+def test_serve_benchmark_sends_the_same_requests_to_both_servers(tiny_model_dir, tmp_path):
+    from benchmarks import bench_serve
+
+    out = tmp_path / "serve.json"
+    r = bench_serve.main(
+        ["--model", tiny_model_dir, "--config", TINY, "--concurrency", "1,4", "--requests-per-client", "2"]
+        + ["--steps", "1", "--warmup", "0", "--max-new-tokens", "6", "--json", str(out)]
+    )
+    assert json.load(open(out))["levels"]["4"]["speedup"] == r["levels"]["4"]["speedup"] > 0
+    for c in (1, 4):
+        level = r["levels"][str(c)]
+        for name in ("batched", "one-at-a-time"):
+            rec = level[name]
+            assert rec["requests"] == c * 2 == sum(rec["answered_by"].values())
+            assert 0 < rec["min_s"] <= rec["p50_s"] <= rec["p99_s"] <= rec["max_s"] and rec["requests_per_s"] > 0
+    assert bench_serve.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5 and bench_serve.percentile([5.0], 99) == 5.0

@@ -7,7 +7,8 @@ Layers, lowest first (a module may import its own layer and the ones below, neve
     2  policies   device model, generation, cloud backends, router (``policies/``)
     3  envs       route, query, tasks, suites, prompts, evaluation, LSRP, augmentation (``envs/``)
     4  rl         GAPG, filtering, dual, the trainer loop, TRL-backed trainers, the config composition (``rl/``)
-    5  commands   train.py, eval.py, sweep.py, benchmarks/, scripts/
+  4.5  serving    the served policy, its budget, batching, the OpenAI-compatible app, metrics (``serving/``)
+    5  commands   train.py, eval.py, sweep.py, serve.py, benchmarks/, scripts/
 
 Every import counts: module level and inside functions.  Checked: the import graph has no cycle; no edge goes
 from a lower layer to a higher one (so no library module imports a command); every module has a layer; no
@@ -26,13 +27,15 @@ LAYERS = {
     "policies": 2,
     "envs": 3,
     "rl": 4,
+    "serving": 4.5,
     "train": 5,
     "eval": 5,
     "sweep": 5,
+    "serve": 5,
     "benchmarks": 5,
     "scripts": 5,
 }
-COMMANDS = {"train", "eval", "sweep", "benchmarks", "scripts"}
+COMMANDS = {"train", "eval", "sweep", "serve", "benchmarks", "scripts"}
 SKIP_DIRS = {".git", "tests", "outputs", "__pycache__", "configs", "docs", ".venv", "build"}
 
 
