@@ -205,7 +205,7 @@ class QueryEnv:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _response_ids(self, reply: str, overhang: str) -> list[int]:
+    def response_ids(self, reply: str, overhang: str) -> list[int]:
         reply = reply.strip()
         if self.max_response_tokens:
             ids = self._encode(reply)
@@ -291,17 +291,17 @@ class QueryEnv:
                     asking.append((r, question, overhang))
                 else:
                     r.refused += 1
-                    r.add(self._response_ids(CALL_LIMIT_TEXT, overhang), trained=False)
+                    r.add(self.response_ids(CALL_LIMIT_TEXT, overhang), trained=False)
             if asking:
                 replies, error = cloud_replies_or_none(self.cloud, [query_problem(q) for _, q, _ in asking], "queries")
                 for (r, question, overhang), rep in zip(asking, replies):
                     if rep is None:  # no answer: the row goes on without one, and its reward is unknown
                         r.cloud_error = r.cloud_error or error
-                        r.add(self._response_ids(CLOUD_UNAVAILABLE_TEXT, overhang), trained=False)
+                        r.add(self.response_ids(CLOUD_UNAVAILABLE_TEXT, overhang), trained=False)
                         continue
                     r.queries.append(question)
                     r.cloud_tokens += rep.prompt_tokens + rep.completion_tokens
-                    r.add(self._response_ids(rep.text, overhang), trained=False)
+                    r.add(self.response_ids(rep.text, overhang), trained=False)
             active = [r for r in active if not r.done]
 
         rolls = []

@@ -360,12 +360,12 @@ class CollaborativePolicy:
                 q = (before[opened + len(QUERY_OPEN) :] if opened >= 0 else before).strip()
                 if len(d.queries) >= self.max_queries:
                     d.limit_refused += 1
-                    d.ids += self.env._response_ids(CALL_LIMIT_TEXT, overhang)
+                    d.ids += self.env.response_ids(CALL_LIMIT_TEXT, overhang)
                 elif self._grant(d.request):
                     asking.append((d, q, overhang))
                 else:  # over budget: the device reads what it reads at its call limit in training, and goes on
                     d.budget_refused += 1
-                    d.ids += self.env._response_ids(CALL_LIMIT_TEXT, overhang)
+                    d.ids += self.env.response_ids(CALL_LIMIT_TEXT, overhang)
             if asking:
                 problems = [query_problem(q) for _, q, _ in asking]
                 error = None
@@ -379,12 +379,12 @@ class CollaborativePolicy:
                     if rep is None:
                         self._refund(d.request)
                         d.cloud_error = d.cloud_error or error
-                        d.ids += self.env._response_ids(CLOUD_UNAVAILABLE_TEXT, overhang)
+                        d.ids += self.env.response_ids(CLOUD_UNAVAILABLE_TEXT, overhang)
                         continue
                     d.queries.append(q)
                     d.cloud_prompt_tokens += rep.prompt_tokens
                     d.cloud_completion_tokens += rep.completion_tokens
-                    d.ids += self.env._response_ids(rep.text, overhang)
+                    d.ids += self.env.response_ids(rep.text, overhang)
             active = [d for d in active if not d.done]
 
     def finish(self, draft: Draft) -> Answer:
