@@ -131,6 +131,25 @@ def comparison_rows(rows: list[dict], methods: list[str]) -> list[dict]:
     return out
 
 
+def per_level_offload_table(method_rows: list[tuple[str, list[dict]]]) -> list[str]:
+    """Markdown lines: each method's held-out offload per task level (mean over seeds), for the methods whose rows
+    carry ``per_level``; empty when none does."""
+    have = [(m, rs) for m, rs in method_rows if rs and all(r.get("per_level") for r in rs)]
+    if not have:
+        return []
+    levels = sorted({lvl for _, rs in have for r in rs for lvl in r["per_level"]}, key=lambda x: (len(x), x))
+    lines = ["| offload per level % | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
+    for method, rs in have:
+        cells = [
+            f"{100 * statistics.fmean(r['per_level'][lvl]['offload_rate'] for r in rs if lvl in r['per_level']):.0f}"
+            if any(lvl in r["per_level"] for r in rs)
+            else "-"
+            for lvl in levels
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def standins_caption(cfg) -> str:
     """The line under every results table that names the stand-ins: the cloud (simulated or a model), the device
     model and the task."""
@@ -189,6 +208,7 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
                 f"{fmt(statistics.fmean(last), None) if last else '-'} |"
             )
         lines.append("")
+        lines += per_level_offload_table([(m, grouped.get((budget, m), [])) for m in order])
         if meta.get("standins"):
             lines += [f"*{meta['standins']}*", ""]
         comps = [c for c in comparisons if c["budget"] == budget]
