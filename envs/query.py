@@ -206,6 +206,8 @@ class QueryEnv:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def response_ids(self, reply: str, overhang: str) -> list[int]:
+        """The tokens of a cloud reply as the device reads it: ``<response>reply</response>`` after the text the
+        device wrote past its ``</query>`` (``overhang``), the reply cut to rl.max_response_tokens."""
         reply = reply.strip()
         if self.max_response_tokens:
             ids = self._encode(reply)
