@@ -206,8 +206,9 @@ class QueryEnv:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def response_ids(self, reply: str, overhang: str) -> list[int]:
-        """The tokens of a cloud reply as the device reads it: ``<response>reply</response>`` after the text the
-        device wrote past its ``</query>`` (``overhang``), the reply cut to rl.max_response_tokens."""
+        """The tokens of a cloud reply as the device reads it, ``<response>reply</response>`` (``response_text``:
+        less the part of the tag that ``overhang``, what the device wrote past ``</query>``, already holds), the
+        reply cut to rl.max_response_tokens."""
         reply = reply.strip()
         if self.max_response_tokens:
             ids = self._encode(reply)
