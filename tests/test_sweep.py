@@ -142,6 +142,9 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
             run = sweep.grid_dir(out, m, s, 0.3)
             cfg = json.load(open(os.path.join(run, "config.json")))
             assert cfg["rl"]["advantage"] == m and cfg["train"]["seed"] == s
+            # finished: final/ stays, the step checkpoints (saved every step here) are gone
+            assert os.path.exists(os.path.join(run, "final", "config.json"))
+            assert not os.path.exists(os.path.join(run, "checkpoints"))
     trained = [r for r in rows if r["method"] in ("gapg", "grpo")]
     assert all(r["train_offload_last"] != "" and r["offload_per_level"] for r in trained)
     md = open(report + ".md").read()
