@@ -18,8 +18,9 @@ reference lines.  Training runs share the wandb group ``--group``.
 
 Grid mode (``--methods`` and/or ``--seeds``): the results grid of method (``rl.advantage``: gapg, grpo,
 dr_grpo) x budget x seed.  Each point trains into ``<out>/<method>/seed-<s>/budget-<b>`` (skipped when
-finished, resumed when half done; once finished only its ``final/`` stays unless ``--keep-checkpoints``); each (budget, seed) is evaluated once with all its methods and the
-baselines (paired comparisons between every row), into ``<out>/eval-points/``; after every point
+finished, resumed when half done; once finished only its ``final/`` stays unless ``--keep-checkpoints``);
+each (budget, seed) is evaluated once with all its methods and the baselines (paired comparisons between
+every row), into ``<out>/eval-points/``; after every point
 ``--report`` (default ``<out>/results``) gets ``.md`` (means ± 95% t-intervals over seeds, bootstrap CIs
 over problems, comparisons), ``.csv``, ``.png`` and ``_offload.png`` (rl/results.py):
 
