@@ -1,9 +1,12 @@
-"""JSON-lines files: resumable work files (read, append with a torn-line repair, meta check) and fresh outputs."""
+"""JSON-lines files: resumable work files (read, append with a torn-line repair, meta check) and fresh outputs;
+directories written whole or not at all (``replaced_dir``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from contextlib import contextmanager
 
 
 def read_jsonl(path: str | None, key: str = "uid") -> dict[str, dict]:
@@ -63,3 +66,23 @@ def check_meta(path: str | None, meta: dict) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(mpath, "w") as f:
             json.dump(meta, f)
+
+
+@contextmanager
+def replaced_dir(path: str):
+    """Write a directory whole or not at all (a saved model: ``final/``): the body writes into ``<path>.partial``,
+    which takes the place of ``path`` only when the body returns. A crash (a full disk, a kill) leaves ``path`` as
+    it was, so a half-written model never passes for a finished one; the stray ``.partial`` is cleared next time.
+
+        with replaced_dir("outputs/run/final") as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    """
+    path = os.path.normpath(path)
+    tmp = path + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    yield tmp
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)

@@ -18,6 +18,7 @@ import shutil
 
 from accelerate.utils import DistributedType
 
+from core.io import replaced_dir
 from policies.device import load_device_model
 
 log = logging.getLogger("train")
@@ -95,6 +96,7 @@ def save_final(accelerator, model, tok, cfg, path: str):
         policy.load_state_dict(state)
     if cfg.model.lora:
         policy = policy.merge_and_unload()
-    policy.save_pretrained(path)
-    tok.save_pretrained(path)
+    with replaced_dir(path) as tmp:  # a crash mid-save leaves no final/ that looks finished
+        policy.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return policy

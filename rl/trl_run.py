@@ -13,6 +13,7 @@ import json
 import logging
 import os
 
+from core.io import replaced_dir
 from rl.checkpoint import truncate_metrics
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def save_final(trainer, tokenizer, final_dir: str, merge_lora: bool) -> str:
     if trainer.accelerator.is_main_process:
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         to_save = unwrapped.merge_and_unload() if merge_lora else unwrapped
-        to_save.save_pretrained(final_dir)
-        tokenizer.save_pretrained(final_dir)
+        with replaced_dir(final_dir) as tmp:  # a crash mid-save leaves no final/ that looks finished
+            to_save.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     trainer.accelerator.wait_for_everyone()
     return final_dir

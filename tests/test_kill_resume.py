@@ -385,3 +385,34 @@ def test_eval_stopped_by_a_cloud_outage_says_so_and_resumes(tiny_model_dir, tmp_
     assert len(times) == distinct and sorted(times.values()) == [1] * (distinct - 1) + [3]
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["cloud_usage"]["calls"] == distinct - 5
+
+
+def test_a_save_that_fails_midway_leaves_no_final_that_looks_finished(tiny_model_dir, tmp_path):
+    """A full disk while saving final/ (the model written, the tokenizer not): no final/ appears, or the previous
+    one stays whole, so resuming code that tests final/config.json never takes a half-written model for done."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.io import replaced_dir
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    final = str(tmp_path / "final")
+
+    def save(fail: bool):
+        with replaced_dir(final) as tmp:
+            model.save_pretrained(tmp)
+            if fail:
+                raise OSError(28, "No space left on device")
+            tok.save_pretrained(tmp)
+
+    with pytest.raises(OSError, match="No space left"):
+        save(fail=True)
+    assert not os.path.exists(final)  # the model file alone never stands in for a finished save
+    save(fail=False)
+    AutoTokenizer.from_pretrained(final)
+    stamp = os.path.getmtime(os.path.join(final, "config.json"))
+    with pytest.raises(OSError):
+        save(fail=True)
+    assert os.path.getmtime(os.path.join(final, "config.json")) == stamp  # the previous final/ is whole
+    AutoTokenizer.from_pretrained(final)
+    save(fail=False)  # the stray .partial of the failed save is cleared
+    assert sorted(os.listdir(tmp_path)) == ["final"]
