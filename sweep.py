@@ -159,10 +159,11 @@ def run_grid_eval(
             return rows
     args = ["--config", config, *overrides, f"train.seed={seed}", "--model"]
     args += [",".join(f"{m}={path}/final" for m, path in models.items()), "--base-model", base_model]
-    args += ["--budget", str(budget), "--out", os.path.join(out, "eval", f"seed-{seed}"), *eval_args]
+    point = os.path.join(out, "eval", f"budget-{budget:.2f}-seed-{seed}")  # each point's models are its own
+    args += ["--budget", str(budget), "--out", point, *eval_args]
     if evalmod.main(args) != 0:
         raise SystemExit(f"[sweep] evaluation at budget {budget}, seed {seed} failed; see the error above.")
-    with open(os.path.join(out, "eval", f"seed-{seed}", "summary.json")) as f:
+    with open(os.path.join(point, "summary.json")) as f:
         summary = json.load(f)
     suites = summary["suites"]
     rows = summary["average"] if len(suites) > 1 else next(iter(suites.values()))

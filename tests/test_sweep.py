@@ -129,14 +129,17 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
     """--methods x --seeds x --budgets: one run per point, one eval per (budget, seed) with every method and
     baseline, the report after each point; a rerun redoes nothing."""
     out, report = str(tmp_path / "grid"), str(tmp_path / "docs" / "results")
-    argv = ["--config", "configs/tiny_test.yaml", "--budgets", "0.3", "--methods", "gapg,grpo", "--seeds", "0,1"]
+    argv = ["--config", "configs/tiny_test.yaml", "--budgets", "0.2,0.3", "--methods", "gapg,grpo", "--seeds", "0,1"]
     argv += ["--out", out, "--report", report, "--baselines", "never,random", f"model.name_or_path={tiny_model_dir}"]
     argv += [*TINY, "rl.filtering=true"]
     assert sweep.main(argv) == 0
     rows = list(__import__("csv").DictReader(open(report + ".csv")))
-    assert sorted((r["method"], r["seed"]) for r in rows) == sorted(
-        (m, s) for m in ("gapg", "grpo", "never", "random") for s in ("0", "1")
+    assert sorted((r["budget"], r["method"], r["seed"]) for r in rows) == sorted(
+        (b, m, s) for b in ("0.2", "0.3") for m in ("gapg", "grpo", "never", "random") for s in ("0", "1")
     )
+    # each budget's row of a method is that budget's own model (the evaluation of one point never reuses another's)
+    evals = {b: json.load(open(os.path.join(out, "eval-points", f"budget-{b}-seed-0.json"))) for b in ("0.20", "0.30")}
+    assert all(r["budget"] == float(b) for b, rs in evals.items() for r in rs)
     for m in ("gapg", "grpo"):
         for s in (0, 1):
             run = sweep.grid_dir(out, m, s, 0.3)
