@@ -399,7 +399,13 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
         return 2
     report = args.report or os.path.join(args.out, "results")
     command = "python sweep.py " + " ".join(shlex.quote(a) for a in argv)  # what the report says made it
-    rows: list[dict] = []
+    done: dict[tuple[float, int], list[dict]] = {}  # the rows of every evaluated point, those of earlier runs too
+    for s in seeds:
+        for b in budgets:
+            path = os.path.join(args.out, "eval-points", f"budget-{b:.2f}-seed-{s}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    done[(b, s)] = json.load(f)
     for s in seeds:  # seed-major: a grid stopped early holds whole replicates (every budget) of the seeds it finished
         for b in budgets:
             models = {}
@@ -410,7 +416,10 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
                 if not args.keep_checkpoints and os.path.exists(os.path.join(run, "final", "config.json")):
                     shutil.rmtree(os.path.join(run, "checkpoints"), ignore_errors=True)  # finished: final/ is enough
                 models[m] = run
-            rows += run_grid_eval(args.config, b, s, models, args.out, overrides, eval_args, cfg.model.name_or_path)
+            done[(b, s)] = run_grid_eval(
+                args.config, b, s, models, args.out, overrides, eval_args, cfg.model.name_or_path
+            )
+            rows = [r for point in done.values() for r in point]
             written = write_report(rows, methods, budgets, seeds, args.out, report, command, standins_caption(cfg))
             print(f"[sweep] point budget {b:.0%} seed {s} done; report: {', '.join(written)}", flush=True)
     return 0

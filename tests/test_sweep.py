@@ -125,7 +125,7 @@ def test_sweep_rejects_budgets_outside_the_unit_interval(capsys):
 
 
 @pytest.mark.slow
-def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir, tmp_path):
+def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir, tmp_path, monkeypatch):
     """--methods x --seeds x --budgets: one run per point, one eval per (budget, seed) with every method and
     baseline, the report after each point; a rerun redoes nothing."""
     out, report = str(tmp_path / "grid"), str(tmp_path / "docs" / "results")
@@ -159,9 +159,15 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
     assert os.path.getsize(report + ".png") > 0 and os.path.getsize(report + "_offload.png") > 0
     stamp = os.path.getmtime(os.path.join(out, "eval-points", "budget-0.30-seed-1.json"))
     final = os.path.getmtime(os.path.join(sweep.grid_dir(out, "grpo", 1, 0.3), "final", "config.json"))
+    reports = []  # the rows of every report this rerun writes
+    real_report = sweep.write_report
+    monkeypatch.setattr(
+        sweep, "write_report", lambda rows, *a, **k: reports.append(len(rows)) or real_report(rows, *a, **k)
+    )
     assert sweep.main(argv) == 0  # a rerun: every point is done
     assert os.path.getmtime(os.path.join(out, "eval-points", "budget-0.30-seed-1.json")) == stamp
     assert os.path.getmtime(os.path.join(sweep.grid_dir(out, "grpo", 1, 0.3), "final", "config.json")) == final
+    assert reports == [len(rows)] * 4  # from its first point on, the report holds every finished point of the grid
 
 
 def test_grid_mode_rejects_unknown_methods(capsys):
