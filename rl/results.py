@@ -131,6 +131,29 @@ def comparison_rows(rows: list[dict], methods: list[str]) -> list[dict]:
     return out
 
 
+def headline_table(rows: list[dict], methods: list[str]) -> list[str]:
+    """Markdown lines: one row per method and baseline, one column per budget, each cell the held-out accuracy
+    (mean ± 95% t-interval over seeds) and, after it, the cloud share actually used and the number of seeds."""
+    grouped = by_key(rows)
+    budgets = sorted({r["budget"] for r in rows})
+    order = methods + [b for b in BASELINES if any(k[1] == b for k in grouped)]
+    lines = [
+        "| method | " + " | ".join(f"budget {b:.0%}: accuracy % (cloud %, seeds)" for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    for method in order:
+        cells = []
+        for b in budgets:
+            rs = grouped.get((b, method), [])
+            if not rs:
+                cells.append("-")
+                continue
+            acc, share = mean_ci([r["overall_acc"] for r in rs]), statistics.fmean(r["offload_rate"] for r in rs)
+            cells.append(f"{fmt(*acc)} ({100 * share:.1f}, {len(rs)})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def per_level_offload_table(method_rows: list[tuple[str, list[dict]]]) -> list[str]:
     """Markdown lines: each method's held-out offload per task level (mean over seeds), for the methods whose rows
     carry ``per_level``; empty when none does."""
@@ -182,6 +205,10 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
         "*Problems CI*: the mean over seeds of each run's 95% bootstrap interval over the held-out problems. "
         "*Train offload*: the training offload rate at the last step (mean over seeds); it shows whether a "
         "method drifts toward the cloud.",
+        "",
+        "## Every budget at a glance",
+        "",
+        *headline_table(rows, methods),
         "",
     ]
     for budget in budgets:
