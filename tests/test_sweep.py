@@ -155,6 +155,7 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
     assert command.startswith("python ") and "sweep.py" in command and "--methods gapg,grpo" in command
     assert "| gapg − grpo |" in md and "| gapg − random |" in md and " ± " in md  # two seeds: intervals
     assert "*Stand-ins: the cloud is simulated (no LLM: right with probability" in md  # under every table
+    assert "| wanted offload % |" in md
     assert "| offload per level % |" in md and "\n| gapg | " in md.split("| offload per level % |")[1]
     assert "| gapg | " in md.split("## Every budget at a glance")[1].split("## Budget 20%")[0]  # the headline table
     assert os.path.getsize(report + ".png") > 0 and os.path.getsize(report + "_offload.png") > 0
