@@ -28,6 +28,16 @@ def _group(texts_rewards, mask=None):
     return Group(PROBLEM, rolls, rewards=[r for _, r in texts_rewards])
 
 
+def dpo_run_args(model_dir: str, out: str, *extra: str) -> list[str]:
+    """train.py arguments of a tiny routing-DPO run (16 problems of 1+1, G=8, one epoch at a large lr)."""
+    return [
+        *("--config", TINY, f"model.name_or_path={model_dir}", "rl.trainer=dpo", f"train.output_dir={out}"),
+        *("task.levels=[1+1]", "rl.group_size=8", "rl.rollout_prompts=8", "rl.max_new_tokens=10"),
+        *("dpo.num_prompts=16", "dpo.num_epochs=1", "dpo.batch_size=4", "dpo.learning_rate=1e-2", "dpo.max_length=512"),
+        *extra,
+    ]
+
+
 def test_pairs_prefer_the_higher_reward_and_drop_ties():
     g = _group([("right", 1.0), ("escalated", 0.4), ("escalated again", 0.4), ("wrong", 0.0)])
     pairs = preference_pairs([g])
@@ -97,23 +107,7 @@ def test_train_py_dpo_builds_pairs_trains_saves_and_evaluates(tiny_model_dir, tm
     from transformers import AutoModelForCausalLM
 
     out = str(tmp_path / "dpo")
-    args = [
-        "--config",
-        TINY,
-        f"model.name_or_path={tiny_model_dir}",
-        "rl.trainer=dpo",
-        f"train.output_dir={out}",
-        "task.levels=[1+1]",
-        "rl.group_size=8",
-        "rl.rollout_prompts=8",
-        "rl.max_new_tokens=10",
-        "dpo.num_prompts=16",
-        "dpo.num_epochs=1",
-        "dpo.batch_size=4",
-        "dpo.learning_rate=1e-2",
-        "dpo.max_length=512",
-        "train.eval_before=true",
-    ]
+    args = dpo_run_args(tiny_model_dir, out, "train.eval_before=true")
     assert train.main(args) == 0
     pairs = [json.loads(l) for l in open(os.path.join(out, "dpo_pairs.jsonl"))]
     assert pairs and all(len(p["chosen_mask"]) == len(p["exact_chosen_ids"]) for p in pairs)
@@ -159,26 +153,7 @@ def test_dpo_rounds_take_the_dual_step_on_the_measured_offload(tiny_model_dir, t
     """dpo.rounds=2: round 2 rolls out round 1's policy, its pairs are rewarded at the γ that the dual step made of
     round 1's measured offload (rl/lagrangian.py), and final/ is round 2's policy, moved from round 1's."""
     out = str(tmp_path / "dpo")
-    args = [
-        "--config",
-        TINY,
-        f"model.name_or_path={tiny_model_dir}",
-        "rl.trainer=dpo",
-        f"train.output_dir={out}",
-        "task.levels=[1+1]",
-        "rl.group_size=8",
-        "rl.rollout_prompts=8",
-        "rl.max_new_tokens=10",
-        "rl.budget=0.3",
-        "rl.gamma=0.5",
-        "rl.gamma_lr=2.0",
-        "dpo.rounds=2",
-        "dpo.num_prompts=16",
-        "dpo.num_epochs=1",
-        "dpo.batch_size=4",
-        "dpo.learning_rate=1e-2",
-        "dpo.max_length=512",
-    ]
+    args = dpo_run_args(tiny_model_dir, out, "rl.budget=0.3", "rl.gamma=0.5", "rl.gamma_lr=2.0", "dpo.rounds=2")
     assert train.main(args) == 0
     rounds = json.load(open(os.path.join(out, "dpo_rounds.json")))
     assert [r["round"] for r in rounds] == [1, 2]
