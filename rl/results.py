@@ -292,6 +292,8 @@ def plot_accuracy(rows: list[dict], methods: list[str], path: str) -> str:
         style = "o-" if method in methods else "s--"
         ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt=style, capsize=3, color=f"C{k}", label=method)
     ax.set_xlabel("cloud share used (% of held-out problems)")
+    ax.set_xlim(-3, 103)  # a share lies in [0, 100]; a two-seed t-interval (t = 12.7) reaches far past both ends
+    ax.set_ylim(max(0.0, ax.get_ylim()[0]), min(100.0, ax.get_ylim()[1]))
     ax.set_ylabel("overall accuracy (%)")
     ax.set_title("Accuracy against cloud share (mean over seeds, 95% t-intervals)", fontsize=10)
     ax.grid(alpha=0.3)
