@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.config import stray_arguments_error
 from envs import suite_evaluation
 from envs.base import env_class_for
 from envs.evaluation import BASELINES, MATH_SUITE_MAX_NEW_TOKENS
@@ -104,13 +105,9 @@ def main(argv=None):
         ap.print_help()
         print(format_help())
         return 0
-    unknown = [o for o in overrides if "=" not in o or o.startswith("-")]
-    if unknown:
-        print(
-            f"error: unrecognised arguments {unknown}; options are listed by --help, "
-            "config overrides look like rl.budget=0.3",
-            file=sys.stderr,
-        )
+    error = stray_arguments_error(overrides)
+    if error:
+        print(error, file=sys.stderr)
         return 2
     if args.cloud:
         overrides = overrides + [f"cloud.backend={args.cloud}"]

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 
+from core.config import stray_arguments_error
 from serving import app as serving_app
 
 HELP = f"{__doc__}\n{serving_app.__doc__}"
@@ -91,13 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     ap = build_parser()
     args, overrides = ap.parse_known_args(argv)
-    unknown = [o for o in overrides if "=" not in o or o.startswith("-")]
-    if unknown:
-        print(
-            f"error: unrecognised arguments {unknown}; options are listed by --help, config overrides look like "
-            "cloud.accuracy=0.9",
-            file=sys.stderr,
-        )
+    error = stray_arguments_error(overrides, example="cloud.accuracy=0.9")
+    if error:
+        print(error, file=sys.stderr)
         return 2
     if args.model is None and args.config is None:
         print("error: no model: pass the trained checkpoint, e.g. --model outputs/cpu_default/final", file=sys.stderr)

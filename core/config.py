@@ -108,3 +108,12 @@ def looks_like_a_key(value: str) -> bool:
     if value.startswith(KEY_PREFIXES) or (may_be_secret(value) and "_" not in value.strip("_")):
         return True
     return not _ENV_NAME.fullmatch(value)
+
+
+def stray_arguments_error(words: list[str], example: str = "rl.budget=0.3") -> str | None:
+    """The one-line error for command-line words that are neither a known option nor a ``key=value`` override
+    (what ``argparse.parse_known_args`` leaves over), or None when every word is an override."""
+    stray = [w for w in words if "=" not in w or w.startswith("-")]
+    if not stray:
+        return None
+    return f"error: unrecognised arguments {stray}; options are listed by --help, config overrides look like {example}"

@@ -136,3 +136,18 @@ def test_the_readme_launch_is_quiet_and_a_bad_option_is_one_line():
         "error: rl.budget=2.0 must lie strictly between 0 and 1 (it is the maximum cloud share, e.g. rl.budget=0.3 "
         "for 30%)."
     ]
+
+
+def test_eval_and_serve_name_stray_words_and_the_override_shape(capsys):
+    """Words that are neither an option nor key=value stop eval.py and serve.py with one line naming them."""
+    import eval as eval_cmd
+    import serve
+    from core.config import stray_arguments_error
+
+    assert stray_arguments_error(["rl.budget=0.2", "cloud.accuracy=0.9"]) is None
+    assert eval_cmd.main(["--config", "configs/tiny_test.yaml", "rl.budget=0.2", "--modle", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "['--modle', 'x']" in err and "rl.budget=0.3" in err
+    assert serve.main(["--model", "x", "budget"]) == 2
+    err = capsys.readouterr().err
+    assert "['budget']" in err and "cloud.accuracy=0.9" in err
