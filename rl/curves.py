@@ -3,6 +3,10 @@ budget, and γ.  train.py writes ``<output_dir>/learning_curve.png`` at the end 
 redraw any run with
 
     python -m scripts.plot_metrics outputs/cpu_route_1h --out docs/cpu_route_1h.png
+
+and put runs side by side (γ, the training offload, and the held-out offload and accuracy at every evaluation) with
+
+    python -m scripts.plot_metrics --compare "dual 0.5=outputs/a,dual 0.1=outputs/b" --out docs/compare.png
 """
 
 from __future__ import annotations
@@ -52,6 +56,78 @@ def plot_learning_curve(run_dir: str, out: str | None = None) -> str | None:
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     out = out or os.path.join(run_dir, "learning_curve.png")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def held_out_points(run_dir: str) -> list[tuple[int, dict]]:
+    """(step, the policy's row) of every held-out evaluation a run wrote (eval/before.json, eval/step-N.json,
+    eval/final.json), in step order; ``final`` is at ``train.max_steps`` from the run's config.json."""
+    max_steps = json.load(open(os.path.join(run_dir, "config.json")))["train"]["max_steps"]
+    points = []
+    for name in os.listdir(os.path.join(run_dir, "eval")) if os.path.isdir(os.path.join(run_dir, "eval")) else []:
+        stem = name[: -len(".json")] if name.endswith(".json") and not name.endswith(".samples.json") else None
+        if stem is None or not (stem in ("before", "final") or stem.startswith("step-")):
+            continue
+        step = {"before": 0, "final": max_steps}[stem] if stem in ("before", "final") else int(stem[len("step-") :])
+        rows = json.load(open(os.path.join(run_dir, "eval", name)))
+        policy = next((r for r in rows if r.get("method") == "policy"), None)
+        if policy is not None:
+            points.append((step, policy))
+    return sorted(points, key=lambda p: p[0])
+
+
+def plot_run_comparison(runs: dict[str, str], out: str, smooth: int = 5) -> str:
+    """Runs side by side: γ per step, the training offload (a ``smooth``-step running mean over the faint raw
+    curve), and at every held-out evaluation the offload the policy asks for before the cap and the accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
+    nan = float("nan")
+    budget = None
+    for i, (label, run_dir) in enumerate(runs.items()):
+        color = f"C{i}"
+        rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if line.strip()]
+        rows = [r for r in rows if "offload_rate" in r]
+        budget = json.load(open(os.path.join(run_dir, "config.json")))["rl"]["budget"]
+        steps = [r["step"] for r in rows]
+        axes[0].plot(steps, [r.get("gamma", nan) for r in rows], color=color, marker=".", label=label)
+        raw = [r["offload_rate"] for r in rows]
+        mean = [
+            sum(raw[max(0, j - smooth + 1) : j + 1]) / len(raw[max(0, j - smooth + 1) : j + 1]) for j in range(len(raw))
+        ]
+        axes[1].plot(steps, raw, color=color, alpha=0.25)
+        axes[1].plot(steps, mean, color=color, label=f"{label} ({smooth}-step mean)")
+        points = held_out_points(run_dir)
+        wanted = [p.get("wanted_offload_rate", p["offload_rate"]) for _, p in points]
+        axes[2].plot([s for s, _ in points], wanted, color=color, marker="o", label=label)
+        accs = [p["overall_acc"] for _, p in points]
+        errs = [
+            [a - p["overall_ci"][0] for a, (_, p) in zip(accs, points)],
+            [p["overall_ci"][1] - a for a, (_, p) in zip(accs, points)],
+        ]
+        axes[3].errorbar([s for s, _ in points], accs, yerr=errs, color=color, marker="o", capsize=3, label=label)
+    for ax in axes[1:3]:
+        ax.set_ylim(bottom=0)
+        if budget is not None:
+            ax.axhline(budget, ls="--", color="red", label=f"budget {budget:.0%}")
+    titles = [
+        "Lagrange multiplier γ",
+        "offload rate of training rollouts",
+        "held-out offload the policy asks for",
+        "held-out accuracy (95% CI over problems)",
+    ]
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -1,0 +1,54 @@
+"""rl/curves.py: the learning curve and the side-by-side comparison of runs (scripts/plot_metrics.py)."""
+
+import json
+import os
+
+import pytest
+
+from rl.curves import held_out_points, plot_learning_curve, plot_run_comparison
+from scripts import plot_metrics
+
+
+def write_run(root, name: str, gammas: list[float], evals: dict[str, float]):
+    """A run directory as train.py leaves it: config.json, metrics.jsonl, eval/<tag>.json with a policy row."""
+    run = root / name
+    (run / "eval").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"rl": {"budget": 0.3}, "train": {"max_steps": len(gammas)}}))
+    with open(run / "metrics.jsonl", "w") as f:
+        for step, g in enumerate(gammas, 1):
+            f.write(json.dumps({"step": step, "reward": 0.5, "offload_rate": 0.3 + g, "gamma": g}) + "\n")
+        f.write(json.dumps({"step": 2, "eval": "step-2"}) + "\n")  # a line without training metrics is skipped
+    for tag, wanted in evals.items():
+        rows = [
+            {"method": "never", "overall_acc": 0.4, "overall_ci": [0.3, 0.5], "offload_rate": 0.0},
+            {
+                "method": "policy",
+                "overall_acc": 0.5 + wanted,
+                "overall_ci": [0.45, 0.6 + wanted],
+                "offload_rate": 0.3,
+                "wanted_offload_rate": wanted,
+            },
+        ]
+        (run / "eval" / f"{tag}.json").write_text(json.dumps(rows))
+        (run / "eval" / f"{tag}.samples.jsonl").write_text("{}\n")  # the samples beside each evaluation are not read
+    return str(run)
+
+
+def test_held_out_points_are_the_policy_rows_in_step_order_with_final_at_max_steps(tmp_path):
+    run = write_run(tmp_path, "a", [0.0, 0.1, 0.0, 0.0], {"final": 0.28, "step-2": 0.23, "before": 0.25})
+    points = held_out_points(run)
+    assert [s for s, _ in points] == [0, 2, 4]
+    assert [p["wanted_offload_rate"] for _, p in points] == [0.25, 0.23, 0.28]
+
+
+def test_compare_writes_one_figure_for_several_runs_and_the_command_names_a_missing_run(tmp_path, capsys):
+    a = write_run(tmp_path, "a", [0.0, 0.1, 0.05], {"step-2": 0.2, "final": 0.3})
+    b = write_run(tmp_path, "b", [0.0, 0.0, 0.0], {"final": 0.29})
+    out = tmp_path / "cmp.png"
+    plot_metrics.main(["--compare", f"dual 0.5={a},fixed={b}", "--out", str(out)])
+    assert out.stat().st_size > 10_000 and f"wrote {out}" in capsys.readouterr().out
+    assert plot_run_comparison({"a": a}, str(tmp_path / "one.png")) == str(tmp_path / "one.png")
+    with pytest.raises(SystemExit):
+        plot_metrics.main(["--compare", f"a={a},b={tmp_path / 'nope'}", "--out", str(out)])
+    assert "nope" in capsys.readouterr().err
+    assert plot_learning_curve(a) == os.path.join(a, "learning_curve.png")
