@@ -113,7 +113,7 @@ def plot_run_comparison(runs: dict[str, str], out: str, smooth: int = 5) -> str:
         ]
         axes[3].errorbar([s for s, _ in points], accs, yerr=errs, color=color, marker="o", capsize=3, label=label)
     for ax in axes[1:3]:
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, max(ax.get_ylim()[1], 1.2 * (budget or 0)))
         if budget is not None:
             ax.axhline(budget, ls="--", color="red", label=f"budget {budget:.0%}")
     titles = [
