@@ -143,6 +143,12 @@ class RLConfig(Section):
         "Dual-ascent step η: γ ← max(0, γ + η (offload_rate − budget)); rl.env=query: calls per rollout "
         "instead of offload_rate. 0 keeps γ fixed as in the paper.",
     )
+    gamma_max: float = option(
+        0.0,
+        "Upper bound on γ for the dual step (0 = none). Set it to reward.alpha_cloud: past α_c a correct cloud "
+        "answer earns less than a wrong local one, so no budget needs more, and an unbounded γ winds up while the "
+        "policy lags and then drives offload far under the budget (docs/budget_dynamics.md).",
+    )
     temperature: float = option(1.0, "Sampling temperature for training rollouts.")
     top_p: float = option(1.0, "Nucleus sampling for training rollouts.")
     max_new_tokens: int = option(64, "Response tokens per rollout.")
@@ -208,8 +214,12 @@ class RLConfig(Section):
             raise ConfigError("rl.env=query trains with rl.trainer=gapg or dpo (the TRL GRPO baseline is single-turn).")
         if self.max_queries < 0 or self.max_response_tokens < 0 or self.gamma_tokens < 0:
             raise ConfigError("rl.max_queries, rl.max_response_tokens and rl.gamma_tokens must be >= 0.")
-        if self.gamma < 0 or self.gamma_lr < 0:
-            raise ConfigError("rl.gamma and rl.gamma_lr must be >= 0 (γ is a Lagrange multiplier for an inequality).")
+        if self.gamma < 0 or self.gamma_lr < 0 or self.gamma_max < 0:
+            raise ConfigError(
+                "rl.gamma, rl.gamma_lr and rl.gamma_max must be >= 0 (γ is a Lagrange multiplier for an inequality)."
+            )
+        if self.gamma_max and self.gamma > self.gamma_max:
+            raise ConfigError(f"rl.gamma={self.gamma} is above rl.gamma_max={self.gamma_max}; lower one of them.")
         if self.temperature <= 0:
             raise ConfigError(f"rl.temperature={self.temperature} must be > 0 for sampled rollouts (training).")
 

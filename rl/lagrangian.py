@@ -8,6 +8,10 @@ The paper keeps γ fixed; dual ascent is the natural Lagrangian extension:
 Query mode (rl.env=query): the constraint is on calls, E[calls per problem] ≤ budget, and the
 same update runs on the mean calls per rollout (answered queries + escalations) in place of
 the offload rate: γ ← max(0, γ + η · (calls_per_rollout − budget)).
+
+An optional upper bound (``rl.gamma_max``, e.g. α_c) stops γ winding up while the policy lags behind it:
+γ ← min(γ_max, max(0, γ + η · (usage − budget))).  At γ = α_c a correct cloud answer earns 0, no more than a
+wrong local answer, so a larger γ buys nothing a budget needs (docs/budget_dynamics.md, section 4).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ class DualVariable:
     gamma: float = 0.0
     lr: float = 0.0  # η; 0 keeps γ fixed (the paper's setting)
     budget: float = 0.3  # ρ/(1+ρ): the allowed cloud share
+    cap: float = 0.0  # γ_max; 0 = no upper bound
 
     def update(self, offload_rate: float) -> float:
         self.gamma = max(0.0, self.gamma + self.lr * (offload_rate - self.budget))
+        if self.cap:
+            self.gamma = min(self.cap, self.gamma)
         return self.gamma

@@ -96,6 +96,29 @@ def test_dual_ascent_moves_gamma_toward_budget():
     assert fixed.update(1.0) == 0.2
 
 
+def test_gamma_max_stops_the_windup_and_gamma_comes_down_from_the_cap_at_once():
+    """Seven steps at 60% offload against a 30% budget: unbounded, γ climbs to 1.05 (past α_c = 0.4, where escalating
+    earns less than a wrong local answer) and needs 4 steps at 0% to fall back under α_c; capped at 0.4 it falls
+    under at once."""
+    free, capped = DualVariable(0.0, 0.5, 0.3), DualVariable(0.0, 0.5, 0.3, cap=0.4)
+    for _ in range(7):
+        free.update(0.6), capped.update(0.6)
+    assert free.gamma == pytest.approx(1.05) and capped.gamma == 0.4
+    assert capped.update(0.0) == pytest.approx(0.25)
+    assert [round(free.update(0.0), 2) for _ in range(4)] == [0.9, 0.75, 0.6, 0.45]
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [(["rl.gamma_max=-1"], "rl.gamma_max must be >= 0"), (["rl.gamma=0.5", "rl.gamma_max=0.4"], "above rl.gamma_max")],
+)
+def test_gamma_max_bad_values_are_named(overrides, needle):
+    from rl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=needle):
+        load_config("configs/tiny_test.yaml", overrides)
+
+
 def test_mixed_rule_needs_a_wrong_local_answer_where_any_correct_does_not():
     """The paper's "mixed": at least one local answer right and at least one local answer wrong.
 
