@@ -69,7 +69,9 @@ def held_out_points(run_dir: str) -> list[tuple[int, dict]]:
     points = []
     for name in os.listdir(os.path.join(run_dir, "eval")) if os.path.isdir(os.path.join(run_dir, "eval")) else []:
         stem = name[: -len(".json")] if name.endswith(".json") else None  # not the .samples.jsonl beside each
-        if stem is None or not (stem in ("before", "final") or stem[len("step-") :].isdigit()):
+        if stem is None or not (
+            stem in ("before", "final") or (stem.startswith("step-") and stem[len("step-") :].isdigit())
+        ):
             continue
         step = {"before": 0, "final": max_steps}[stem] if stem in ("before", "final") else int(stem[len("step-") :])
         rows = json.load(open(os.path.join(run_dir, "eval", name)))
