@@ -15,6 +15,21 @@ import json
 import os
 
 
+def run_metrics(run_dir: str) -> list[dict]:
+    """The lines of a run's metrics.jsonl (training steps and evaluation lines alike); [] when there are none."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run_config(run_dir: str) -> dict:
+    """The resolved config train.py saved beside the run (config.json)."""
+    with open(os.path.join(run_dir, "config.json")) as f:
+        return json.load(f)
+
+
 def plot_learning_curve(run_dir: str, out: str | None = None) -> str | None:
     """Write the learning curve of ``run_dir`` to ``out`` (default ``<run_dir>/learning_curve.png``); returns the
     path, or None when the run has no metrics yet."""
@@ -23,11 +38,10 @@ def plot_learning_curve(run_dir: str, out: str | None = None) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
+    rows = run_metrics(run_dir)
+    if not rows:
         return None
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    budget = json.load(open(os.path.join(run_dir, "config.json")))["rl"]["budget"]
+    budget = run_config(run_dir)["rl"]["budget"]
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     nan = float("nan")
@@ -62,10 +76,10 @@ def plot_learning_curve(run_dir: str, out: str | None = None) -> str | None:
     return out
 
 
-def held_out_points(run_dir: str) -> list[tuple[int, dict]]:
+def held_out_points(run_dir: str, max_steps: int | None = None) -> list[tuple[int, dict]]:
     """(step, the policy's row) of every held-out evaluation a run wrote (eval/before.json, eval/step-N.json,
-    eval/final.json), in step order; ``final`` is at ``train.max_steps`` from the run's config.json."""
-    max_steps = json.load(open(os.path.join(run_dir, "config.json")))["train"]["max_steps"]
+    eval/final.json), in step order; ``final`` is at ``max_steps`` (default: ``train.max_steps`` of config.json)."""
+    max_steps = run_config(run_dir)["train"]["max_steps"] if max_steps is None else max_steps
     points = []
     for name in os.listdir(os.path.join(run_dir, "eval")) if os.path.isdir(os.path.join(run_dir, "eval")) else []:
         stem = name[: -len(".json")] if name.endswith(".json") else None  # not the .samples.jsonl beside each
@@ -94,9 +108,9 @@ def plot_run_comparison(runs: dict[str, str], out: str, smooth: int = 5) -> str:
     budget = None
     for i, (label, run_dir) in enumerate(runs.items()):
         color = f"C{i}"
-        rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if line.strip()]
-        rows = [r for r in rows if "offload_rate" in r]
-        budget = json.load(open(os.path.join(run_dir, "config.json")))["rl"]["budget"]
+        rows = [r for r in run_metrics(run_dir) if "offload_rate" in r]
+        cfg = run_config(run_dir)
+        budget = cfg["rl"]["budget"]
         steps = [r["step"] for r in rows]
         axes[0].plot(steps, [r.get("gamma", nan) for r in rows], color=color, marker=".", label=label)
         raw = [r["offload_rate"] for r in rows]
@@ -105,7 +119,7 @@ def plot_run_comparison(runs: dict[str, str], out: str, smooth: int = 5) -> str:
         ]
         axes[1].plot(steps, raw, color=color, alpha=0.25)
         axes[1].plot(steps, mean, color=color, label=f"{label} ({smooth}-step mean)")
-        points = held_out_points(run_dir)
+        points = held_out_points(run_dir, cfg["train"]["max_steps"])
         wanted = [p.get("wanted_offload_rate", p["offload_rate"]) for _, p in points]
         axes[2].plot([s for s, _ in points], wanted, color=color, marker="o", label=label)
         accs = [p["overall_acc"] for _, p in points]

@@ -19,10 +19,11 @@ how many seeds the paired bootstrap over problems excluded 0.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import statistics
+
+from rl.curves import run_metrics
 
 BASELINES = ("never", "random", "router", "cloud")
 FIELDS = [
@@ -59,16 +60,9 @@ def fmt(m: float, h: float | None, scale: float = 100.0, digits: int = 1) -> str
 
 def train_offload_curve(run_dir: str) -> list[tuple[int, float]]:
     """(step, training offload rate) from a run's metrics.jsonl (empty if none)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            m = json.loads(line)
-            if "step" in m and "offload_rate" in m:
-                out.append((int(m["step"]), float(m["offload_rate"])))
-    return out
+    return [
+        (int(m["step"]), float(m["offload_rate"])) for m in run_metrics(run_dir) if "step" in m and "offload_rate" in m
+    ]
 
 
 def write_csv(rows: list[dict], path: str) -> str:
