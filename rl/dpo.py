@@ -226,7 +226,7 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
     round; a rerun with --resume skips the finished rounds."""
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
-    dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget, cfg.rl.gamma_max)
+    dual = DualVariable.from_config(cfg.rl)
     rounds_path = os.path.join(out, "dpo_rounds.json")
     done = json.load(open(rounds_path)) if resume and os.path.exists(rounds_path) else []
     train_problems = load_problems(cfg.task)[0]

@@ -26,6 +26,11 @@ class DualVariable:
     budget: float = 0.3  # ρ/(1+ρ): the allowed cloud share
     cap: float = 0.0  # γ_max; 0 = no upper bound
 
+    @classmethod
+    def from_config(cls, rl) -> DualVariable:
+        """The dual variable of an ``rl`` config section (rl.gamma, rl.gamma_lr, rl.budget, rl.gamma_max)."""
+        return cls(rl.gamma, rl.gamma_lr, rl.budget, rl.gamma_max)
+
     def update(self, offload_rate: float) -> float:
         self.gamma = max(0.0, self.gamma + self.lr * (offload_rate - self.budget))
         if self.cap:

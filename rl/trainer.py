@@ -465,7 +465,7 @@ def setup(cfg, resume: bool) -> Run | int:
         rollout_generator,
         cloud,
         env,
-        DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget, cfg.rl.gamma_max),
+        DualVariable.from_config(cfg.rl),
         rho(cfg.rl.budget, env.name),
         SkippedUpdates(cfg.train.max_skipped_updates),
         train_problems,

@@ -106,6 +106,10 @@ def test_gamma_max_stops_the_windup_and_gamma_comes_down_from_the_cap_at_once():
     assert free.gamma == pytest.approx(1.05) and capped.gamma == 0.4
     assert capped.update(0.0) == pytest.approx(0.25)
     assert [round(free.update(0.0), 2) for _ in range(4)] == [0.9, 0.75, 0.6, 0.45]
+    from rl.config import load_config
+
+    from_cfg = DualVariable.from_config(load_config("configs/tiny_test.yaml", ["rl.gamma_max=0.4"]).rl)
+    assert from_cfg.cap == 0.4  # the trainer's and routing DPO's dual carry the bound
 
 
 @pytest.mark.parametrize(
@@ -180,7 +184,7 @@ def test_paper_configs_train_with_the_lagrangian_penalty(path):
 
     cfg = load_config(path, [])
     assert cfg.rl.gamma_lr > 0
-    dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
+    dual = DualVariable.from_config(cfg.rl)  # as the trainer and routing DPO build it
     assert dual.update(cfg.rl.budget + 0.2) > cfg.rl.gamma  # over budget: the penalty rises
     assert "rl.gamma_lr=0" in open(path).read()
 
