@@ -6,8 +6,8 @@
     python eval.py --model gapg=outputs/a/final,drgrpo=outputs/b/final --suites math500 --limit 100   # several policies
 
 This file is the command: its options, the config and its overrides, the checks that refuse a request (exit 2)
-and a cloud that fails for good (exit 3).  The evaluation is one call, ``env_class_for(cfg).evaluate_suites``
-(envs/base.py: ``rl.env`` picks RouteEnv or QueryEnv), on envs/suite_evaluation.py, whose account follows.
+and a cloud that fails for good (exit 3).  The evaluation is one call, ``evaluate_suites(cfg, opts)``
+(``rl.env`` picks the route or query mode), evaluation/suites.py, whose account follows.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import argparse
 import sys
 
 from core.config import stray_arguments_error
-from envs import suite_evaluation
-from envs.base import env_class_for
-from envs.evaluation import BASELINES, MATH_SUITE_MAX_NEW_TOKENS
-from envs.suite_evaluation import EvalOptions, UsageError
+from evaluation import suites as suite_evaluation
+from evaluation.protocol import BASELINES, MATH_SUITE_MAX_NEW_TOKENS
+from evaluation.suites import EvalOptions, UsageError, evaluate_suites
 from policies.cloud import CloudError
 from policies.device import ModelNotFoundError
 from rl.config import ConfigError, format_help, load_config
@@ -132,7 +131,7 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr)
             return 2
     try:
-        return env_class_for(cfg).evaluate_suites(cfg, EvalOptions(**opts, baselines=baselines, overrides=overrides))
+        return evaluate_suites(cfg, EvalOptions(**opts, baselines=baselines, overrides=overrides))
     except (UsageError, ModelNotFoundError) as e:  # an unknown suite or file, no base model, a missing model
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ finished, resumed when half done; once finished only its ``final/`` stays unless
 each (budget, seed) is evaluated once with all its methods and the baselines (paired comparisons between
 every row), into ``<out>/eval-points/``; after every point
 ``--report`` (default ``<out>/results``) gets ``.md`` (means ± 95% t-intervals over seeds, bootstrap CIs
-over problems, comparisons), ``.csv``, ``.png`` and ``_offload.png`` (rl/results.py):
+over problems, comparisons), ``.csv``, ``.png`` and ``_offload.png`` (evaluation/results.py):
 
     python sweep.py --config configs/cpu_results.yaml --budgets 0.1,0.2,0.3,0.5 --methods gapg,grpo,dr_grpo \
         --seeds 0,1,2 --out outputs/results --report docs/results
@@ -149,7 +149,7 @@ def run_grid_eval(
     """Evaluate the trained methods of one (budget, seed) and the baselines in one eval.py call (paired
     comparisons between all rows); returns its rows, each with budget, seed and the last training offload."""
     import eval as evalmod
-    from rl.results import train_offload_curve
+    from evaluation.results import train_offload_curve
 
     done = os.path.join(out, "eval-points", f"budget-{budget:.2f}-seed-{seed}.json")
     if os.path.exists(done):
@@ -178,8 +178,8 @@ def run_grid_eval(
 
 
 def write_report(rows, methods, budgets, seeds, out: str, report: str, command: str, standins: str = "") -> list[str]:
-    """``report``.md/.csv/.png and _offload.png from the grid's rows (rl/results.py)."""
-    from rl import results
+    """``report``.md/.csv/.png and _offload.png from the grid's rows (evaluation/results.py)."""
+    from evaluation import results
 
     os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
     curves = {
@@ -384,8 +384,8 @@ def main(argv=None):
 def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -> int:
     """Grid mode: (method x budget x seed), trained and evaluated point by point, seed by seed; the report after every
     point."""
+    from evaluation.results import standins_caption
     from rl.advantages import ESTIMATORS
-    from rl.results import standins_caption
 
     methods = [m for m in (args.methods or "gapg").split(",") if m]
     bad = [m for m in methods if m not in ESTIMATORS]

@@ -20,7 +20,7 @@ import time
 
 import eval as evalmod
 from benchmarks.common import DEFAULT_CONFIG, command_line, device_name, mean_std, setup_torch, table, write_json
-from envs import evaluation
+from evaluation import passes, protocol, suites
 
 
 def main(argv=None) -> dict:
@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
 
     phases: dict[str, float] = {}
     counts = {"generated": 0, "tokens": 0}
-    run_device, run_cloud = evaluation.run_device, evaluation.run_cloud
+    run_device, run_cloud = passes.run_device, passes.run_cloud
 
     def timed_device(env, generator, problems, *a, **k):
         gen = generator.generate
@@ -66,8 +66,8 @@ def main(argv=None) -> dict:
         finally:
             phases["cloud"] = phases.get("cloud", 0.0) + time.perf_counter() - t0
 
-    # eval.main runs the device passes, suite_rows (envs/evaluation.py) the cloud pass
-    evalmod.run_device, evaluation.run_cloud = timed_device, timed_cloud
+    # evaluation/suites.py runs the device passes, suite_rows (evaluation/protocol.py) the cloud pass: time them there
+    suites.run_device, protocol.run_cloud = timed_device, timed_cloud
     root = tempfile.mkdtemp(prefix="bench_eval_")
     argv_common = [
         "--config",
@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
             fresh.append(rec)
         else:
             resumed = rec  # the last fresh folder again: everything is in its work files
-    evalmod.run_device, evaluation.run_cloud = run_device, run_cloud
+    suites.run_device, protocol.run_cloud = run_device, run_cloud
 
     n = args.limit
     tot, dev = mean_std([r["total_s"] for r in fresh]), mean_std([r["device_s"] for r in fresh])

@@ -6,8 +6,10 @@
     env.reward(groups, cfg.reward, gamma)       # fills each Group.rewards (r̃ = r − γ·cost, SPEC §3)
     used = env.usage_of(groups)                 # what the dual holds to the budget: offload rate / calls per rollout
     metrics = env.metrics(groups)               # the per-step training metrics (metrics.jsonl)
-    rows, records = env.evaluate(generator, problems, budget, batch_size, max_new_tokens, seed)  # held-out rows
-    exit_code = env_cls.evaluate_suites(cfg, opts)  # eval.py: every model over the suites (envs/suite_evaluation.py)
+    rollout = env.judge(problem, sample)        # one greedy response graded (what the evaluation passes use)
+
+That is all an environment is: a prompt, a rollout, a reward, a usage and metrics.  Evaluating a policy (the held-out
+rows, eval.py's suites, the baselines) is the evaluation package's work (evaluation/), one layer above.
 
 ``rl.env=lsrp`` (envs/lsrp/) is a different pipeline, not an ``Environment``; ``env_class_for`` gives any name other
 than ``query`` (lsrp too) the route environment, as the trainer and eval.py always did.
@@ -61,19 +63,4 @@ class Environment(Protocol):
 
     def budget_text(self, budget: float) -> str: ...
 
-    def evaluate(
-        self,
-        generator,
-        problems,
-        budget: float,
-        batch_size: int = 32,
-        max_new_tokens: int = 64,
-        seed: int = 0,
-        progress=True,
-    ) -> tuple[list[dict], list[dict]]: ...
-
-    @staticmethod
-    def suite_base_model(opts, cfg, models: dict[str, str]) -> tuple[str | None, str | None]: ...
-
-    @classmethod
-    def evaluate_suites(cls, cfg, opts) -> int: ...
+    def judge(self, problem, sample): ...

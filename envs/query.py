@@ -39,31 +39,28 @@ answer gets ``<response>cloud unavailable</response>`` (not a call, not trained)
 row can finish, an escalation gets no verdict, and such rollouts are ``cloud_failed``:
 their group is left out of the update (``Group.trainable``) and counted in ``cloud_errors``.
 
-Evaluation.  ``env.evaluate`` gives the held-out rows during training (envs/evaluation.py: ``evaluate_query``);
-``QueryEnv.evaluate_suites(cfg, opts)`` is eval.py in query mode: per model its capped, uncapped and no-call rows,
-and the cloud row, over the suites (envs/suite_evaluation.py).
+The types (``QueryRollout``, ``Group``) and the escalation step are shared with the route mode (envs/rollout.py); the
+evaluation of a query policy (capped, uncapped and no-call rows) is evaluation/protocol.py: ``evaluate_query``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from core.problem import Problem
-from envs.evaluation import evaluate_query, run_cloud, summarise
+from envs.format import split_escalation
 from envs.prompts import messages
-from envs.route import (
+from envs.rollout import (
     Group,
-    Rollout,
+    QueryRollout,
+    ask_cloud_for_escalations,
     calls_per_rollout,
     check_prompt_tokens,
     cloud_replies_or_none,
     route_metrics,
-    split_escalation,
 )
-from envs.suite_evaluation import EvalOptions, SuiteRun, cloud_label, comparisons_by_suite, format_row_models
 from envs.tasks import template_for
 from policies.cloud import query_problem
 from policies.generation import Sample, chat_prompt
@@ -97,39 +94,6 @@ def response_text(reply: str, overhang: str = "") -> str:
 
 
 @dataclass
-class QueryRollout(Rollout):
-    """One multi-turn rollout: ``escalated``/``cloud_correct`` as in route, plus its queries."""
-
-    queries: list[str] = field(default_factory=list)  # the questions the cloud answered, in order
-    refused: int = 0  # queries past the call limit (answered "call limit reached"; not calls)
-    cloud_tokens: int = 0  # prompt + completion tokens the cloud reported for every call (queries, escalation)
-    wanted_escalation: bool = False  # ended with <unknown>; ``escalated`` is False when the call limit refused it
-
-    @property
-    def num_queries(self) -> int:
-        return len(self.queries)
-
-    @property
-    def calls(self) -> int:
-        """Cloud calls: answered queries + the escalation."""
-        return len(self.queries) + int(self.escalated)
-
-    @property
-    def unaided(self) -> bool:
-        """Answered by the device alone: no answered ``<query>`` and no escalation."""
-        return not self.queries and not self.escalated
-
-    @property
-    def unaided_correct(self) -> bool:
-        return self.local_correct and self.unaided
-
-    @property
-    def correct(self) -> bool:
-        """The final answer is right: the cloud's when it escalated, the device's (helped or not) otherwise."""
-        return self.cloud_correct if self.escalated else self.local_correct
-
-
-@dataclass
 class _Row:
     """A rollout being generated."""
 
@@ -156,7 +120,7 @@ class _Row:
 
 class QueryEnv:
     """Same surface as ``RouteEnv`` (envs/base.py: ``Environment``): ``prompt``, ``rollout`` (-> ``Group``s of
-    ``QueryRollout``s), ``judge``, ``reward``, ``usage_of``, ``metrics``, ``evaluate``; the budget caps calls per
+    ``QueryRollout``s), ``judge``, ``reward``, ``usage_of``, ``metrics``; the budget caps calls per
     rollout."""
 
     name = "query"
@@ -335,23 +299,7 @@ class QueryEnv:
                 (r.cloud_error for r in rows[i * group_size : (i + 1) * group_size] if r.cloud_error), None
             )
 
-        need = [
-            g for g in groups if any(r.escalated for r in g.rollouts)
-        ]  # escalations: the whole problem to the cloud
-        if need:
-            replies, error = cloud_replies_or_none(self.cloud, [g.problem for g in need])
-            for g, rep in zip(need, replies):
-                if rep is None:
-                    g.cloud_error = error
-                    for r in g.rollouts:
-                        r.cloud_failed = r.cloud_failed or r.escalated
-                    continue
-                g.cloud_text = rep.text
-                solved = grade_response(g.problem, rep.text)[1]
-                for r in g.rollouts:
-                    if r.escalated:
-                        r.cloud_correct = solved
-                        r.cloud_tokens += rep.prompt_tokens + rep.completion_tokens
+        ask_cloud_for_escalations(self.cloud, [g for g in groups if any(r.escalated for r in g.rollouts)])
         for g in groups:  # for D2: did help (a query or the escalation) solve it at least once?
             g.cloud_correct = any((r.local_correct and r.queries) or r.cloud_correct for r in g.rollouts)
         return groups
@@ -406,89 +354,3 @@ class QueryEnv:
 
     def budget_text(self, budget: float) -> str:
         return f"{budget:g} calls per problem"
-
-    def evaluate(
-        self,
-        generator,
-        problems,
-        budget: float,
-        batch_size: int = 32,
-        max_new_tokens: int = 64,
-        seed: int = 0,
-        progress=True,
-    ):
-        """Held-out rows at the call budget (envs/evaluation.py: ``evaluate_query``)."""
-        return evaluate_query(self, generator, problems, budget, batch_size, max_new_tokens, seed, progress)
-
-    @staticmethod
-    def suite_base_model(opts: EvalOptions, cfg, models: dict[str, str]) -> tuple[str | None, str | None]:
-        """No base-model rows here (each model gets its own never row): an explicit ``--base-model`` (not ``same``)
-        is evaluated as one more model."""
-        if opts.base_model and opts.base_model != "same":
-            return opts.base_model, "--base-model"
-        return None, None
-
-    @classmethod
-    def evaluate_suites(cls, cfg, opts: EvalOptions) -> int:
-        """eval.py in query mode (envs/suite_evaluation.py): per model and suite the rows of ``evaluate_query``
-        (capped / uncapped / no calls), named ``<model>``, ``<model>/uncapped``, ``<model>/never``, and the ``cloud``
-        row (the cloud answers every problem).  The router and random baselines are route-mode rows; query-mode
-        evaluation regenerates instead of resuming (the cloud cache still answers every request it has seen).
-        Returns the exit code."""
-        run = SuiteRun.prepare(cfg, opts, cls)
-        budget, baselines, models = cfg.rl.budget, opts.baselines, run.models
-        skipped = [b for b in baselines if b not in ("cloud", "never")]
-        if skipped:
-            print(
-                f"note: rl.env=query has no {', '.join(skipped)} baseline rows (route mode only); "
-                "each model gets its own never row"
-            )
-        per_suite = {suite: [] for suite, _, _ in run.suites}
-        row_models = {f"{name}{m}": path for name, path in models.items() for m in ("", "/uncapped", "/never")}
-        row_models["cloud"] = cloud_label(cfg.cloud)
-        records = {
-            suite: [{"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer} for p in probs]
-            for suite, probs, _ in run.suites
-        }
-
-        def visit(name, path, tok, gen):
-            for suite, probs, template in run.suites:
-                env = cls(
-                    template, tok, run.cloud, cfg.rl.max_queries, cfg.rl.max_response_tokens, cfg.task.max_solve_steps
-                )
-                rows, recs = evaluate_query(
-                    env, gen, probs, budget, run.batch_size, run.max_new(template), cfg.train.seed
-                )
-
-                def rename(m):
-                    return name if m == "policy" else f"{name}/{m}"
-
-                for r in rows:
-                    r["method"] = rename(r["method"])
-                    for c in r.get("comparisons", []):
-                        c["a"], c["b"] = rename(c["a"]), rename(c["b"])
-                per_suite[suite] += rows
-                for rec, r in zip(records[suite], recs):
-                    rec[name] = {k: v for k, v in r.items() if k not in ("uid", "level", "question", "gold")}
-
-        run.each_model(visit)
-        for suite, probs, _ in run.suites:
-            if "cloud" in baselines:
-                res = run_cloud(run.cloud, probs, set(range(len(probs))), os.path.join(run.out, suite, "cloud.jsonl"))
-                per_suite[suite].append(summarise("cloud", probs, [None] * len(probs), range(len(probs)), res))
-            title = (
-                f"== {suite}: {len(probs)} problems, {budget:g} calls per problem, "
-                f"cloud {cfg.cloud.backend} (query mode) =="
-            )
-            line = format_row_models({r["method"]: row_models[r["method"]] for r in per_suite[suite]})
-            run.report(suite, per_suite[suite], title, line, records[suite])
-        summary = {
-            "budget": budget,
-            "env": cls.name,
-            "cloud": cfg.cloud.backend,
-            "models": models,
-            "row_models": {r["method"]: row_models[r["method"]] for rows in per_suite.values() for r in rows},
-            "suites": per_suite,
-            "comparisons": comparisons_by_suite(per_suite),
-        }
-        return run.finish(summary, per_suite)

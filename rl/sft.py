@@ -40,7 +40,8 @@ from envs import arithmetic, countdown
 from envs.augment import augment
 from envs.filters import AnswerVerifier, NLIScorer, filter_pairs
 from envs.prompts import ESCALATION, messages
-from envs.route import RouteEnv, check_prompt_tokens
+from envs.rollout import check_prompt_tokens
+from envs.route import RouteEnv
 from envs.simulation import task_cloud
 from envs.tasks import load_problems, template_for
 from policies.device import load_device_model

@@ -34,16 +34,17 @@ from tqdm.auto import tqdm
 from trl.models.utils import unwrap_model_for_generation
 
 from envs.base import Environment, env_class_for
-from envs.evaluation import format_table
 from envs.simulation import task_cloud
 from envs.tasks import load_problems
+from evaluation.curves import plot_learning_curve
+from evaluation.protocol import evaluate_held_out
+from evaluation.tables import format_table
 from policies.cloud import CloudError
 from policies.device import load_device_model
 from policies.generation import HFGenerator, common_prefix_len
 from rl.advantages import advantage_coefficients, length_normalisers
 from rl.checkpoint import latest_checkpoint, save_checkpoint, save_final, truncate_metrics
 from rl.config import rho, save_config, to_dict
-from rl.curves import plot_learning_curve
 from rl.filtering import select_prompts
 from rl.gapg import gapg_loss, score_sequences, truncated_importance_weights
 from rl.lagrangian import DualVariable
@@ -247,8 +248,14 @@ def run_eval(tag, env, generator, test, cfg, accelerator, model=None):
     if not accelerator.is_main_process:
         return None
     try:
-        rows, records = env.evaluate(
-            generator, test, cfg.rl.budget, cfg.train.eval_batch_size, cfg.train.eval_max_new_tokens, cfg.train.seed
+        rows, records = evaluate_held_out(
+            env,
+            generator,
+            test,
+            cfg.rl.budget,
+            cfg.train.eval_batch_size,
+            cfg.train.eval_max_new_tokens,
+            cfg.train.seed,
         )
     except CloudError as e:  # training goes on; the checkpoint can be evaluated later
         log.warning(

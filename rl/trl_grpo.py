@@ -23,7 +23,8 @@ import logging
 import os
 from collections import defaultdict
 
-from envs.route import RouteEnv, check_prompt_tokens, cloud_replies_or_none
+from envs.rollout import check_prompt_tokens, cloud_replies_or_none
+from envs.route import RouteEnv
 from envs.simulation import task_cloud
 from envs.tasks import load_problems, template_for
 from policies.device import load_device_model

@@ -21,9 +21,10 @@ import os
 import sys
 from dataclasses import replace
 
-from envs.evaluation import parse_models, run_device
 from envs.route import RouteEnv
 from envs.tasks import load_problems, template_for
+from evaluation.passes import run_device
+from evaluation.suites import parse_models
 from policies.device import load_device_model
 from policies.generation import HFGenerator
 from rl.config import load_config

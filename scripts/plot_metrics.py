@@ -4,7 +4,7 @@ python -m scripts.plot_metrics outputs/cpu_route_1h --out docs/cpu_route_1h.png
 python -m scripts.plot_metrics --compare "dual 0.5=outputs/a,dual 0.1=outputs/b" --out docs/compare.png
 
 train.py already writes ``<output_dir>/learning_curve.png`` at the end of each run; this redraws any run
-(rl/curves.py).
+(evaluation/curves.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from rl.curves import plot_learning_curve, plot_run_comparison
+from evaluation.curves import plot_learning_curve, plot_run_comparison
 
 
 def main(argv=None):

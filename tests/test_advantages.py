@@ -44,7 +44,7 @@ def test_the_update_uses_the_chosen_estimator(tiny_model_dir, estimator):
     from transformers import AutoModelForCausalLM
 
     from core.problem import Problem
-    from envs.route import Group, Rollout
+    from envs.rollout import Group, Rollout
     from policies.device import load_tokenizer
     from policies.generation import Sample
     from rl.config import load_config

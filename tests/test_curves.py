@@ -1,11 +1,11 @@
-"""rl/curves.py: the learning curve and the side-by-side comparison of runs (scripts/plot_metrics.py)."""
+"""evaluation/curves.py: the learning curve and the side-by-side comparison of runs (scripts/plot_metrics.py)."""
 
 import json
 import os
 
 import pytest
 
-from rl.curves import held_out_points, plot_learning_curve, plot_run_comparison
+from evaluation.curves import held_out_points, plot_learning_curve, plot_run_comparison
 from scripts import plot_metrics
 
 

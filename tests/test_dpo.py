@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import train
 from core.problem import Problem
-from envs.route import Group, Rollout
+from envs.rollout import Group, Rollout
 from policies.generation import Sample
 from rl.config import load_config
 from rl.dpo import exact_collator, preference_pairs

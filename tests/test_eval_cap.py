@@ -1,8 +1,8 @@
 """The test-time budget cap and the baselines computed from one set of device outputs."""
 
 from core.problem import Problem
-from envs.evaluation import evaluate, format_table
 from envs.route import RouteEnv
+from evaluation.tables import format_table
 from policies.cloud import CachedCloud, SimulatedCloud
 from policies.generation import Sample
 
@@ -31,7 +31,7 @@ def test_budget_cap_sends_escalations_in_order_and_device_answers_the_rest():
         # problems 0..5 escalate; 6..9 answer, 6 and 7 correctly
         text = ESC if i < 6 else (f"\\boxed{{{i + 1}}}" if i < 8 else "\\boxed{0}")
         outputs[env.prompt(p)] = text
-    rows, records = evaluate(env, ScriptedGenerator(outputs), probs, budget=0.3, batch_size=4, progress=False)
+    rows, records = evaluate_route(env, ScriptedGenerator(outputs), probs, budget=0.3, batch_size=4, progress=False)
     policy, never, rand = rows
     assert policy["cloud_calls"] == 3  # floor(0.3 * 10)
     assert [r["sent_to_cloud"] for r in records[:6]] == [True, True, True, False, False, False]
@@ -44,7 +44,7 @@ def test_budget_cap_sends_escalations_in_order_and_device_answers_the_rest():
 
 
 def test_cost_curve_apgr_and_cpt_by_hand():
-    from envs.evaluation import accuracy_curve, apgr_cpt
+    from evaluation.metrics import accuracy_curve, apgr_cpt
 
     # 4 problems: device right on 0 and 3, cloud right everywhere; the method sends 1 then 2 and wants no more
     curve = accuracy_curve([1, 2], [True, False, False, True], {0: True, 1: True, 2: True, 3: True})
@@ -57,7 +57,7 @@ def test_cost_curve_apgr_and_cpt_by_hand():
 
 
 def test_all_rows_share_one_cap_and_cloud_row_pays_for_everything():
-    from envs.evaluation import suite_rows
+    from evaluation.protocol import suite_rows
 
     probs = [Problem(f"q{i}", f"What is {i} + 2?", str(i + 2), level=1) for i in range(10)]
     dev = [
@@ -99,7 +99,7 @@ class FlakyGenerator(ScriptedGenerator):
 def test_killed_evaluation_resumes_without_regenerating(tmp_path):
     import pytest
 
-    from envs.evaluation import run_device
+    from evaluation.passes import run_device
 
     probs = [Problem(f"r{i}", f"What is {i} + 3?", str(i + 3), level=1) for i in range(10)]
     env = RouteEnv("arithmetic", PlainTok(), CachedCloud(SimulatedCloud(accuracy=1.0), None), few_shot=False)
@@ -126,7 +126,7 @@ def test_apgr_measures_every_row_against_the_one_weak_model():
     cost curve is .5, .6, .7 then .8 for k = 3..10 calls; the trapezoid area over cost steps of .1 is
     (.55 + .65 + .75 + 7 × .8) / 10 = .755, so APGR = (.755 − .3) / (1 − .3) = .65.  Measured against the policy's own
     device accuracy (.5), it was (.755 − .5) / .5 = .51, below random offloading of the weaker base model."""
-    from envs.evaluation import suite_rows
+    from evaluation.protocol import suite_rows
 
     probs = [Problem(f"w{i}", f"What is {i} + 4?", str(i + 4), level=1) for i in range(10)]
     base = [{"output": "x", "escalated": False, "answer": None, "correct": i < 3} for i in range(10)]
@@ -144,7 +144,7 @@ def test_apgr_measures_every_row_against_the_one_weak_model():
 
 
 def test_bootstrap_ci_by_hand():
-    from envs.evaluation import bootstrap_ci
+    from evaluation.metrics import bootstrap_ci
 
     # every problem right (or every one wrong): every resample has the same accuracy, a zero-width interval at it
     assert bootstrap_ci([True] * 20) == [1.0, 1.0] and bootstrap_ci([0] * 20) == [0.0, 0.0]
@@ -176,7 +176,7 @@ def test_bootstrap_ci_by_hand():
 
 
 def test_rows_carry_their_ci_and_policy_rows_their_paired_comparisons():
-    from envs.evaluation import suite_rows
+    from evaluation.protocol import suite_rows
 
     probs = [Problem(f"c{i}", f"What is {i} + 5?", str(i + 5), level=1) for i in range(40)]
     base = [{"output": "x", "escalated": False, "answer": None, "correct": i < 10} for i in range(40)]
@@ -208,7 +208,7 @@ def test_in_training_evaluation_rows_carry_ci_and_compare_the_policy_with_its_ow
     probs = [Problem(f"t{i}", f"What is {i} + 1?", str(i + 1), level=1) for i in range(10)]
     env = RouteEnv("arithmetic", PlainTok(), CachedCloud(SimulatedCloud(accuracy=1.0), None), few_shot=False)
     outputs = {env.prompt(p): (ESC if i < 3 else f"\\boxed{{{i + 1}}}") for i, p in enumerate(probs)}
-    rows, _ = evaluate(env, ScriptedGenerator(outputs), probs, budget=0.3, batch_size=4, progress=False)
+    rows, _ = evaluate_route(env, ScriptedGenerator(outputs), probs, budget=0.3, batch_size=4, progress=False)
     assert [r["method"] for r in rows] == ["policy", "never", "random"]
     assert all(r["overall_ci"][0] <= r["overall_acc"] <= r["overall_ci"][1] for r in rows)
     assert [(c["a"], c["b"]) for c in rows[0]["comparisons"]] == [("policy", "never"), ("policy", "random")]

@@ -117,7 +117,7 @@ def test_policy_update_weights_sequences_sampled_by_a_low_precision_copy(tiny_mo
     from transformers import AutoModelForCausalLM
 
     from core.problem import Problem
-    from envs.route import Group, Rollout
+    from envs.rollout import Group, Rollout
     from policies.device import load_tokenizer
     from policies.generation import Sample
     from rl.config import load_config

@@ -5,7 +5,9 @@ Layers, lowest first (a module may import its own layer and the ones below, neve
     0  core       types, I/O helpers, the config field helper and ConfigError (``core/``)
     1  rewards    graders and the collaboration rewards (``rewards/``)
     2  policies   device model, generation, cloud backends, router (``policies/``)
-    3  envs       route, query, tasks, suites, prompts, evaluation, LSRP, augmentation (``envs/``)
+    3  envs       route, query, the shared rollout types, tasks, suites, prompts, LSRP, augmentation (``envs/``)
+  3.5  evaluation the protocol, the device and cloud passes, metrics, tables, eval.py's suites, results and curves
+                  (``evaluation/``)
     4  rl         GAPG, filtering, dual, the trainer loop, TRL-backed trainers, the config composition (``rl/``)
   4.5  serving    the served policy, its budget, batching, the OpenAI-compatible app, metrics (``serving/``)
     5  commands   train.py, eval.py, sweep.py, serve.py, benchmarks/, scripts/
@@ -26,6 +28,7 @@ LAYERS = {
     "rewards": 1,
     "policies": 2,
     "envs": 3,
+    "evaluation": 3.5,
     "rl": 4,
     "serving": 4.5,
     "train": 5,
@@ -168,3 +171,41 @@ def test_the_checker_sees_function_level_imports():
     graph = import_graph()
     assert "rl.gapg" in graph and "rl.filtering" in graph and "train" in graph
     assert any(n.startswith("rl.") for n in graph["train"])
+
+
+EVALUATION_FUNCTIONS = {
+    "run_device",
+    "run_cloud",
+    "query_pass",
+    "suite_rows",
+    "evaluate_route",
+    "evaluate_query",
+    "evaluate_held_out",
+    "evaluate_suites",
+    "bootstrap_ci",
+    "compare_rows",
+    "apgr_cpt",
+    "format_table",
+    "train_router",
+    "plot_learning_curve",
+}
+
+
+def test_evaluation_lives_in_one_package():
+    """The evaluation (passes, protocol, metrics, tables, eval.py's suites, results, curves) is defined in
+    ``evaluation/`` and nowhere else; no environment carries an evaluate method, and the rl/ layer only calls it."""
+    where: dict[str, list[str]] = {}
+    for mod, path in MODULES.items():
+        tree = ast.parse(open(path).read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in EVALUATION_FUNCTIONS:
+                where.setdefault(node.name, []).append(mod)
+            if isinstance(node, ast.ClassDef) and _package(mod) == "envs":  # an environment evaluates nothing
+                methods = {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
+                assert not methods & {"evaluate", "evaluate_suites", "suite_base_model"}, (mod, node.name)
+    outside = {name: mods for name, mods in where.items() if any(_package(m) != "evaluation" for m in mods)}
+    assert outside == {}, f"evaluation code outside evaluation/: {outside}"
+    assert EVALUATION_FUNCTIONS <= set(where), f"not found in evaluation/: {EVALUATION_FUNCTIONS - set(where)}"
+    graph = import_graph()
+    assert any(_package(d) == "evaluation" for d in graph["rl.trainer"]), "the trainer evaluates through evaluation/"
+    assert all(_package(d) != "evaluation" for m, ds in graph.items() if _package(m) == "envs" for d in ds)

@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 
 import train
 from core.problem import Problem
-from envs.route import Group, Rollout, RouteEnv, is_escalation, route_metrics, split_escalation
+from envs.format import is_escalation, split_escalation
+from envs.rollout import Group, Rollout, route_metrics
+from envs.route import RouteEnv
 from policies.generation import Sample
 from rl import trainer
 from rl.config import ConfigError, load_config

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorL
 
 from core.problem import Problem
 from envs.query import CALL_LIMIT_TEXT, QueryEnv, QueryRollout, device_text, response_text
-from envs.route import Group
+from envs.rollout import Group
 from policies.calculator import answer_query
 from policies.cloud import CachedCloud, SimulatedCloud, cloud_messages, query_problem
 from policies.device import load_tokenizer
@@ -367,7 +367,9 @@ def test_gapg_scores_exactly_the_device_tokens_of_a_multi_call_rollout(tiny_mode
 
 
 def test_eval_caps_calls_in_dataset_order(tok):
-    from envs.evaluation import call_cap_limits, evaluate_query, format_table
+    from evaluation.passes import call_cap_limits
+    from evaluation.protocol import evaluate_query
+    from evaluation.tables import format_table
 
     assert call_cap_limits([1, 0, 2, 1, 0, 1], cap=2) == [None, None, 1, 0, None, 0]
     probs = [

@@ -1,7 +1,8 @@
 import pytest
 
 from core.problem import Problem
-from envs.route import Group, Rollout, is_escalation
+from envs.format import is_escalation
+from envs.rollout import Group, Rollout
 from rewards.collaboration import collaboration_reward
 from rl.config import rho
 from rl.filtering import classify, select_prompts

