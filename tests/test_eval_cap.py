@@ -2,6 +2,7 @@
 
 from core.problem import Problem
 from envs.route import RouteEnv
+from evaluation.protocol import evaluate_route
 from evaluation.tables import format_table
 from policies.cloud import CachedCloud, SimulatedCloud
 from policies.generation import Sample
