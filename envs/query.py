@@ -94,28 +94,104 @@ def response_text(reply: str, overhang: str = "") -> str:
 
 
 @dataclass
-class _Row:
-    """A rollout being generated."""
+class QueryRow:
+    """A multi-turn response being generated: a training rollout (``QueryEnv.rollout``) or a served request
+    (serving/policy.py), both run by ``run_query_turns``."""
 
-    index: int  # which problem
     prompt_ids: list[int]
-    query_limit: int  # queries the cloud will answer
-    call_limit: int | None  # all calls (queries + escalation); None = no limit on the escalation
-    ids: list[int] = field(default_factory=list)
-    mask: list[int] = field(default_factory=list)
+    max_new_tokens: int  # device tokens over all its turns
+    query_limit: int  # queries the cloud will answer (rl.max_queries, or fewer under a call cap)
+    call_limit: int | None = None  # all calls (queries + escalation); None = no limit on the escalation
+    index: int = 0  # which problem
+    ids: list[int] = field(default_factory=list)  # completion tokens: the device's and the inserted responses
+    mask: list[int] = field(default_factory=list)  # 1 for a token the device sampled, 0 for an inserted one
     device_tokens: int = 0
-    queries: list[str] = field(default_factory=list)
-    refused: int = 0
-    cloud_tokens: int = 0
+    queries: list[str] = field(default_factory=list)  # the questions the cloud answered, in order
+    refused: int = 0  # queries past query_limit, answered "call limit reached" (not calls)
+    budget_refused: int = 0  # queries refused because ``grant`` said no (serving's live budget)
+    cloud_prompt_tokens: int = 0
+    cloud_completion_tokens: int = 0
     done: bool = False
-    truncated: bool = False
+    truncated: bool = False  # stopped at its token budget, not at EOS
     cloud_error: str | None = None  # a query of this row got no answer: the CloudError's message
     rollout_logprob: float | None = None  # sum over its turns of the sampling copy's log-probs (Sample's field)
+
+    @property
+    def cloud_tokens(self) -> int:
+        return self.cloud_prompt_tokens + self.cloud_completion_tokens
 
     def add(self, ids: list[int], trained: bool):
         self.ids += ids
         self.mask += [int(trained)] * len(ids)
         self.device_tokens += len(ids) if trained else 0
+
+
+def split_query(turn: str) -> tuple[str, str]:
+    """(the question of the ``<query>`` that ``turn`` ends with, what the last token added after ``</query>``)."""
+    before, overhang = turn.split(QUERY_CLOSE, 1) if QUERY_CLOSE in turn else (turn, "")
+    opened = before.rfind(QUERY_OPEN)
+    return (before[opened + len(QUERY_OPEN) :] if opened >= 0 else before).strip(), overhang
+
+
+def run_query_turns(
+    env,
+    generator,
+    rows: list[QueryRow],
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    stop: str | None = QUERY_CLOSE,
+    grant=None,
+    refund=None,
+    logits_processor=None,
+    config_errors_raise: bool = True,
+) -> None:
+    """Generate ``rows`` to the end, batched over every unfinished row, answering their queries (the module
+    docstring's steps 1-3).  ``grant(row)`` may refuse a call within ``query_limit`` (serving's live budget: the
+    device reads "call limit reached", as in training, and ``budget_refused`` counts it); ``refund(row)`` gives back
+    a granted call the cloud could not answer.  ``stop=None`` is one turn (the route mode: no queries).
+    ``config_errors_raise``: see envs/rollout.py ``cloud_replies_or_none``."""
+    active = rows
+    while active:
+        outs = generator.extend(
+            [r.prompt_ids + r.ids for r in active],
+            [r.max_new_tokens - r.device_tokens for r in active],
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            logits_processor=logits_processor,
+        )
+        asking = []  # (row, question, overhang)
+        for r, o in zip(active, outs):
+            r.add(o.ids, trained=True)
+            if o.logprob is not None:
+                r.rollout_logprob = (r.rollout_logprob or 0.0) + o.logprob
+            if o.reason != "stop" or r.device_tokens >= r.max_new_tokens:
+                r.done, r.truncated = True, o.reason != "eos"
+                continue
+            question, overhang = split_query(env.tokenizer.decode(o.ids, skip_special_tokens=True))
+            if len(r.queries) >= r.query_limit:
+                r.refused += 1
+                r.add(env.response_ids(CALL_LIMIT_TEXT, overhang), trained=False)
+            elif grant is None or grant(r):
+                asking.append((r, question, overhang))
+            else:  # refused by the caller (over budget): the device reads what it reads at its call limit
+                r.budget_refused += 1
+                r.add(env.response_ids(CALL_LIMIT_TEXT, overhang), trained=False)
+        if asking:
+            questions = [query_problem(q) for _, q, _ in asking]
+            replies, error = cloud_replies_or_none(env.cloud, questions, "queries", config_errors_raise)
+            for (r, question, overhang), rep in zip(asking, replies):
+                if rep is None:  # no answer: the row goes on without one, and its reward is unknown
+                    if refund is not None:
+                        refund(r)
+                    r.cloud_error = r.cloud_error or error
+                    r.add(env.response_ids(CLOUD_UNAVAILABLE_TEXT, overhang), trained=False)
+                    continue
+                r.queries.append(question)
+                r.cloud_prompt_tokens += rep.prompt_tokens
+                r.cloud_completion_tokens += rep.completion_tokens
+                r.add(env.response_ids(rep.text, overhang), trained=False)
+        active = [r for r in active if not r.done]
 
 
 class QueryEnv:
@@ -231,45 +307,8 @@ class QueryEnv:
         for i in range(len(problems)):
             limit = None if call_limits is None else call_limits[i]
             qlimit = self.max_queries if limit is None else min(self.max_queries, limit)
-            rows += [_Row(i, prompt_ids[i], qlimit, limit) for _ in range(group_size)]
-
-        active = rows
-        while active:
-            outs = generator.extend(
-                [r.prompt_ids + r.ids for r in active],
-                [max_new_tokens - r.device_tokens for r in active],
-                temperature=temperature,
-                top_p=top_p,
-                stop=QUERY_CLOSE,
-            )
-            asking = []  # (row, question, overhang)
-            for r, o in zip(active, outs):
-                r.add(o.ids, trained=True)
-                if o.logprob is not None:
-                    r.rollout_logprob = (r.rollout_logprob or 0.0) + o.logprob
-                if o.reason != "stop" or r.device_tokens >= max_new_tokens:
-                    r.done, r.truncated = True, o.reason != "eos"
-                    continue
-                turn = tok.decode(o.ids, skip_special_tokens=True)
-                before, overhang = turn.split(QUERY_CLOSE, 1) if QUERY_CLOSE in turn else (turn, "")
-                opened = before.rfind(QUERY_OPEN)
-                question = (before[opened + len(QUERY_OPEN) :] if opened >= 0 else before).strip()
-                if len(r.queries) < r.query_limit:
-                    asking.append((r, question, overhang))
-                else:
-                    r.refused += 1
-                    r.add(self.response_ids(CALL_LIMIT_TEXT, overhang), trained=False)
-            if asking:
-                replies, error = cloud_replies_or_none(self.cloud, [query_problem(q) for _, q, _ in asking], "queries")
-                for (r, question, overhang), rep in zip(asking, replies):
-                    if rep is None:  # no answer: the row goes on without one, and its reward is unknown
-                        r.cloud_error = r.cloud_error or error
-                        r.add(self.response_ids(CLOUD_UNAVAILABLE_TEXT, overhang), trained=False)
-                        continue
-                    r.queries.append(question)
-                    r.cloud_tokens += rep.prompt_tokens + rep.completion_tokens
-                    r.add(self.response_ids(rep.text, overhang), trained=False)
-            active = [r for r in active if not r.done]
+            rows += [QueryRow(prompt_ids[i], max_new_tokens, qlimit, limit, index=i) for _ in range(group_size)]
+        run_query_turns(self, generator, rows, temperature, top_p)
 
         rolls = []
         for r in rows:

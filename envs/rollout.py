@@ -92,20 +92,21 @@ class Group:
         return not any(r.cloud_failed for r in self.rollouts)
 
 
-def cloud_replies_or_none(cloud, problems: list[Problem], what: str = "problems"):
+def cloud_replies_or_none(cloud, problems: list[Problem], what: str = "problems", config_errors_raise: bool = True):
     """``(cloud.replies(problems), None)``, or after a ``CloudError``
     ``(replies with None where none arrived, message)``.
 
     Answers received before the failure are committed to the cache as they arrive; ``cloud.lookup`` reads them back
-    without calling the backend again."""
+    without calling the backend again.  ``config_errors_raise=False`` (serving) treats a ``CloudConfigError`` as any
+    other failure: the service goes on with the device's answers."""
     try:
         return cloud.replies(problems), None
-    except CloudConfigError:
-        raise  # a wrong key, URL or model fails every request: stop and say what to fix
     except CloudError as e:
+        if config_errors_raise and isinstance(e, CloudConfigError):
+            raise  # a wrong key, URL or model fails every request: stop and say what to fix
         got = cloud.lookup(problems) if hasattr(cloud, "lookup") else [None] * len(problems)
         log.warning(
-            "cloud failed for %d of %d %s this step; their rollouts are left out of the update and counted in "
+            "cloud failed for %d of %d %s; in training their rollouts are left out of the update and counted in "
             "cloud_errors. Cause: %s",
             sum(r is None for r in got),
             len(problems),

@@ -33,7 +33,7 @@ class ScriptedExtender:
             tuple(tok(env.prompt(p), add_special_tokens=False)["input_ids"]): scripts[p.uid] for p in problems
         }
 
-    def extend(self, contexts, max_new_tokens, temperature=1.0, top_p=1.0, stop=None):
+    def extend(self, contexts, max_new_tokens, temperature=1.0, top_p=1.0, stop=None, logits_processor=None):
         self.calls.append([list(c) for c in contexts])
         out, taken = [], {}
         for ctx, budget in zip(contexts, max_new_tokens):
