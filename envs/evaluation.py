@@ -1,4 +1,4 @@
-"""The evaluation protocol (SPEC §7): budget-capped runs of a policy with every baseline at the same budget.
+"""The evaluation protocol (docs/method.md §7): budget-capped runs of a policy with every baseline at the same budget.
 
 The device answers every problem; at most ``floor(budget·N)`` problems go to the cloud, granted in dataset order
 (``capped``); the same cap applies to every row: the policy, never, random, the router (policies/router.py), and
@@ -29,7 +29,7 @@ from rewards.grading import grade_response
 BASELINES = ("never", "random", "router", "cloud")
 BASE_ROWS = ("never", "random", "router")  # the rows answered by the base device model
 BOOTSTRAP_N, BOOTSTRAP_SEED = 2000, 0  # resamples of the problems for every confidence interval (bootstrap_ci)
-MATH_SUITE_MAX_NEW_TOKENS = 1024  # the paper's response length on MATH (SPEC §8)
+MATH_SUITE_MAX_NEW_TOKENS = 1024  # the paper's response length on MATH (docs/method.md §8)
 
 
 def parse_models(spec: str) -> dict[str, str]:
