@@ -1,4 +1,4 @@
-"""Budget-capped evaluation on the math suites, with every baseline at the same budget (SPEC §7).
+"""Budget-capped evaluation on the math suites, with every baseline at the same budget (docs/method.md §7).
 
     python eval.py --config configs/cpu_route_1h.yaml --model outputs/cpu_route_1h/final   # the task's held-out set
     python eval.py --model outputs/run/final --suites math500,amc23,minerva,math,agieval --budget 0.3 --cloud simulated

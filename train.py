@@ -15,9 +15,9 @@ One step, top to bottom (read ``step()`` in rl/trainer.py):
      (envs/route.py) asks the cloud once per problem that needs it; ``query``
      (envs/query.py) answers ``<query>``s mid-generation, batched (cached on disk);
   3. ``env.reward``: r̃ = r − γ·1{cloud} (route) or r̃ = r − γ·calls − γ_tok·cloud tokens (query)
-     (rewards/collaboration.py, SPEC §3);
-  4. adaptive prompt filtering keeps D1 and up to ρ|D1| D2 prompts (rl/filtering.py, SPEC §5);
-  5. GAPG update on the device tokens (rl/gapg.py, SPEC §4);
+     (rewards/collaboration.py, docs/method.md §3);
+  4. adaptive prompt filtering keeps D1 and up to ρ|D1| D2 prompts (rl/filtering.py, docs/method.md §5);
+  5. GAPG update on the device tokens (rl/gapg.py, docs/method.md §4);
   6. dual ascent on γ toward the budget: offload rate (route) or calls per rollout (query) (rl/lagrangian.py);
   7. the metrics.jsonl line, and at their intervals a checkpoint (rl/checkpoint.py) and a held-out evaluation.
 """

@@ -1,6 +1,6 @@
 """How a training step's cost grows with G and with the response length: GAPG and TRL on the same axes.
 
-    python -m benchmarks.bench_scaling --out docs/scaling_cpu          # docs/scaling_cpu.{json,png}; resumable
+    python -m benchmarks.bench_scaling --out docs/data/bench/scaling_cpu    # .json and .png; resumable
     python -m benchmarks.bench_scaling --groups 4,8 --tokens 32,64 --prompts 2 --out /tmp/scaling
 
 Each point is one run of ``benchmarks/bench_train_step.py --fixed-length`` (GAPG and TRL GRPOTrainer, the same

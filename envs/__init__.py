@@ -1,1 +1,1 @@
-"""Collaboration environments and the tasks they pose (SPEC §1-2)."""
+"""Collaboration environments and the tasks they pose (docs/method.md §1-2)."""

@@ -1,9 +1,9 @@
 """Arithmetic ladder: seeded problems from one-digit sums to multi-digit products.
 
 A 135M model answers ``7 + 5`` but not ``37 * 46``: the ladder gives the device a
-real boundary of competence (SPEC §9).  Levels are ordered by the *measured*
+real boundary of competence (docs/method.md §9).  Levels are ordered by the *measured*
 greedy accuracy of SmolLM2-135M-Instruct, not by the naive order; see
-``DEFAULT_LEVELS`` and ``benchmarks/calibrate_ladder.py``.
+``DEFAULT_LEVELS`` and docs/results_cpu.md (the accuracy per level, measured).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from core.problem import Problem
 
 # (digits of a, op, digits of b), easiest first by SmolLM2-135M greedy accuracy on
-# "What is a ? b?" (SPEC §9: 1x1 9/16, 1+1 8/16, 2+2 4/16, 2+1 3/16, 2x1 2/16, 2x2 1/16),
+# "What is a ? b?" (docs/method.md §9: 1x1 9/16, 1+1 8/16, 2+2 4/16, 2+1 3/16, 2x1 2/16, 2x2 1/16),
 # then 3-digit levels the device essentially never gets right.
 DEFAULT_LEVELS = ["1x1", "1+1", "2+2", "2+1", "2x1", "2x2", "3x2"]
 

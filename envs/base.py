@@ -3,7 +3,7 @@
     env_cls = env_class_for(cfg)                # rl.env -> RouteEnv / QueryEnv: the one place the name is read
     env = env_cls.from_config(cfg, tokenizer, cloud)  # the training environment (rl/trainer.py: make_env)
     groups = env.rollout(generator, problems, group_size, temperature, top_p, max_new_tokens)  # -> list[Group]
-    env.reward(groups, cfg.reward, gamma)       # fills each Group.rewards (r̃ = r − γ·cost, SPEC §3)
+    env.reward(groups, cfg.reward, gamma)       # fills each Group.rewards (r̃ = r − γ·cost, docs/method.md §3)
     used = env.usage_of(groups)                 # what the dual holds to the budget: offload rate / calls per rollout
     metrics = env.metrics(groups)               # the per-step training metrics (metrics.jsonl)
     rollout = env.judge(problem, sample)        # one greedy response graded (what the evaluation passes use)

@@ -19,7 +19,7 @@ class TaskConfig(Section):
         "task.question_field / task.answer_field, found automatically when empty; the math template).",
     )
     template: Literal["auto", "math", "countdown", "arithmetic"] = option(
-        "auto", "Prompt template: auto (the task's own), math (SPEC §2 MATH), countdown, arithmetic."
+        "auto", "Prompt template: auto (the task's own), math (docs/method.md §2 MATH), countdown, arithmetic."
     )
     seed: int = option(0, "Seed for generated tasks (arithmetic, countdown) and for shuffling.")
     num_train: int = option(2000, "Training problems (generated tasks: how many to make; files: cap, 0 = all).")

@@ -1,4 +1,4 @@
-"""Countdown: reach a target with four numbers, each used once (SPEC §2), generated from a seed.
+"""Countdown: reach a target with four numbers, each used once (docs/method.md §2), generated from a seed.
 
 Every generated instance is solvable by construction: the target is the value of
 a random expression over the numbers.

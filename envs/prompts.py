@@ -1,4 +1,4 @@
-"""Prompt templates of the route and query environments (SPEC §2, paper templates paraphrased).
+"""Prompt templates of the route and query environments (docs/method.md §2, paper templates paraphrased).
 
 Every template tells the device model how to answer and how to escalate: the
 escalation tag ``<unknown> I need external assistance </unknown>`` at the end of

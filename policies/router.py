@@ -11,7 +11,7 @@ role of RouteLLM's win-rate P(strong model wins | x).
 Threshold calibration (RouteLLM ``calibrate_threshold``): on a calibration set of
 prompts disjoint from the fitting set, the threshold is the (1 - budget) quantile
 of s, so that a budget share of calibration prompts scores above it and goes to
-the cloud.  At test time the cap of SPEC §7 is applied on top, like every method.
+the cloud.  At test time the cap of docs/method.md §7 is applied on top, like every method.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Graders (math-verify, Countdown, arithmetic) and the collaboration reward (SPEC §3, §7)."""
+"""Graders (math-verify, Countdown, arithmetic) and the collaboration reward (docs/method.md §3, §7)."""

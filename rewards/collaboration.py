@@ -1,4 +1,4 @@
-"""The collaboration reward and its Lagrangian form (SPEC §3); ``query_reward`` for the query mode.
+"""The collaboration reward and its Lagrangian form (docs/method.md §3); ``query_reward`` for the query mode.
 
     r  = α_a  if the device answered locally and is correct
          α_c  if it escalated and the cloud's answer is correct
@@ -45,7 +45,7 @@ def query_reward(
     gamma_tokens: float = 0.0,
     charge: str = "all_escalations",
 ) -> float:
-    """The query mode's reward (SPEC §1, §3): the same r, and a cost per call (and per cloud token).
+    """The query mode's reward (docs/method.md §1, §3): the same r, and a cost per call (and per cloud token).
 
         r  = α_a  if the device's final answer is correct (with or without <response> help)
              α_c  if it escalated with <unknown> and the cloud's answer is correct

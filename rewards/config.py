@@ -12,9 +12,9 @@ from core.config import ConfigError, Section, option
 class RewardConfig(Section):
     section = "reward"
 
-    alpha_local: float = option(1.0, "α_a: reward for a correct local answer (SPEC §3).")
+    alpha_local: float = option(1.0, "α_a: reward for a correct local answer (docs/method.md §3).")
     alpha_cloud: float = option(
-        0.25, "α_c: reward when it escalates and the cloud is correct. Must be < alpha_local (SPEC §3)."
+        0.25, "α_c: reward when it escalates and the cloud is correct. Must be < alpha_local (docs/method.md §3)."
     )
     charge: Literal["all_escalations", "correct_escalations"] = option(
         "all_escalations",
@@ -27,5 +27,5 @@ class RewardConfig(Section):
         if not self.alpha_cloud < self.alpha_local:
             raise ConfigError(
                 f"reward.alpha_cloud={self.alpha_cloud} must be < reward.alpha_local={self.alpha_local}: "
-                "with α_c >= α_a the policy collapses to always escalating (SPEC §3). Paper values: 0.2-0.6."
+                "with α_c >= α_a the policy collapses to always escalating (docs/method.md §3). Paper values: 0.2-0.6."
             )

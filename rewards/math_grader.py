@@ -1,4 +1,4 @@
-"""Math answer extraction and grading (SPEC §7).
+"""Math answer extraction and grading (docs/method.md §7).
 
     extract_answer("... so \\boxed{\\frac{1}{2}}")   -> "\\frac{1}{2}"
     is_correct("\\frac12", "0.5")                     -> True
@@ -60,7 +60,7 @@ def last_boxed(text: str) -> str | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """SPEC §7 order: last \\boxed{}, then 'the answer is', then the last number."""
+    """docs/method.md §7 order: last \\boxed{}, then 'the answer is', then the last number."""
     if not text:
         return None
     boxed = last_boxed(text)

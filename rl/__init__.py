@@ -1,1 +1,1 @@
-"""Group-adaptive policy gradient, adaptive prompt filtering and Lagrangian budget control (SPEC §3-5)."""
+"""Group-adaptive policy gradient, adaptive prompt filtering and Lagrangian budget control (docs/method.md §3-5)."""

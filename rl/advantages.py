@@ -1,4 +1,4 @@
-"""Advantage estimators for the ablation (SPEC §4): GAPG against GRPO and Dr.GRPO in the same trainer.
+"""Advantage estimators for the ablation (docs/method.md §4): GAPG against GRPO and Dr.GRPO in the same trainer.
 
     accelerate launch train.py --config configs/cpu_default.yaml rl.advantage=grpo
 

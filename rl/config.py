@@ -66,8 +66,9 @@ class RLConfig(Section):
     )
     trainer: Literal["gapg", "trl_drgrpo", "sft", "dpo"] = option(
         "gapg",
-        "gapg: this repo's loop (GAPG + adaptive filtering + Lagrangian γ, SPEC §4-5). trl_drgrpo: the paper's "
-        "'collaboration-aware tuning' baseline, TRL GRPOTrainer with Dr.GRPO (no std scaling, β=0) on the same "
+        "gapg: this repo's loop (GAPG + adaptive filtering + Lagrangian γ, docs/method.md §4-5). "
+        "trl_drgrpo: the paper's 'collaboration-aware tuning' baseline, TRL GRPOTrainer with Dr.GRPO (no std "
+        "scaling, β=0) on the same "
         "hierarchical reward with a fixed γ=rl.gamma; it ignores filtering, d1_rule, rollout_prompts and gamma_lr. "
         "sft: supervised task tuning (rl/sft.py, TRL SFTTrainer + LoRA, the sft.* keys): the warm start that RL "
         "starts from (model.name_or_path=<output_dir>/final) and the paper's 'task tuning only' baseline; of rl.* it "
@@ -568,7 +569,7 @@ def save_config(c: Config) -> str:
 
 
 def rho(budget: float, env: str = "route") -> float:
-    """ρ of the constraint E[1{cloud}] <= ρ E[1{local}], which sets the filtering mix D1 : D2 = 1 : ρ (SPEC §5).
+    """ρ of the constraint E[1{cloud}] <= ρ E[1{local}]; it sets the filtering mix D1 : D2 = 1 : ρ (docs/method.md §5).
 
     route: ``budget`` is the cloud share, ρ = b / (1 − b) (0.3 -> 3/7).  query: ``budget`` is cloud calls per problem;
     at one call each, at most a share min(b, 1) of the problems can be helped, so ρ = s / (1 − s) with s = min(b, 1),

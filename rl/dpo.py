@@ -1,4 +1,4 @@
-"""DPO instead of RL (SPEC §1 ``dpo``): preference pairs from routing rollouts, trained with TRL ``DPOTrainer``.
+"""DPO instead of RL (docs/method.md §6): preference pairs from routing rollouts, trained with TRL ``DPOTrainer``.
 
     accelerate launch train.py --config configs/cpu_dpo.yaml          # rl.trainer: dpo, 3 rounds with the dual
     accelerate launch train.py --config configs/cpu_default.yaml rl.trainer=dpo dpo.num_prompts=32
@@ -8,7 +8,7 @@ Each of ``dpo.rounds`` rounds:
    ``dpo.num_prompts`` training problems (a seeded sample, fresh each round), ``rl.group_size`` responses
    each at ``rl.temperature``, in the ``rl.env`` environment (route or query) with the same prompts and cached
    cloud as GAPG.
-2. Reward every response with the collaboration reward of SPEC §3 (``rewards/collaboration.py``) at the
+2. Reward every response with the collaboration reward of docs/method.md §3 (``rewards/collaboration.py``) at the
    round's γ: α_a for a correct local answer, α_c − γ for an escalation the cloud gets right, else 0 (− γ).
 3. Pairs (``preference_pairs``): within each group, every two responses with different rewards make a pair,
    the higher reward chosen; ties are dropped (they say nothing about which to prefer), and so are pairs of

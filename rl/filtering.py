@@ -1,4 +1,4 @@
-"""Adaptive prompt filtering (paper Algorithm 1, SPEC §5).
+"""Adaptive prompt filtering (paper Algorithm 1, docs/method.md §5).
 
     picked, stats = select_prompts(groups, batch_prompts=8, rho=3/7, d1_rule="any_correct")
 

@@ -1,4 +1,4 @@
-"""Group-adaptive policy gradient (GAPG, SPEC §4).
+"""Group-adaptive policy gradient (GAPG, docs/method.md §4).
 
 For a prompt x with G sampled responses and Lagrangian rewards r̃_i:
 

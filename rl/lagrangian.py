@@ -1,4 +1,4 @@
-"""Lagrange multiplier γ for the cloud-usage constraint (SPEC §3).
+"""Lagrange multiplier γ for the cloud-usage constraint (docs/method.md §3).
 
 Constraint E[1{cloud}] ≤ ρ E[1{local}], i.e. offload share ≤ ρ/(1+ρ) = budget.
 The paper keeps γ fixed; dual ascent is the natural Lagrangian extension:

@@ -1,4 +1,4 @@
-"""The GAPG training loop (SPEC §4-§6): ``train(cfg, resume)`` sets up, then runs ``step()`` ``train.max_steps`` times.
+"""The GAPG training loop (docs/method.md §3-5): ``train(cfg, resume)`` sets up, then runs ``step()`` max_steps times.
 
 One step, top to bottom (``step``):
   1. take the next ``rl.rollout_prompts`` training problems (``problems_for_step``: a seeded, resumable order);
@@ -6,9 +6,9 @@ One step, top to bottom (``step``):
      ``route`` (envs/route.py) asks the cloud once per problem that needs it; ``query`` (envs/query.py) answers
      ``<query>``s mid-generation, batched (cached on disk);
   3. ``env.reward``: r̃ = r − γ·1{cloud} (route) or r̃ = r − γ·calls − γ_tok·cloud tokens (query)
-     (rewards/collaboration.py, SPEC §3);
-  4. adaptive prompt filtering keeps D1 and up to ρ|D1| D2 prompts (rl/filtering.py, SPEC §5);
-  5. ``policy_update``: GAPG on the device tokens (rl/gapg.py, SPEC §4), sharded over the processes;
+     (rewards/collaboration.py, docs/method.md §3);
+  4. adaptive prompt filtering keeps D1 and up to ρ|D1| D2 prompts (rl/filtering.py, docs/method.md §5);
+  5. ``policy_update``: GAPG on the device tokens (rl/gapg.py, docs/method.md §4), sharded over the processes;
   6. dual ascent on γ toward the budget on ``env.usage_of``: the offload rate (route) or calls per rollout
      (query) (rl/lagrangian.py);
   7. a metrics.jsonl line, and at their intervals a checkpoint (rl/checkpoint.py) and a held-out evaluation.
@@ -195,7 +195,8 @@ def policy_update(
     keep = [i for i in range(len(seqs)) if coefs[i] != 0]  # zero-coefficient sequences add nothing to the gradient
     world, rank = accelerator.num_processes, accelerator.process_index
     batches = micro_batches(keep, world, rank, cfg.train.micro_batch_size)
-    # DDP and DeepSpeed average gradients over W processes: dividing by |batch|/W gives the global mean (SPEC §4)
+    # DDP and DeepSpeed average gradients over W processes: dividing by |batch|/W gives the global mean
+    # (docs/method.md §4)
     num_prompts = len(groups) / world
     # a prompt head shared by every sequence (chat template, worked examples) is scored once;
     # DDP allows one forward per backward, so several processes score full sequences

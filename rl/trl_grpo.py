@@ -2,8 +2,8 @@
 
     accelerate launch train.py --config configs/cpu_drgrpo.yaml        # rl.trainer: trl_drgrpo
 
-The paper's baseline (SPEC §4, §7): the same device model, route environment, prompts and
-cloud as the GAPG run, rewarded with the hierarchical reward of SPEC §3 (α_a for a correct
+The paper's baseline (docs/method.md §4, §7): the same device model, route environment, prompts and
+cloud as the GAPG run, rewarded with the hierarchical reward of docs/method.md §3 (α_a for a correct
 local answer, α_c for an escalation the cloud gets right, else 0, minus a *fixed*
 γ = ``rl.gamma`` per charged cloud call), but trained by TRL's own rollout and update
 machinery with ``loss_type="dr_grpo"`` and ``scale_rewards="none"`` (advantage r − mean r,

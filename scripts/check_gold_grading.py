@@ -1,6 +1,6 @@
 """Grade every suite's gold solutions against its own normalised gold answer.
 
-    python -m scripts.check_gold_grading [--data-dir ../shared/data] [--out docs/gold_grading.json]
+    python -m scripts.check_gold_grading [--data-dir ../shared/data] [--out docs/data/gold_grading.json]
                                          [--suites math500 amc23]
 
 For each row, the "response" is the row's full gold solution when it has one (MATH, MATH-500,
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default="../shared/data")
     ap.add_argument("--suites", nargs="*", default=list(SUITES), choices=list(SUITES))
     ap.add_argument("--limit", type=int, default=0, help="rows per suite (0 = all)")
-    ap.add_argument("--out", default="docs/gold_grading.json")
+    ap.add_argument("--out", default="docs/data/gold_grading.json")
     ap.add_argument(
         "--no-strict", action="store_true", help="skip the pass without the equal-strings shortcut (faster)"
     )

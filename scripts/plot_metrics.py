@@ -1,6 +1,6 @@
 """Plot a run's learning curve from its metrics.jsonl: reward, offload rate (overall and per level), γ.
 
-python -m scripts.plot_metrics outputs/cpu_route_1h --out docs/cpu_route_1h.png
+python -m scripts.plot_metrics outputs/cpu_route_1h --out docs/data/cpu_route_1h.png
 python -m scripts.plot_metrics --compare "dual 0.5=outputs/a,dual 0.1=outputs/b" --out docs/compare.png
 
 train.py already writes ``<output_dir>/learning_curve.png`` at the end of each run; this redraws any run

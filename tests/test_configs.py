@@ -1,4 +1,4 @@
-"""Every shipped config (configs/*.yaml) runs a real update (issue 17).
+"""Every shipped config (configs/*.yaml) runs a real update.
 
 Each config goes through its own entry point (train.py, or sweep.py for a sweep config) in this process with a tiny
 random model of the same family and tiny sizes (one step, a few prompts, a few tokens, a 2-problem held-out set).

@@ -52,3 +52,11 @@ def test_compare_writes_one_figure_for_several_runs_and_the_command_names_a_miss
         plot_metrics.main(["--compare", f"a={a},b={tmp_path / 'nope'}", "--out", str(out)])
     assert "nope" in capsys.readouterr().err
     assert plot_learning_curve(a) == os.path.join(a, "learning_curve.png")
+
+
+def test_results_title_names_only_the_methods_the_grid_ran():
+    from evaluation.results import method_title
+
+    assert method_title(["gapg", "grpo"]) == "GAPG against GRPO"
+    assert "Dr.GRPO" in method_title(["gapg", "grpo", "dr_grpo"])
+    assert method_title(["gapg"]) == "GAPG"

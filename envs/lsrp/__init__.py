@@ -1,4 +1,4 @@
-"""LSRP mode (SPEC §6, seed 000): the cloud leads with a guideline, the device answers with the user's private data.
+"""LSRP mode (docs/method.md §6): the cloud leads with a guideline, the device answers with the user's private data.
 
     accelerate launch train.py --config configs/lsrp_cpu.yaml      # rl.env: lsrp
 
