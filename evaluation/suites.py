@@ -256,8 +256,8 @@ def comparisons_by_suite(per_suite: dict[str, list[dict]]) -> dict[str, list[dic
 @dataclass
 class SuiteRun:
     """One evaluation over the suites: what every mode shares.  ``prepare`` builds it (the checks, the output folder,
-    the cloud); the environment's ``evaluate_suites`` runs each model (``each_model``), prints each suite's table and
-    writes its samples (``report``), and ends with the average and summary.json (``finish``)."""
+    the cloud); ``evaluate_route_suites``/``evaluate_query_suites`` run each model (``each_model``), print each
+    suite's table and write its samples (``report``), and end with the average and summary.json (``finish``)."""
 
     cfg: object
     opts: EvalOptions
