@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from core.config import stray_arguments_error
+from core.io import WorkFileMismatch
 from evaluation import suites as suite_evaluation
 from evaluation.protocol import BASELINES, MATH_SUITE_MAX_NEW_TOKENS
 from evaluation.suites import EvalOptions, UsageError, evaluate_suites
@@ -134,6 +135,9 @@ def main(argv=None):
         return evaluate_suites(cfg, EvalOptions(**opts, baselines=baselines, overrides=overrides))
     except (UsageError, ModelNotFoundError) as e:  # an unknown suite or file, no base model, a missing model
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except WorkFileMismatch as e:  # --out holds work files of another model or decoding
+        print(f"error: {e}. Pass --fresh to start over, or a different --out.", file=sys.stderr)
         return 2
 
 

@@ -48,8 +48,13 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
     append_jsonl(path, rows)
 
 
+class WorkFileMismatch(ValueError):
+    """A resumable work file was made with other settings than the run that would resume it."""
+
+
 def check_meta(path: str | None, meta: dict) -> None:
-    """A work file belongs to one (model, template, decoding) setting; refuse to resume it under another."""
+    """A work file belongs to one (model, template, decoding) setting; refuse to resume it under another
+    (``WorkFileMismatch``, naming the settings that differ)."""
     if not path:
         return
     mpath = path + ".meta.json"
@@ -58,9 +63,8 @@ def check_meta(path: str | None, meta: dict) -> None:
             old = json.load(f)
         if old != meta:
             diff = {k: (old.get(k), meta.get(k)) for k in set(old) | set(meta) if old.get(k) != meta.get(k)}
-            raise SystemExit(
-                f"error: {path} was made with different settings {diff} (old, new). "
-                "Pass --fresh to start over, or a different --out."
+            raise WorkFileMismatch(
+                f"{path} was made with different settings {diff} (old, new): start it over or write elsewhere"
             )
     else:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -86,6 +86,29 @@ def test_eval_cli_rejects_bad_input(tiny_model_dir, tmp_path, capsys):
     assert "nosuch" in capsys.readouterr().err
     assert evalmod.main(["--model", tiny_model_dir, "--baselines", "oracle", "--out", str(tmp_path)]) == 2
     assert "oracle" in capsys.readouterr().err
+    # a --model name used twice: a library exception, one line and exit 2 (not SystemExit from inside the library)
+    assert evalmod.main(["--model", f"a={tiny_model_dir},a={tiny_model_dir}", "--out", str(tmp_path)]) == 2
+    assert "used twice" in capsys.readouterr().err
+
+
+def test_a_work_file_of_other_settings_is_an_exception_and_eval_says_the_fix(tiny_model_dir, tmp_path, capsys):
+    from core.io import WorkFileMismatch, check_meta
+
+    work = str(tmp_path / "suite" / "policy.device.jsonl")
+    check_meta(work, {"model": "a", "max_new_tokens": 24})
+    check_meta(work, {"model": "a", "max_new_tokens": 24})  # the same settings resume
+    with pytest.raises(WorkFileMismatch, match="max_new_tokens"):
+        check_meta(work, {"model": "a", "max_new_tokens": 64})
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"problem": "What is 1 + 1?", "answer": "2"}\n')
+    args = ["--model", tiny_model_dir, "--data", str(data), "--baselines", "", "--out", str(tmp_path / "o")]
+    assert evalmod.main([*args, "--max-new-tokens", "4"]) == 0
+    capsys.readouterr()
+    assert evalmod.main([*args, "--max-new-tokens", "5"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert "Traceback" not in err and len(errors) == 1
+    assert "--fresh" in errors[0] and "max_new_tokens" in errors[0]
 
 
 def build_escalating_model(path: str) -> str:
