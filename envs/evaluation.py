@@ -28,6 +28,7 @@ from rewards.grading import grade_response
 
 BASELINES = ("never", "random", "router", "cloud")
 BASE_ROWS = ("never", "random", "router")  # the rows answered by the base device model
+POLICY_BASELINES = {"never": "policy_never", "random": "policy_random"}  # in training, the policy answers them
 BOOTSTRAP_N, BOOTSTRAP_SEED = 2000, 0  # resamples of the problems for every confidence interval (bootstrap_ci)
 MATH_SUITE_MAX_NEW_TOKENS = 1024  # the paper's response length on MATH (SPEC §8)
 
@@ -349,10 +350,14 @@ def evaluate(
     seed: int = 0,
     progress=True,
 ):
-    """The in-training evaluation: rows policy / never / random from one set of greedy outputs.
-    Returns (rows, records)."""
+    """The in-training evaluation: rows policy / policy_never / policy_random from one set of greedy outputs, all
+    answered by this policy (eval.py's never/random rows are the base model's).  Returns (rows, records)."""
     dev = run_device(env, generator, problems, batch_size, max_new_tokens, progress=progress, desc="eval")
     rows, recs = suite_rows(problems, {"policy": dev}, dev, env.cloud, budget, seed, baselines=("never", "random"))
+    for row in rows:  # this policy never escalating / escalating at random
+        row["method"] = POLICY_BASELINES.get(row["method"], row["method"])
+        for c in row.get("comparisons", []):
+            c["b"] = POLICY_BASELINES.get(c["b"], c["b"])
     records = [
         {
             "uid": r["uid"],
@@ -586,15 +591,16 @@ def format_query_table(rows, title: str | None = None) -> str:
 def format_table(rows, title: str | None = None) -> str:
     if rows and "calls_per_problem" in rows[0]:
         return format_query_table(rows, title)
+    w = max([12] + [len(r["method"]) for r in rows])  # policy_random, a long --model name
     head = (
-        f"{'method':<12} {'overall [95% CI]':<21} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} "
+        f"{'method':<{w}} {'overall [95% CI]':<21} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} "
         f"{'format':>7} {'APGR':>6} {'CPT50':>6}"
     )
     lines = ([title] if title else []) + [head, "-" * len(head)]
     fmt = lambda v, pct=False: "     -" if v is None else (f"{100 * v:>5.1f}%" if pct else f"{v:>6.3f}")  # noqa: E731
     for r in rows:
         lines.append(
-            f"{r['method']:<12} {fmt_overall(r)} {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
+            f"{r['method']:<{w}} {fmt_overall(r)} {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
             f"{r['cloud_calls']:>6} {r.get('cloud_tokens', 0):>9} {fmt(r.get('format_rate'), pct=True):>7} "
             f"{fmt(r.get('apgr'))} {fmt(r.get('cpt50'), pct=True)}"
         )
