@@ -7,7 +7,9 @@ import re
 
 from rewards.math_grader import last_boxed
 
-_ESCALATION_AT_END = re.compile(r"<unknown>(.*?)</unknown>\s*$", re.DOTALL)
+# The final ``<unknown> ... </unknown>`` at the end of a response: its body holds no ``<unknown>``, so a tag
+# earlier in the text (and the answer after it) stays in the device's own text.
+_ESCALATION_AT_END = re.compile(r"<unknown>((?:(?!<unknown>).)*?)</unknown>\s*$", re.DOTALL)
 
 
 def is_escalation(text: str) -> bool:
@@ -16,7 +18,8 @@ def is_escalation(text: str) -> bool:
 
 
 def split_escalation(text: str) -> tuple[bool, str]:
-    """(ends with an escalation?, the device's own text before that final tag) -- the text that gets graded."""
+    """(ends with an escalation?, the device's own text: everything before the final ``<unknown>`` tag) -- the
+    text that gets graded, so a ``\\boxed{}`` after an earlier tag is kept."""
     m = _ESCALATION_AT_END.search(text)
     return (True, text[: m.start()]) if m else (False, text)
 

@@ -49,7 +49,7 @@ class Rollout:
     escalated: bool
     local_answer: str | None
     local_correct: bool  # answered locally (no escalation) and correct
-    device_correct: bool = False  # the device's own answer (text before any tag) is correct
+    device_correct: bool = False  # the device's own answer (text before a final escalation) is correct
     cloud_correct: bool = False  # meaningful only when escalated
     cloud_failed: bool = False  # it needed the cloud (escalation, query) and the cloud failed: its reward is unknown
     cloud_tokens: int = 0  # prompt + completion tokens the cloud reported for every call it made

@@ -34,6 +34,7 @@ from evaluation.passes import call_cap_limits, query_pass, rerun_with_limits, ru
 
 BASELINES = ("never", "random", "router", "cloud")
 BASE_ROWS = ("never", "random", "router")  # the rows answered by the base device model
+POLICY_BASELINES = {"never": "policy_never", "random": "policy_random"}  # in training, the policy answers them
 MATH_SUITE_MAX_NEW_TOKENS = 1024  # the paper's response length on MATH (docs/method.md §8)
 
 
@@ -176,10 +177,14 @@ def evaluate_route(
     seed: int = 0,
     progress=True,
 ):
-    """The in-training evaluation: rows policy / never / random from one set of greedy outputs.
-    Returns (rows, records)."""
+    """The in-training evaluation: rows policy / policy_never / policy_random from one set of greedy outputs, all
+    answered by this policy (eval.py's never/random rows are the base model's).  Returns (rows, records)."""
     dev = run_device(env, generator, problems, batch_size, max_new_tokens, progress=progress, desc="eval")
     rows, recs = suite_rows(problems, {"policy": dev}, dev, env.cloud, budget, seed, baselines=("never", "random"))
+    for row in rows:  # this policy never escalating / escalating at random
+        row["method"] = POLICY_BASELINES.get(row["method"], row["method"])
+        for c in row.get("comparisons", []):
+            c["b"] = POLICY_BASELINES.get(c["b"], c["b"])
     records = [
         {
             "uid": r["uid"],

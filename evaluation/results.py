@@ -23,6 +23,8 @@ import math
 import os
 import statistics
 
+from scipy.special import stdtrit
+
 from evaluation.curves import run_metrics
 
 BASELINES = ("never", "random", "router", "cloud")
@@ -42,15 +44,13 @@ FIELDS = [
     "offload_per_level",
 ]
 
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
 
 def mean_ci(xs: list[float]) -> tuple[float, float | None]:
     """Mean and the 95% Student-t half-width over ``xs`` (None for fewer than 2 values)."""
     m = statistics.fmean(xs)
     if len(xs) < 2:
         return m, None
-    t = T_975.get(len(xs) - 1, 1.96)
+    t = float(stdtrit(len(xs) - 1, 0.975))  # t_{0.975, n-1}: scipy.stats.t.ppf(0.975, n - 1), a lighter import
     return m, t * statistics.stdev(xs) / math.sqrt(len(xs))
 
 

@@ -66,15 +66,16 @@ def format_query_table(rows, title: str | None = None) -> str:
 def format_table(rows, title: str | None = None) -> str:
     if rows and "calls_per_problem" in rows[0]:
         return format_query_table(rows, title)
+    w = max([12] + [len(r["method"]) for r in rows])  # policy_random, a long --model name
     head = (
-        f"{'method':<12} {'overall [95% CI]':<21} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} "
+        f"{'method':<{w}} {'overall [95% CI]':<21} {'device':>8} {'offload':>8} {'calls':>6} {'c.tokens':>9} "
         f"{'format':>7} {'APGR':>6} {'CPT50':>6}"
     )
     lines = ([title] if title else []) + [head, "-" * len(head)]
     fmt = lambda v, pct=False: "     -" if v is None else (f"{100 * v:>5.1f}%" if pct else f"{v:>6.3f}")  # noqa: E731
     for r in rows:
         lines.append(
-            f"{r['method']:<12} {fmt_overall(r)} {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
+            f"{r['method']:<{w}} {fmt_overall(r)} {100 * r['device_acc']:>7.1f}% {100 * r['offload_rate']:>7.1f}% "
             f"{r['cloud_calls']:>6} {r.get('cloud_tokens', 0):>9} {fmt(r.get('format_rate'), pct=True):>7} "
             f"{fmt(r.get('apgr'))} {fmt(r.get('cpt50'), pct=True)}"
         )

@@ -112,15 +112,18 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float = 1.0) 
     softmax(logits / temperature) restricted to the top-p nucleus (HF's ``TopPLogitsWarper``).
 
     The draw inverts the CDF: token = the first index whose cumulative probability exceeds u * total, with u
-    uniform in [0, 1).  Each token's chance is its probability (up to float32 rounding of the cumulative
-    sum), as with ``torch.multinomial``, which draws one exponential number per vocabulary entry instead."""
+    uniform in [0, 1).  The softmax, its cumulative sum and u are float64: each token's chance is then its
+    probability to within about 1e-13 in total variation over a 49k vocabulary, as with ``torch.multinomial``,
+    which draws one exponential number per vocabulary entry instead.  (In float32 the cumulative sum near 1
+    moves in steps of 6e-8: the draw was off the softmax by about 3e-4 in total variation, and thousands of
+    tail tokens, each below half a step, could never be drawn.)"""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     scores = logits.float() / temperature
     if top_p < 1.0:
         scores = TopPLogitsWarper(top_p)(None, scores)
-    cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1)
-    u = torch.rand((cdf.shape[0], 1), device=cdf.device) * cdf[:, -1:]
+    cdf = torch.softmax(scores.double(), dim=-1).cumsum(dim=-1)
+    u = torch.rand((cdf.shape[0], 1), device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
 
 

@@ -9,8 +9,9 @@ Every estimator enters one loss, with the same rollouts, filtering, dual and upd
 with log π_θ(y | x) the sum over the device tokens, P the prompts in the update, and
 
     gapg     c_i = (r̃_i − mean r̃) / (G − 1)                n_i = 1        (paper; rl/gapg.py)
-    grpo     c_i = (r̃_i − mean r̃) / ((std r̃ + ε) · G)      n_i = |y_i|    (TRL's default GRPO loss: the
-             group's sample std, ε = 1e-4, each response's token mean, the mean over the G responses)
+    grpo     c_i = (r̃_i − mean r̃) / ((std r̃ + ε) · G)      n_i = |y_i|    (the original GRPO loss, TRL's
+             loss_type="grpo": the group's sample std, ε = 1e-4, each response's token mean, the mean over the
+             G responses; TRL 1.16 defaults to loss_type="dapo", a token mean over the whole batch)
     dr_grpo  c_i = (r̃_i − mean r̃) / G                      n_i = L        (Dr.GRPO: no std, a constant
              normaliser L = rl.max_new_tokens instead of each response's length)
 

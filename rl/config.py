@@ -79,8 +79,10 @@ class RLConfig(Section):
     advantage: Literal["gapg", "grpo", "dr_grpo"] = option(
         "gapg",
         "Advantage estimator of rl.trainer=gapg's update (rl/advantages.py), for the ablation: gapg (the paper's: "
-        "(r − mean)/(G−1), summed token log-probs), grpo (TRL's default: (r − mean)/std, each response's token "
-        "mean) or dr_grpo (r − mean, a constant normaliser rl.max_new_tokens). Same rollouts, filtering and dual.",
+        "(r − mean)/(G−1), summed token log-probs), grpo (the original GRPO loss, TRL's loss_type='grpo' with "
+        "scale_rewards='group': (r − mean)/std, each response's token mean; TRL's GRPOConfig loss_type defaults to "
+        "'dapo', a token mean over the whole batch) or dr_grpo (r − mean, a constant normaliser rl.max_new_tokens). "
+        "Same rollouts, filtering and dual.",
     )
     budget: float = option(
         0.3,

@@ -6,6 +6,20 @@ import torch
 from rl.advantages import advantage_coefficients, length_normalisers
 
 
+def test_grpo_help_names_trl_loss_type_and_its_real_default():
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from rl.config import RLConfig
+
+    help_text = next(f for f in dataclasses.fields(RLConfig) if f.name == "advantage").metadata["help"]
+    trl_default = next(f for f in dataclasses.fields(GRPOConfig) if f.name == "loss_type").default
+    assert trl_default != "grpo"  # TRL 1.16: dapo
+    assert "TRL's default:" not in help_text and "loss_type='grpo'" in help_text
+    assert f"loss_type defaults to '{trl_default}'" in help_text
+
+
 def test_gapg_grpo_and_dr_grpo_coefficients_by_hand():
     r = torch.tensor([[1.0, 0.0, 0.4, 0.4], [0.4, 0.4, 0.4, 0.4]])
     # group 0: mean 0.45, centred [.55, -.45, -.05, -.05]; sample std sqrt((.3025+.2025+.0025+.0025)/3) = .41231

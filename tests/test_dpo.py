@@ -128,7 +128,7 @@ def test_train_py_dpo_builds_pairs_trains_saves_and_evaluates(tiny_model_dir, tm
     assert init.keys() == trained.keys() and any(not torch.equal(init[k], trained[k]) for k in init)
     for tag in ("before", "final"):  # evaluated like any checkpoint
         rows = json.load(open(os.path.join(out, "eval", f"{tag}.json")))
-        assert [r["method"] for r in rows] == ["policy", "never", "random"] and rows[0]["n"] == 14
+        assert [r["method"] for r in rows] == ["policy", "policy_never", "policy_random"] and rows[0]["n"] == 14
 
 
 def test_dpo_with_no_pairs_says_what_to_change(tiny_model_dir, tmp_path):

@@ -33,6 +33,8 @@ def test_budget_cap_sends_escalations_in_order_and_device_answers_the_rest():
         text = ESC if i < 6 else (f"\\boxed{{{i + 1}}}" if i < 8 else "\\boxed{0}")
         outputs[env.prompt(p)] = text
     rows, records = evaluate_route(env, ScriptedGenerator(outputs), probs, budget=0.3, batch_size=4, progress=False)
+    # the rows beside the policy's are this policy never escalating / escalating at random, not the base model
+    assert [r["method"] for r in rows] == ["policy", "policy_never", "policy_random"]
     policy, never, rand = rows
     assert policy["cloud_calls"] == 3  # floor(0.3 * 10)
     assert [r["sent_to_cloud"] for r in records[:6]] == [True, True, True, False, False, False]
@@ -41,7 +43,9 @@ def test_budget_cap_sends_escalations_in_order_and_device_answers_the_rest():
     assert policy["wanted_offload_rate"] == 0.6
     assert never["overall_acc"] == 0.2 and never["offload_rate"] == 0.0
     assert rand["cloud_calls"] == 3
-    assert "policy" in format_table(rows)
+    table = format_table(rows).splitlines()
+    assert [line.split()[0] for line in table[2:5]] == ["policy", "policy_never", "policy_random"]
+    assert len({line.index("%") for line in table[2:5]}) == 1  # the columns line up
 
 
 def test_cost_curve_apgr_and_cpt_by_hand():
@@ -210,7 +214,10 @@ def test_in_training_evaluation_rows_carry_ci_and_compare_the_policy_with_its_ow
     env = RouteEnv("arithmetic", PlainTok(), CachedCloud(SimulatedCloud(accuracy=1.0), None), few_shot=False)
     outputs = {env.prompt(p): (ESC if i < 3 else f"\\boxed{{{i + 1}}}") for i, p in enumerate(probs)}
     rows, _ = evaluate_route(env, ScriptedGenerator(outputs), probs, budget=0.3, batch_size=4, progress=False)
-    assert [r["method"] for r in rows] == ["policy", "never", "random"]
+    assert [r["method"] for r in rows] == ["policy", "policy_never", "policy_random"]
     assert all(r["overall_ci"][0] <= r["overall_acc"] <= r["overall_ci"][1] for r in rows)
-    assert [(c["a"], c["b"]) for c in rows[0]["comparisons"]] == [("policy", "never"), ("policy", "random")]
-    assert "policy - never: +30.0 pts" in format_table(rows)
+    assert [(c["a"], c["b"]) for c in rows[0]["comparisons"]] == [
+        ("policy", "policy_never"),
+        ("policy", "policy_random"),
+    ]
+    assert "policy - policy_never: +30.0 pts" in format_table(rows)

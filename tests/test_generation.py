@@ -92,6 +92,26 @@ def test_sample_tokens_draws_from_softmax_and_respects_top_p():
     assert sample_tokens(logits[:3], temperature=0.0).tolist() == [0, 0, 0]
 
 
+def test_sample_tokens_reaches_tail_tokens_a_float32_cdf_drops(monkeypatch):
+    """Over a 49k vocabulary a float32 cumulative sum near 1 moves in steps of 6e-8, so a token whose probability
+    is below half a step adds nothing to it and can never be drawn; the float64 CDF gives every token its interval."""
+    torch.manual_seed(0)
+    logits = torch.randn(49152) * 3
+    probs = torch.softmax(logits.double(), dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    cdf32 = torch.softmax(logits, dim=-1).cumsum(dim=-1)
+    unreachable = torch.nonzero(cdf32[1:] == cdf32[:-1]).squeeze(1) + 1  # an empty step of the float32 CDF
+    assert len(unreachable) > 1000  # thousands of tokens, about 9000 here
+    tokens = unreachable[-5:]  # the deepest in the CDF, where its steps are coarsest
+    middle = (cdf[tokens - 1] + probs[tokens] / 2) / cdf[-1]  # u at the middle of each token's float64 interval
+
+    def rand(shape, *, device=None, dtype=torch.float32):  # the uniform draw, placed by hand
+        return middle.to(dtype).reshape(shape)
+
+    monkeypatch.setattr(torch, "rand", rand)
+    assert sample_tokens(logits.repeat(5, 1), temperature=1.0).tolist() == tokens.tolist()
+
+
 def test_min_new_tokens_forces_length_and_stops_on_eos_after(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import train
 from core.problem import Problem
-from envs.format import is_escalation, split_escalation
+from envs.format import format_ok, is_escalation, split_escalation
 from envs.rollout import Group, Rollout, route_metrics
 from envs.route import RouteEnv
 from policies.generation import Sample
@@ -149,13 +149,26 @@ P = Problem("p", "What is 2 + 3?", "5", level=1)
         ("2 + 3 = \\boxed{5} <unknown> I need external assistance", False, None),  # unclosed: not an escalation
         ("I need external assistance </unknown>", False, None),  # no opening tag
         ("<unknown> hm </unknown> so \\boxed{5}", False, None),  # a tag in the middle: the text after it is the answer
-        ("<unknown><unknown> x </unknown>", True, ""),  # nested opening tags still end with a closed escalation
+        ("<unknown><unknown> x </unknown>", True, "<unknown>"),  # nested opening tags: the final one escalates
+        # an earlier tag pair, an answer, then the escalation: the device's own text keeps the answer
+        (
+            "<unknown> hm </unknown> so \\boxed{5} <unknown> I need help </unknown>",
+            True,
+            "<unknown> hm </unknown> so \\boxed{5} ",
+        ),
     ],
 )
 def test_unbalanced_tags_have_one_defined_reading(text, escalated, graded_text):
     assert is_escalation(text) is escalated
     esc, own = split_escalation(text)
     assert esc is escalated and own == (graded_text if escalated else text)
+
+
+def test_an_answer_before_the_final_escalation_is_graded_and_the_format_is_broken():
+    text = "<unknown> hm </unknown> so \\boxed{5} <unknown> I need external assistance </unknown>"
+    roll = RouteEnv("arithmetic", None, None).judge(P, Sample([1], [2], text, False))
+    assert roll.escalated and roll.local_answer == "5" and roll.device_correct and not roll.local_correct
+    assert is_escalation(text) and not format_ok(text, "arithmetic")  # an escalation, but with a stray tag pair
 
 
 def test_unbalanced_tags_are_graded_as_device_answers_and_counted():

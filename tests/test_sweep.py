@@ -1,8 +1,10 @@
 """sweep.py: one training + evaluation per budget, resumed point by point; the table writer and the plot."""
 
 import json
+import math
 import os
 import shutil
+import statistics
 
 import pytest
 
@@ -117,6 +119,16 @@ def test_table_writer_round_trip_sorted_and_blank_for_missing(tmp_path):
         and sweep.ci_of(back[1]) == [0.5, 0.7]
         and sweep.ci_of(back[0]) is None
     )
+
+
+def test_seed_interval_uses_the_student_t_quantile_for_any_number_of_seeds():
+    from evaluation.results import mean_ci
+
+    sd_over_root_n = statistics.stdev([0.0, 1.0, 2.0]) / math.sqrt(3)
+    assert abs(mean_ci([0.0, 1.0, 2.0])[1] / sd_over_root_n - 4.303) < 1e-3  # t_{0.975, 2}
+    twelve = [float(i % 3) for i in range(12)]
+    assert abs(mean_ci(twelve)[1] / (statistics.stdev(twelve) / math.sqrt(12)) - 2.201) < 1e-3  # t_{0.975, 11}
+    assert mean_ci([0.5]) == (0.5, None)
 
 
 def test_sweep_rejects_budgets_outside_the_unit_interval(capsys):

@@ -53,7 +53,7 @@ def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path):
     for a, b in zip(metrics, metrics[1:]):
         assert b["gamma"] == max(0.0, a["gamma"] + 0.5 * (a["offload_rate_global"] - 0.3))
     summary = json.load(open(os.path.join(full, "eval", "final.json")))
-    assert [r["method"] for r in summary] == ["policy", "never", "random"]
+    assert [r["method"] for r in summary] == ["policy", "policy_never", "policy_random"]
     assert summary[0]["n"] == 14 and summary[0]["cloud_calls"] <= int(0.3 * 14)
     assert os.path.exists(os.path.join(full, "checkpoints", "step-2", "trainer_state.json"))
 

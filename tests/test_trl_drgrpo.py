@@ -113,7 +113,7 @@ def test_train_py_trl_drgrpo_trains_saves_evaluates_and_resumes(tiny_model_dir, 
     assert any(not torch.equal(init[k], trained[k]) for k in init), "two Dr.GRPO steps changed no weight"
     # the same held-out evaluation as the GAPG path
     summary = json.load(open(os.path.join(out, "eval", "final.json")))
-    assert [r["method"] for r in summary] == ["policy", "never", "random"] and summary[0]["n"] == 14
+    assert [r["method"] for r in summary] == ["policy", "policy_never", "policy_random"] and summary[0]["n"] == 14
 
     # a run killed after step 2's log line, before checkpoint-2 and final/: --resume runs step 2 again from
     # checkpoint-1 and metrics.jsonl ends with each step once (the stale step-2 line and a torn line are dropped)

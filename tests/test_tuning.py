@@ -514,7 +514,9 @@ def test_train_py_sft_mode_tunes_saves_and_reports(tiny_model_dir, tmp_path):
     assert any(not torch.equal(init[k], tuned[k]) for k in init)
     for tag in ("before", "final"):
         rows = json.load(open(os.path.join(out, "eval", f"{tag}.json")))
-        assert [r["method"] for r in rows] == ["policy", "never", "random"] and 0.0 <= rows[0]["format_rate"] <= 1.0
+        assert [r["method"] for r in rows] == ["policy", "policy_never", "policy_random"] and 0.0 <= rows[0][
+            "format_rate"
+        ] <= 1.0
     # RL starts from the tuned checkpoint
     rl_out = str(tmp_path / "rl")
     assert (
