@@ -72,7 +72,7 @@ class GapgStepper:
         from policies.device import load_device_model
         from policies.generation import HFGenerator, Sample
         from rl.config import rho
-        from rl.lagrangian import DualVariable
+        from rl.lagrangian import gamma_controller
         from rl.trainer import make_env
 
         self.cfg, self.accelerator = cfg, accelerator
@@ -103,7 +103,7 @@ class GapgStepper:
             self.generator = HFGenerator(policy, self.tok, dtype=dtype, min_new_tokens=T)
         self.cloud = task_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "gapg_cloud.sqlite"))
         self.env = make_env(cfg, self.tok, self.cloud)
-        self.dual = DualVariable(cfg.rl.gamma, cfg.rl.gamma_lr, cfg.rl.budget)
+        self.dual = gamma_controller(cfg.rl)
         self.rho = rho(cfg.rl.budget, cfg.rl.env)
         self.timer = Timer()
         self.timer.wrap(self.generator, "generate", "generation")

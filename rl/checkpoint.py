@@ -1,7 +1,7 @@
 """Checkpoints of the GAPG loop and the final model.
 
     <train.output_dir>/checkpoints/step-N/   accelerate state (model, optimizer, RNG of every process)
-                                             + trainer_state.json
+                                             + trainer_state.json (step, γ, γ's controller state)
     <train.output_dir>/final/                 the trained policy (LoRA merged), loadable with from_pretrained
     <train.output_dir>/metrics.jsonl          one line per step; ``truncate_metrics`` drops the steps a resume
                                               runs again
@@ -68,12 +68,21 @@ def save_checkpoint(accelerator, cfg, step: int, dual):
     accelerator.save_state(path)  # model, optimizer, RNG states of every process
     if accelerator.is_main_process:
         with open(os.path.join(path, "trainer_state.json"), "w") as f:  # written last: marks the checkpoint complete
-            json.dump({"step": step, "gamma": dual.gamma}, f)
+            json.dump({"step": step, "gamma": dual.gamma, "gamma_controller": dual.state_dict()}, f)
         root = os.path.dirname(path)
         done = sorted((int(d.split("-")[1]) for d in os.listdir(root) if d.startswith("step-")), reverse=True)
         for old in done[cfg.train.keep_checkpoints :]:
             shutil.rmtree(os.path.join(root, f"step-{old}"), ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def load_trainer_state(ckpt: str, dual) -> int:
+    """Restore γ's controller from ``ckpt``'s trainer_state.json and return its step.  A checkpoint written before
+    the controller's state was saved has only ``gamma``; the controller starts from that γ."""
+    with open(os.path.join(ckpt, "trainer_state.json")) as f:
+        state = json.load(f)
+    dual.load_state_dict(state.get("gamma_controller", {"gamma": state["gamma"]}))
+    return state["step"]
 
 
 def save_final(accelerator, model, tok, cfg, path: str):

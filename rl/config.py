@@ -152,6 +152,35 @@ class RLConfig(Section):
         "answer earns less than a wrong local one, so no budget needs more, and an unbounded γ winds up while the "
         "policy lags and then drives offload far under the budget (docs/budget_dynamics.md).",
     )
+    gamma_controller: Literal["dual", "pid"] = option(
+        "dual",
+        "How γ follows the usage (rl/lagrangian.py): dual (dual ascent with step rl.gamma_lr; 0 = γ fixed at "
+        "rl.gamma, the paper's setting) or pid (the PID Lagrangian of Stooke et al. 2020, rl/pid_lagrangian.py, with "
+        "gains rl.pid_kp, rl.pid_ki, rl.pid_kd; rl.gamma_lr is then unused). Both start at rl.gamma and stay under "
+        "rl.gamma_max.",
+    )
+    pid_kp: float = option(
+        0.5,
+        "rl.gamma_controller=pid: proportional gain K_P on the (smoothed) error usage − budget of this step.",
+    )
+    pid_ki: float = option(
+        0.2,
+        "rl.gamma_controller=pid: integral gain K_I, the integral's step per unit of error (the integral alone, "
+        "K_P = K_D = 0, is dual ascent with rl.gamma_lr = K_I).",
+    )
+    pid_kd: float = option(
+        0.0,
+        "rl.gamma_controller=pid: derivative gain K_D on the rise of the (smoothed) usage over rl.pid_d_delay steps "
+        "(a fall counts 0).",
+    )
+    pid_ema: float = option(
+        0.0,
+        "rl.gamma_controller=pid: weight α of the past in the moving averages of the error (K_P's term) and of the "
+        "usage (K_D's term), in [0, 1): 0 = no smoothing; 0.5 averages over about 3 steps.",
+    )
+    pid_d_delay: int = option(
+        1, "rl.gamma_controller=pid: the derivative compares the smoothed usage with its value this many steps back."
+    )
     temperature: float = option(1.0, "Sampling temperature for training rollouts.")
     top_p: float = option(1.0, "Nucleus sampling for training rollouts.")
     max_new_tokens: int = option(64, "Response tokens per rollout.")
@@ -171,7 +200,7 @@ class RLConfig(Section):
     )
 
     def check(self) -> None:
-        self.require_finite("gamma", "gamma_lr", "gamma_tokens")
+        self.require_finite("gamma", "gamma_lr", "gamma_tokens", "pid_kp", "pid_ki", "pid_kd", "pid_ema")
         if self.env == "query" and not (self.budget > 0.0 and math.isfinite(self.budget)):
             raise ConfigError(
                 f"rl.budget={self.budget}: with rl.env=query the budget is the mean number of cloud calls per problem; "
@@ -223,6 +252,23 @@ class RLConfig(Section):
             )
         if self.gamma_max and self.gamma > self.gamma_max:
             raise ConfigError(f"rl.gamma={self.gamma} is above rl.gamma_max={self.gamma_max}; lower one of them.")
+        for gain in ("pid_kp", "pid_ki", "pid_kd"):
+            if getattr(self, gain) < 0:
+                raise ConfigError(
+                    f"rl.{gain}={getattr(self, gain)} must be >= 0 (a negative gain moves γ away from the budget)."
+                )
+        if not 0.0 <= self.pid_ema < 1.0:
+            raise ConfigError(
+                f"rl.pid_ema={self.pid_ema} must lie in [0, 1): it is the weight of the past in a moving average "
+                "(0 = no smoothing; 1 would never take a new measurement)."
+            )
+        if self.pid_d_delay < 1:
+            raise ConfigError(f"rl.pid_d_delay={self.pid_d_delay} must be >= 1 (steps back for the derivative).")
+        if self.gamma_controller == "pid" and not (self.pid_kp or self.pid_ki or self.pid_kd):
+            raise ConfigError(
+                "rl.gamma_controller=pid with rl.pid_kp, rl.pid_ki and rl.pid_kd all 0 never moves γ; set a gain "
+                "(e.g. rl.pid_kp=0.5 rl.pid_ki=0.2), or for a fixed γ use rl.gamma_controller=dual rl.gamma_lr=0."
+            )
         if self.temperature <= 0:
             raise ConfigError(f"rl.temperature={self.temperature} must be > 0 for sampled rollouts (training).")
 

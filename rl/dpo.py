@@ -19,7 +19,8 @@ Each of ``dpo.rounds`` rounds:
    mask, so the cloud's ``<response>`` tokens of a query rollout are context and never trained.
 5. The dual step of rl/lagrangian.py on the round's measured usage: γ ← max(0, γ + rl.gamma_lr · (offload −
    rl.budget)) (calls per rollout in query mode), so the next round's pairs charge the cloud more when it was
-   over budget and less when under. ``dpo_rounds.json`` records γ, the usage and the pairs of every round.
+   over budget and less when under (``rl.gamma_controller=pid``: the PID step of rl/pid_lagrangian.py instead).
+   ``dpo_rounds.json`` records γ, the usage, the pairs and the controller's state of every round.
 ``final/`` (the last round's merged policy) is evaluated by rl/baselines.py (before/after, with its held-out
 offload against rl.budget) and loadable by eval.py like any checkpoint. ``dpo.rounds=1`` with
 ``rl.gamma_lr=0`` is one offline round at the fixed γ = rl.gamma.
@@ -41,7 +42,7 @@ from envs.simulation import task_cloud
 from envs.tasks import load_problems
 from policies.device import load_device_model
 from policies.generation import HFGenerator
-from rl.lagrangian import DualVariable
+from rl.lagrangian import gamma_controller
 from rl.trainer import make_env
 from rl.trl_run import common_args, metrics_callback, save_final, train_resumable
 
@@ -226,7 +227,7 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
     round; a rerun with --resume skips the finished rounds."""
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
-    dual = DualVariable.from_config(cfg.rl)
+    dual = gamma_controller(cfg.rl)
     rounds_path = os.path.join(out, "dpo_rounds.json")
     done = json.load(open(rounds_path)) if resume and os.path.exists(rounds_path) else []
     train_problems = load_problems(cfg.task)[0]
@@ -235,7 +236,8 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
         work = out if cfg.dpo.rounds == 1 else os.path.join(out, f"round-{k}")
         final = os.path.join(out if k == cfg.dpo.rounds else work, "final")
         if k <= len(done) and os.path.exists(os.path.join(final, "config.json")):
-            policy, dual.gamma = final, done[k - 1]["gamma_next"]
+            policy = final
+            dual.load_state_dict(done[k - 1].get("gamma_controller", {"gamma": done[k - 1]["gamma_next"]}))
             log.info("--resume: DPO round %d is done (%s)", k, final)
             continue
         model_cfg = replace(cfg.model, lora=False)  # DPOTrainer attaches LoRA (dpo.lora)
@@ -273,6 +275,7 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
                 "budget": cfg.rl.budget,
                 "pairs": len(pairs),
                 "gamma_next": dual.gamma,
+                "gamma_controller": dual.state_dict(),  # what --resume restores (the PID's integral too)
                 "policy": final,
             }
         ]

@@ -12,11 +12,32 @@ the offload rate: γ ← max(0, γ + η · (calls_per_rollout − budget)).
 An optional upper bound (``rl.gamma_max``, e.g. α_c) stops γ winding up while the policy lags behind it:
 γ ← min(γ_max, max(0, γ + η · (usage − budget))).  At γ = α_c a correct cloud answer earns 0, no more than a
 wrong local answer, so a larger γ buys nothing a budget needs (docs/budget_dynamics.md, section 4).
+
+``rl.gamma_controller`` picks how γ moves: ``dual`` (this update; ``rl.gamma_lr=0`` is the paper's fixed γ) or
+``pid`` (rl/pid_lagrangian.py: the PID Lagrangian of Stooke et al. 2020, with this update as its integral term).
+``gamma_controller(cfg.rl)`` builds the one the config names; the trainer (rl/trainer.py) and routing DPO
+(rl/dpo.py) both get theirs from it.  Both share the ``GammaController`` interface: ``gamma`` (the γ the next
+rewards charge), ``update(usage) -> γ``, and ``state_dict``/``load_state_dict`` for checkpoints.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
+
+from rl.pid_lagrangian import PIDLagrangian
+
+
+class GammaController(Protocol):
+    """What the trainers use of γ's controller (DualVariable or PIDLagrangian)."""
+
+    gamma: float
+
+    def update(self, usage: float) -> float: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -36,3 +57,15 @@ class DualVariable:
         if self.cap:
             self.gamma = min(self.cap, self.gamma)
         return self.gamma
+
+    def state_dict(self) -> dict:
+        return {"controller": "dual", "gamma": self.gamma}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``; any controller's state (a PID's too) carries its γ, and γ is all the dual keeps."""
+        self.gamma = float(state["gamma"])
+
+
+def gamma_controller(rl) -> GammaController:
+    """The controller of γ that ``rl.gamma_controller`` names, built from the ``rl`` config section."""
+    return PIDLagrangian.from_config(rl) if rl.gamma_controller == "pid" else DualVariable.from_config(rl)

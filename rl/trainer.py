@@ -43,11 +43,11 @@ from policies.cloud import CloudError
 from policies.device import load_device_model
 from policies.generation import HFGenerator, common_prefix_len
 from rl.advantages import advantage_coefficients, length_normalisers
-from rl.checkpoint import latest_checkpoint, save_checkpoint, save_final, truncate_metrics
+from rl.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_final, truncate_metrics
 from rl.config import rho, save_config, to_dict
 from rl.filtering import select_prompts
 from rl.gapg import gapg_loss, score_sequences, truncated_importance_weights
-from rl.lagrangian import DualVariable
+from rl.lagrangian import GammaController, gamma_controller
 from rl.trl_run import wandb_offline_unless_configured
 
 log = logging.getLogger("train")
@@ -326,7 +326,7 @@ class Run:
     rollout_generator: object  # HFGenerator (the same one, or one with rl.rollout_dtype), or vLLM
     cloud: object
     env: Environment
-    dual: DualVariable
+    dual: GammaController
     rho: float
     skipped: SkippedUpdates
     train_problems: list
@@ -473,7 +473,7 @@ def setup(cfg, resume: bool) -> Run | int:
         rollout_generator,
         cloud,
         env,
-        DualVariable.from_config(cfg.rl),
+        gamma_controller(cfg.rl),
         rho(cfg.rl.budget, env.name),
         SkippedUpdates(cfg.train.max_skipped_updates),
         train_problems,
@@ -491,8 +491,7 @@ def resume_from_checkpoint(run: Run) -> int:
         log.warning("--resume: no complete checkpoint in %s/checkpoints; starting from step 0", out)
     else:
         run.accelerator.load_state(ckpt)
-        state = json.load(open(os.path.join(ckpt, "trainer_state.json")))
-        start, run.dual.gamma = state["step"], state["gamma"]
+        start = load_trainer_state(ckpt, run.dual)
         log.info(
             "resumed from %s (step %d, gamma %.4f, %d cached cloud answers)",
             ckpt,

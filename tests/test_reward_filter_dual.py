@@ -6,7 +6,7 @@ from envs.rollout import Group, Rollout
 from rewards.collaboration import collaboration_reward
 from rl.config import rho
 from rl.filtering import classify, select_prompts
-from rl.lagrangian import DualVariable
+from rl.lagrangian import DualVariable, gamma_controller
 
 
 @pytest.mark.parametrize(
@@ -185,7 +185,8 @@ def test_paper_configs_train_with_the_lagrangian_penalty(path):
 
     cfg = load_config(path, [])
     assert cfg.rl.gamma_lr > 0
-    dual = DualVariable.from_config(cfg.rl)  # as the trainer and routing DPO build it
+    dual = gamma_controller(cfg.rl)  # as the trainer and routing DPO build it
+    assert isinstance(dual, DualVariable)  # rl.gamma_controller=dual, the default
     assert dual.update(cfg.rl.budget + 0.2) > cfg.rl.gamma  # over budget: the penalty rises
     assert "rl.gamma_lr=0" in open(path).read()
 
