@@ -109,15 +109,6 @@ class CachedCloud:
                 self.path,
             )
 
-    # compatibility with the old attributes
-    @property
-    def calls(self) -> int:
-        return self._usage["calls"]
-
-    @property
-    def tokens(self) -> int:
-        return self._usage["completion_tokens"]
-
     def usage(self) -> dict:
         """Real backend calls this process made, cache hits, and the tokens of those real calls."""
         out = dict(self._usage)
