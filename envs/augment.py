@@ -85,7 +85,7 @@ def augment(cloud, examples: list[tuple[Problem, str]], template: str, k: int, c
     before = cloud.usage()
     for s in range(0, len(requests), chunk_size):
         part = list(zip(examples[s : s + chunk_size], requests[s : s + chunk_size]))
-        replies = cloud.replies([r for _, r in part])
+        replies = cloud.answer_many([r for _, r in part])
         for ((p, y), _), reply in zip(part, replies):
             pairs = parse_pairs(reply.text, k)
             short += len(pairs) < k

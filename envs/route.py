@@ -116,13 +116,13 @@ class Group:
 
 
 def cloud_replies_or_none(cloud, problems: list[Problem], what: str = "problems"):
-    """``(cloud.replies(problems), None)``, or after a ``CloudError``
+    """``(cloud.answer_many(problems), None)``, or after a ``CloudError``
     ``(replies with None where none arrived, message)``.
 
     Answers received before the failure are committed to the cache as they arrive; ``cloud.lookup`` reads them back
     without calling the backend again."""
     try:
-        return cloud.replies(problems), None
+        return cloud.answer_many(problems), None
     except CloudConfigError:
         raise  # a wrong key, URL or model fails every request: stop and say what to fix
     except CloudError as e:

@@ -370,7 +370,7 @@ class CollaborativePolicy:
                 problems = [query_problem(q) for _, q, _ in asking]
                 error = None
                 try:
-                    replies = self.cloud.replies(problems)
+                    replies = self.cloud.answer_many(problems)
                 except CloudError as e:  # what arrived is in the cache; the rest goes on without an answer
                     error = str(e)
                     replies = self.cloud.lookup(problems) if hasattr(self.cloud, "lookup") else [None] * len(problems)
@@ -415,7 +415,7 @@ class CollaborativePolicy:
         if wants:
             if self._grant(req):
                 try:
-                    reply = self.cloud.replies([served_problem(req.question)])[0]
+                    reply = self.cloud.answer_many([served_problem(req.question)])[0]
                 except CloudError as e:
                     self._refund(req)
                     a.cloud_error = str(e)

@@ -1,7 +1,7 @@
 """The cloud: three backends behind one interface, and the persistent cache of their answers.
 
     cloud = make_cloud(cfg.cloud, cache_path="outputs/run/cloud_cache.sqlite")
-    text = cloud.answer(problem)        # at most one real call per (model, messages, sampling), ever
+    text = cloud.answer(problem).text   # at most one real call per (model, messages, sampling), ever
     cloud.usage()   # {'calls': .., 'cache_hits': .., 'prompt_tokens': .., 'completion_tokens': .., ...}
 
 Every backend has ``name``, ``answer_many(problems) -> list[CloudReply]`` and ``cache_key(problem) -> str``;

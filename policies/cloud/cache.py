@@ -59,8 +59,8 @@ def _set_wal(db: sqlite3.Connection, wait_s: float = 60.0) -> str:
 class CachedCloud:
     """Any backend plus an SQLite answer cache keyed by ``backend.cache_key(problem)``.
 
-    ``answer_many(problems) -> list[str]``; ``replies(problems) -> list[CloudReply]``;
-    ``usage()`` counts this process's real calls, cache hits and tokens; ``len(cloud)`` is the
+    ``answer_many(problems) -> list[CloudReply]``, as a backend answers (``cached`` marks the replies that cost
+    nothing); ``usage()`` counts this process's real calls, cache hits and tokens; ``len(cloud)`` is the
     number of answers in the cache file.  A ``.jsonl`` path (the old format, keyed by problem uid)
     is still read; new answers go to the ``.sqlite`` file beside it.
     """
@@ -187,7 +187,9 @@ class CachedCloud:
                 self._usage["completion_tokens"] += reply.completion_tokens
             self._write(items)
 
-    def replies(self, problems: list[Problem]) -> list[CloudReply]:
+    def answer_many(self, problems: list[Problem]) -> list[CloudReply]:
+        """The reply to each problem: from the cache, else asked of the backend (each distinct request once, each
+        answer committed as it arrives)."""
         if not problems:
             return []
         t0, before = time.time(), dict(self._usage)
@@ -264,15 +266,12 @@ class CachedCloud:
             )
         return out
 
-    def answer_many(self, problems: list[Problem]) -> list[str]:
-        return [r.text for r in self.replies(problems)]
-
-    def answer(self, problem: Problem) -> str:
+    def answer(self, problem: Problem) -> CloudReply:
         return self.answer_many([problem])[0]
 
     def answer_queries(self, texts: list[str]) -> list[CloudReply]:
         """Replies to free-text ``<query>`` questions (query mode), cached like any problem."""
-        return self.replies([query_problem(t) for t in texts])
+        return self.answer_many([query_problem(t) for t in texts])
 
     def close(self):
         if self._db is not None:
