@@ -6,7 +6,7 @@ For each real training example (x, y) the cloud is asked once, with the paper's 
 (``envs/prompts.py: AUGMENT_PROMPT``), for k "Input: ... / Response: ..." pairs similar to it, the
 responses in the device's answer format for the task (``AUGMENT_RULES``: a worked calculation or a
 step-by-step solution ending in ``\\boxed{}``, or Countdown's ``<think>``/``<answer>``).  The request
-goes through the normal cloud interface (``policies/cloud.py: augment_problem``), so:
+goes through the normal cloud interface (``policies/cloud/requests.py: augment_problem``), so:
 
 * any backend answers it: ``hf`` and ``openai`` send the prompt to a real LLM, which writes the pairs;
 * the simulated cloud (no LLM) draws k new problems of the same kind from the task generator
