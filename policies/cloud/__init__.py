@@ -4,15 +4,16 @@
     text = cloud.answer(problem).text   # at most one real call per (model, messages, sampling), ever
     cloud.usage()   # {'calls': .., 'cache_hits': .., 'prompt_tokens': .., 'completion_tokens': .., ...}
 
-Every backend has ``name``, ``answer_many(problems) -> list[CloudReply]`` and ``cache_key(problem) -> str``;
-``cloud.backend`` picks one:
+Every backend has ``name``, ``answer_many(problems, on_reply=None) -> list[CloudReply]`` and
+``cache_key(problem) -> str`` (protocol.py: ``CloudBackend``); ``cloud.backend`` picks one:
 
 * ``SimulatedCloud`` (``simulated``, simulated.py): seeded, accuracy configurable overall and per difficulty level.
 * ``HFCloud`` (``hf``, hf.py): a local transformers model (loaded on first use).
 * ``OpenAICloud`` (``openai``, http.py): any OpenAI-compatible ``/v1/chat/completions`` server (vLLM, llama.cpp,
   a hosted API) over ``httpx``, with timeouts, bounded concurrency and retries.
 
-``CachedCloud`` (cache.py) wraps a backend with an SQLite file keyed by ``backend.cache_key(problem)``.  The
+``CachedCloud`` (cache.py) wraps a backend with an SQLite file keyed by ``backend.cache_key(problem)``; its
+``answer_many(problems)`` returns the same ``CloudReply``s, with ``cached`` set on those that cost nothing.  The
 requests themselves (requests.py): a task problem, a free-text ``<query>`` (``query_problem``, query mode), a
 data-augmentation request (``augment_problem``, task tuning) or a whole chat (``chat_problem``, LSRP); every
 backend sends the chat ``cloud_messages(problem)`` gives, and the cache keys it like any other request.
@@ -23,7 +24,7 @@ from __future__ import annotations
 from policies.cloud.cache import CachedCloud
 from policies.cloud.hf import HFCloud
 from policies.cloud.http import REFUSED_RETRIES, OpenAICloud, parse_retry_after
-from policies.cloud.protocol import CloudConfigError, CloudError, CloudReply
+from policies.cloud.protocol import CloudBackend, CloudConfigError, CloudError, CloudReply
 from policies.cloud.requests import (
     CLOUD_AUGMENT_SYSTEM,
     augment_problem,
@@ -38,6 +39,7 @@ __all__ = [
     "CLOUD_AUGMENT_SYSTEM",
     "REFUSED_RETRIES",
     "CachedCloud",
+    "CloudBackend",
     "CloudConfigError",
     "CloudError",
     "CloudReply",
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 
-def make_backend(cfg, simulator=None):
+def make_backend(cfg, simulator=None) -> CloudBackend:
     """The backend ``cloud.backend`` names, built from the ``cloud`` config section; ``simulator``: the task layer's
     replies for the simulated backend (envs/simulation.py: ``TaskSimulator``)."""
     if cfg.backend == "simulated":
