@@ -69,7 +69,7 @@ def similar_problems(meta: dict, k: int, seed: str) -> list[dict]:
     """``k`` new problems of the same level as a ladder problem (same digit counts and operation), seeded.
 
     Each is ``{"question", "a", "b", "op", "value"}``; the simulated cloud's offline augmentation
-    (policies/cloud.py) writes them as Input/Response pairs.  These are generated, not written by an LLM."""
+    (policies/cloud/simulated.py) writes them as Input/Response pairs.  These are generated, not written by an LLM."""
     a0, b0, op = int(meta["a"]), int(meta["b"]), meta["op"]
     rng = random.Random(seed)
     out = []

@@ -6,7 +6,7 @@ For each real training example (x, y) the cloud is asked once, with the paper's 
 (``envs/prompts.py: AUGMENT_PROMPT``), for k "Input: ... / Response: ..." pairs similar to it, the
 responses in the device's answer format for the task (``AUGMENT_RULES``: a worked calculation or a
 step-by-step solution ending in ``\\boxed{}``, or Countdown's ``<think>``/``<answer>``).  The request
-goes through the normal cloud interface (``policies/cloud.py: augment_problem``), so:
+goes through the normal cloud interface (``policies/cloud/requests.py: augment_problem``), so:
 
 * any backend answers it: ``hf`` and ``openai`` send the prompt to a real LLM, which writes the pairs;
 * the simulated cloud (no LLM) draws k new problems of the same kind from the task generator
@@ -85,7 +85,7 @@ def augment(cloud, examples: list[tuple[Problem, str]], template: str, k: int, c
     before = cloud.usage()
     for s in range(0, len(requests), chunk_size):
         part = list(zip(examples[s : s + chunk_size], requests[s : s + chunk_size]))
-        replies = cloud.replies([r for _, r in part])
+        replies = cloud.answer_many([r for _, r in part])
         for ((p, y), _), reply in zip(part, replies):
             pairs = parse_pairs(reply.text, k)
             short += len(pairs) < k

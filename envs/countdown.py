@@ -61,7 +61,8 @@ def worked_response(numbers: list[int], target: int, solution: str) -> str:
 
 def similar_problems(k: int, seed: str) -> list[dict]:
     """``k`` new solvable Countdown instances (four numbers, a target, a solution), seeded; the simulated cloud's
-    offline augmentation (policies/cloud.py) writes them as Input/Response pairs.  Generated, not written by an LLM."""
+    offline augmentation (policies/cloud/simulated.py) writes them as Input/Response pairs.  Generated, not written
+    by an LLM."""
     rng = random.Random(seed)
     out = []
     for _ in range(k):

@@ -172,7 +172,7 @@ class AnswerVerifier:
             Problem(uid="verify-" + hashlib.sha256(c.x.encode()).hexdigest()[:24], question=c.x, answer="")
             for c in cands
         ]
-        texts = self.cloud.answer_many(probs)
+        texts = [r.text for r in self.cloud.answer_many(probs)]
         out = []
         for c, text in zip(cands, texts):
             gold = extract_answer(text)

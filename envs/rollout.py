@@ -93,14 +93,14 @@ class Group:
 
 
 def cloud_replies_or_none(cloud, problems: list[Problem], what: str = "problems", config_errors_raise: bool = True):
-    """``(cloud.replies(problems), None)``, or after a ``CloudError``
+    """``(cloud.answer_many(problems), None)``, or after a ``CloudError``
     ``(replies with None where none arrived, message)``.
 
     Answers received before the failure are committed to the cache as they arrive; ``cloud.lookup`` reads them back
     without calling the backend again.  ``config_errors_raise=False`` (serving) treats a ``CloudConfigError`` as any
     other failure: the service goes on with the device's answers."""
     try:
-        return cloud.replies(problems), None
+        return cloud.answer_many(problems), None
     except CloudError as e:
         if config_errors_raise and isinstance(e, CloudConfigError):
             raise  # a wrong key, URL or model fails every request: stop and say what to fix

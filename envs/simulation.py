@@ -1,4 +1,4 @@
-"""What the simulated cloud knows about the tasks, injected into it from here (policies/cloud.py knows no task).
+"""What the simulated cloud knows about the tasks, injected into it from here (policies/cloud/ knows no task).
 
     cloud = task_cloud(cfg.cloud, cache_path)          # make_cloud(..., simulator=TaskSimulator())
     SimulatedCloud(accuracy=0.6, seed=7, simulator=TaskSimulator())

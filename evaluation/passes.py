@@ -67,7 +67,7 @@ def run_cloud(cloud, problems, idxs, path=None, chunk_size=16) -> dict[int, dict
     for start in range(0, len(need), chunk_size):
         chunk = need[start : start + chunk_size]
         rows = []
-        for p, rep in zip(chunk, cloud.replies(chunk)):
+        for p, rep in zip(chunk, cloud.answer_many(chunk)):
             pred, ok = grade_response(p, rep.text)
             rows.append(
                 {

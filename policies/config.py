@@ -1,4 +1,4 @@
-"""The ``model`` (device model) and ``cloud`` (cloud backend) config sections: policies/device.py, policies/cloud.py."""
+"""The ``model`` (device model) and ``cloud`` (cloud backend) config sections: policies/device.py, policies/cloud/."""
 
 from __future__ import annotations
 

@@ -371,7 +371,7 @@ class CollaborativePolicy:
         if wants:
             if self._grant(req):
                 try:
-                    reply = self.cloud.replies([served_problem(req.question)])[0]
+                    reply = self.cloud.answer_many([served_problem(req.question)])[0]
                 except CloudError as e:
                     self._refund(req)
                     a.cloud_error = str(e)

@@ -2,7 +2,7 @@ import json
 
 from core.problem import Problem
 from envs.tasks import read_math_jsonl
-from policies.cloud import CachedCloud, HFCloud, SimulatedCloud
+from policies.cloud import CachedCloud, CloudReply, HFCloud, SimulatedCloud
 from rewards.math_grader import grade
 
 
@@ -11,9 +11,9 @@ class CountingCloud(SimulatedCloud):
         super().__init__(**kw)
         self.asked = []
 
-    def answer_many(self, problems):
+    def answer_many(self, problems, on_reply=None):
         self.asked += [p.uid for p in problems]
-        return super().answer_many(problems)
+        return super().answer_many(problems, on_reply)
 
 
 def test_simulated_cloud_accuracy_per_level_and_seeded():
@@ -32,16 +32,33 @@ def test_cache_asks_once_and_survives_restart(tmp_path):
     probs = [Problem(f"p{i}", "q", str(i)) for i in range(5)]
     backend = CountingCloud()
     cloud = CachedCloud(backend, path)
-    first = cloud.replies(probs[:3] + probs[:2])
+    first = cloud.answer_many(probs[:3] + probs[:2])
     assert backend.asked == ["p0", "p1", "p2"] and cloud.usage()["calls"] == 3 and len(cloud) == 3
     assert [r.cached for r in first] == [False, False, False, True, True]
     assert all(r.completion_tokens > 0 for r in first)
     backend2 = CountingCloud()
     again = CachedCloud(backend2, path)
-    assert again.answer_many(probs)[:3] == [r.text for r in first[:3]]
+    assert [r.text for r in again.answer_many(probs)[:3]] == [r.text for r in first[:3]]
     assert backend2.asked == ["p3", "p4"]  # nothing already answered is asked again
     u = again.usage()
     assert (u["calls"], u["cache_hits"]) == (2, 3) and len(again) == 5
+
+
+def test_answer_many_gives_cloud_replies_from_the_backend_and_the_cache_alike(tmp_path):
+    """A backend, the cache asking it, and the cache answering from its file all return the same CloudReply."""
+    probs = [Problem(f"p{i}", "q", str(i), level=1 + i % 2) for i in range(4)]
+    path = str(tmp_path / "c.sqlite")
+    direct = SimulatedCloud(seed=3).answer_many(probs)
+    asked = CachedCloud(SimulatedCloud(seed=3), path).answer_many(probs)  # through the backend
+    backend = CountingCloud(seed=3)
+    stored = CachedCloud(backend, path).answer_many(probs)  # from the file
+    assert backend.asked == []
+    fields = [(r.text, r.prompt_tokens, r.completion_tokens) for r in direct]
+    for replies in (direct, asked, stored):
+        assert all(isinstance(r, CloudReply) for r in replies)
+        assert [(r.text, r.prompt_tokens, r.completion_tokens) for r in replies] == fields
+    assert not any(r.cached for r in direct + asked) and all(r.cached for r in stored)
+    assert CachedCloud(SimulatedCloud(seed=3), path).answer(probs[1]) == stored[1]
 
 
 def test_legacy_jsonl_cache_is_still_read(tmp_path):
@@ -52,10 +69,11 @@ def test_legacy_jsonl_cache_is_still_read(tmp_path):
         f.write('{"uid": "torn')  # a crash mid-write leaves a torn line
     backend = CountingCloud()
     cloud = CachedCloud(backend, path)
-    texts = cloud.answer_many(probs)
+    texts = [r.text for r in cloud.answer_many(probs)]
     assert texts[0] == "legacy \\boxed{0}" and backend.asked == ["p1", "p2"]
     assert cloud.path == str(tmp_path / "cloud_cache.sqlite") and len(cloud) == 3  # migrated beside it
-    assert CachedCloud(CountingCloud(), str(tmp_path / "cloud_cache.sqlite")).answer_many(probs) == texts
+    again = CachedCloud(CountingCloud(), str(tmp_path / "cloud_cache.sqlite"))
+    assert [r.text for r in again.answer_many(probs)] == texts
 
 
 def test_cache_key_covers_backend_identity_and_sampling():

@@ -195,7 +195,7 @@ def test_success_usage_and_key_sent_only_as_header(serve, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     server = serve()
     cloud = CachedCloud(client(server), str(tmp_path / "c.sqlite"))
-    replies = cloud.replies(probs("a?", "bb?", "a?"))  # the duplicate is asked once
+    replies = cloud.answer_many(probs("a?", "bb?", "a?"))  # the duplicate is asked once
     assert len(server.requests) == 2
     assert [r.cached for r in replies] == [False, False, True]
     assert replies[0].text == ok_body("a?")["choices"][0]["message"]["content"]
@@ -215,7 +215,7 @@ def test_429_retry_after_is_honoured(serve, tmp_path, caplog):
     server = serve({None: [("status", 429, {"Retry-After": "0.25"})]})
     backend = client(server)
     cloud = CachedCloud(backend, str(tmp_path / "c.sqlite"))
-    assert "boxed" in cloud.answer(probs("q?")[0])
+    assert "boxed" in cloud.answer(probs("q?")[0]).text
     t = server.times()
     assert len(t) == 2 and backend.retries == 1
     assert t[1] - t[0] >= 0.24  # the backoff alone would be ~0.01 s
@@ -227,7 +227,7 @@ def test_500s_then_success_exactly_three_requests(serve, tmp_path):
     server = serve({None: [("status", 500), ("status", 502)]})
     backend = client(server)
     cloud = CachedCloud(backend, str(tmp_path / "c.sqlite"))
-    assert "boxed" in cloud.answer(probs("q?")[0])
+    assert "boxed" in cloud.answer(probs("q?")[0]).text
     assert len(server.requests) == 3 and backend.retries == 2 and cloud.usage()["calls"] == 1
     gaps = [b - a for a, b in zip(server.times(), server.times()[1:])]
     assert all(g < 1.0 for g in gaps)  # tiny exponential backoff
@@ -238,7 +238,7 @@ def test_hang_past_timeout_is_retried(serve, tmp_path, caplog):
     backend = client(server, timeout_s=0.3)
     cloud = CachedCloud(backend, str(tmp_path / "c.sqlite"))
     t0 = time.monotonic()
-    assert "boxed" in cloud.answer(probs("q?")[0])
+    assert "boxed" in cloud.answer(probs("q?")[0]).text
     t = server.times()
     assert len(t) == 2 and backend.retries == 1
     assert 0.29 <= t[1] - t[0] < 1.4  # retried when the timeout fired, not when the server woke up
@@ -252,7 +252,7 @@ def test_malformed_json_and_missing_choices_are_retried(serve, tmp_path, caplog)
     )
     backend = client(server)
     cloud = CachedCloud(backend, str(tmp_path / "c.sqlite"))
-    assert "boxed" in cloud.answer(probs("q?")[0])
+    assert "boxed" in cloud.answer(probs("q?")[0]).text
     assert len(server.requests) == 4 and backend.retries == 3
     assert "malformed JSON" in caplog.text and "no choices[0].message.content" in caplog.text
 
@@ -261,7 +261,7 @@ def test_connection_reset_is_retried(serve, tmp_path, caplog):
     server = serve({None: [("reset",), ("reset",)]})
     backend = client(server)
     cloud = CachedCloud(backend, str(tmp_path / "c.sqlite"))
-    assert "boxed" in cloud.answer(probs("q?")[0])
+    assert "boxed" in cloud.answer(probs("q?")[0]).text
     assert len(server.requests) == 3 and backend.retries == 2
     assert "connection error" in caplog.text
 
@@ -347,7 +347,7 @@ def test_answers_received_before_a_permanent_failure_are_kept(serve, tmp_path, c
     assert stored == {"u0", "u1", "u2", "u4"}
     # a new process on the same file (the server now answers "bad?") pays only for "bad?"
     again = CachedCloud(client(server), path)
-    texts = again.answer_many(probs(*questions))
+    texts = [r.text for r in again.answer_many(probs(*questions))]
     assert len(server.requests) == 6 and server.requests[-1]["question"] == "bad?"
     assert again.usage()["calls"] == 1 and again.usage()["cache_hits"] == 4
     assert all("boxed" in t for t in texts) and len(again) == 5

@@ -1,5 +1,5 @@
 """The simulated cloud's replies and every backend's cache keys are those of the code before the task-specific
-simulation moved out of policies/cloud.py (envs/simulation.py injects it): cache files on disk stay valid.
+simulation moved out of policies/cloud/ (envs/simulation.py injects it): cache files on disk stay valid.
 
 The digest below was computed with the pre-move code (commit 5de7f99) on the same requests: arithmetic, Countdown,
 MATH-style, ``<query>``, augmentation (arithmetic and Countdown sources) and a whole chat (LSRP), each with its

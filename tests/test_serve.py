@@ -85,7 +85,7 @@ class FaultyCloud:
     def cache_key(self, problem):
         return f"faulty:{problem.uid}"
 
-    def answer_many(self, problems):
+    def answer_many(self, problems, on_reply=None):
         self.asked += len(problems)
         raise self.error("cloud request failed after 6 attempts; last cause: HTTP 503")
 

@@ -118,7 +118,8 @@ def test_semantic_filter_verifies_answers_per_task():
 
     class Solver:  # the cloud's independent solution of a synthetic MATH problem
         def answer_many(self, problems):
-            return ["Step 1: ... \\boxed{\\frac{1}{2}}" if "half" in p.question else "no idea" for p in problems]
+            texts = ["Step 1: ... \\boxed{\\frac{1}{2}}" if "half" in p.question else "no idea" for p in problems]
+            return [CloudReply(t) for t in texts]
 
     agree = Candidate("", "", "What is half of one?", "Step 1: 1/2. \\boxed{0.5}")
     disagree = Candidate("", "", "What is half of three?", "\\boxed{1.5}")
@@ -314,7 +315,7 @@ class ScriptedLLM:
     def cache_key(self, problem):
         return request_key({"name": "scripted"}, cloud_messages(problem), {"temperature": 0.0})
 
-    def answer_many(self, problems):
+    def answer_many(self, problems, on_reply=None):
         out = []
         for p in problems:
             self.sent.append(cloud_messages(p))

@@ -158,7 +158,7 @@ class Judge:
             chat_problem(judge_messages(PERSONA_PROMPT, task=t, user_data=u, output=o), "judge")
             for t, u, o in zip(tasks, user_data, outs)
         ]
-        replies = self.cloud.answer_many(qa_p + pe_p)
+        replies = [r.text for r in self.cloud.answer_many(qa_p + pe_p)]
         for metric, part in (("qa_rel", replies[: len(outs)]), ("persona", replies[len(outs) :])):
             for row, reply in zip(rows, part):
                 score = parse_score(reply)

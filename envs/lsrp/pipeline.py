@@ -66,7 +66,8 @@ class Device:
 
 def leader_guidelines(leader, pairs: list[UserTask], strategies: list[str]) -> list[str]:
     """Eq. 4: g_s = LLM(P_s, t) for each (pair, strategy); the leader never sees the user data."""
-    return leader.answer_many([chat_problem(leader_messages(s, p.task), "leader") for p, s in zip(pairs, strategies)])
+    requests = [chat_problem(leader_messages(s, p.task), "leader") for p, s in zip(pairs, strategies)]
+    return [r.text for r in leader.answer_many(requests)]
 
 
 class RecordStore:
