@@ -22,7 +22,7 @@ from evaluation.protocol import BASELINES, MATH_SUITE_MAX_NEW_TOKENS
 from evaluation.suites import EvalOptions, UsageError, evaluate_suites
 from policies.cloud import CloudError
 from policies.device import ModelNotFoundError
-from rl.config import ConfigError, format_help, load_config
+from settings import ConfigError, format_help, load_config
 
 HELP = f"{__doc__}\n{suite_evaluation.__doc__}"  # --help: the command, then the evaluation it runs
 

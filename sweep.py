@@ -92,8 +92,8 @@ def run_training(
         cmd = [*shlex.split(launch), train_py, "--config", config, *point, *(["--resume"] if resume else [])]
         subprocess.run(cmd, check=True)
     else:  # in this process, through the library train.py calls (rl/run.py), with train.py's config handling
-        from rl.config import ConfigError, load_config
         from rl.run import run as train_run
+        from settings import ConfigError, load_config
 
         try:
             cfg = load_config(config, point)
@@ -352,7 +352,7 @@ def main(argv=None):
     if args.plot_only:
         print(plot(read_table(os.path.join(args.out, "sweep.csv")), os.path.join(args.out, "sweep.png")))
         return 0
-    from rl.config import ConfigError, load_config
+    from settings import ConfigError, load_config
 
     try:
         cfg = load_config(args.config, overrides)

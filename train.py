@@ -7,7 +7,7 @@
     python train.py --help                                                  # every option
     python train.py --config configs/cpu_default.yaml rl.budget=0.2 --print-config   # the resolved config (YAML)
 
-The command: parse the options, load the config (rl/config.py), hand it to the library: the GAPG run is
+The command: parse the options, load the config (settings/), hand it to the library: the GAPG run is
 rl/trainer.py: ``train`` (the TRL trainers: rl/baselines.py; ``rl.env=lsrp``: rl/lsrp.py).
 One step, top to bottom (read ``step()`` in rl/trainer.py):
   1. take the next ``rl.rollout_prompts`` training problems (a seeded, resumable order);
@@ -29,7 +29,7 @@ import sys
 
 from core.logs import setup_logging
 from policies.device import ModelNotFoundError
-from rl.config import ConfigError, format_help, load_config, to_yaml
+from settings import ConfigError, format_help, load_config, to_yaml
 
 
 def main(argv=None) -> int:

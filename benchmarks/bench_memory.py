@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
         results[name] = json.loads(lines[-1][len("RESULT ") :])
         print(f"{name}: measured in {time.time() - t0:.0f}s", flush=True)
 
-    from rl.config import load_config
+    from settings import load_config
 
     cfg = load_config(args.config, overrides + ([f"model.name_or_path={args.model}"] if args.model else []))
     kind = next(iter(results.values()))["steps"][0]["kind"]

@@ -75,9 +75,9 @@ def main(argv=None) -> dict:
     levels = [int(c) for c in args.concurrency.split(",") if c]
 
     from envs.tasks import load_problems
-    from rl.config import load_config
     from serving.app import BackgroundServer, ServeOptions, create_app
     from serving.policy import CollaborativePolicy
+    from settings import load_config
 
     cfg = load_config(args.config, list(overrides))
     policy = CollaborativePolicy.load(

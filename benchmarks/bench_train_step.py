@@ -71,9 +71,9 @@ class GapgStepper:
         from envs.simulation import task_cloud
         from policies.device import load_device_model
         from policies.generation import HFGenerator, Sample
-        from rl.config import rho
         from rl.lagrangian import gamma_controller
         from rl.trainer import make_env
+        from settings import rho
 
         self.cfg, self.accelerator = cfg, accelerator
         model, self.tok = load_device_model(cfg.model)

@@ -32,7 +32,7 @@ def add_common_args(ap, steps: int = 4, warmup: int = 1):
 
 
 def load_cfg(args, overrides: list[str], extra: list[str] = ()):
-    from rl.config import load_config
+    from settings import load_config
 
     ov = list(extra) + list(overrides)
     if args.model:

@@ -2,7 +2,7 @@
 ``Literal`` annotations, checked by ``validate``), ``ConfigError``, and the secret checks for values.
 
 Each section lives next to the code it configures (policies/config.py: model, cloud; envs/config.py: task;
-rewards/config.py: reward; rl/config.py: rl, train, sft, dpo and the composition ``Config`` with ``load_config``;
+rewards/config.py: reward; settings/: rl, train, sft, dpo and the composition ``Config`` with ``load_config``;
 envs/lsrp/config.py: lsrp).  A field typed ``Literal["a", "b"]`` has those choices: OmegaConf rejects any other
 value when it merges, ``Section.validate`` checks them again on the final object, and ``--help`` lists them.
 """
@@ -50,7 +50,7 @@ def type_name(cls, name: str) -> str:
 
 class Section:
     """A config section (a dataclass subclassing this): ``validate`` checks the ``Literal`` choices, then ``check``,
-    the section's own rules.  Rules that need two sections live in the composition root (rl/config.py)."""
+    the section's own rules.  Rules that need two sections live in the composition root (settings/)."""
 
     section: typing.ClassVar[str] = ""  # the section's name in the composition: model, cloud, rl...
 

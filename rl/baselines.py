@@ -13,11 +13,11 @@ from envs.simulation import task_cloud
 from envs.tasks import load_problems
 from policies.device import load_device_model
 from policies.generation import HFGenerator
-from rl.config import save_config
 from rl.dpo import train_with_dpo
 from rl.sft import train_sft
 from rl.trainer import make_env, run_eval
 from rl.trl_grpo import train_with_trl
+from settings import save_config
 
 
 def run_trl_baseline(cfg, resume: bool) -> int:

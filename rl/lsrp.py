@@ -38,8 +38,8 @@ from envs.lsrp.users import make_pairs
 from policies.cloud import CachedCloud, make_backend
 from policies.device import load_device_model
 from policies.router import embed, load_encoder
-from rl.config import save_config, to_dict
 from rl.smfb_dpo import balance, smfb_pairs, train_leader
+from settings import save_config, to_dict
 
 log = logging.getLogger("lsrp")
 COLUMNS = ("S", "qa_rel", "persona", "udrr", "ppl", "flesch", "qa_rel_emb", "persona_emb")

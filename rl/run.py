@@ -1,6 +1,6 @@
 """One entry point for every training mode: ``run(cfg, resume)`` picks the loop that ``rl.env``/``rl.trainer`` name.
 
-    from rl.config import load_config
+    from settings import load_config
     from rl.run import run
     run(load_config("configs/cpu_default.yaml", ["rl.budget=0.2"]), resume=False)   # what train.py does
 

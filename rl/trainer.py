@@ -44,11 +44,11 @@ from policies.device import load_device_model
 from policies.generation import HFGenerator, common_prefix_len
 from rl.advantages import advantage_coefficients, length_normalisers
 from rl.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_final, truncate_metrics
-from rl.config import rho, save_config, to_dict
 from rl.filtering import select_prompts
 from rl.gapg import gapg_loss, score_sequences, truncated_importance_weights
 from rl.lagrangian import GammaController, gamma_controller
 from rl.trl_run import wandb_offline_unless_configured
+from settings import rho, save_config, to_dict
 
 log = logging.getLogger("train")
 

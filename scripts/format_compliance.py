@@ -27,7 +27,7 @@ from evaluation.passes import run_device
 from evaluation.suites import parse_models
 from policies.device import load_device_model
 from policies.generation import HFGenerator
-from rl.config import load_config
+from settings import load_config
 
 
 def measure(rows: list[dict]) -> dict:

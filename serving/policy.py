@@ -207,7 +207,7 @@ class CollaborativePolicy:
         ``device_url``: an OpenAI-compatible server that serves the device model (``model`` then only gives the
         tokenizer and config; serving/remote.py); ``device_model``: its model name there."""
         from policies.device import load_device_model, load_tokenizer, resolve_model_path
-        from rl.config import ConfigError, load_config
+        from settings import ConfigError, load_config
 
         source = config
         if config is None and model is not None and not model.startswith("package:"):

@@ -11,7 +11,7 @@ def test_grpo_help_names_trl_loss_type_and_its_real_default():
 
     from trl import GRPOConfig
 
-    from rl.config import RLConfig
+    from settings import RLConfig
 
     help_text = next(f for f in dataclasses.fields(RLConfig) if f.name == "advantage").metadata["help"]
     trl_default = next(f for f in dataclasses.fields(GRPOConfig) if f.name == "loss_type").default
@@ -61,9 +61,9 @@ def test_the_update_uses_the_chosen_estimator(tiny_model_dir, estimator):
     from envs.rollout import Group, Rollout
     from policies.device import load_tokenizer
     from policies.generation import Sample
-    from rl.config import load_config
     from rl.gapg import score_sequences
     from rl.trainer import policy_update
+    from settings import load_config
 
     tok = load_tokenizer(tiny_model_dir)
     prompt = tok("<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)

@@ -66,8 +66,8 @@ B = Problem("b", "What is 4 + 5?", "9", level=2)
 def test_a_failed_cloud_call_is_an_escalation_without_reward_and_the_answers_that_arrived_are_used(
     serve, tiny_model_dir, tmp_path
 ):
-    from rl.config import load_config
     from rl.filtering import select_prompts
+    from settings import load_config
 
     server = serve({A.question: [("raw", 200, reply_body("It is \\boxed{5}."))], B.question: [("status", 503)] * 20})
     backend = OpenAICloud(
@@ -225,7 +225,7 @@ def test_permanent_faults_during_training_skip_those_groups_and_are_counted(
     responses per prompt are forced to escalate (a wrapper around the real generator), so failed problems have
     escalations whose reward is unknown."""
     from envs.tasks import load_problems
-    from rl.config import load_config
+    from settings import load_config
 
     cfg = load_config(None, COMMON)
     train_p, test_p = load_problems(cfg.task)
@@ -303,8 +303,8 @@ def test_a_wrong_key_stops_training_with_the_fix(serve, tiny_model_dir, tmp_path
 
 
 def test_trl_reward_gives_a_failed_problem_zero_advantage(serve, tiny_model_dir, tmp_path):
-    from rl.config import RewardConfig
     from rl.trl_grpo import make_reward_fn
+    from settings import RewardConfig
 
     server = serve({B.question: [("status", 503)] * 20, A.question: [("raw", 200, reply_body("\\boxed{5}"))]})
     cloud = CachedCloud(

@@ -371,7 +371,7 @@ def test_concurrency_is_bounded(serve, tmp_path):
 
 
 def test_make_cloud_from_config_and_key_is_base_url_independent(serve, tmp_path, caplog):
-    from rl.config import load_config, to_dict
+    from settings import load_config, to_dict
 
     server = serve()
     cfg = load_config(

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from rl.config import ConfigError, load_config, rho
+from settings import ConfigError, load_config, rho
 
 
 def test_defaults_yaml_and_overrides(tmp_path):
@@ -96,7 +96,7 @@ def test_a_bare_no_reads_as_the_choice_no_not_a_boolean(tmp_path):
 
 def test_print_config_writes_the_resolved_yaml_that_loads_back(tmp_path, capsys):
     import train
-    from rl.config import to_dict
+    from settings import to_dict
 
     assert train.main(["--config", "configs/cpu_default.yaml", "rl.budget=0.2", "--print-config"]) == 0
     text = capsys.readouterr().out

@@ -34,7 +34,7 @@ import torch
 from conftest import build_tiny_model
 from safetensors.torch import load_file
 
-from rl.config import load_config, to_dict
+from settings import load_config, to_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))  # not configs/accelerate/*: launch configs

@@ -13,8 +13,8 @@ import train
 from core.problem import Problem
 from envs.rollout import Group, Rollout
 from policies.generation import Sample
-from rl.config import load_config
 from rl.dpo import exact_collator, preference_pairs
+from settings import load_config
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_test.yaml")
 PROBLEM = Problem(uid="t:1", question="What is 2 + 3?", answer="5", level=1)

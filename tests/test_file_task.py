@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from envs.tasks import load_problems, template_for
-from rl.config import load_config
+from settings import load_config
 
 ROWS = [
     {"q": "What is 2 + 3?", "a": "#### 5"},

@@ -120,8 +120,8 @@ def test_policy_update_weights_sequences_sampled_by_a_low_precision_copy(tiny_mo
     from envs.rollout import Group, Rollout
     from policies.device import load_tokenizer
     from policies.generation import Sample
-    from rl.config import load_config
     from rl.trainer import policy_update
+    from settings import load_config
 
     tok = load_tokenizer(tiny_model_dir)
     prompt = tok("<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)

@@ -15,7 +15,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     from policies.device import load_device_model
-    from rl.config import ModelConfig
+    from settings import ModelConfig
 
     cache = str(tmp_path_factory.mktemp("models"))
     model, tok = load_device_model(ModelConfig(cache_dir=cache), for_training=False)

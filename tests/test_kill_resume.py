@@ -140,7 +140,7 @@ def _kill_when(proc, ready, cache, counts, timeout=300.0):
 
 def _test_problems(n):
     from envs.tasks import load_problems
-    from rl.config import load_config
+    from settings import load_config
 
     return load_problems(load_config(None, [f"task.num_test={n}", "task.levels=[1+1,1x1]"]).task)[1]
 
@@ -160,7 +160,7 @@ def _questions(server) -> list[str]:
 def _cached_questions(cache, num_train=64, num_test=6, levels="[1+1,1x1]") -> set[str]:
     """The questions whose answers the cache file holds (its rows name the problem uid)."""
     from envs.tasks import load_problems
-    from rl.config import load_config
+    from settings import load_config
 
     cfg = load_config(None, [f"task.num_train={num_train}", f"task.num_test={num_test}", f"task.levels={levels}"])
     by_uid = {p.uid: p.question for split in load_problems(cfg.task) for p in split}

@@ -8,6 +8,7 @@ Layers, lowest first (a module may import its own layer and the ones below, neve
     3  envs       route, query, the shared rollout types, tasks, suites, prompts, LSRP, augmentation (``envs/``)
   3.5  evaluation the protocol, the device and cloud passes, metrics, tables, eval.py's suites, results and curves
                   (``evaluation/``)
+  3.8  settings   the composed config of a run: every section, YAML and overrides (``settings/``)
     4  rl         GAPG, filtering, dual, the trainer loop, TRL-backed trainers, the config composition (``rl/``)
   4.5  serving    the served policy, its budget, batching, the OpenAI-compatible app, metrics (``serving/``)
     5  commands   train.py, eval.py, sweep.py, serve.py, benchmarks/, scripts/
@@ -29,6 +30,7 @@ LAYERS = {
     "policies": 2,
     "envs": 3,
     "evaluation": 3.5,
+    "settings": 3.8,
     "rl": 4,
     "serving": 4.5,
     "train": 5,
@@ -209,3 +211,9 @@ def test_evaluation_lives_in_one_package():
     graph = import_graph()
     assert any(_package(d) == "evaluation" for d in graph["rl.trainer"]), "the trainer evaluates through evaluation/"
     assert all(_package(d) != "evaluation" for m, ds in graph.items() if _package(m) == "envs" for d in ds)
+
+
+def test_serving_needs_no_training_code():
+    """The served policy reads the run's config from settings/, not from rl/ (no edge serving -> rl)."""
+    graph = import_graph()
+    assert not [(m, d) for m, ds in graph.items() if _package(m) == "serving" for d in ds if _package(d) == "rl"]

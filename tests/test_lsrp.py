@@ -11,8 +11,8 @@ import pytest
 from envs.lsrp.metrics import ScoreWeights, knee_point, parse_score, selection_objectives, udrr
 from envs.lsrp.rag import UURAG, vote
 from envs.lsrp.users import make_pairs
-from rl.config import ConfigError, load_config
 from rl.smfb_dpo import balance, dpo_rows, smfb_pairs
+from settings import ConfigError, load_config
 
 
 def test_vote_takes_the_majority_and_breaks_ties_by_rank():

@@ -23,7 +23,7 @@ from envs.rollout import Group, Rollout, route_metrics
 from envs.route import RouteEnv
 from policies.generation import Sample
 from rl import trainer
-from rl.config import ConfigError, load_config
+from settings import ConfigError, load_config
 
 TINY = [
     "task.name=arithmetic",

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from rl.checkpoint import load_trainer_state, save_checkpoint
-from rl.config import ConfigError, load_config
 from rl.lagrangian import DualVariable, gamma_controller
 from rl.pid_lagrangian import PIDLagrangian
+from settings import ConfigError, load_config
 
 TINY = "configs/tiny_test.yaml"
 

@@ -4,9 +4,9 @@ from core.problem import Problem
 from envs.format import is_escalation
 from envs.rollout import Group, Rollout
 from rewards.collaboration import collaboration_reward
-from rl.config import rho
 from rl.filtering import classify, select_prompts
 from rl.lagrangian import DualVariable, gamma_controller
+from settings import rho
 
 
 @pytest.mark.parametrize(
@@ -107,7 +107,7 @@ def test_gamma_max_stops_the_windup_and_gamma_comes_down_from_the_cap_at_once():
     assert free.gamma == pytest.approx(1.05) and capped.gamma == 0.4
     assert capped.update(0.0) == pytest.approx(0.25)
     assert [round(free.update(0.0), 2) for _ in range(4)] == [0.9, 0.75, 0.6, 0.45]
-    from rl.config import load_config
+    from settings import load_config
 
     from_cfg = DualVariable.from_config(load_config("configs/tiny_test.yaml", ["rl.gamma_max=0.4"]).rl)
     assert from_cfg.cap == 0.4  # the trainer's and routing DPO's dual carry the bound
@@ -118,7 +118,7 @@ def test_gamma_max_stops_the_windup_and_gamma_comes_down_from_the_cap_at_once():
     [(["rl.gamma_max=-1"], "rl.gamma_max must be >= 0"), (["rl.gamma=0.5", "rl.gamma_max=0.4"], "above rl.gamma_max")],
 )
 def test_gamma_max_bad_values_are_named(overrides, needle):
-    from rl.config import ConfigError, load_config
+    from settings import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=needle):
         load_config("configs/tiny_test.yaml", overrides)
@@ -166,7 +166,7 @@ def test_batch_mix_when_one_kind_is_short():
 def test_query_budget_is_calls_per_problem():
     import math
 
-    from rl.config import ConfigError, load_config
+    from settings import ConfigError, load_config
 
     assert rho(0.3, "query") == pytest.approx(3 / 7)
     assert math.isinf(rho(1.5, "query")) and math.isinf(rho(1.0, "query"))
@@ -181,7 +181,7 @@ def test_query_budget_is_calls_per_problem():
 @pytest.mark.parametrize("path", ["configs/math_qwen2.5_1.5b.yaml", "configs/countdown_qwen2.5_1.5b.yaml"])
 def test_paper_configs_train_with_the_lagrangian_penalty(path):
     """The paper configs hold the budget with dual ascent on γ; fixed γ (gamma_lr=0) is the documented variant."""
-    from rl.config import load_config
+    from settings import load_config
 
     cfg = load_config(path, [])
     assert cfg.rl.gamma_lr > 0

@@ -208,7 +208,7 @@ def test_cpu_install_never_imports_vllm_and_asking_for_it_is_a_clear_error(tiny_
     probe = "import sys, train, eval, sweep, policies.generation; print('vllm' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "False", done.stderr[-2000:]
-    from rl.config import ConfigError, load_config
+    from settings import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="rl.generator=vllm"):
         load_config(None, ["rl.generator=vllm", "rl.env=query"])

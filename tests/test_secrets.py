@@ -18,7 +18,7 @@ from test_cloud_http import MODEL, ScriptedServer
 import train
 from core.problem import Problem
 from policies.cloud import CachedCloud, CloudError, OpenAICloud
-from rl.config import ConfigError, load_config
+from settings import ConfigError, load_config
 
 SENTINEL = "sk-SENTINEL-7f3a9c1e5b2d4086aa11-do-not-log"
 KEY_ENV = "CLOUDROUTE_SECRET_TEST_KEY"

@@ -418,7 +418,7 @@ def _fake_run(tmp_path, tiny_model_dir, *overrides):
     """A run folder as train.py leaves it: config.json and final/ (the tiny model)."""
     import shutil
 
-    from rl.config import load_config, save_config
+    from settings import load_config, save_config
 
     out = tmp_path / "run"
     cfg = load_config(

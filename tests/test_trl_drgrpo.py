@@ -12,8 +12,8 @@ import train
 from core.problem import Problem
 from envs.route import RouteEnv
 from policies.cloud import CachedCloud, SimulatedCloud
-from rl.config import RewardConfig, load_config
 from rl.trl_grpo import build_dataset, grpo_config, make_reward_fn
+from settings import RewardConfig, load_config
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_test.yaml")
 ESC = "<unknown> I need external assistance </unknown>"

@@ -18,8 +18,8 @@ from envs.format import format_ok
 from envs.prompts import ESCALATION
 from envs.simulation import TASK_SIMULATOR
 from policies.cloud import CLOUD_AUGMENT_SYSTEM, CachedCloud, CloudReply, SimulatedCloud, cloud_messages, request_key
-from rl.config import ConfigError, load_config
 from rl.sft import Example, build_mix, reference_response, unknown_pool
+from settings import ConfigError, load_config
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_test.yaml")
 

@@ -19,7 +19,7 @@ from envs.rollout import Group, Rollout
 from policies.device import load_device_model
 from policies.generation import Sample
 from rl import trainer
-from rl.config import load_config
+from settings import load_config
 
 REWARDS = [[1.0, 1.0, 0.4, 0.4, 0.4, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
 

@@ -1,10 +1,13 @@
-"""Typed configuration, composed here from the sections that sit next to the code they configure.
+"""Typed configuration: the composed ``Config`` of a run, read by training, evaluation and serving alike.
 
     accelerate launch train.py --config configs/cpu_default.yaml rl.budget=0.3 train.max_steps=40
     python train.py --help            # every option, its type, default, help text and choices
 
 Sections: ``model``, ``cloud`` (policies/config.py), ``task`` (envs/config.py), ``reward`` (rewards/config.py),
-``rl``, ``sft``, ``train``, ``dpo`` (here), ``lsrp`` (envs/lsrp/config.py).  Each is a dataclass whose fields carry
+``rl``, ``sft``, ``train``, ``dpo`` (here: the training's sections, which evaluation and serving read too, e.g.
+``rl.budget``, ``rl.env``, ``rl.max_queries``, ``train.eval_max_new_tokens``), ``lsrp`` (envs/lsrp/config.py).  This
+package sits below ``rl/`` and ``serving/`` (tests/test_layering.py), so serving a policy needs no training code.
+Each section is a dataclass whose fields carry
 ``metadata={"help": ...}`` the way TRL's configs do and whose choices are ``Literal[...]`` types (core/config.py);
 each validates itself (``validate``), and ``validate`` below adds the rules that need two sections.  OmegaConf
 merges the dataclass defaults, the YAML file and the ``section.key=value`` overrides, and rejects unknown keys and
