@@ -29,6 +29,7 @@ import copy
 import functools
 import inspect
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -49,6 +50,17 @@ class Sample:
     # sum of the device tokens' log-probs under the weights that sampled them, when those are a low-precision
     # copy of the policy (HFGenerator(dtype=...)): the trainer's importance weights need it; None = the policy's
     rollout_logprob: float | None = None
+
+
+class DecodeSpec(NamedTuple):
+    """How one decode call samples: ``n`` continuations per context, the sampler's settings, an optional stop string
+    and logits processor."""
+
+    n: int
+    temperature: float
+    top_p: float
+    stop: str | None
+    logits_processor: object
 
 
 @dataclass
@@ -302,50 +314,48 @@ class HFGenerator:
                 self._forward(policy, ids, torch.ones_like(ids), None, head)
             todo.sort(key=lambda i: len(contexts[i]))  # similar lengths share a batch: less padding
             per_call = max(1, self.batch_size // n)
+            spec = DecodeSpec(n, temperature, top_p, stop, logits_processor)
             for start in range(0, len(todo), per_call):
                 rows = todo[start : start + per_call]
                 self._decode_rows(
                     policy,
                     device,
-                    contexts,
-                    rows,
-                    n,
-                    budgets,
+                    [contexts[i] for i in rows],
+                    [budgets[i] for i in rows],
+                    spec,
                     shared,
                     head,
-                    temperature,
-                    top_p,
-                    stop,
-                    logits_processor,
+                    [i * n for i in rows],
                     out,
                 )
         finally:
             policy.train(was_training)
         return out
 
-    def _decode_rows(
-        self, policy, device, contexts, rows, n, budgets, shared, head, temperature, top_p, stop, logits_processor, out
-    ):
+    def _decode_rows(self, policy, device, contexts, budgets, spec: DecodeSpec, shared, head, first_slots, out):
+        """Prefill ``contexts`` (after the ``shared`` prefix cached in ``head``) and sample ``spec.n`` continuations of
+        each within its budget; continuation k of context j goes to ``out[first_slots[j] + k]``."""
+        n, temperature, top_p, stop, logits_processor = spec
         tok, eos = self.tokenizer, eos_ids(self.model, self.tokenizer)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         # prefill: [shared head (cached)] [padding] [the row's own tokens], each context once
-        width = max(len(contexts[i]) for i in rows)
+        width = max(len(c) for c in contexts)
         ids, mask = [], []
-        for i in rows:
-            c, gap = contexts[i], width - len(contexts[i])
+        for c in contexts:
+            gap = width - len(c)
             ids.append([pad] * gap + c[shared:])
             mask.append([1] * shared + [0] * gap + [1] * (len(c) - shared))
         ids = torch.tensor(ids, device=device)
         mask = torch.tensor(mask, device=device)
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
-        cache = rollout_cache(width - shared + max(budgets[i] for i in rows), head)
+        cache = rollout_cache(width - shared + max(budgets), head)
         if head is not None:
-            cache.batch_repeat_interleave(len(rows))
+            cache.batch_repeat_interleave(len(contexts))
         logits = self._forward(policy, ids, mask, positions[:, shared:], cache)
         # each context's cache and last logits, repeated for its n samples
-        slots = [i * n + k for i in rows for k in range(n)]  # where each running row's result goes in ``out``
-        budget = [budgets[i] for i in rows for _ in range(n)]
-        seqs = [contexts[i] for i in rows for _ in range(n)] if logits_processor is not None else None
+        slots = [first + k for first in first_slots for k in range(n)]  # where each running row's result goes in out
+        budget = [b for b in budgets for _ in range(n)]
+        seqs = [c for c in contexts for _ in range(n)] if logits_processor is not None else None
         if n > 1:
             cache.batch_repeat_interleave(n)
             logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
