@@ -9,7 +9,7 @@
 
 The command: parse the options, load the config (settings/), hand it to the library: the GAPG run is
 rl/trainer.py: ``train`` (the TRL trainers: rl/baselines.py; ``rl.env=lsrp``: rl/lsrp.py).
-One step, top to bottom (read ``step()`` in rl/trainer.py):
+One step, top to bottom (read ``train_step()`` in rl/trainer.py):
   1. take the next ``rl.rollout_prompts`` training problems (a seeded, resumable order);
   2. the environment (``rl.env``; envs/base.py) samples G responses each and grades them: ``route``
      (envs/route.py) asks the cloud once per problem that needs it; ``query``

@@ -1,6 +1,6 @@
-"""The GAPG training loop (docs/method.md §3-5): ``train(cfg, resume)`` sets up, then runs ``step()`` max_steps times.
+"""The GAPG training loop (docs/method.md §3-5): ``train(cfg, resume)`` sets up, then runs ``train_step`` per step.
 
-One step, top to bottom (``step``):
+One step, top to bottom (``train_step``):
   1. take the next ``rl.rollout_prompts`` training problems (``problems_for_step``: a seeded, resumable order);
   2. the environment (``rl.env``; envs/base.py: ``Environment``) samples G responses each and grades them:
      ``route`` (envs/route.py) asks the cloud once per problem that needs it; ``query`` (envs/query.py) answers
@@ -324,10 +324,8 @@ class Run:
     tok: object
     generator: HFGenerator  # evaluation (always the policy's own weights)
     rollout_generator: object  # HFGenerator (the same one, or one with rl.rollout_dtype), or vLLM
-    cloud: object
     env: Environment
     dual: GammaController
-    rho: float
     skipped: SkippedUpdates
     train_problems: list
     test_problems: list
@@ -358,15 +356,15 @@ def rollout(run: Run, problems, step: int):
     return rollout_step(run.env, run.rollout_generator, problems, step, run.cfg, run.accelerator)
 
 
-def step(run: Run, step: int) -> dict:
+def train_step(run: Run, index: int) -> dict:
     """One training step, top to bottom: rollout → reward → select → update → dual → log / checkpoint / evaluate."""
     cfg, env, dual, accelerator = run.cfg, run.env, run.dual, run.accelerator
     t0 = time.time()
-    problems = problems_for_step(run.train_problems, step, cfg.rl.rollout_prompts, cfg.train.seed)
-    groups = rollout(run, problems, step)  # all processes' groups
+    problems = problems_for_step(run.train_problems, index, cfg.rl.rollout_prompts, cfg.train.seed)
+    groups = rollout(run, problems, index)  # all processes' groups
     t_roll = time.time() - t0
     env.reward(groups, cfg.reward, dual.gamma)
-    picked, fstats = select(groups, cfg, run.rho)
+    picked, fstats = select(groups, cfg, rho(cfg.rl.budget, env.name))
     # the same groups on every process, so every process picks the same prompts (or none, and skips together)
     loss = (
         policy_update(
@@ -386,22 +384,22 @@ def step(run: Run, step: int) -> dict:
     gen_tokens = sum(len(r.sample.completion_ids) for g in groups for r in g.rollouts)
     m[env.usage_metric] = used
     m.update(
-        step=step + 1,
+        step=index + 1,
         loss=loss,
         gamma=gamma_used,
         gamma_next=dual.gamma,
         trained_prompts=len(picked),
         rollout_tokens_per_s=gen_tokens / max(t_roll, 1e-9),
         step_time_s=time.time() - t0,
-        cloud_calls_total=len(run.cloud),
-        **{f"cloud_{k}": v for k, v in run.cloud.usage().items()},
+        cloud_calls_total=len(run.env.cloud),
+        **{f"cloud_{k}": v for k, v in run.env.cloud.usage().items()},
         **fstats,
         skipped_updates=run.skipped.total,
         problem_uids=[p.uid for p in problems],
     )
     if accelerator.is_main_process:
         log_step(run, m, used, gamma_used, fstats, loss)
-    done = step + 1
+    done = index + 1
     if cfg.train.save_every and done % cfg.train.save_every == 0 and done < cfg.train.max_steps:
         save_checkpoint(accelerator, cfg, done, dual)
     if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.max_steps:
@@ -429,9 +427,10 @@ def log_step(run: Run, m: dict, used: float, gamma_used: float, fstats: dict, lo
         )
 
 
-def setup(cfg, resume: bool) -> Run | int:
-    """Accelerator, data, model, optimizer, generators, cloud, environment, dual variable; restored from the last
-    checkpoint with ``resume``.  Returns 2 (after one error line) when the task's data cannot be loaded."""
+def setup(cfg) -> Run | int:
+    """Accelerator, data, model, optimizer, generators, cloud, environment, dual variable (``resume_from_checkpoint``
+    then restores them from the last checkpoint).  Returns 2 (after one error line) when the task's data cannot be
+    loaded."""
     accelerator = make_accelerator(cfg)
     set_seed(cfg.train.seed + accelerator.process_index)
     out = cfg.train.output_dir
@@ -471,10 +470,8 @@ def setup(cfg, resume: bool) -> Run | int:
         tok,
         generator,
         rollout_generator,
-        cloud,
         env,
         gamma_controller(cfg.rl),
-        rho(cfg.rl.budget, env.name),
         SkippedUpdates(cfg.train.max_skipped_updates),
         train_problems,
         test_problems,
@@ -497,7 +494,7 @@ def resume_from_checkpoint(run: Run) -> int:
             ckpt,
             start,
             run.dual.gamma,
-            len(run.cloud),
+            len(run.env.cloud),
         )
         if hasattr(run.rollout_generator, "sync_weights"):
             run.rollout_generator.sync_weights()  # vLLM loaded the initial weights from disk
@@ -507,9 +504,9 @@ def resume_from_checkpoint(run: Run) -> int:
 
 
 def train(cfg, resume: bool = False) -> int:
-    """The GAPG run of train.py: set up, (resume,) evaluate before, ``step`` to ``train.max_steps``, checkpoint,
+    """The GAPG run of train.py: set up, (resume,) evaluate before, ``train_step`` to ``train.max_steps``, checkpoint,
     save the final policy and evaluate it.  Returns the exit code."""
-    run = setup(cfg, resume)
+    run = setup(cfg)
     if isinstance(run, int):
         return run
     accelerator, out = run.accelerator, cfg.train.output_dir
@@ -526,7 +523,7 @@ def train(cfg, resume: bool = False) -> int:
         disable=not accelerator.is_main_process,
     )
     for i in run.bar:
-        step(run, i)
+        train_step(run, i)
 
     # the end: checkpoint, final model, held-out evaluation
     if cfg.train.max_steps > start:
