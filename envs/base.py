@@ -5,6 +5,7 @@
     groups = env.rollout(generator, problems, group_size, temperature, top_p, max_new_tokens)  # -> list[Group]
     env.reward(groups, cfg.reward, gamma)       # fills each Group.rewards (r̃ = r − γ·cost, docs/method.md §3)
     used = env.usage_of(groups)                 # what the dual holds to the budget: offload rate / calls per rollout
+    used = env.greedy_usage(generator, probe)   # the same usage of the greedy policy (rl.usage_signal=greedy)
     metrics = env.metrics(groups)               # the per-step training metrics (metrics.jsonl)
     rollout = env.judge(problem, sample)        # one greedy response graded (what the evaluation passes use)
 
@@ -58,6 +59,8 @@ class Environment(Protocol):
     def reward(self, groups, reward_cfg, gamma: float) -> None: ...
 
     def usage_of(self, groups) -> float: ...
+
+    def greedy_usage(self, generator, problems, max_new_tokens: int = 64) -> float: ...
 
     def metrics(self, groups) -> dict: ...
 

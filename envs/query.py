@@ -368,6 +368,12 @@ class QueryEnv:
         """Calls (answered queries + escalations) per rollout over all processes' groups: the dual constrains it."""
         return calls_per_rollout(groups)
 
+    def greedy_usage(self, generator, problems: list[Problem], max_new_tokens: int = 64) -> float:
+        """Calls per problem of the greedy policy (answered queries + escalations; the queries' answers come from the
+        cloud cache when it has them): the usage the γ controller follows with rl.usage_signal=greedy."""
+        groups = self.rollout(generator, problems, 1, temperature=0.0, max_new_tokens=max_new_tokens)
+        return calls_per_rollout(groups)
+
     def metrics(self, groups: list[Group]) -> dict:
         """``route_metrics`` plus calls, queries and cloud tokens per rollout."""
         out = route_metrics(groups)

@@ -121,6 +121,14 @@ class RouteEnv:
         """Escalations per rollout (the offload rate over all processes' groups): the dual constrains it."""
         return calls_per_rollout(groups)
 
+    def greedy_usage(self, generator, problems: list[Problem], max_new_tokens: int = 64) -> float:
+        """The share of ``problems`` the greedy policy escalates: its decisions alone, no cloud call (the usage the
+        γ controller follows with rl.usage_signal=greedy)."""
+        out = generator.generate(
+            [self.prompt(p) for p in problems], n=1, temperature=0.0, max_new_tokens=max_new_tokens
+        )
+        return sum(split_escalation(g[0].text)[0] for g in out) / max(len(problems), 1)
+
     def metrics(self, groups: list[Group]) -> dict:
         return route_metrics(groups)
 

@@ -29,7 +29,13 @@ from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object, set_seed
+from accelerate.utils import (
+    DistributedType,
+    InitProcessGroupKwargs,
+    broadcast_object_list,
+    gather_object,
+    set_seed,
+)
 from tqdm.auto import tqdm
 from trl.models.utils import unwrap_model_for_generation
 
@@ -329,6 +335,7 @@ class Run:
     skipped: SkippedUpdates
     train_problems: list
     test_problems: list
+    probe_problems: list  # rl.usage_signal=greedy: training problems held out of training, whose greedy usage γ follows
     wandb: object = None
     bar: object = None
 
@@ -378,11 +385,19 @@ def train_step(run: Run, index: int) -> dict:
 
     used = env.usage_of(groups)  # the constrained quantity: offload rate (route) or calls per rollout (query)
     gamma_used = dual.gamma
-    dual.update(used)
+    greedy = None
+    if cfg.rl.usage_signal == "greedy":
+        if (index + 1) % cfg.rl.probe_every == 0:  # the updated policy's greedy usage; γ holds between probes
+            greedy = greedy_probe(run)
+            dual.update(greedy)
+    else:
+        dual.update(used)
 
     m = env.metrics(groups)
     gen_tokens = sum(len(r.sample.completion_ids) for g in groups for r in g.rollouts)
     m[env.usage_metric] = used
+    if greedy is not None:
+        m["usage_greedy"] = greedy  # the probe's greedy usage after this step's update (what γ followed)
     m.update(
         step=index + 1,
         loss=loss,
@@ -407,6 +422,19 @@ def train_step(run: Run, index: int) -> dict:
     return m
 
 
+def greedy_probe(run: Run) -> float:
+    """The greedy usage of the current policy on the probe problems (rl.usage_signal=greedy), the same number on every
+    process: the main process measures it (every process joins the weight gather of ZeRO-3) and sends it to all."""
+    with unwrap_model_for_generation(run.model, run.accelerator) as policy:
+        value = [None]
+        if run.accelerator.is_main_process:
+            run.generator.model = policy
+            value = [run.env.greedy_usage(run.generator, run.probe_problems, run.cfg.train.eval_max_new_tokens)]
+    if run.accelerator.num_processes > 1:
+        broadcast_object_list(value, from_process=0)
+    return value[0]
+
+
 def log_step(run: Run, m: dict, used: float, gamma_used: float, fstats: dict, loss: float) -> None:
     """The step's metrics.jsonl line, progress bar, console line and wandb point (main process)."""
     name = run.env.usage
@@ -414,10 +442,11 @@ def log_step(run: Run, m: dict, used: float, gamma_used: float, fstats: dict, lo
         f.write(json.dumps(m) + "\n")
     if run.bar is not None:
         run.bar.set_postfix({"reward": f"{m['reward']:.3f}", name: f"{used:.2f}", "gamma": f"{gamma_used:.3f}"})
+    greedy = f" (greedy {m['usage_greedy']:.3f})" if "usage_greedy" in m else ""
     tqdm.write(
-        f"step {m['step']:>4} | reward {m['reward']:+.3f} | device acc {m['device_acc']:.3f} | {name} {used:.3f} | "
-        f"gamma {gamma_used:.3f} | D1 {fstats.get('d1', '-')} D2 {fstats.get('d2', '-')} | loss {loss:+.4f} | "
-        f"{m['rollout_tokens_per_s']:.0f} tok/s | {m['step_time_s']:.1f}s"
+        f"step {m['step']:>4} | reward {m['reward']:+.3f} | device acc {m['device_acc']:.3f} | "
+        f"{name} {used:.3f}{greedy} | gamma {gamma_used:.3f} | D1 {fstats.get('d1', '-')} D2 {fstats.get('d2', '-')} | "
+        f"loss {loss:+.4f} | {m['rollout_tokens_per_s']:.0f} tok/s | {m['step_time_s']:.1f}s"
     )
     if run.wandb is not None:
         run.wandb.log(
@@ -442,6 +471,16 @@ def setup(cfg) -> Run | int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    probe_problems = []
+    if cfg.rl.usage_signal == "greedy":  # the last rl.probe_size training problems: held out of training
+        if cfg.rl.probe_size >= len(train_problems):
+            print(
+                f"error: rl.probe_size={cfg.rl.probe_size} leaves no training problems of {len(train_problems)}: "
+                "lower rl.probe_size or give more training problems (task.num_train).",
+                file=sys.stderr,
+            )
+            return 2
+        train_problems, probe_problems = train_problems[: -cfg.rl.probe_size], train_problems[-cfg.rl.probe_size :]
     model, tok = load_device_model(cfg.model)
     if uses_deepspeed(accelerator):  # one clipping setting: DeepSpeed clips in its step
         accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = cfg.train.max_grad_norm
@@ -475,6 +514,7 @@ def setup(cfg) -> Run | int:
         SkippedUpdates(cfg.train.max_skipped_updates),
         train_problems,
         test_problems,
+        probe_problems,
     )
     return run
 

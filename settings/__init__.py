@@ -184,6 +184,19 @@ class RLConfig(Section):
     pid_d_delay: int = option(
         1, "rl.gamma_controller=pid: the derivative compares the smoothed usage with its value this many steps back."
     )
+    usage_signal: Literal["sampled", "greedy"] = option(
+        "sampled",
+        "What the γ controller holds to the budget: sampled (the usage of the step's training rollouts, at "
+        "rl.temperature) or greedy (the usage of the greedy policy, the one evaluated and served, on a probe of "
+        "rl.probe_size training problems held out of training, measured every rl.probe_every steps; "
+        "docs/budget_control.md).",
+    )
+    probe_size: int = option(
+        64, "rl.usage_signal=greedy: training problems set aside (never trained on) whose greedy usage γ follows."
+    )
+    probe_every: int = option(
+        1, "rl.usage_signal=greedy: measure the probe (and step γ) every this many steps; γ holds in between."
+    )
     temperature: float = option(1.0, "Sampling temperature for training rollouts.")
     top_p: float = option(1.0, "Nucleus sampling for training rollouts.")
     max_new_tokens: int = option(64, "Response tokens per rollout.")
@@ -267,6 +280,11 @@ class RLConfig(Section):
             )
         if self.pid_d_delay < 1:
             raise ConfigError(f"rl.pid_d_delay={self.pid_d_delay} must be >= 1 (steps back for the derivative).")
+        if self.usage_signal == "greedy" and (self.probe_size < 1 or self.probe_every < 1):
+            raise ConfigError(
+                f"rl.usage_signal=greedy needs rl.probe_size >= 1 and rl.probe_every >= 1 (got {self.probe_size}, "
+                f"{self.probe_every}); or rl.usage_signal=sampled."
+            )
         if self.gamma_controller == "pid" and not (self.pid_kp or self.pid_ki or self.pid_kd):
             raise ConfigError(
                 "rl.gamma_controller=pid with rl.pid_kp, rl.pid_ki and rl.pid_kd all 0 never moves γ; set a gain "
