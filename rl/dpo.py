@@ -217,20 +217,32 @@ def rollout_pairs(cfg, env, generator, problems, gamma: float) -> tuple[list[dic
     return pairs, stats
 
 
+def greedy_probe_usage(cfg, policy: str, probe: list) -> float:
+    """The greedy usage of the round's merged policy (``policy``, a saved model) on the probe problems: what γ
+    follows between rounds with rl.usage_signal=greedy."""
+    model, tok = load_device_model(replace(cfg.model, name_or_path=policy, gguf_file=None, lora=False), False)
+    env = make_env(cfg, tok, task_cloud(cfg.cloud, os.path.join(cfg.train.output_dir, "cloud_cache.sqlite")))
+    return env.greedy_usage(HFGenerator(model, tok), probe, cfg.train.eval_max_new_tokens)
+
+
 def train_with_dpo(cfg, resume: bool = False) -> str:
     """rl.trainer=dpo: ``dpo.rounds`` rounds of (roll out the current policy -> pairs at the current γ -> TRL
     DPOTrainer, the round's starting policy as reference); between rounds the dual step of rl/lagrangian.py,
     γ ← max(0, γ + rl.gamma_lr · (usage − rl.budget)), on the usage measured in the round's rollouts (offload
     rate, or calls per rollout in query mode), so the pairs of the next round charge the cloud more when it was
-    over budget. Round k works in ``<output_dir>/round-<k>`` (the output_dir itself when dpo.rounds=1); the last
-    round's policy is ``<output_dir>/final``, which this returns. ``dpo_rounds.json`` has γ and the usage of every
-    round; a rerun with --resume skips the finished rounds."""
+    over budget (with rl.usage_signal=greedy: on the greedy usage of the round's policy on rl.probe_size training
+    problems held out of the rounds). Round k works in ``<output_dir>/round-<k>`` (the output_dir itself when
+    dpo.rounds=1); the last round's policy is ``<output_dir>/final``, which this returns. ``dpo_rounds.json`` has γ
+    and the usage of every round; a rerun with --resume skips the finished rounds."""
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
     dual = gamma_controller(cfg.rl)
     rounds_path = os.path.join(out, "dpo_rounds.json")
     done = json.load(open(rounds_path)) if resume and os.path.exists(rounds_path) else []
     train_problems = load_problems(cfg.task)[0]
+    probe = []  # rl.usage_signal=greedy: the last rl.probe_size training problems, never rolled out for pairs
+    if cfg.rl.usage_signal == "greedy":
+        train_problems, probe = train_problems[: -cfg.rl.probe_size], train_problems[-cfg.rl.probe_size :]
     policy = None  # None = the base model of the model section; else the previous round's merged final/
     for k in range(1, cfg.dpo.rounds + 1):
         work = out if cfg.dpo.rounds == 1 else os.path.join(out, f"round-{k}")
@@ -266,12 +278,14 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
         collator = exact_collator(tok.pad_token_id, cfg.dpo.max_length)
         policy = train_dpo(model, tok, pairs, cfg, work, final, collator=collator, resume=resume)
         gamma_used = dual.gamma
-        dual.update(stats["usage"])
+        greedy = greedy_probe_usage(cfg, policy, probe) if probe else None
+        dual.update(stats["usage"] if greedy is None else greedy)
         done = done[: k - 1] + [
             {
                 "round": k,
                 "gamma": gamma_used,
                 "usage": stats["usage"],
+                **({"usage_greedy": greedy} if greedy is not None else {}),
                 "budget": cfg.rl.budget,
                 "pairs": len(pairs),
                 "gamma_next": dual.gamma,

@@ -170,3 +170,34 @@ def test_dpo_rounds_take_the_dual_step_on_the_measured_offload(tiny_model_dir, t
     stamp = os.path.getmtime(os.path.join(out, "final", "model.safetensors"))
     assert train.main(args + ["--resume"]) == 0
     assert os.path.getmtime(os.path.join(out, "final", "model.safetensors")) == stamp
+
+
+@pytest.mark.slow
+def test_dpo_rounds_with_the_greedy_signal_step_gamma_on_the_round_policys_probe(tiny_model_dir, tmp_path):
+    """rl.usage_signal=greedy: between rounds γ follows the greedy usage of the round's merged policy on the probe
+    (training problems never rolled out for pairs), measured again here by hand."""
+    from dataclasses import replace
+
+    from envs.route import RouteEnv
+    from envs.tasks import load_problems
+    from policies.device import load_device_model
+    from policies.generation import HFGenerator
+    from settings import load_config
+
+    out = str(tmp_path / "dpo")
+    extra = ("rl.budget=0.3", "rl.gamma=0.5", "rl.gamma_lr=2.0", "rl.usage_signal=greedy", "rl.probe_size=6")
+    args = dpo_run_args(tiny_model_dir, out, *extra)
+    assert train.main(args) == 0
+    (r,) = json.load(open(os.path.join(out, "dpo_rounds.json")))
+    cfg = load_config(args[1], args[2:])
+    probe = load_problems(cfg.task)[0][-6:]
+    model, tok = load_device_model(replace(cfg.model, name_or_path=f"{out}/final", lora=False), False)
+    env = RouteEnv.from_config(cfg, tok, None)
+    outs = HFGenerator(model, tok).generate(
+        [env.prompt(p) for p in probe], n=1, temperature=0.0, max_new_tokens=cfg.train.eval_max_new_tokens
+    )
+    by_hand = sum(o[0].text.rstrip().endswith("</unknown>") for o in outs) / len(probe)
+    assert r["usage_greedy"] == pytest.approx(by_hand)
+    assert r["gamma_next"] == pytest.approx(max(0.0, 0.5 + 2.0 * (r["usage_greedy"] - 0.3)))
+    pairs = open(os.path.join(out, "dpo_pairs.jsonl")).read()
+    assert not any(f'"{p.uid}"' in pairs for p in probe)  # the probe never gave pairs

@@ -1,17 +1,17 @@
-"""rl.usage_signal=greedy: the γ controller follows the greedy policy's usage on training problems held out of training."""
+"""rl.usage_signal=greedy: γ follows the greedy policy's usage on training problems held out of training."""
 
 import json
 import os
 
 import pytest
+from test_eval_cap import ESC, PlainTok, ScriptedGenerator
+from test_train_e2e import COMMON
 
 import train
 from core.problem import Problem
 from envs.route import RouteEnv
 from policies.cloud import CachedCloud, SimulatedCloud
 from settings import ConfigError, load_config
-from test_eval_cap import ESC, PlainTok, ScriptedGenerator
-from test_train_e2e import COMMON
 
 
 def test_route_greedy_usage_is_the_share_the_greedy_policy_escalates_with_no_cloud_call():
