@@ -177,24 +177,32 @@ def run_grid_eval(
     return rows
 
 
+def report_data(report: str) -> str:
+    """Where a report's generated files go: ``docs/results`` -> ``docs/data/results`` (.csv, .png, _offload.png),
+    so the folder of pages holds pages."""
+    return os.path.join(os.path.dirname(report), "data", os.path.basename(report))
+
+
 def write_report(rows, methods, budgets, seeds, out: str, report: str, command: str, standins: str = "") -> list[str]:
-    """``report``.md/.csv/.png and _offload.png from the grid's rows (evaluation/results.py)."""
+    """``report``.md, and ``report_data(report)``.csv/.png/_offload.png, from the grid's rows
+    (evaluation/results.py)."""
     from evaluation import results
 
-    os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
+    data = report_data(report)
+    os.makedirs(os.path.dirname(os.path.abspath(data)), exist_ok=True)
     curves = {
         (b, m): [results.train_offload_curve(grid_dir(out, m, s, b)) for s in seeds] for b in budgets for m in methods
     }
     meta = {
         "description": f"Grid: methods {', '.join(methods)} x budgets {', '.join(f'{b:.0%}' for b in budgets)} x "
-        f"seeds {', '.join(map(str, seeds))}; rows in `{os.path.basename(report)}.csv`.",
+        f"seeds {', '.join(map(str, seeds))}; rows in `data/{os.path.basename(report)}.csv`.",
         "standins": standins,
     }
     return [
-        results.write_csv(rows, report + ".csv"),
+        results.write_csv(rows, data + ".csv"),
         results.write_markdown(rows, methods, report + ".md", command, meta),
-        results.plot_accuracy(rows, methods, report + ".png"),
-        results.plot_offload_curves(curves, report + "_offload.png"),
+        results.plot_accuracy(rows, methods, data + ".png"),
+        results.plot_offload_curves(curves, data + "_offload.png"),
     ]
 
 

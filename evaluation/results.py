@@ -3,9 +3,9 @@
     python sweep.py --config configs/cpu_results.yaml --methods gapg,grpo,dr_grpo --seeds 0,1,2 \\
         --budgets 0.1,0.2,0.3,0.5 --out outputs/results --report docs/results
 
-``sweep.py`` trains and evaluates the grid point by point; this module turns its rows into ``<report>.md``,
-``<report>.csv``, ``<report>.png`` (accuracy against the cloud share used) and ``<report>_offload.png``
-(offload rate over training steps, per method and budget).  Two kinds of interval:
+``sweep.py`` trains and evaluates the grid point by point; this module turns its rows into ``<report>.md`` and,
+beside it in ``data/``, ``<report>.csv``, ``<report>.png`` (accuracy against the cloud share used) and
+``<report>_offload.png`` (offload rate over training steps, per method and budget).  Two kinds of interval:
 
 * **over seeds**: a trained method's mean over its seeds ± the 95% Student-t half-width
   t_{0.975, n−1} · sd / √n (n seeds; none for one seed);
@@ -264,9 +264,9 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
                 )
             lines.append("")
     lines += [
-        f"![accuracy against cloud share]({os.path.basename(path)[:-3]}.png)",
+        f"![accuracy against cloud share](data/{os.path.basename(path)[:-3]}.png)",
         "",
-        f"![offload over training]({os.path.basename(path)[:-3]}_offload.png)",
+        f"![offload over training](data/{os.path.basename(path)[:-3]}_offload.png)",
         "",
     ]
     with open(path + ".tmp", "w") as f:

@@ -145,7 +145,8 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
     argv += ["--out", out, "--report", report, "--baselines", "never,random", f"model.name_or_path={tiny_model_dir}"]
     argv += [*TINY, "rl.filtering=true"]
     assert sweep.main(argv) == 0
-    rows = list(__import__("csv").DictReader(open(report + ".csv")))
+    data = str(tmp_path / "docs" / "data" / "results")  # generated files beside the page, in docs/data/
+    rows = list(__import__("csv").DictReader(open(data + ".csv")))
     assert sorted((r["budget"], r["method"], r["seed"]) for r in rows) == sorted(
         (b, m, s) for b in ("0.2", "0.3") for m in ("gapg", "grpo", "never", "random") for s in ("0", "1")
     )
@@ -170,7 +171,8 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
     assert "| wanted offload % |" in md
     assert "| offload per level % |" in md and "\n| gapg | " in md.split("| offload per level % |")[1]
     assert "| gapg | " in md.split("## Every budget at a glance")[1].split("## Budget 20%")[0]  # the headline table
-    assert os.path.getsize(report + ".png") > 0 and os.path.getsize(report + "_offload.png") > 0
+    assert os.path.getsize(data + ".png") > 0 and os.path.getsize(data + "_offload.png") > 0
+    assert "](data/results.png)" in md and not os.path.exists(report + ".csv")
     stamp = os.path.getmtime(os.path.join(out, "eval-points", "budget-0.30-seed-1.json"))
     final = os.path.getmtime(os.path.join(sweep.grid_dir(out, "grpo", 1, 0.3), "final", "config.json"))
     reports = []  # the rows of every report this rerun writes
