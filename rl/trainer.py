@@ -44,6 +44,7 @@ from envs.simulation import task_cloud
 from envs.tasks import load_problems
 from evaluation.curves import plot_learning_curve
 from evaluation.protocol import evaluate_held_out
+from evaluation.summary import run_summary
 from evaluation.tables import format_table
 from policies.cloud import CloudError
 from policies.device import load_device_model
@@ -578,15 +579,16 @@ def train(cfg, resume: bool = False) -> int:
         tqdm.write(
             f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})"
         )
+        curve = None
         try:
             curve = plot_learning_curve(out)
         except Exception as e:  # a plot never fails a finished run
             log.warning(
                 "learning curve not drawn (%s: %s); python -m scripts.plot_metrics %s", type(e).__name__, e, out
             )
-        else:
-            if curve:
-                tqdm.write(f"learning curve: {curve}  (redraw: python -m scripts.plot_metrics {out})")
+        summary = run_summary(out, run.env.budget_text(cfg.rl.budget), run.env.cloud.usage(), curve)
+        if summary:
+            tqdm.write("\n== summary ==\n" + "\n".join(summary))
         if run.wandb is not None:  # finished also when the final evaluation was skipped (a failed cloud)
             if rows:
                 run.wandb.summary.update(
