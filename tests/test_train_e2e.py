@@ -42,10 +42,13 @@ def _weights(out):
 
 
 @pytest.mark.slow
-def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path):
+def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, capsys):
     base = COMMON + [f"model.name_or_path={tiny_model_dir}"]
     full = str(tmp_path / "full")
     assert train.main(base + [f"train.output_dir={full}", "train.max_steps=4", "train.save_every=2"]) == 0
+    printed = capsys.readouterr().out.split("== summary ==\n")[-1].splitlines()
+    assert printed[0].startswith("held-out accuracy after training") and "asks the cloud for" in printed[1]
+    assert printed[2] == f"learning curve: {os.path.join(full, 'learning_curve.png')}"
     metrics = [json.loads(l) for l in open(os.path.join(full, "metrics.jsonl"))]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert all(0.0 <= m["offload_rate"] <= 1.0 for m in metrics)
