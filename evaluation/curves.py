@@ -96,8 +96,10 @@ def held_out_points(run_dir: str, max_steps: int | None = None) -> list[tuple[in
 
 
 def plot_run_comparison(runs: dict[str, str], out: str, smooth: int = 5) -> str:
-    """Runs side by side: γ per step, the training offload (a ``smooth``-step running mean over the faint raw
-    curve), and at every held-out evaluation the offload the policy asks for before the cap and the accuracy."""
+    """Runs side by side: γ per step, the training usage (offload rate, or calls per rollout in query mode: a
+    ``smooth``-step running mean over the faint raw curve, and the greedy probe's usage as dashed points where
+    rl.usage_signal=greedy measured it), and at every held-out evaluation the usage the policy asks for before the
+    cap and the accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,19 +110,26 @@ def plot_run_comparison(runs: dict[str, str], out: str, smooth: int = 5) -> str:
     budget = None
     for i, (label, run_dir) in enumerate(runs.items()):
         color = f"C{i}"
-        rows = [r for r in run_metrics(run_dir) if "offload_rate" in r]
         cfg = run_config(run_dir)
+        query = cfg["rl"].get("env") == "query"
+        key, wanted_key = (
+            ("calls_per_rollout", "wanted_calls_per_problem") if query else ("offload_rate", "wanted_offload_rate")
+        )
+        rows = [r for r in run_metrics(run_dir) if key in r]
         budget = cfg["rl"]["budget"]
         steps = [r["step"] for r in rows]
         axes[0].plot(steps, [r.get("gamma", nan) for r in rows], color=color, marker=".", label=label)
-        raw = [r["offload_rate"] for r in rows]
+        raw = [r[key] for r in rows]
         mean = [
             sum(raw[max(0, j - smooth + 1) : j + 1]) / len(raw[max(0, j - smooth + 1) : j + 1]) for j in range(len(raw))
         ]
         axes[1].plot(steps, raw, color=color, alpha=0.25)
         axes[1].plot(steps, mean, color=color, label=f"{label} ({smooth}-step mean)")
+        probe = [(r["step"], r["usage_greedy"]) for r in rows if "usage_greedy" in r]
+        if probe:
+            axes[1].plot(*zip(*probe), color=color, ls="--", marker="x", label=f"{label} (greedy probe)")
         points = held_out_points(run_dir, cfg["train"]["max_steps"])
-        wanted = [p.get("wanted_offload_rate", p["offload_rate"]) for _, p in points]
+        wanted = [p.get(wanted_key, p["offload_rate"]) for _, p in points]
         axes[2].plot([s for s, _ in points], wanted, color=color, marker="o", label=label)
         accs = [p["overall_acc"] for _, p in points]
         errs = [
@@ -134,8 +143,8 @@ def plot_run_comparison(runs: dict[str, str], out: str, smooth: int = 5) -> str:
             ax.axhline(budget, ls="--", color="red", label=f"budget {budget:.0%}")
     titles = [
         "Lagrange multiplier γ",
-        "offload rate of training rollouts",
-        "held-out offload the policy asks for",
+        "cloud usage in training (offload, or calls per rollout)",
+        "held-out usage the greedy policy asks for",
         "held-out accuracy (95% CI over problems)",
     ]
     for ax, title in zip(axes, titles):
