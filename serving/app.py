@@ -25,7 +25,10 @@ answer is known: in route mode only the end of the device's response says whethe
 Auth: with ``ServeOptions.api_key_env`` naming a set environment variable, ``/v1/*`` needs ``Authorization: Bearer
 <that key>`` (``/health`` and ``/metrics`` stay open); the key is never logged.  Errors use OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed request (the message names the field and
-the fix), 401 for a missing or wrong key, 404 for an unknown model, 500 if the device model fails.
+the fix), 401 for a missing or wrong key, 404 for an unknown model, 400 ``context_length_exceeded`` for a question
+longer than the device's context less the generation's room (before it joins a batch), 500 if the device model fails
+on this request alone (a failing batch is split until the request that fails is found: its batch-mates are answered).
+A 500 carries no exception text, only a request id (``X-Request-Id``) under which the server's log has the details.
 """
 
 from __future__ import annotations
@@ -53,11 +56,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.batcher import Batcher
 from serving.metrics import ServerMetrics
-from serving.policy import Answer, CollaborativePolicy
+from serving.policy import Answer, CollaborativePolicy, PromptTooLong
 
 log = logging.getLogger(__name__)
 
 ANSWERED_BY_HEADER = "X-Cloudroute-Answered-By"
+REQUEST_ID_HEADER = "X-Request-Id"
 
 
 @dataclass
@@ -73,9 +77,21 @@ class ServeOptions:
 class ApiError(Exception):
     """An error answered in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None):
+    def __init__(
+        self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None, headers=None
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = dict(headers or {})
+
+
+def internal_error_message(request_id: str) -> str:
+    """The 500's message: no exception text (it can hold allocator or library internals), the request id to find
+    the details in the server's log."""
+    return (
+        f"the server failed to answer this request (request id {request_id}); its log has the details under that id. "
+        "Other requests are not affected: retry, or report the id"
+    )
 
 
 def error_response(status: int, message: str, type_: str, param=None, code=None, headers=None) -> JSONResponse:
@@ -175,6 +191,14 @@ def usage_of(a: Answer) -> dict:
     }
 
 
+def public_cloud_error(a: Answer) -> str | None:
+    """What a client learns of a cloud failure: that it happened, not the backend's message (its URL, its
+    internals); the server's log has the message, under the request id."""
+    if a.cloud_error is None:
+        return None
+    return "the cloud could not answer; the device answered instead (the server's log has the cause)"
+
+
 def extra_of(a: Answer, mode: str) -> dict:
     return {
         "answered_by": a.answered_by,
@@ -184,7 +208,7 @@ def extra_of(a: Answer, mode: str) -> dict:
         "cloud_calls": a.cloud_calls,
         "queries": a.queries,
         "refused_calls": a.refused_calls,
-        "cloud_error": a.cloud_error,
+        "cloud_error": public_cloud_error(a),
         "device_text": a.device_text,
         "request_index": a.request_index,
     }
@@ -264,8 +288,15 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
         metrics.error(exc.status)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {**exc.headers, **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
         return error_response(exc.status, exc.message, exc.type, exc.param, exc.code, headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):  # a bug: the client gets no exception text, the log gets it all
+        rid = f"err-{uuid.uuid4().hex}"
+        log.error("request %s to %s failed", rid, request.url.path, exc_info=exc)
+        metrics.error(500)
+        return error_response(500, internal_error_message(rid), "server_error", headers={REQUEST_ID_HEADER: rid})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -340,19 +371,26 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
             )
         temperature = 0.0 if body.temperature is None else body.temperature
         top_p = 1.0 if body.top_p is None else body.top_p
-        req = policy.request(question, max_new, temperature, top_p)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        try:  # tokenising a long question takes a while: off the event loop
+            req = await run_in_threadpool(policy.request, question, max_new, temperature, top_p)
+        except PromptTooLong as e:
+            raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
         try:
             try:
                 draft = await asyncio.wrap_future(state["batcher"].submit(req))
-            except Exception as e:  # noqa: BLE001 -- the device model failed: a 500 in OpenAI's shape
-                log.exception("device generation failed")
-                raise ApiError(500, f"the device model failed: {type(e).__name__}: {e}", "server_error") from None
+            except Exception:  # noqa: BLE001 -- the device model failed on this request alone (the batcher bisects)
+                log.exception("request %s: the device model failed", cid)
+                raise ApiError(
+                    500, internal_error_message(cid), "server_error", headers={REQUEST_ID_HEADER: cid}
+                ) from None
             answer = await run_in_threadpool(policy.finish, draft)
         finally:
             policy.close(req)
+        if answer.cloud_error is not None:
+            log.warning("request %s: the cloud failed, the device answered: %s", cid, answer.cloud_error)
         metrics.observe(answer, time.perf_counter() - t0)
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        headers = {ANSWERED_BY_HEADER: answer.answered_by}
+        headers = {ANSWERED_BY_HEADER: answer.answered_by, REQUEST_ID_HEADER: cid}
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(

@@ -57,6 +57,23 @@ class PolicyLoadError(ValueError):
     """The policy cannot be loaded as asked; the message says what to pass instead."""
 
 
+class PromptTooLong(ValueError):
+    """A question whose training prompt, plus the room its generation needs, does not fit the device model's context.
+    Refused before it joins a batch: one such row would make the whole batch allocate for its length."""
+
+
+RESPONSE_TAG_TOKENS = 16  # room kept per inserted query-mode response for its <response></response> tags
+
+
+def context_tokens_of(generator) -> int | None:
+    """The device model's context in tokens: ``generator.context_tokens`` when it says (a remote device), else the
+    transformers config's ``max_position_embeddings``; None when unknown (no check)."""
+    n = getattr(generator, "context_tokens", None)
+    if n is None:
+        n = getattr(getattr(getattr(generator, "model", None), "config", None), "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
 @dataclass
 class Request:
     """One question for the device: its sampling and its place in the budget's arrival order (``seq``)."""
@@ -176,6 +193,7 @@ class CollaborativePolicy:
         self.name, self.logits_processor = name, logits_processor
         self._device_lock = threading.Lock()  # one device pass at a time (the model is not re-entrant)
         self._prompt_cache: dict[str, list[int]] = {}
+        self.context_tokens = context_tokens_of(generator)
 
     # ------------------------------------------------------------------ loading
 
@@ -296,8 +314,31 @@ class CollaborativePolicy:
         """A ``Request`` registered with the budget (call ``close`` once it is answered)."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty: send the problem as the last user message")
+        max_new_tokens = max_new_tokens or self.max_new_tokens
+        self.check_fits(question, max_new_tokens)
         seq = self.budget.open() if self.budget is not None else None
-        return Request(question, max_new_tokens or self.max_new_tokens, temperature, top_p, seq)
+        return Request(question, max_new_tokens, temperature, top_p, seq)
+
+    def reserved_tokens(self, max_new_tokens: int) -> int:
+        """Context a generation may fill after its prompt: the device's ``max_new_tokens`` and, in query mode, the
+        cloud's inserted responses (``rl.max_queries`` of at most ``rl.max_response_tokens`` each, plus tags)."""
+        if self.mode != "query":
+            return max_new_tokens
+        return max_new_tokens + self.max_queries * ((self.max_response_tokens or 256) + RESPONSE_TAG_TOKENS)
+
+    def check_fits(self, question: str, max_new_tokens: int) -> int:
+        """The prompt's length in tokens; ``PromptTooLong`` (naming the limit) when the prompt plus
+        ``reserved_tokens`` would pass the device model's context."""
+        ids = self.prompt_ids(question)
+        if self.context_tokens is not None:
+            room = self.context_tokens - self.reserved_tokens(max_new_tokens)
+            if len(ids) > room:
+                raise PromptTooLong(
+                    f"the question takes {len(ids)} tokens in the device's prompt, over the limit of {room}: the "
+                    f"model's context is {self.context_tokens} tokens and {self.context_tokens - room} are kept for "
+                    "the answer. Send a shorter question (or a smaller max_tokens)."
+                )
+        return len(ids)
 
     def close(self, request: Request) -> None:
         if self.budget is not None and request.seq is not None:
@@ -308,7 +349,7 @@ class CollaborativePolicy:
         ids = self._prompt_cache.get(question)
         if ids is None:
             ids = self.tokenizer(self.env.prompt(served_problem(question)), add_special_tokens=False)["input_ids"]
-            if len(self._prompt_cache) < 4096:
+            if len(self._prompt_cache) < 4096 and (self.context_tokens is None or len(ids) <= self.context_tokens):
                 self._prompt_cache[question] = ids
         return ids
 
@@ -328,20 +369,29 @@ class CollaborativePolicy:
         for d in drafts:
             groups.setdefault((d.request.temperature, d.request.top_p), []).append(d)
         with self._device_lock:
-            for (temperature, top_p), group in groups.items():
-                run_query_turns(
-                    self.env,
-                    self.generator,
-                    group,
-                    temperature,
-                    top_p,
-                    stop=QUERY_CLOSE if self.mode == "query" else None,
-                    grant=lambda d: self._grant(d.request),
-                    refund=lambda d: self._refund(d.request),
-                    logits_processor=self.logits_processor,
-                    config_errors_raise=False,
-                )
+            try:
+                self._run_groups(groups)
+            except Exception:  # the batch failed: give back the calls its answered queries were granted
+                for d in drafts:
+                    for _ in d.queries:
+                        self._refund(d.request)
+                raise
         return drafts
+
+    def _run_groups(self, groups: dict[tuple, list[Draft]]) -> None:
+        for (temperature, top_p), group in groups.items():
+            run_query_turns(
+                self.env,
+                self.generator,
+                group,
+                temperature,
+                top_p,
+                stop=QUERY_CLOSE if self.mode == "query" else None,
+                grant=lambda d: self._grant(d.request),
+                refund=lambda d: self._refund(d.request),
+                logits_processor=self.logits_processor,
+                config_errors_raise=False,
+            )
 
     def finish(self, draft: Draft) -> Answer:
         """The answer to a drafted request: the device's, or the cloud's when the device escalated and the budget
