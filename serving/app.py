@@ -47,10 +47,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -129,6 +129,14 @@ class ChatRequest(BaseModel):
     n: int | None = Field(None, ge=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """The request body as a ``ChatRequest``; its JSON or schema errors as FastAPI's (answered as a 400)."""
+    try:
+        return ChatRequest.model_validate_json(raw or b"")
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
 
 
 def question_of(messages: list[ChatMessage]) -> str:
@@ -340,17 +348,21 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
     async def prometheus():
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.get("/v1/models", dependencies=[Depends(check_auth)])
-    async def models():
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_auth(request)
         return {
             "object": "list",
             "data": [{"id": policy.name, "object": "model", "created": 0, "owned_by": "cloudroute"}],
         }
 
-    # auth is a dependency: it runs before the body is validated (no key, no details about the request)
-    @app.post("/v1/chat/completions", dependencies=[Depends(check_auth)])
-    async def chat(body: ChatRequest):
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
         t0 = time.perf_counter()
+        # auth first, on the event loop (no thread to wait for), before the body is even read: without the key, a
+        # client learns nothing about its request
+        check_auth(request)
+        body = parse_chat_request(await request.body())
         if body.model != policy.name:
             raise ApiError(
                 404,

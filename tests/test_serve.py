@@ -348,12 +348,18 @@ def test_bearer_auth_from_an_environment_variable(model, tok, monkeypatch, caplo
         with pytest.raises(openai.AuthenticationError) as no_key:
             ask(s.client(key="wrong-key"), "What is 1 + 1? (ok)")
         missing = httpx.post(s.url + "/v1/chat/completions", json={"model": "tiny", "messages": []})
+        malformed = httpx.post(
+            s.url + "/v1/chat/completions",
+            content=b'{"model": "tiny", "messages": [',
+            headers={"Authorization": "Bearer wrong", "Content-Type": "application/json"},
+        )
         ok = ask(s.client(key=KEY), "What is 1 + 1? (ok)")
         health = httpx.get(s.url + "/health")
         models = httpx.get(s.url + "/v1/models")
     assert no_key.value.status_code == 401 and "TEST_SERVE_KEY" in no_key.value.body["message"]
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"  # auth comes first
     assert models.status_code == 401
+    assert malformed.status_code == 401 and "JSON" not in malformed.text  # no parse details without the key
     assert extra(ok)["answered_by"] == "device" and health.status_code == 200
     assert KEY not in caplog.text and KEY not in missing.text and KEY not in no_key.value.message
 
