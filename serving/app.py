@@ -204,7 +204,11 @@ def public_cloud_error(a: Answer) -> str | None:
     internals); the server's log has the message, under the request id."""
     if a.cloud_error is None:
         return None
-    return "the cloud could not answer; the device answered instead (the server's log has the cause)"
+    what = {
+        "timeout": "the cloud did not answer within the serving deadline (--cloud-timeout)",
+        "busy": "too many questions were already waiting for the cloud",
+    }.get(a.cloud_error_kind or "", "the cloud could not answer")
+    return f"{what}; the device answered instead (the server's log has the cause)"
 
 
 def extra_of(a: Answer, mode: str) -> dict:
@@ -219,6 +223,7 @@ def extra_of(a: Answer, mode: str) -> dict:
         "cloud_error": public_cloud_error(a),
         "device_text": a.device_text,
         "request_index": a.request_index,
+        "escalation_suppressed": a.escalation_suppressed,
     }
 
 
@@ -342,7 +347,8 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", **policy.info()}
+        cloud = policy.cloud_state()
+        return {"status": "ok" if cloud["state"] == "ready" else "degraded", **policy.info(), "cloud_state": cloud}
 
     @app.get("/metrics")
     async def prometheus():
@@ -396,7 +402,18 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
                 raise ApiError(
                     500, internal_error_message(cid), "server_error", headers={REQUEST_ID_HEADER: cid}
                 ) from None
-            answer = await run_in_threadpool(policy.finish, draft)
+            answer = policy.settle(draft)
+            if answer.awaiting_cloud:  # on the cloud's own threads; this request waits at most the deadline
+                future = policy.ask_cloud(answer)
+                await asyncio.wait({asyncio.wrap_future(future)}, timeout=policy.cloud.timeout_s)
+                policy.resolve(answer, future)
+            if answer.needs_own_answer:  # the second, greedy pass: the device answers with the escalation banned
+                try:
+                    again = await asyncio.wrap_future(state["batcher"].submit(policy.suppressed(req)))
+                except Exception:  # noqa: BLE001 -- the first response, less its tag, is still an answer
+                    log.exception("request %s: the device's second pass failed", cid)
+                    again = None
+                policy.apply_suppressed(answer, again)
         finally:
             policy.close(req)
         if answer.cloud_error is not None:

@@ -13,11 +13,14 @@ import json
 import logging
 import random
 import re
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from envs.query import QueryEnv
@@ -28,6 +31,7 @@ from policies.generation import HFGenerator
 from serving.app import ANSWERED_BY_HEADER, BackgroundServer, ServeOptions, create_app
 from serving.batcher import Batcher
 from serving.budget import SlidingBudget
+from serving.cloud import CloudBusy, CloudTimeout, ServingCloud
 from serving.policy import CollaborativePolicy, PolicyLoadError, find_run_config, served_problem
 
 ESC = "<unknown> I need external assistance </unknown>"
@@ -39,10 +43,16 @@ KEY = "sk-test-a1b2c3d4e5f6g7h8"
 
 class Scripted(LogitsProcessor):
     """Forces the device's response for tagged questions (behaviour injection; untagged questions run free):
-    ``(esc)`` escalates, ``(ok)`` answers \\boxed{7}, ``(query)`` asks ``<query>3*4</query>`` and, once the response is
-    in its context, answers \\boxed{12}."""
+    ``(esc)`` escalates (its second choice, when the tag is banned: \\boxed{8}), ``(ok)`` answers \\boxed{7},
+    ``(query)`` asks ``<query>3*4</query>`` and, once the response is in its context, answers \\boxed{12}.  A turn is
+    a list of alternatives, best first: each next token of an alternative that the response still follows gets a
+    finite logit (0, -1, ...), every other token -inf, so a banned token leaves the next alternative."""
 
-    TURNS = {"(esc)": [ESC], "(ok)": ["7 \\boxed{7}"], "(query)": ["<query>3*4</query>", " so \\boxed{12}"]}
+    TURNS = {
+        "(esc)": [[ESC, "8 \\boxed{8}"]],
+        "(ok)": [["7 \\boxed{7}"]],
+        "(query)": [["<query>3*4</query>"], [" so \\boxed{12}"]],
+    }
 
     def __init__(self, tok):
         self.tok, self.eos = tok, tok.eos_token_id
@@ -67,10 +77,16 @@ class Scripted(LogitsProcessor):
             turns = self.TURNS[tag]
             k = done.count("</response>")
             segment = done.rsplit("</response>", 1)[-1] if k else done
-            target = self.tok(turns[min(k, len(turns) - 1)], add_special_tokens=False)["input_ids"]
-            n = len(self.tok(segment, add_special_tokens=False)["input_ids"]) if segment else 0
+            seg = self.tok(segment, add_special_tokens=False)["input_ids"] if segment else []
+            best = scores[b].clone()
             scores[b] = float("-inf")
-            scores[b, target[n] if n < len(target) else self.eos] = 0.0
+            for rank, alt in enumerate(turns[min(k, len(turns) - 1)]):
+                target = self.tok(alt, add_special_tokens=False)["input_ids"]
+                if target[: len(seg)] == seg:
+                    nxt = target[len(seg)] if len(seg) < len(target) else self.eos
+                    scores[b, nxt] = max(float(scores[b, nxt]), -float(rank))
+            if not bool(torch.isfinite(scores[b]).any()):  # off every script (a banned token): run free
+                scores[b] = best
         return scores
 
 
@@ -90,6 +106,23 @@ class FaultyCloud:
         raise self.error("cloud request failed after 6 attempts; last cause: HTTP 503")
 
 
+class FrozenCloud:
+    """A cloud that hangs (a SIGSTOPped server) until ``release`` is set, then answers as the simulated one."""
+
+    name = "frozen"
+
+    def __init__(self):
+        self.release, self.asked = threading.Event(), []
+
+    def cache_key(self, problem):
+        return f"frozen:{problem.uid}"
+
+    def answer_many(self, problems, on_reply=None):
+        self.asked += [p.question for p in problems]
+        self.release.wait(60)
+        return SimulatedCloud(accuracy=1.0).answer_many(problems)
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -103,7 +136,7 @@ def model(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
 
 
-def make_policy(model, tok, mode="route", cloud=None, budget=None, window=10, scripted=True, max_new_tokens=64):
+def make_policy(model, tok, mode="route", cloud=None, budget=None, window=10, scripted=True, max_new_tokens=64, **kw):
     cloud = cloud or CachedCloud(SimulatedCloud(accuracy=1.0), None)
     env_cls = QueryEnv if mode == "query" else RouteEnv
     env = env_cls("arithmetic", tok, cloud, few_shot=False)
@@ -115,6 +148,7 @@ def make_policy(model, tok, mode="route", cloud=None, budget=None, window=10, sc
         max_new_tokens=max_new_tokens,
         name="tiny",
         logits_processor=LogitsProcessorList([Scripted(tok)]) if scripted else None,
+        **kw,
     )
 
 
@@ -196,7 +230,10 @@ def test_python_api_is_the_same_path_and_keeps_the_budget(model, tok):
     policy = make_policy(model, tok, budget=0.3, window=10)
     answers = policy.ask_many([f"What is {i} + 1? (esc)" for i in range(10)] + ["What is 3 + 4? (ok)"])
     assert [a.answered_by for a in answers] == ["cloud"] * 3 + ["device-over-budget"] * 7 + ["device"]
-    assert answers[0].answer == "1" and answers[5].text == ESC and answers[5].refused_calls == 1
+    assert answers[0].answer == "1" and answers[5].refused_calls == 1
+    # over budget, the device answers itself (the tag banned in a second greedy pass), labelled as such
+    assert answers[5].text == "8 \\boxed{8}" and answers[5].answer == "8" and answers[5].device_text == ESC
+    assert answers[5].escalation_suppressed and not answers[0].escalation_suppressed
     assert policy.budget.state()["window_calls"] == 2  # the last 10 arrivals (1..10) hold two of the three calls
 
 
@@ -375,7 +412,10 @@ def test_a_failing_cloud_returns_the_device_answer_marked(model, tok, error):
         r = raw.parse()
         metrics = httpx.get(s.url + "/metrics").text
     assert raw.status_code == 200 and raw.headers[ANSWERED_BY_HEADER] == "device-cloud-error"
-    assert r.choices[0].message.content == ESC and extra(r)["cloud_calls"] == 0 and faulty.asked == 1
+    # an answer every time: the device's own (the tag banned in a second pass), never the bare tag
+    assert r.choices[0].message.content == "8 \\boxed{8}" and extra(r)["answer"] == "8"
+    assert extra(r)["escalation_suppressed"] and extra(r)["device_text"] == ESC
+    assert extra(r)["cloud_calls"] == 0 and faulty.asked == 1
     assert extra(r)["cloud_error"] and "HTTP 503" not in raw.text  # the cause stays in the server's log
     assert policy.budget.state()["granted"] == 0
     assert metric(metrics, "cloudroute_cloud_errors_total") == 1
@@ -515,6 +555,7 @@ def test_serve_command_refuses_bad_options(tmp_path, capsys):
     assert serve.main(["--model", str(tmp_path / "missing"), "--config", "configs/tiny_test.yaml"]) == 2
     assert "no such directory" in capsys.readouterr().err
     assert serve.main(["--model", "x", "--max-batch", "0"]) == 2 and "--max-batch=0" in capsys.readouterr().err
+    assert serve.main(["--model", "x", "--cloud-timeout", "-1"]) == 2 and "--cloud-timeout" in capsys.readouterr().err
     assert serve.main(["--model", "x", "stray"]) == 2 and "stray" in capsys.readouterr().err
 
 
@@ -568,3 +609,66 @@ def test_remote_device_proxy_gives_the_local_answers(model, tok):
     prompts = {b["prompt"] for b in seen}  # the rows of a batch are sent concurrently: in any order
     assert route_env.prompt(served_problem("What is 3 + 4? (ok)")) in prompts  # the training prompt, as text
     assert any(b.get("stop") == ["</query>"] for b in seen) and {b["model"] for b in seen} == {"tiny"}
+
+
+# --------------------------------------------------------------------------- the cloud off the request path
+
+
+def test_a_frozen_cloud_stalls_nothing_and_every_escalation_gets_the_device_answer(model, tok, monkeypatch):
+    monkeypatch.setenv("TEST_SERVE_KEY", KEY)
+    frozen = FrozenCloud()
+    policy = make_policy(
+        model, tok, cloud=CachedCloud(frozen, None), cloud_timeout_s=3.0, cloud_workers=2, cloud_max_pending=8
+    )
+    shared = "What is 5 * 5? (esc)"
+    questions = [f"What is {i} * 7? (esc)" for i in range(3)] + [shared] * 6
+    with Server(create_app(policy, ServeOptions(api_key_env="TEST_SERVE_KEY", batch_wait_ms=50))) as s:
+        client = s.client(key=KEY, timeout=20)
+        with ThreadPoolExecutor(len(questions)) as pool:
+            t0 = time.perf_counter()
+            pending = [pool.submit(ask, client, q) for q in questions]
+            time.sleep(1.0)  # the escalations now wait on the frozen cloud (2 calls running, 2 queued)
+            t = time.perf_counter()
+            models = client.models.list()
+            models_s = time.perf_counter() - t
+            local = ask(client, "What is 3 + 4? (ok)")
+            local_s = time.perf_counter() - t
+            replies = [f.result() for f in pending]
+            escalated_s = time.perf_counter() - t0
+            health = httpx.get(s.url + "/health").json()  # past the deadline, the calls still hang
+        frozen.release.set()  # the cloud comes back: the calls in flight finish, their answers land in the cache
+        deadline = time.monotonic() + 10
+        while httpx.get(s.url + "/health").json()["cloud_state"]["state"] != "ready" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        again = ask(client, shared)
+        metrics = httpx.get(s.url + "/metrics").text
+    assert [m.id for m in models.data] == ["tiny"] and models_s < 1.0  # auth and /v1/models never wait for the cloud
+    assert extra(local)["answered_by"] == "device" and local_s < 2.0  # nor does a device-only request
+    assert health["status"] == "degraded" and health["cloud_state"]["state"] == "degraded"
+    assert health["cloud_state"]["in_flight"] == 4
+    assert 3.0 <= escalated_s < 10  # the serving deadline, not the backend's minutes
+    for r in replies:  # an answer every time, labelled
+        x = extra(r)
+        assert x["answered_by"] == "device-cloud-error" and x["escalation_suppressed"], x
+        assert r.choices[0].message.content == "8 \\boxed{8}" and "deadline" in x["cloud_error"]
+    assert sorted(frozen.asked) == sorted(set(questions))  # one call per question: the 6 copies shared one
+    assert extra(again)["answered_by"] == "cloud" and frozen.asked.count(shared) == 1  # the late answer, not paid twice
+    assert metric(metrics, "cloudroute_requests_total", '{answered_by="device-cloud-error"}') == len(questions)
+
+
+def test_serving_cloud_refuses_past_its_queue_and_coalesces():
+    frozen = FrozenCloud()
+    cloud = ServingCloud(CachedCloud(frozen, None), workers=1, max_pending=2, timeout_s=0.2)
+    a, b = served_problem("What is 1 + 1?"), served_problem("What is 2 + 2?")
+    futs = cloud.submit([a, b, a]) + cloud.submit([served_problem("What is 3 + 3?")])
+    assert futs[0] is futs[2] and cloud.state()["coalesced"] == 1
+    with pytest.raises(CloudBusy):
+        futs[3].result(1)
+    with pytest.raises(CloudTimeout, match="0.2s"):
+        cloud.answer_many([a])
+    assert cloud.timed_out() and cloud.state()["state"] == "degraded"
+    frozen.release.set()
+    assert futs[0].result(5).text and futs[1].result(5).text
+    assert cloud.answer_many([a, b])[0].cached and cloud.state()["state"] == "ready"
+    assert frozen.asked == ["What is 1 + 1?", "What is 2 + 2?"]
+    cloud.close()
