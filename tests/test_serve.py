@@ -672,3 +672,27 @@ def test_serving_cloud_refuses_past_its_queue_and_coalesces():
     assert cloud.answer_many([a, b])[0].cached and cloud.state()["state"] == "ready"
     assert frozen.asked == ["What is 1 + 1?", "What is 2 + 2?"]
     cloud.close()
+
+
+def test_cloud_log_lines_count_their_own_call_under_concurrency(caplog):
+    """A slow call's log line counts its own answers, not those other threads received meanwhile."""
+
+    class SlowForOne(FrozenCloud):
+        def answer_many(self, problems, on_reply=None):
+            if problems[0].question == "What is 1 + 1?":
+                return super().answer_many(problems)
+            return SimulatedCloud(accuracy=1.0).answer_many(problems)
+
+    slow_cloud = SlowForOne()
+    cached = CachedCloud(slow_cloud, None)
+    caplog.set_level(logging.INFO, logger="policies.cloud.cache")
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(cached.answer_many, [served_problem("What is 1 + 1?")])
+        while not slow_cloud.asked:
+            time.sleep(0.01)
+        cached.answer_many([served_problem(f"What is {i} + 2?") for i in range(8)])  # while the slow one waits
+        slow_cloud.release.set()
+        slow.result(10)
+    lines = [r.getMessage() for r in caplog.records if " asked" in r.getMessage()]
+    counts = [tuple(map(int, re.search(r"(\d+) asked.*?, (\d+) new answers", line).groups())) for line in lines]
+    assert sorted(counts) == [(1, 1), (8, 8)], lines
