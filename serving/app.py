@@ -129,6 +129,48 @@ class ChatRequest(BaseModel):
     n: int | None = Field(None, ge=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+
+
+# OpenAI options this server cannot honour: a request that sets one gets a 400 naming it, not silence
+UNSUPPORTED = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "audio",
+    "modalities",
+    "prediction",
+    "web_search_options",
+)
+
+
+def unsupported_options(body: ChatRequest) -> list[str]:
+    """The options of ``UNSUPPORTED`` that ``body`` sets to something other than their default (unset, null,
+    false, 0, empty, ``response_format`` of type text)."""
+    extra = body.model_extra or {}
+    out = []
+    for name in UNSUPPORTED:
+        v = extra.get(name)
+        if v in (None, False, 0, [], {}, "none") or (name == "response_format" and v == {"type": "text"}):
+            continue
+        out.append(name)
+    return out
+
+
+def stops_of(body: ChatRequest) -> list[str]:
+    """``stop`` as a list (at most 4 non-empty strings, as OpenAI allows)."""
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stops) > 4 or not all(stops):
+        raise ApiError(400, "stop: give at most 4 non-empty strings", param="stop")
+    return stops
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
@@ -376,6 +418,16 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
                 param="model",
                 code="model_not_found",
             )
+        bad = unsupported_options(body)
+        if bad:
+            raise ApiError(
+                400,
+                f"{', '.join(bad)}: not supported by this server (it answers math questions with text; no tools, "
+                "structured output, log-probabilities or penalties); leave them out",
+                param=bad[0],
+                code="unsupported_parameter",
+            )
+        stops = stops_of(body)
         if (body.n or 1) != 1:
             raise ApiError(400, f"n={body.n}: this server returns one choice per request; send n=1", param="n")
         question = question_of(body.messages)
@@ -416,6 +468,7 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
                 policy.apply_suppressed(answer, again)
         finally:
             policy.close(req)
+        policy.cut_at_stop(answer, stops)
         if answer.cloud_error is not None:
             log.warning("request %s: the cloud failed, the device answered: %s", cid, answer.cloud_error)
         metrics.observe(answer, time.perf_counter() - t0)

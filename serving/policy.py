@@ -584,6 +584,19 @@ class CollaborativePolicy:
             "budget": self.budget.state() if self.budget is not None else None,
         }
 
+    def cut_at_stop(self, a: Answer, stops: list[str]) -> Answer:
+        """OpenAI's ``stop``: the reply ends before the first of ``stops`` it holds (finish_reason stop), and its
+        answer is what is left.  Applied to the finished reply: the device still generates to its own end (its
+        escalation decision reads the whole response), so stop strings save no device time."""
+        cuts = [a.text.find(x) for x in stops if x and x in a.text]
+        if cuts:
+            a.text = a.text[: min(cuts)]
+            a.finish_reason = "stop"
+            a.answer = extract_answer(
+                device_text(a.text) if self.mode == "query" and a.answered_by != CLOUD else a.text
+            )
+        return a
+
     def cloud_state(self) -> dict:
         """The cloud's state for ``/health`` (serving/cloud.py: ready or degraded)."""
         return self.cloud.state()

@@ -696,3 +696,36 @@ def test_cloud_log_lines_count_their_own_call_under_concurrency(caplog):
     lines = [r.getMessage() for r in caplog.records if " asked" in r.getMessage()]
     counts = [tuple(map(int, re.search(r"(\d+) asked.*?, (\d+) new answers", line).groups())) for line in lines]
     assert sorted(counts) == [(1, 1), (8, 8)], lines
+
+
+# --------------------------------------------------------------------------- the OpenAI surface
+
+
+def test_stop_and_max_tokens_are_honoured_and_unsupported_options_refused(model, tok):
+    policy = make_policy(model, tok)
+    good = {"model": "tiny", "messages": [{"role": "user", "content": "What is 6 + 1? (ok)"}]}
+    with Server(create_app(policy)) as s:
+        client = s.client()
+        stopped = ask(client, "What is 6 + 1? (ok)", stop=[" \\", "zz"])
+        short = ask(client, "What is 6 + 1? (ok)", max_tokens=3)
+        refused = {
+            name: httpx.post(s.url + "/v1/chat/completions", json={**good, name: value})
+            for name, value in [
+                ("tools", [{"type": "function", "function": {"name": "f"}}]),
+                ("response_format", {"type": "json_object"}),
+                ("logprobs", True),
+                ("logit_bias", {"5": 10}),
+            ]
+        }
+        accepted = httpx.post(
+            s.url + "/v1/chat/completions",
+            json={**good, "logprobs": False, "response_format": {"type": "text"}, "user": "u1"},
+        )
+        too_many = httpx.post(s.url + "/v1/chat/completions", json={**good, "stop": ["a", "b", "c", "d", "e"]})
+    assert stopped.choices[0].message.content == "7" and stopped.choices[0].finish_reason == "stop"
+    assert short.choices[0].message.content == "7 \\boxed" and short.choices[0].finish_reason == "length"
+    assert short.usage.model_dump()["device_completion_tokens"] == 3
+    for name, r in refused.items():
+        assert r.status_code == 400 and name in r.json()["error"]["message"], (name, r.text)
+        assert r.json()["error"]["param"] == name and r.json()["error"]["code"] == "unsupported_parameter"
+    assert accepted.status_code == 200 and too_many.status_code == 400
