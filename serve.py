@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         "its tokenizer and the run's config",
     )
     ap.add_argument("--device-model", default=None, help="--device-url: the model name that server serves")
+    ap.add_argument(
+        "--cloud-timeout",
+        type=float,
+        default=30.0,
+        help="serving deadline of a cloud call in seconds: past it the device answers (escalation suppressed, "
+        "labelled device-cloud-error) while the call finishes in the background into the cache; 0: none",
+    )
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
     return ap
 
@@ -104,6 +111,8 @@ def main(argv=None) -> int:
         for k, v in (("port", args.port), ("max_batch", args.max_batch), ("budget_window", args.budget_window))
         if v < 1
     ]
+    if not args.cloud_timeout >= 0:
+        bad.append(f"--cloud-timeout={args.cloud_timeout} (give 0 or more seconds)")
     if args.batch_wait_ms < 0:
         bad.append(f"--batch-wait-ms={args.batch_wait_ms} (give 0 or more)")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
@@ -132,6 +141,7 @@ def main(argv=None) -> int:
             name=args.name,
             device_url=args.device_url,
             device_model=args.device_model,
+            cloud_timeout_s=args.cloud_timeout or None,
         )
     except (PolicyLoadError, ModelNotFoundError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

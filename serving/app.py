@@ -25,7 +25,10 @@ answer is known: in route mode only the end of the device's response says whethe
 Auth: with ``ServeOptions.api_key_env`` naming a set environment variable, ``/v1/*`` needs ``Authorization: Bearer
 <that key>`` (``/health`` and ``/metrics`` stay open); the key is never logged.  Errors use OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed request (the message names the field and
-the fix), 401 for a missing or wrong key, 404 for an unknown model, 500 if the device model fails.
+the fix), 401 for a missing or wrong key, 404 for an unknown model, 400 ``context_length_exceeded`` for a question
+longer than the device's context less the generation's room (before it joins a batch), 500 if the device model fails
+on this request alone (a failing batch is split until the request that fails is found: its batch-mates are answered).
+A 500 carries no exception text, only a request id (``X-Request-Id``) under which the server's log has the details.
 """
 
 from __future__ import annotations
@@ -44,20 +47,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.batcher import Batcher
 from serving.metrics import ServerMetrics
-from serving.policy import Answer, CollaborativePolicy
+from serving.policy import Answer, CollaborativePolicy, PromptTooLong
 
 log = logging.getLogger(__name__)
 
 ANSWERED_BY_HEADER = "X-Cloudroute-Answered-By"
+REQUEST_ID_HEADER = "X-Request-Id"
 
 
 @dataclass
@@ -73,9 +77,21 @@ class ServeOptions:
 class ApiError(Exception):
     """An error answered in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None):
+    def __init__(
+        self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None, headers=None
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = dict(headers or {})
+
+
+def internal_error_message(request_id: str) -> str:
+    """The 500's message: no exception text (it can hold allocator or library internals), the request id to find
+    the details in the server's log."""
+    return (
+        f"the server failed to answer this request (request id {request_id}); its log has the details under that id. "
+        "Other requests are not affected: retry, or report the id"
+    )
 
 
 def error_response(status: int, message: str, type_: str, param=None, code=None, headers=None) -> JSONResponse:
@@ -113,6 +129,56 @@ class ChatRequest(BaseModel):
     n: int | None = Field(None, ge=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+
+
+# OpenAI options this server cannot honour: a request that sets one gets a 400 naming it, not silence
+UNSUPPORTED = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "audio",
+    "modalities",
+    "prediction",
+    "web_search_options",
+)
+
+
+def unsupported_options(body: ChatRequest) -> list[str]:
+    """The options of ``UNSUPPORTED`` that ``body`` sets to something other than their default (unset, null,
+    false, 0, empty, ``response_format`` of type text)."""
+    extra = body.model_extra or {}
+    out = []
+    for name in UNSUPPORTED:
+        v = extra.get(name)
+        if v in (None, False, 0, [], {}, "none") or (name == "response_format" and v == {"type": "text"}):
+            continue
+        out.append(name)
+    return out
+
+
+def stops_of(body: ChatRequest) -> list[str]:
+    """``stop`` as a list (at most 4 non-empty strings, as OpenAI allows)."""
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stops) > 4 or not all(stops):
+        raise ApiError(400, "stop: give at most 4 non-empty strings", param="stop")
+    return stops
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """The request body as a ``ChatRequest``; its JSON or schema errors as FastAPI's (answered as a 400)."""
+    try:
+        return ChatRequest.model_validate_json(raw or b"")
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
 
 
 def question_of(messages: list[ChatMessage]) -> str:
@@ -175,6 +241,18 @@ def usage_of(a: Answer) -> dict:
     }
 
 
+def public_cloud_error(a: Answer) -> str | None:
+    """What a client learns of a cloud failure: that it happened, not the backend's message (its URL, its
+    internals); the server's log has the message, under the request id."""
+    if a.cloud_error is None:
+        return None
+    what = {
+        "timeout": "the cloud did not answer within the serving deadline (--cloud-timeout)",
+        "busy": "too many questions were already waiting for the cloud",
+    }.get(a.cloud_error_kind or "", "the cloud could not answer")
+    return f"{what}; the device answered instead (the server's log has the cause)"
+
+
 def extra_of(a: Answer, mode: str) -> dict:
     return {
         "answered_by": a.answered_by,
@@ -184,9 +262,10 @@ def extra_of(a: Answer, mode: str) -> dict:
         "cloud_calls": a.cloud_calls,
         "queries": a.queries,
         "refused_calls": a.refused_calls,
-        "cloud_error": a.cloud_error,
+        "cloud_error": public_cloud_error(a),
         "device_text": a.device_text,
         "request_index": a.request_index,
+        "escalation_suppressed": a.escalation_suppressed,
     }
 
 
@@ -264,8 +343,15 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
         metrics.error(exc.status)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {**exc.headers, **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
         return error_response(exc.status, exc.message, exc.type, exc.param, exc.code, headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):  # a bug: the client gets no exception text, the log gets it all
+        rid = f"err-{uuid.uuid4().hex}"
+        log.error("request %s to %s failed", rid, request.url.path, exc_info=exc)
+        metrics.error(500)
+        return error_response(500, internal_error_message(rid), "server_error", headers={REQUEST_ID_HEADER: rid})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -303,23 +389,28 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", **policy.info()}
+        cloud = policy.cloud_state()
+        return {"status": "ok" if cloud["state"] == "ready" else "degraded", **policy.info(), "cloud_state": cloud}
 
     @app.get("/metrics")
     async def prometheus():
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.get("/v1/models", dependencies=[Depends(check_auth)])
-    async def models():
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_auth(request)
         return {
             "object": "list",
             "data": [{"id": policy.name, "object": "model", "created": 0, "owned_by": "cloudroute"}],
         }
 
-    # auth is a dependency: it runs before the body is validated (no key, no details about the request)
-    @app.post("/v1/chat/completions", dependencies=[Depends(check_auth)])
-    async def chat(body: ChatRequest):
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
         t0 = time.perf_counter()
+        # auth first, on the event loop (no thread to wait for), before the body is even read: without the key, a
+        # client learns nothing about its request
+        check_auth(request)
+        body = parse_chat_request(await request.body())
         if body.model != policy.name:
             raise ApiError(
                 404,
@@ -327,6 +418,16 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
                 param="model",
                 code="model_not_found",
             )
+        bad = unsupported_options(body)
+        if bad:
+            raise ApiError(
+                400,
+                f"{', '.join(bad)}: not supported by this server (it answers math questions with text; no tools, "
+                "structured output, log-probabilities or penalties); leave them out",
+                param=bad[0],
+                code="unsupported_parameter",
+            )
+        stops = stops_of(body)
         if (body.n or 1) != 1:
             raise ApiError(400, f"n={body.n}: this server returns one choice per request; send n=1", param="n")
         question = question_of(body.messages)
@@ -340,19 +441,38 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
             )
         temperature = 0.0 if body.temperature is None else body.temperature
         top_p = 1.0 if body.top_p is None else body.top_p
-        req = policy.request(question, max_new, temperature, top_p)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        try:  # tokenising a long question takes a while: off the event loop
+            req = await run_in_threadpool(policy.request, question, max_new, temperature, top_p)
+        except PromptTooLong as e:
+            raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
         try:
             try:
                 draft = await asyncio.wrap_future(state["batcher"].submit(req))
-            except Exception as e:  # noqa: BLE001 -- the device model failed: a 500 in OpenAI's shape
-                log.exception("device generation failed")
-                raise ApiError(500, f"the device model failed: {type(e).__name__}: {e}", "server_error") from None
-            answer = await run_in_threadpool(policy.finish, draft)
+            except Exception:  # noqa: BLE001 -- the device model failed on this request alone (the batcher bisects)
+                log.exception("request %s: the device model failed", cid)
+                raise ApiError(
+                    500, internal_error_message(cid), "server_error", headers={REQUEST_ID_HEADER: cid}
+                ) from None
+            answer = policy.settle(draft)
+            if answer.awaiting_cloud:  # on the cloud's own threads; this request waits at most the deadline
+                future = policy.ask_cloud(answer)
+                await asyncio.wait({asyncio.wrap_future(future)}, timeout=policy.cloud.timeout_s)
+                policy.resolve(answer, future)
+            if answer.needs_own_answer:  # the second, greedy pass: the device answers with the escalation banned
+                try:
+                    again = await asyncio.wrap_future(state["batcher"].submit(policy.suppressed(req)))
+                except Exception:  # noqa: BLE001 -- the first response, less its tag, is still an answer
+                    log.exception("request %s: the device's second pass failed", cid)
+                    again = None
+                policy.apply_suppressed(answer, again)
         finally:
             policy.close(req)
+        policy.cut_at_stop(answer, stops)
+        if answer.cloud_error is not None:
+            log.warning("request %s: the cloud failed, the device answered: %s", cid, answer.cloud_error)
         metrics.observe(answer, time.perf_counter() - t0)
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        headers = {ANSWERED_BY_HEADER: answer.answered_by}
+        headers = {ANSWERED_BY_HEADER: answer.answered_by, REQUEST_ID_HEADER: cid}
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(

@@ -8,8 +8,10 @@ One worker thread owns the device model.  It takes the first waiting item, then 
 items are in or ``wait_ms`` has passed since that first item, and runs them as one call of ``fn(items) ->
 results`` (``CollaborativePolicy.draft_many``: one batched ``HFGenerator.extend`` per round).  Requests that arrive
 while a batch runs wait for the next one, so under load the batches fill up by themselves and the wait window only
-matters when the server is quiet.  An exception in ``fn`` fails every item of that batch (the server answers each
-with a 500), never the worker.
+matters when the server is quiet.  When ``fn`` raises for a batch, its two halves are run again apart, and so on
+down to single items: only an item that fails alone gets the exception (the server answers it with a 500), its
+batch-mates get their results, and the worker lives on.  A batch with one bad item of n costs about 2·log2(n) extra
+calls.
 """
 
 from __future__ import annotations
@@ -71,17 +73,35 @@ class Batcher:
             batch = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
             if not batch:
                 continue
-            try:
-                results = self.fn([item for item, _ in batch])
-            except BaseException as e:  # noqa: BLE001 -- handed to every waiting request
-                log.exception("a device batch of %d failed", len(batch))
-                for _, fut in batch:
-                    fut.set_exception(e)
-                continue
-            for (_, fut), res in zip(batch, results):
-                fut.set_result(res)
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
+            self._run(batch)
+
+    def _run(self, batch: list) -> None:
+        """``fn`` over ``batch``; on an exception, each half again apart (see the module docstring)."""
+        try:
+            results = self.fn([item for item, _ in batch])
+        except Exception as e:  # noqa: BLE001 -- isolated by bisection, then handed to the item that fails alone
+            if len(batch) == 1:
+                log.exception("a device request failed on its own")
+                batch[0][1].set_exception(e)
+                return
+            log.warning(
+                "a device batch of %d failed (%s: %s); running its halves apart to find the request that fails",
+                len(batch),
+                type(e).__name__,
+                e,
+            )
+            half = len(batch) // 2
+            self._run(batch[:half])
+            self._run(batch[half:])
+            return
+        except BaseException as e:  # noqa: BLE001 -- KeyboardInterrupt and the like: every waiting request gets it
+            for _, fut in batch:
+                fut.set_exception(e)
+            raise
+        for (_, fut), res in zip(batch, results):
+            fut.set_result(res)
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish the queued items, then stop the worker."""

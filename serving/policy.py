@@ -35,26 +35,73 @@ import json
 import logging
 import os
 import threading
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field, replace
+
+from transformers import LogitsProcessorList
 
 from core.problem import Problem
 from envs.base import env_class_for
 from envs.format import split_escalation
 from envs.query import QUERY_CLOSE, QueryRow, device_text, run_query_turns
 from policies.calculator import answer_query
-from policies.cloud import CloudError
 from policies.generation import HFGenerator
 from rewards.math_grader import extract_answer
 from serving.budget import SlidingBudget
+from serving.cloud import CloudBusy, CloudTimeout, ServingCloud
 
 log = logging.getLogger(__name__)
 
 DEVICE, CLOUD, OVER_BUDGET, CLOUD_ERROR = "device", "cloud", "device-over-budget", "device-cloud-error"
 ANSWERED_BY = (DEVICE, CLOUD, OVER_BUDGET, CLOUD_ERROR)
+ESCALATION_TAG = "<unknown>"
+NO_ANSWER_TEXT = "I could not answer this question."  # the last resort when even the second pass writes only the tag
+
+
+class BanTokens:
+    """A logits processor that bans ``token_ids`` (their logits to -inf): the second pass bans the first token of the
+    escalation tag, so the device answers on its own.  ``logit_bias``: the same ban for an OpenAI-compatible device
+    server (serving/remote.py sends it as the request's ``logit_bias``)."""
+
+    def __init__(self, token_ids):
+        self.token_ids = sorted(set(int(t) for t in token_ids))
+        self.logit_bias = {t: -100 for t in self.token_ids}
+
+    def __call__(self, input_ids, scores):
+        scores[:, self.token_ids] = float("-inf")
+        return scores
+
+
+def escalation_token_ids(tokenizer) -> list[int]:
+    """The first token of the escalation tag as the device can write it (alone or after a space): the token that
+    starts ``<unknown>``."""
+    out = set()
+    for text in (ESCALATION_TAG, " " + ESCALATION_TAG):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if ids and "<" in tokenizer.decode(ids[:1]):
+            out.add(ids[0])
+    return sorted(out)
 
 
 class PolicyLoadError(ValueError):
     """The policy cannot be loaded as asked; the message says what to pass instead."""
+
+
+class PromptTooLong(ValueError):
+    """A question whose training prompt, plus the room its generation needs, does not fit the device model's context.
+    Refused before it joins a batch: one such row would make the whole batch allocate for its length."""
+
+
+RESPONSE_TAG_TOKENS = 16  # room kept per inserted query-mode response for its <response></response> tags
+
+
+def context_tokens_of(generator) -> int | None:
+    """The device model's context in tokens: ``generator.context_tokens`` when it says (a remote device), else the
+    transformers config's ``max_position_embeddings``; None when unknown (no check)."""
+    n = getattr(generator, "context_tokens", None)
+    if n is None:
+        n = getattr(getattr(getattr(generator, "model", None), "config", None), "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
 
 
 @dataclass
@@ -66,6 +113,7 @@ class Request:
     temperature: float = 0.0
     top_p: float = 1.0
     seq: int | None = None  # SlidingBudget.open(); None = no budget
+    suppress_escalation: bool = False  # the second, greedy pass: the <unknown> tag banned, no cloud calls
 
 
 @dataclass
@@ -106,6 +154,14 @@ class Answer:
     cloud_prompt_tokens: int = 0
     cloud_completion_tokens: int = 0
     request_index: int | None = None  # the request's place in the budget's arrival order
+    escalation_suppressed: bool = False  # the device escalated, the cloud did not answer: ``text`` is its own answer
+    cloud_error_kind: str | None = None  # timeout (the serving deadline), busy (too many in flight), failed
+    awaiting_cloud: bool = False  # granted a cloud call that ``resolve`` has not settled yet
+
+    @property
+    def needs_own_answer(self) -> bool:
+        """The device escalated and the cloud did not answer: it must answer with the escalation suppressed."""
+        return self.escalated and not self.escalation_suppressed and self.answered_by in (OVER_BUDGET, CLOUD_ERROR)
 
 
 def served_problem(question: str) -> Problem:
@@ -164,7 +220,13 @@ class CollaborativePolicy:
         max_response_tokens: int = 64,
         name: str = "cloudroute-device",
         logits_processor=None,
+        cloud_timeout_s: float | None = 30.0,
+        cloud_workers: int = 8,
+        cloud_max_pending: int = 64,
     ):
+        if not isinstance(cloud, ServingCloud):  # the cloud off the request path (serving/cloud.py)
+            cloud = ServingCloud(cloud, cloud_workers, cloud_max_pending, cloud_timeout_s)
+        env.cloud = cloud  # query-mode queries go through it too (deadline, coalescing)
         self.env, self.generator, self.cloud, self.budget = env, generator, cloud, budget
         self.tokenizer = env.tokenizer
         self.mode = env.name  # route | query
@@ -176,6 +238,8 @@ class CollaborativePolicy:
         self.name, self.logits_processor = name, logits_processor
         self._device_lock = threading.Lock()  # one device pass at a time (the model is not re-entrant)
         self._prompt_cache: dict[str, list[int]] = {}
+        self.context_tokens = context_tokens_of(generator)
+        self.ban_escalation = BanTokens(escalation_token_ids(self.tokenizer))
 
     # ------------------------------------------------------------------ loading
 
@@ -194,6 +258,7 @@ class CollaborativePolicy:
         name: str | None = None,
         device_url: str | None = None,
         device_model: str | None = None,
+        cloud_timeout_s: float | None = 30.0,
     ) -> CollaborativePolicy:
         """A trained policy from its checkpoint.
 
@@ -205,7 +270,8 @@ class CollaborativePolicy:
         of the cloud's answers ("" = ``cloud.cache_file`` or ``~/.cache/cloudroute/serve_cloud_cache.sqlite``, None =
         no file).  ``max_new_tokens``: device tokens per answer (default: ``train.eval_max_new_tokens``).
         ``device_url``: an OpenAI-compatible server that serves the device model (``model`` then only gives the
-        tokenizer and config; serving/remote.py); ``device_model``: its model name there."""
+        tokenizer and config; serving/remote.py); ``device_model``: its model name there.  ``cloud_timeout_s``: the
+        serving deadline of a cloud call (serving/cloud.py), after which the device answers; None: no deadline."""
         from policies.device import load_device_model, load_tokenizer, resolve_model_path
         from settings import ConfigError, load_config
 
@@ -267,6 +333,7 @@ class CollaborativePolicy:
             max_queries=cfg.rl.max_queries,
             max_response_tokens=cfg.rl.max_response_tokens,
             name=name or default_name(mcfg.name_or_path),
+            cloud_timeout_s=cloud_timeout_s,
         )
 
     # ------------------------------------------------------------------ the notebook API
@@ -282,10 +349,16 @@ class CollaborativePolicy:
         top_p: float = 1.0,
         max_new_tokens: int | None = None,
     ) -> list[Answer]:
-        """Answer every question: one batched device pass, then the escalations within the budget."""
+        """Answer every question: one batched device pass, the escalations within the budget, then one batched
+        greedy pass with the escalation suppressed for those the cloud did not answer."""
         reqs = [self.request(q, max_new_tokens, temperature, top_p) for q in questions]
         try:
-            return [self.finish(d) for d in self.draft_many(reqs)]
+            answers = [self.finish(d) for d in self.draft_many(reqs)]
+            again = [(a, r) for a, r in zip(answers, reqs) if a.needs_own_answer]
+            if again:
+                for (a, _), d in zip(again, self.draft_many([self.suppressed(r) for _, r in again])):
+                    self.apply_suppressed(a, d)
+            return answers
         finally:
             for r in reqs:
                 self.close(r)
@@ -296,8 +369,31 @@ class CollaborativePolicy:
         """A ``Request`` registered with the budget (call ``close`` once it is answered)."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty: send the problem as the last user message")
+        max_new_tokens = max_new_tokens or self.max_new_tokens
+        self.check_fits(question, max_new_tokens)
         seq = self.budget.open() if self.budget is not None else None
-        return Request(question, max_new_tokens or self.max_new_tokens, temperature, top_p, seq)
+        return Request(question, max_new_tokens, temperature, top_p, seq)
+
+    def reserved_tokens(self, max_new_tokens: int) -> int:
+        """Context a generation may fill after its prompt: the device's ``max_new_tokens`` and, in query mode, the
+        cloud's inserted responses (``rl.max_queries`` of at most ``rl.max_response_tokens`` each, plus tags)."""
+        if self.mode != "query":
+            return max_new_tokens
+        return max_new_tokens + self.max_queries * ((self.max_response_tokens or 256) + RESPONSE_TAG_TOKENS)
+
+    def check_fits(self, question: str, max_new_tokens: int) -> int:
+        """The prompt's length in tokens; ``PromptTooLong`` (naming the limit) when the prompt plus
+        ``reserved_tokens`` would pass the device model's context."""
+        ids = self.prompt_ids(question)
+        if self.context_tokens is not None:
+            room = self.context_tokens - self.reserved_tokens(max_new_tokens)
+            if len(ids) > room:
+                raise PromptTooLong(
+                    f"the question takes {len(ids)} tokens in the device's prompt, over the limit of {room}: the "
+                    f"model's context is {self.context_tokens} tokens and {self.context_tokens - room} are kept for "
+                    "the answer. Send a shorter question (or a smaller max_tokens)."
+                )
+        return len(ids)
 
     def close(self, request: Request) -> None:
         if self.budget is not None and request.seq is not None:
@@ -308,7 +404,7 @@ class CollaborativePolicy:
         ids = self._prompt_cache.get(question)
         if ids is None:
             ids = self.tokenizer(self.env.prompt(served_problem(question)), add_special_tokens=False)["input_ids"]
-            if len(self._prompt_cache) < 4096:
+            if len(self._prompt_cache) < 4096 and (self.context_tokens is None or len(ids) <= self.context_tokens):
                 self._prompt_cache[question] = ids
         return ids
 
@@ -323,29 +419,54 @@ class CollaborativePolicy:
         """The device's responses, batched (requests with the same sampling share ``extend`` calls); in query mode
         with the cloud's replies to their queries, round by round (envs/query.py: ``run_query_turns``, the loop the
         training rollouts run)."""
-        drafts = [Draft(self.prompt_ids(r.question), r.max_new_tokens, self.max_queries, request=r) for r in requests]
+        drafts = [
+            Draft(
+                self.prompt_ids(r.question),
+                r.max_new_tokens,
+                0 if r.suppress_escalation else self.max_queries,
+                request=r,
+            )
+            for r in requests
+        ]
         groups: dict[tuple, list[Draft]] = {}
         for d in drafts:
-            groups.setdefault((d.request.temperature, d.request.top_p), []).append(d)
+            r = d.request
+            groups.setdefault((r.temperature, r.top_p, r.suppress_escalation), []).append(d)
         with self._device_lock:
-            for (temperature, top_p), group in groups.items():
-                run_query_turns(
-                    self.env,
-                    self.generator,
-                    group,
-                    temperature,
-                    top_p,
-                    stop=QUERY_CLOSE if self.mode == "query" else None,
-                    grant=lambda d: self._grant(d.request),
-                    refund=lambda d: self._refund(d.request),
-                    logits_processor=self.logits_processor,
-                    config_errors_raise=False,
-                )
+            try:
+                self._run_groups(groups)
+            except Exception:  # the batch failed: give back the calls its answered queries were granted
+                for d in drafts:
+                    for _ in d.queries:
+                        self._refund(d.request)
+                raise
         return drafts
 
-    def finish(self, draft: Draft) -> Answer:
-        """The answer to a drafted request: the device's, or the cloud's when the device escalated and the budget
-        grants the call.  Calls the cloud (it may block): the server runs it outside the device's batch."""
+    def _run_groups(self, groups: dict[tuple, list[Draft]]) -> None:
+        for (temperature, top_p, suppress), group in groups.items():
+            processors = list(self.logits_processor or []) + ([self.ban_escalation] if suppress else [])
+            run_query_turns(
+                self.env,
+                self.generator,
+                group,
+                temperature,
+                top_p,
+                stop=QUERY_CLOSE if self.mode == "query" else None,
+                grant=lambda d: self._grant(d.request),
+                refund=self._refund_query,
+                logits_processor=LogitsProcessorList(processors) if processors else None,
+                config_errors_raise=False,
+            )
+
+    def _refund_query(self, draft: Draft) -> None:
+        """A query the cloud did not answer gives its call back, unless it passed the deadline: that call goes on and
+        may still be answered (and paid), so it keeps counting."""
+        if not self.cloud.timed_out():
+            self._refund(draft.request)
+
+    def settle(self, draft: Draft) -> Answer:
+        """The device's answer to a drafted request; when it escalated, the budget is asked: a granted call leaves
+        ``awaiting_cloud`` set (``resolve`` settles it), a refused one marks it over budget.  Never calls the cloud."""
         req = draft.request
         text = self.tokenizer.decode(draft.ids, skip_special_tokens=True)
         wants, own = split_escalation(text)
@@ -361,6 +482,7 @@ class CollaborativePolicy:
             queries=list(draft.queries),
             refused_calls=draft.budget_refused,
             cloud_error=draft.cloud_error,
+            cloud_error_kind=None if draft.cloud_error is None else "failed",
             finish_reason="length" if draft.reason == "length" else "stop",
             device_prompt_tokens=len(draft.prompt_ids),
             device_completion_tokens=draft.device_tokens,
@@ -370,25 +492,85 @@ class CollaborativePolicy:
         )
         if wants:
             if self._grant(req):
-                try:
-                    reply = self.cloud.answer_many([served_problem(req.question)])[0]
-                except CloudError as e:
-                    self._refund(req)
-                    a.cloud_error = str(e)
-                    log.warning("cloud failed for an escalated request; the device's answer is returned: %s", e)
-                else:
-                    a.text, a.cloud_text, a.answered_by, a.finish_reason = reply.text, reply.text, CLOUD, "stop"
-                    a.answer = extract_answer(reply.text)
-                    a.cloud_calls += 1
-                    a.cloud_prompt_tokens += reply.prompt_tokens
-                    a.cloud_completion_tokens += reply.completion_tokens
-                    return a
-            else:
-                a.refused_calls += 1
+                a.awaiting_cloud = True
+                return a
+            a.refused_calls += 1
+        self._label(a)
+        return a
+
+    def _label(self, a: Answer) -> None:
         if a.cloud_error is not None:
             a.answered_by = CLOUD_ERROR
         elif a.refused_calls:
             a.answered_by = OVER_BUDGET
+
+    def ask_cloud(self, a: Answer):
+        """The future of the cloud's reply to an escalated ``a`` (serving/cloud.py: never blocks)."""
+        return self.cloud.submit([served_problem(a.question)])[0]
+
+    def resolve(self, a: Answer, future) -> Answer:
+        """Settle ``a``'s granted cloud call from ``future`` (done, or not: the deadline passed).  A failed call is
+        given back to the budget; one past the deadline keeps counting (it may still be answered and paid) unless
+        it fails later."""
+        seq = a.request_index
+        a.awaiting_cloud = False
+        if not future.done():
+            self.cloud.note_timeout()
+            a.cloud_error = f"the cloud did not answer within the serving deadline of {self.cloud.timeout_s:g}s"
+            a.cloud_error_kind = "timeout"
+            future.add_done_callback(lambda f: f.exception() is not None and self._refund_seq(seq))
+        elif future.exception() is not None:
+            e = future.exception()
+            self._refund_seq(seq)
+            a.cloud_error = str(e)
+            a.cloud_error_kind = (
+                "busy" if isinstance(e, CloudBusy) else "timeout" if isinstance(e, CloudTimeout) else "failed"
+            )
+        else:
+            reply = future.result()
+            a.text, a.cloud_text, a.answered_by, a.finish_reason = reply.text, reply.text, CLOUD, "stop"
+            a.answer = extract_answer(reply.text)
+            a.cloud_calls += 1
+            a.cloud_prompt_tokens += reply.prompt_tokens
+            a.cloud_completion_tokens += reply.completion_tokens
+            return a
+        log.warning("cloud failed for an escalated request; the device answers: %s", a.cloud_error)
+        self._label(a)
+        return a
+
+    def _refund_seq(self, seq: int | None) -> None:
+        if self.budget is not None and seq is not None:
+            self.budget.refund(seq)
+
+    def finish(self, draft: Draft) -> Answer:
+        """``settle``, then the cloud (waiting at most the serving deadline) when the device escalated and the
+        budget grants the call.  Blocks on the cloud: the server awaits ``ask_cloud``'s future instead."""
+        a = self.settle(draft)
+        if a.awaiting_cloud:
+            future = self.ask_cloud(a)
+            wait_futures([future], timeout=self.cloud.timeout_s)
+            self.resolve(a, future)
+        return a
+
+    def suppressed(self, request: Request) -> Request:
+        """The second pass of ``request``: greedy, the escalation tag banned, no cloud calls, the same budget slot."""
+        return replace(request, temperature=0.0, top_p=1.0, suppress_escalation=True)
+
+    def apply_suppressed(self, a: Answer, draft: Draft | None) -> Answer:
+        """``a`` answered by the second pass's ``draft`` (None: it failed): its own answer, still labelled
+        over budget or cloud error, with ``escalation_suppressed``.  The bare tag is never the reply: whatever
+        the device wrote before it, else ``NO_ANSWER_TEXT``."""
+        a.escalation_suppressed = True
+        if draft is not None:
+            text = self.tokenizer.decode(draft.ids, skip_special_tokens=True)
+            a.device_completion_tokens += draft.device_tokens
+            a.finish_reason = "length" if draft.reason == "length" else "stop"
+        else:
+            text = a.device_text
+        wants, own = split_escalation(text)
+        text = (own if wants else text).replace(ESCALATION_TAG, "").replace("</unknown>", "").strip() or NO_ANSWER_TEXT
+        a.text = text
+        a.answer = extract_answer(device_text(text) if self.mode == "query" else text)
         return a
 
     def info(self) -> dict:
@@ -401,6 +583,23 @@ class CollaborativePolicy:
             "max_new_tokens": self.max_new_tokens,
             "budget": self.budget.state() if self.budget is not None else None,
         }
+
+    def cut_at_stop(self, a: Answer, stops: list[str]) -> Answer:
+        """OpenAI's ``stop``: the reply ends before the first of ``stops`` it holds (finish_reason stop), and its
+        answer is what is left.  Applied to the finished reply: the device still generates to its own end (its
+        escalation decision reads the whole response), so stop strings save no device time."""
+        cuts = [a.text.find(x) for x in stops if x and x in a.text]
+        if cuts:
+            a.text = a.text[: min(cuts)]
+            a.finish_reason = "stop"
+            a.answer = extract_answer(
+                device_text(a.text) if self.mode == "query" and a.answered_by != CLOUD else a.text
+            )
+        return a
+
+    def cloud_state(self) -> dict:
+        """The cloud's state for ``/health`` (serving/cloud.py: ready or degraded)."""
+        return self.cloud.state()
 
     def close_cloud(self) -> None:
         if hasattr(self.cloud, "close"):

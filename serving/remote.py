@@ -44,7 +44,7 @@ class RemoteGenerator:
             headers={"Authorization": f"Bearer {key}"},
         )
 
-    def _one(self, context: list[int], budget: int, temperature: float, top_p: float, stop: str | None):
+    def _one(self, context, budget: int, temperature: float, top_p: float, stop: str | None, logit_bias: dict):
         if budget <= 0:
             return Continuation([], "length")
         body = {
@@ -56,6 +56,8 @@ class RemoteGenerator:
         }
         if stop:
             body.update(stop=[stop], include_stop_str_in_output=True)
+        if logit_bias:
+            body["logit_bias"] = {str(k): v for k, v in logit_bias.items()}
         r = self._client.post(self.url, json=body)
         if r.status_code != 200:
             raise RuntimeError(f"device server {self.url} answered HTTP {r.status_code}: {r.text[:300]}")
@@ -70,13 +72,20 @@ class RemoteGenerator:
         return Continuation(ids, reason)
 
     def extend(self, contexts, max_new_tokens, temperature=1.0, top_p=1.0, stop=None, logits_processor=None):
-        if logits_processor is not None:
-            raise ValueError("a remote device model takes no logits_processor")
+        logit_bias = {}
+        for p in logits_processor or []:  # a token ban (serving/policy.py: BanTokens) travels as logit_bias
+            if not hasattr(p, "logit_bias"):
+                raise ValueError("a remote device model takes no logits_processor, only token bans (logit_bias)")
+            logit_bias.update(p.logit_bias)
         budgets = [max_new_tokens] * len(contexts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         if not contexts:
             return []
         with ThreadPoolExecutor(min(self.concurrency, len(contexts))) as pool:
-            return list(pool.map(lambda cb: self._one(cb[0], cb[1], temperature, top_p, stop), zip(contexts, budgets)))
+            return list(
+                pool.map(
+                    lambda cb: self._one(cb[0], cb[1], temperature, top_p, stop, logit_bias), zip(contexts, budgets)
+                )
+            )
 
     def close(self):
         self._client.close()

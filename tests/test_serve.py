@@ -13,11 +13,14 @@ import json
 import logging
 import random
 import re
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from envs.query import QueryEnv
@@ -28,6 +31,7 @@ from policies.generation import HFGenerator
 from serving.app import ANSWERED_BY_HEADER, BackgroundServer, ServeOptions, create_app
 from serving.batcher import Batcher
 from serving.budget import SlidingBudget
+from serving.cloud import CloudBusy, CloudTimeout, ServingCloud
 from serving.policy import CollaborativePolicy, PolicyLoadError, find_run_config, served_problem
 
 ESC = "<unknown> I need external assistance </unknown>"
@@ -39,10 +43,16 @@ KEY = "sk-test-a1b2c3d4e5f6g7h8"
 
 class Scripted(LogitsProcessor):
     """Forces the device's response for tagged questions (behaviour injection; untagged questions run free):
-    ``(esc)`` escalates, ``(ok)`` answers \\boxed{7}, ``(query)`` asks ``<query>3*4</query>`` and, once the response is
-    in its context, answers \\boxed{12}."""
+    ``(esc)`` escalates (its second choice, when the tag is banned: \\boxed{8}), ``(ok)`` answers \\boxed{7},
+    ``(query)`` asks ``<query>3*4</query>`` and, once the response is in its context, answers \\boxed{12}.  A turn is
+    a list of alternatives, best first: each next token of an alternative that the response still follows gets a
+    finite logit (0, -1, ...), every other token -inf, so a banned token leaves the next alternative."""
 
-    TURNS = {"(esc)": [ESC], "(ok)": ["7 \\boxed{7}"], "(query)": ["<query>3*4</query>", " so \\boxed{12}"]}
+    TURNS = {
+        "(esc)": [[ESC, "8 \\boxed{8}"]],
+        "(ok)": [["7 \\boxed{7}"]],
+        "(query)": [["<query>3*4</query>"], [" so \\boxed{12}"]],
+    }
 
     def __init__(self, tok):
         self.tok, self.eos = tok, tok.eos_token_id
@@ -67,10 +77,16 @@ class Scripted(LogitsProcessor):
             turns = self.TURNS[tag]
             k = done.count("</response>")
             segment = done.rsplit("</response>", 1)[-1] if k else done
-            target = self.tok(turns[min(k, len(turns) - 1)], add_special_tokens=False)["input_ids"]
-            n = len(self.tok(segment, add_special_tokens=False)["input_ids"]) if segment else 0
+            seg = self.tok(segment, add_special_tokens=False)["input_ids"] if segment else []
+            best = scores[b].clone()
             scores[b] = float("-inf")
-            scores[b, target[n] if n < len(target) else self.eos] = 0.0
+            for rank, alt in enumerate(turns[min(k, len(turns) - 1)]):
+                target = self.tok(alt, add_special_tokens=False)["input_ids"]
+                if target[: len(seg)] == seg:
+                    nxt = target[len(seg)] if len(seg) < len(target) else self.eos
+                    scores[b, nxt] = max(float(scores[b, nxt]), -float(rank))
+            if not bool(torch.isfinite(scores[b]).any()):  # off every script (a banned token): run free
+                scores[b] = best
         return scores
 
 
@@ -90,6 +106,23 @@ class FaultyCloud:
         raise self.error("cloud request failed after 6 attempts; last cause: HTTP 503")
 
 
+class FrozenCloud:
+    """A cloud that hangs (a SIGSTOPped server) until ``release`` is set, then answers as the simulated one."""
+
+    name = "frozen"
+
+    def __init__(self):
+        self.release, self.asked = threading.Event(), []
+
+    def cache_key(self, problem):
+        return f"frozen:{problem.uid}"
+
+    def answer_many(self, problems, on_reply=None):
+        self.asked += [p.question for p in problems]
+        self.release.wait(60)
+        return SimulatedCloud(accuracy=1.0).answer_many(problems)
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -103,7 +136,7 @@ def model(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
 
 
-def make_policy(model, tok, mode="route", cloud=None, budget=None, window=10, scripted=True, max_new_tokens=64):
+def make_policy(model, tok, mode="route", cloud=None, budget=None, window=10, scripted=True, max_new_tokens=64, **kw):
     cloud = cloud or CachedCloud(SimulatedCloud(accuracy=1.0), None)
     env_cls = QueryEnv if mode == "query" else RouteEnv
     env = env_cls("arithmetic", tok, cloud, few_shot=False)
@@ -115,6 +148,7 @@ def make_policy(model, tok, mode="route", cloud=None, budget=None, window=10, sc
         max_new_tokens=max_new_tokens,
         name="tiny",
         logits_processor=LogitsProcessorList([Scripted(tok)]) if scripted else None,
+        **kw,
     )
 
 
@@ -196,7 +230,10 @@ def test_python_api_is_the_same_path_and_keeps_the_budget(model, tok):
     policy = make_policy(model, tok, budget=0.3, window=10)
     answers = policy.ask_many([f"What is {i} + 1? (esc)" for i in range(10)] + ["What is 3 + 4? (ok)"])
     assert [a.answered_by for a in answers] == ["cloud"] * 3 + ["device-over-budget"] * 7 + ["device"]
-    assert answers[0].answer == "1" and answers[5].text == ESC and answers[5].refused_calls == 1
+    assert answers[0].answer == "1" and answers[5].refused_calls == 1
+    # over budget, the device answers itself (the tag banned in a second greedy pass), labelled as such
+    assert answers[5].text == "8 \\boxed{8}" and answers[5].answer == "8" and answers[5].device_text == ESC
+    assert answers[5].escalation_suppressed and not answers[0].escalation_suppressed
     assert policy.budget.state()["window_calls"] == 2  # the last 10 arrivals (1..10) hold two of the three calls
 
 
@@ -233,7 +270,9 @@ def test_budget_holds_under_200_concurrent_requests(model, tok):
     assert metric(metrics, "cloudroute_requests_total", '{answered_by="cloud"}') == sum(cloud)
     assert metric(metrics, "cloudroute_budget_window_cap") == cap
     batches = metric(metrics, "cloudroute_device_batch_size_count")
-    assert metric(metrics, "cloudroute_device_batch_size_sum") == n and batches < n / 4  # batched, not one by one
+    # batched, not one by one; the requests over budget ran a second (suppressed-escalation) pass
+    assert metric(metrics, "cloudroute_device_batch_size_sum") == n + len(refused) and batches < n / 4
+    assert all(x["escalation_suppressed"] for x in refused)
 
 
 def test_sliding_budget_never_exceeds_its_cap_in_any_window():
@@ -255,7 +294,7 @@ def test_sliding_budget_never_exceeds_its_cap_in_any_window():
         SlidingBudget(float("nan"))
 
 
-def test_batcher_batches_concurrent_items_and_fails_only_their_batch():
+def test_batcher_batches_concurrent_items_and_fails_only_the_failing_item():
     seen = []
 
     def fn(items):
@@ -268,10 +307,12 @@ def test_batcher_batches_concurrent_items_and_fails_only_their_batch():
     futs = [b.submit(x) for x in "abcdef"]
     assert [f.result(10) for f in futs] == list("ABCDEF")
     assert [len(s) for s in seen] == [4, 2]
-    bad = [b.submit("boom"), b.submit("x")]
-    for f in bad:
-        with pytest.raises(RuntimeError, match="device failed"):
-            f.result(10)
+    seen.clear()
+    bad = [b.submit(x) for x in ("p", "boom", "q", "r")]
+    with pytest.raises(RuntimeError, match="device failed"):
+        bad[1].result(10)
+    assert [f.result(10) for f in (bad[0], bad[2], bad[3])] == ["P", "Q", "R"]  # its batch-mates are answered
+    assert seen == [["p", "boom", "q", "r"], ["p", "boom"], ["p"], ["boom"], ["q", "r"]]  # bisected, not one by one
     assert b.submit("y").result(10) == "Y"  # the worker lives on
     b.close()
 
@@ -346,12 +387,18 @@ def test_bearer_auth_from_an_environment_variable(model, tok, monkeypatch, caplo
         with pytest.raises(openai.AuthenticationError) as no_key:
             ask(s.client(key="wrong-key"), "What is 1 + 1? (ok)")
         missing = httpx.post(s.url + "/v1/chat/completions", json={"model": "tiny", "messages": []})
+        malformed = httpx.post(
+            s.url + "/v1/chat/completions",
+            content=b'{"model": "tiny", "messages": [',
+            headers={"Authorization": "Bearer wrong", "Content-Type": "application/json"},
+        )
         ok = ask(s.client(key=KEY), "What is 1 + 1? (ok)")
         health = httpx.get(s.url + "/health")
         models = httpx.get(s.url + "/v1/models")
     assert no_key.value.status_code == 401 and "TEST_SERVE_KEY" in no_key.value.body["message"]
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"  # auth comes first
     assert models.status_code == 401
+    assert malformed.status_code == 401 and "JSON" not in malformed.text  # no parse details without the key
     assert extra(ok)["answered_by"] == "device" and health.status_code == 200
     assert KEY not in caplog.text and KEY not in missing.text and KEY not in no_key.value.message
 
@@ -367,8 +414,11 @@ def test_a_failing_cloud_returns_the_device_answer_marked(model, tok, error):
         r = raw.parse()
         metrics = httpx.get(s.url + "/metrics").text
     assert raw.status_code == 200 and raw.headers[ANSWERED_BY_HEADER] == "device-cloud-error"
-    assert r.choices[0].message.content == ESC and extra(r)["cloud_calls"] == 0 and faulty.asked == 1
-    assert "HTTP 503" in extra(r)["cloud_error"]
+    # an answer every time: the device's own (the tag banned in a second pass), never the bare tag
+    assert r.choices[0].message.content == "8 \\boxed{8}" and extra(r)["answer"] == "8"
+    assert extra(r)["escalation_suppressed"] and extra(r)["device_text"] == ESC
+    assert extra(r)["cloud_calls"] == 0 and faulty.asked == 1
+    assert extra(r)["cloud_error"] and "HTTP 503" not in raw.text  # the cause stays in the server's log
     assert policy.budget.state()["granted"] == 0
     assert metric(metrics, "cloudroute_cloud_errors_total") == 1
     assert metric(metrics, "cloudroute_requests_total", '{answered_by="device-cloud-error"}') == 1
@@ -411,6 +461,63 @@ def test_bad_requests_get_a_4xx_in_openai_error_shape(model, tok):
     assert metric(metrics, "cloudroute_request_errors_total", '{status="400"}') == 12  # 11 cases + the client's
 
 
+# --------------------------------------------------------------------------- isolation
+
+
+class PoisonedGenerator(HFGenerator):
+    """A device whose batch fails, with allocator internals in the message, when any row holds ``(boom)``."""
+
+    def extend(self, contexts, *a, **kw):
+        if any("(boom)" in self.tokenizer.decode(c) for c in contexts):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough memory")
+        return super().extend(contexts, *a, **kw)
+
+
+def test_a_question_longer_than_the_context_gets_a_400_before_joining_a_batch(model, tok):
+    policy = make_policy(model, tok)
+    assert policy.context_tokens == 2048  # the tiny model's max_position_embeddings
+    long_question = "What is " + "1 + " * 700 + "1? (ok)"  # a character-level tokenizer: ~2,800 tokens
+    with Server(create_app(policy)) as s:
+        r = httpx.post(
+            s.url + "/v1/chat/completions",
+            json={"model": "tiny", "messages": [{"role": "user", "content": long_question}], "max_tokens": 48},
+        )
+        ok = ask(s.client(), "What is 1 + 1? (ok)")
+        metrics = httpx.get(s.url + "/metrics").text
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert "2048" in r.json()["error"]["message"] and str(2048 - 48) in r.json()["error"]["message"]
+    assert extra(ok)["answered_by"] == "device"
+    assert metric(metrics, "cloudroute_device_batch_size_sum") == 1  # the long one never reached the device
+    assert policy.budget is None or policy.budget.state()["window_calls"] == 0
+    with pytest.raises(ValueError, match="2048"):  # the Python API refuses it the same way
+        policy.ask(long_question)
+
+
+def test_one_failing_request_never_fails_its_batch_mates_nor_leaks_internals(model, tok, caplog):
+    policy = make_policy(model, tok)
+    policy.generator = PoisonedGenerator(model, tok, min_shared_prefix=0)
+    questions = ["What is 1 + 1? (ok)", "What is 2 + 2? (ok) (boom)", "What is 3 + 3? (ok)", "What is 4 + 4? (ok)"]
+    caplog.set_level(logging.INFO)
+    with Server(create_app(policy, ServeOptions(max_batch=8, batch_wait_ms=300))) as s:
+
+        def post(q):
+            return httpx.post(
+                s.url + "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": q}]}
+            )
+
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(post, questions))
+    assert [r.status_code for r in replies] == [200, 500, 200, 200]
+    assert all(r.json()["cloudroute"]["answer"] == "7" for r in replies if r.status_code == 200)
+    bad = replies[1]
+    rid = bad.headers.get("x-request-id")
+    assert (
+        "alloc_cpu" not in bad.text and "RuntimeError" not in bad.text and rid and rid in bad.json()["error"]["message"]
+    )
+    assert bad.json()["error"]["type"] == "server_error"
+    assert rid in caplog.text and "alloc_cpu" in caplog.text  # the details are in the log, under the id
+
+
 # --------------------------------------------------------------------------- loading a trained run, the command
 
 
@@ -450,6 +557,7 @@ def test_serve_command_refuses_bad_options(tmp_path, capsys):
     assert serve.main(["--model", str(tmp_path / "missing"), "--config", "configs/tiny_test.yaml"]) == 2
     assert "no such directory" in capsys.readouterr().err
     assert serve.main(["--model", "x", "--max-batch", "0"]) == 2 and "--max-batch=0" in capsys.readouterr().err
+    assert serve.main(["--model", "x", "--cloud-timeout", "-1"]) == 2 and "--cloud-timeout" in capsys.readouterr().err
     assert serve.main(["--model", "x", "stray"]) == 2 and "stray" in capsys.readouterr().err
 
 
@@ -503,3 +611,123 @@ def test_remote_device_proxy_gives_the_local_answers(model, tok):
     prompts = {b["prompt"] for b in seen}  # the rows of a batch are sent concurrently: in any order
     assert route_env.prompt(served_problem("What is 3 + 4? (ok)")) in prompts  # the training prompt, as text
     assert any(b.get("stop") == ["</query>"] for b in seen) and {b["model"] for b in seen} == {"tiny"}
+
+
+# --------------------------------------------------------------------------- the cloud off the request path
+
+
+def test_a_frozen_cloud_stalls_nothing_and_every_escalation_gets_the_device_answer(model, tok, monkeypatch):
+    monkeypatch.setenv("TEST_SERVE_KEY", KEY)
+    frozen = FrozenCloud()
+    policy = make_policy(
+        model, tok, cloud=CachedCloud(frozen, None), cloud_timeout_s=3.0, cloud_workers=2, cloud_max_pending=8
+    )
+    shared = "What is 5 * 5? (esc)"
+    questions = [f"What is {i} * 7? (esc)" for i in range(3)] + [shared] * 6
+    with Server(create_app(policy, ServeOptions(api_key_env="TEST_SERVE_KEY", batch_wait_ms=50))) as s:
+        client = s.client(key=KEY, timeout=20)
+        with ThreadPoolExecutor(len(questions)) as pool:
+            t0 = time.perf_counter()
+            pending = [pool.submit(ask, client, q) for q in questions]
+            time.sleep(1.0)  # the escalations now wait on the frozen cloud (2 calls running, 2 queued)
+            t = time.perf_counter()
+            models = client.models.list()
+            models_s = time.perf_counter() - t
+            local = ask(client, "What is 3 + 4? (ok)")
+            local_s = time.perf_counter() - t
+            replies = [f.result() for f in pending]
+            escalated_s = time.perf_counter() - t0
+            health = httpx.get(s.url + "/health").json()  # past the deadline, the calls still hang
+        frozen.release.set()  # the cloud comes back: the calls in flight finish, their answers land in the cache
+        deadline = time.monotonic() + 10
+        while httpx.get(s.url + "/health").json()["cloud_state"]["state"] != "ready" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        again = ask(client, shared)
+        metrics = httpx.get(s.url + "/metrics").text
+    assert [m.id for m in models.data] == ["tiny"] and models_s < 1.0  # auth and /v1/models never wait for the cloud
+    assert extra(local)["answered_by"] == "device" and local_s < 2.0  # nor does a device-only request
+    assert health["status"] == "degraded" and health["cloud_state"]["state"] == "degraded"
+    assert health["cloud_state"]["in_flight"] == 4
+    assert 3.0 <= escalated_s < 10  # the serving deadline, not the backend's minutes
+    for r in replies:  # an answer every time, labelled
+        x = extra(r)
+        assert x["answered_by"] == "device-cloud-error" and x["escalation_suppressed"], x
+        assert r.choices[0].message.content == "8 \\boxed{8}" and "deadline" in x["cloud_error"]
+    assert sorted(frozen.asked) == sorted(set(questions))  # one call per question: the 6 copies shared one
+    assert extra(again)["answered_by"] == "cloud" and frozen.asked.count(shared) == 1  # the late answer, not paid twice
+    assert metric(metrics, "cloudroute_requests_total", '{answered_by="device-cloud-error"}') == len(questions)
+
+
+def test_serving_cloud_refuses_past_its_queue_and_coalesces():
+    frozen = FrozenCloud()
+    cloud = ServingCloud(CachedCloud(frozen, None), workers=1, max_pending=2, timeout_s=0.2)
+    a, b = served_problem("What is 1 + 1?"), served_problem("What is 2 + 2?")
+    futs = cloud.submit([a, b, a]) + cloud.submit([served_problem("What is 3 + 3?")])
+    assert futs[0] is futs[2] and cloud.state()["coalesced"] == 1
+    with pytest.raises(CloudBusy):
+        futs[3].result(1)
+    with pytest.raises(CloudTimeout, match="0.2s"):
+        cloud.answer_many([a])
+    assert cloud.timed_out() and cloud.state()["state"] == "degraded"
+    frozen.release.set()
+    assert futs[0].result(5).text and futs[1].result(5).text
+    assert cloud.answer_many([a, b])[0].cached and cloud.state()["state"] == "ready"
+    assert frozen.asked == ["What is 1 + 1?", "What is 2 + 2?"]
+    cloud.close()
+
+
+def test_cloud_log_lines_count_their_own_call_under_concurrency(caplog):
+    """A slow call's log line counts its own answers, not those other threads received meanwhile."""
+
+    class SlowForOne(FrozenCloud):
+        def answer_many(self, problems, on_reply=None):
+            if problems[0].question == "What is 1 + 1?":
+                return super().answer_many(problems)
+            return SimulatedCloud(accuracy=1.0).answer_many(problems)
+
+    slow_cloud = SlowForOne()
+    cached = CachedCloud(slow_cloud, None)
+    caplog.set_level(logging.INFO, logger="policies.cloud.cache")
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(cached.answer_many, [served_problem("What is 1 + 1?")])
+        while not slow_cloud.asked:
+            time.sleep(0.01)
+        cached.answer_many([served_problem(f"What is {i} + 2?") for i in range(8)])  # while the slow one waits
+        slow_cloud.release.set()
+        slow.result(10)
+    lines = [r.getMessage() for r in caplog.records if " asked" in r.getMessage()]
+    counts = [tuple(map(int, re.search(r"(\d+) asked.*?, (\d+) new answers", line).groups())) for line in lines]
+    assert sorted(counts) == [(1, 1), (8, 8)], lines
+
+
+# --------------------------------------------------------------------------- the OpenAI surface
+
+
+def test_stop_and_max_tokens_are_honoured_and_unsupported_options_refused(model, tok):
+    policy = make_policy(model, tok)
+    good = {"model": "tiny", "messages": [{"role": "user", "content": "What is 6 + 1? (ok)"}]}
+    with Server(create_app(policy)) as s:
+        client = s.client()
+        stopped = ask(client, "What is 6 + 1? (ok)", stop=[" \\", "zz"])
+        short = ask(client, "What is 6 + 1? (ok)", max_tokens=3)
+        refused = {
+            name: httpx.post(s.url + "/v1/chat/completions", json={**good, name: value})
+            for name, value in [
+                ("tools", [{"type": "function", "function": {"name": "f"}}]),
+                ("response_format", {"type": "json_object"}),
+                ("logprobs", True),
+                ("logit_bias", {"5": 10}),
+            ]
+        }
+        accepted = httpx.post(
+            s.url + "/v1/chat/completions",
+            json={**good, "logprobs": False, "response_format": {"type": "text"}, "user": "u1"},
+        )
+        too_many = httpx.post(s.url + "/v1/chat/completions", json={**good, "stop": ["a", "b", "c", "d", "e"]})
+    assert stopped.choices[0].message.content == "7" and stopped.choices[0].finish_reason == "stop"
+    assert short.choices[0].message.content == "7 \\boxed" and short.choices[0].finish_reason == "length"
+    assert short.usage.model_dump()["device_completion_tokens"] == 3
+    for name, r in refused.items():
+        assert r.status_code == 400 and name in r.json()["error"]["message"], (name, r.text)
+        assert r.json()["error"]["param"] == name and r.json()["error"]["code"] == "unsupported_parameter"
+    assert accepted.status_code == 200 and too_many.status_code == 400

@@ -192,12 +192,21 @@ class CachedCloud:
         answer committed as it arrives)."""
         if not problems:
             return []
-        t0, before = time.time(), dict(self._usage)
+        t0 = time.time()
         keys = [self.backend.cache_key(p) for p in problems]
         wanted = dict(zip(keys, problems))
         self._lookup(wanted)
         missing = [(k, p) for k, p in wanted.items() if k not in self.cache]  # each request once, in order
         fresh: set[str] = set()
+        # this call's own counts for its log line (the process totals move under concurrent callers)
+        mine = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cache_hits": 0}
+
+        def count(items):
+            for _, _, r in items:
+                mine["calls"] += 1
+                mine["prompt_tokens"] += r.prompt_tokens
+                mine["completion_tokens"] += r.completion_tokens
+
         if missing:
 
             def store(i: int, reply: CloudReply):  # an answer arrived: committed before the next one is awaited
@@ -205,6 +214,7 @@ class CachedCloud:
                 if k not in fresh:
                     fresh.add(k)
                     self._record([(k, p, reply)])
+                    count([(k, p, reply)])
 
             batch = [p for _, p in missing]
             try:
@@ -216,8 +226,9 @@ class CachedCloud:
                 rest = [(k, p, r) for (k, p), r in zip(missing, out) if k not in fresh]
                 fresh.update(k for k, _, _ in rest)
                 self._record(rest)  # a backend that answers all at once: one transaction
+                count(rest)
             except BaseException:
-                self._log_batch(len(problems), before, t0, failed=True)
+                self._log_batch(len(problems), mine, t0, failed=True)
                 raise
         out, first_seen = [], set()
         for k in keys:
@@ -227,11 +238,13 @@ class CachedCloud:
                 first_seen.add(k)
             else:
                 self._usage["cache_hits"] += 1
+                mine["cache_hits"] += 1
             out.append(CloudReply(row["text"], row["prompt_tokens"], row["completion_tokens"], cached=not new))
-        self._log_batch(len(problems), before, t0)
+        self._log_batch(len(problems), mine, t0)
         return out
 
-    def _log_batch(self, asked: int, before: dict, t0: float, failed: bool = False):
+    def _log_batch(self, asked: int, mine: dict, t0: float, failed: bool = False):
+        """One line per ``answer_many``: its own counts (``mine``), then the process's totals."""
         u = self._usage
         log.info(
             "cloud %s: %d asked%s, %d new answers in %.1fs (+%d prompt / +%d completion tokens), %d from the cache; "
@@ -239,11 +252,11 @@ class CachedCloud:
             self.backend.name,
             asked,
             " (FAILED, answers received so far are kept)" if failed else "",
-            u["calls"] - before["calls"],
+            mine["calls"],
             time.time() - t0,
-            u["prompt_tokens"] - before["prompt_tokens"],
-            u["completion_tokens"] - before["completion_tokens"],
-            u["cache_hits"] - before["cache_hits"],
+            mine["prompt_tokens"],
+            mine["completion_tokens"],
+            mine["cache_hits"],
             u["calls"],
             u["cache_hits"],
             u["prompt_tokens"],
