@@ -31,7 +31,7 @@ derivative against the smoothed usage ``pid_d_delay`` steps back.  Differences: 
 measurement rather than at 0, and the derivative is 0 until ``pid_d_delay`` earlier values exist (OmniSafe compares
 the first step with 0, a kick of +u_1 on step 1); the integral is bounded by γ_max too, not only γ.  OmniSafe's
 ``sum_norm``/``diff_norm`` (dividing the objective by 1 + λ, or clipping λ to [0, 1] and mixing (1 − λ)·r − λ·c)
-are not taken: here γ is a cost in the units of the reward (r̃ = r − γ per cloud call, SPEC §3), and
+are not taken: here γ is a cost in the units of the reward (r̃ = r − γ per cloud call, docs/method.md §3), and
 rl.gamma_max = α_c is the natural bound on it.
 
 ``update`` returns γ_k, which the next step's rewards charge; ``state_dict``/``load_state_dict`` carry the integral,
