@@ -13,6 +13,7 @@ QUIET = {  # one line per event a user cares about; --verbose shows the rest
     "urllib3": logging.WARNING,
     "accelerate": logging.WARNING,  # "Model weights saved in ...", four lines per checkpoint
     "accelerate.utils.other": logging.ERROR,  # "Removed shared tensor {'lm_head.weight'}": tied embeddings, expected
+    "sentence_transformers": logging.WARNING,  # "Loading SentenceTransformer model from ..." (the router baseline)
 }
 
 
