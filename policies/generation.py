@@ -61,6 +61,7 @@ class DecodeSpec(NamedTuple):
     top_p: float
     stop: str | None
     logits_processor: object
+    on_token: object = None  # on_token(context_index, token_id) after each sampled token (serving's streaming)
 
 
 @dataclass
@@ -254,6 +255,7 @@ class HFGenerator:
         top_p: float = 1.0,
         stop: str | None = None,
         logits_processor=None,
+        on_token=None,
     ) -> list[Continuation]:
         """Continue every token sequence in ``contexts`` (batched); one ``Continuation`` per context.
 
@@ -261,9 +263,11 @@ class HFGenerator:
         token that completes ``stop`` (``completes_stop``).
         ``logits_processor``: an HF ``LogitsProcessorList``, called as ``(input_ids, scores)`` on the rows
         still running (tests force scripted outputs with it).
+        ``on_token(i, token_id)``: called on each token of context ``i`` as it is sampled (serving/streaming.py
+        streams the device's work with it).
         """
         budgets = [max_new_tokens] * len(contexts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        return self._decode(contexts, 1, budgets, temperature, top_p, stop, logits_processor)
+        return self._decode(contexts, 1, budgets, temperature, top_p, stop, logits_processor, on_token)
 
     # ------------------------------------------------------------------ the decode loop
 
@@ -294,7 +298,7 @@ class HFGenerator:
         )
         return out.logits[:, -1]
 
-    def _decode(self, contexts, n, budgets, temperature, top_p, stop=None, logits_processor=None):
+    def _decode(self, contexts, n, budgets, temperature, top_p, stop=None, logits_processor=None, on_token=None):
         """``n`` continuations of each context (context-major order), each within its context's budget."""
         out = [Continuation([], "length") for _ in range(len(contexts) * n)]
         todo = [i for i in range(len(contexts)) if budgets[i] > 0]
@@ -314,7 +318,7 @@ class HFGenerator:
                 self._forward(policy, ids, torch.ones_like(ids), None, head)
             todo.sort(key=lambda i: len(contexts[i]))  # similar lengths share a batch: less padding
             per_call = max(1, self.batch_size // n)
-            spec = DecodeSpec(n, temperature, top_p, stop, logits_processor)
+            spec = DecodeSpec(n, temperature, top_p, stop, logits_processor, on_token)
             for start in range(0, len(todo), per_call):
                 rows = todo[start : start + per_call]
                 self._decode_rows(
@@ -335,7 +339,7 @@ class HFGenerator:
     def _decode_rows(self, policy, device, contexts, budgets, spec: DecodeSpec, shared, head, first_slots, out):
         """Prefill ``contexts`` (after the ``shared`` prefix cached in ``head``) and sample ``spec.n`` continuations of
         each within its budget; continuation k of context j goes to ``out[first_slots[j] + k]``."""
-        n, temperature, top_p, stop, logits_processor = spec
+        n, temperature, top_p, stop, logits_processor, on_token = spec
         tok, eos = self.tokenizer, eos_ids(self.model, self.tokenizer)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         # prefill: [shared head (cached)] [padding] [the row's own tokens], each context once
@@ -379,6 +383,8 @@ class HFGenerator:
             keep = []
             for j, token in enumerate(picked.tolist()):
                 new[j].append(token)
+                if on_token is not None:
+                    on_token(slots[j] // n, token)
                 reason = None
                 if token in eos:
                     reason = "eos"

@@ -19,8 +19,11 @@ the header ``X-Cloudroute-Answered-By``; ``usage`` holds the device's and the cl
 their sums in OpenAI's fields.
 
 ``stream: true`` answers in server-sent events in OpenAI's ``chat.completion.chunk`` format, ending with
-``data: [DONE]`` (with ``stream_options.include_usage``, a last chunk carries ``usage``).  The chunks start once the
-answer is known: in route mode only the end of the device's response says whether it is the answer or an escalation.
+``data: [DONE]`` (with ``stream_options.include_usage``, a last chunk carries ``usage``): the device's tokens as
+``delta.reasoning_content`` as it writes them, then the reply (the device's or the cloud's) as ``delta.content``
+(serving/streaming.py).  Only the end of the device's response says whether it is the answer or an escalation, so
+who answered comes in the last chunk's ``cloudroute``, not in a header; an error once the stream has started comes
+as an ``error`` event (the ``openai`` client raises it).
 
 Auth: with ``ServeOptions.api_key_env`` naming a set environment variable, ``/v1/*`` needs ``Authorization: Bearer
 <that key>`` (``/health`` and ``/metrics`` stay open); the key is never logged.  Errors use OpenAI's shape
@@ -57,6 +60,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving.batcher import Batcher
 from serving.metrics import ServerMetrics
 from serving.policy import Answer, CollaborativePolicy, PromptTooLong
+from serving.streaming import DeviceStream
 
 log = logging.getLogger(__name__)
 
@@ -286,24 +290,25 @@ def completion_body(a: Answer, model: str, mode: str, cid: str, created: int) ->
 _PIECES = re.compile(r"\s*\S+|\s+")
 
 
+def sse_chunk(cid: str, created: int, model: str, delta: dict, finish=None, **extra) -> str:
+    """One ``chat.completion.chunk`` as a server-sent event line."""
+    body = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+    return f"data: {json.dumps(body)}\n\n"
+
+
 def stream_chunks(a: Answer, model: str, mode: str, cid: str, created: int, include_usage: bool):
-    """The SSE lines of a streamed answer: role, the text piece by piece, the finish (with ``cloudroute``), usage."""
-
-    def chunk(delta: dict, finish=None, **extra) -> str:
-        body = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra,
-        }
-        return f"data: {json.dumps(body)}\n\n"
-
-    yield chunk({"role": "assistant", "content": ""})
+    """The SSE lines that end a streamed answer: its text as ``content`` piece by piece, the finish (with
+    ``cloudroute``: who answered), usage, ``[DONE]``."""
     for piece in _PIECES.findall(a.text):
-        yield chunk({"content": piece})
-    yield chunk({}, a.finish_reason, cloudroute=extra_of(a, mode))
+        yield sse_chunk(cid, created, model, {"content": piece})
+    yield sse_chunk(cid, created, model, {}, a.finish_reason, cloudroute=extra_of(a, mode))
     if include_usage:
         body = {
             "id": cid,
@@ -446,6 +451,20 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
             req = await run_in_threadpool(policy.request, question, max_new, temperature, top_p)
         except PromptTooLong as e:
             raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                stream_events(req, stops, cid, created, include_usage, t0),
+                media_type="text/event-stream",
+                headers={REQUEST_ID_HEADER: cid},
+            )
+        answer = await answer_request(req, stops, cid, t0)
+        headers = {ANSWERED_BY_HEADER: answer.answered_by, REQUEST_ID_HEADER: cid}
+        return JSONResponse(completion_body(answer, policy.name, policy.mode, cid, created), headers=headers)
+
+    async def answer_request(req, stops: list[str], cid: str, t0: float) -> Answer:
+        """The device's draft (batched), the cloud when it escalates (at most the serving deadline), the second
+        pass when the cloud did not answer; ``stop`` applied; counted in the metrics.  Closes ``req``."""
         try:
             try:
                 draft = await asyncio.wrap_future(state["batcher"].submit(req))
@@ -457,7 +476,9 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
             answer = policy.settle(draft)
             if answer.awaiting_cloud:  # on the cloud's own threads; this request waits at most the deadline
                 future = policy.ask_cloud(answer)
-                await asyncio.wait({asyncio.wrap_future(future)}, timeout=policy.cloud.timeout_s)
+                waiter = asyncio.wrap_future(future)  # its outcome, past the deadline, is resolve's to read
+                waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+                await asyncio.wait({waiter}, timeout=policy.cloud.timeout_s)
                 policy.resolve(answer, future)
             if answer.needs_own_answer:  # the second, greedy pass: the device answers with the escalation banned
                 try:
@@ -472,15 +493,30 @@ def create_app(policy: CollaborativePolicy, options: ServeOptions | None = None)
         if answer.cloud_error is not None:
             log.warning("request %s: the cloud failed, the device answered: %s", cid, answer.cloud_error)
         metrics.observe(answer, time.perf_counter() - t0)
-        headers = {ANSWERED_BY_HEADER: answer.answered_by, REQUEST_ID_HEADER: cid}
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(
-                stream_chunks(answer, policy.name, policy.mode, cid, created, include_usage),
-                media_type="text/event-stream",
-                headers=headers,
-            )
-        return JSONResponse(completion_body(answer, policy.name, policy.mode, cid, created), headers=headers)
+        return answer
+
+    async def stream_events(req, stops, cid: str, created: int, include_usage: bool, t0: float):
+        """The SSE lines of a streamed request (serving/streaming.py): the device's tokens as ``reasoning_content``
+        while it writes, then the reply as ``content``.  An error after the first line is an ``error`` event."""
+        loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
+        req.stream = DeviceStream(policy.tokenizer, lambda d: loop.call_soon_threadsafe(pieces.put_nowait, d))
+        task = asyncio.ensure_future(answer_request(req, stops, cid, t0))
+        task.add_done_callback(lambda _: pieces.put_nowait(None))  # after every piece the device thread queued
+        try:
+            yield sse_chunk(cid, created, policy.name, {"role": "assistant", "content": ""})
+            while (piece := await pieces.get()) is not None:
+                yield sse_chunk(cid, created, policy.name, {"reasoning_content": piece})
+            try:
+                answer = task.result()
+            except ApiError as e:
+                body = {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
+                yield f"data: {json.dumps(body)}\n\n"
+                return
+            for line in stream_chunks(answer, policy.name, policy.mode, cid, created, include_usage):
+                yield line
+        finally:
+            if not task.done():  # the client left: a request not yet in a batch is dropped from it
+                task.cancel()
 
     return app
 

@@ -49,6 +49,7 @@ from policies.generation import HFGenerator
 from rewards.math_grader import extract_answer
 from serving.budget import SlidingBudget
 from serving.cloud import CloudBusy, CloudTimeout, ServingCloud
+from serving.streaming import StreamingGenerator, takes_on_token
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class Request:
     top_p: float = 1.0
     seq: int | None = None  # SlidingBudget.open(); None = no budget
     suppress_escalation: bool = False  # the second, greedy pass: the <unknown> tag banned, no cloud calls
+    stream: object = field(default=None, repr=False, compare=False)  # serving/streaming.py DeviceStream, or None
 
 
 @dataclass
@@ -440,14 +442,20 @@ class CollaborativePolicy:
                     for _ in d.queries:
                         self._refund(d.request)
                 raise
+        for d in drafts:  # the last token (and a generator that does not stream tokens) reaches the stream
+            if d.request.stream is not None:
+                d.request.stream.update(d.ids)
         return drafts
 
     def _run_groups(self, groups: dict[tuple, list[Draft]]) -> None:
         for (temperature, top_p, suppress), group in groups.items():
             processors = list(self.logits_processor or []) + ([self.ban_escalation] if suppress else [])
+            generator = self.generator
+            if any(d.request.stream is not None for d in group) and takes_on_token(generator):
+                generator = StreamingGenerator(generator, group)  # each token to its request's stream
             run_query_turns(
                 self.env,
-                self.generator,
+                generator,
                 group,
                 temperature,
                 top_p,
@@ -554,7 +562,7 @@ class CollaborativePolicy:
 
     def suppressed(self, request: Request) -> Request:
         """The second pass of ``request``: greedy, the escalation tag banned, no cloud calls, the same budget slot."""
-        return replace(request, temperature=0.0, top_p=1.0, suppress_escalation=True)
+        return replace(request, temperature=0.0, top_p=1.0, suppress_escalation=True, stream=None)
 
     def apply_suppressed(self, a: Answer, draft: Draft | None) -> Answer:
         """``a`` answered by the second pass's ``draft`` (None: it failed): its own answer, still labelled

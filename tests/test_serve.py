@@ -363,17 +363,73 @@ def test_streaming_sends_openai_chunks_that_join_to_the_answer(model, tok):
             json={"model": "tiny", "messages": [{"role": "user", "content": "What is 7 + 7? (ok)"}], "stream": True},
         ) as raw:
             lines = [line for line in raw.iter_lines() if line]
-            header = raw.headers[ANSWERED_BY_HEADER]
+            header = raw.headers.get(ANSWERED_BY_HEADER)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content and len([c for c in chunks if c.choices]) > 2
     assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(finals) == 1 and finals[0].choices[0].finish_reason == whole.choices[0].finish_reason
     assert chunks[-1].usage.total_tokens == whole.usage.total_tokens and not chunks[-1].choices
-    assert header == "device" and lines[-1] == "data: [DONE]"
+    assert header is None and lines[-1] == "data: [DONE]"  # who answered is known at the end: the last chunk says
     events = [json.loads(line[len("data: ") :]) for line in lines[:-1]]
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "7 \\boxed{7}"
     assert events[-1]["cloudroute"]["answered_by"] == "device"
+    reasoning = "".join(e["choices"][0]["delta"].get("reasoning_content", "") for e in events)
+    assert reasoning == "7 \\boxed{7}"  # the device's work, then the same text as its answer
+
+
+class Slow(LogitsProcessor):
+    """A device that takes ``seconds`` per token (to see tokens arrive while it writes)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self, input_ids, scores):
+        time.sleep(self.seconds)
+        return scores
+
+
+def test_streaming_sends_the_device_work_token_by_token_then_the_answer(model, tok):
+    """stream=True: the device's tokens arrive as reasoning_content while it writes (vLLM's and DeepSeek's field),
+    then the reply (the cloud's, or the device's own when the cloud may not answer) as content."""
+    policy = make_policy(model, tok, budget=0.5, window=2)  # one cloud call per two requests
+    policy.logits_processor.append(Slow(0.03))
+    question = "What is 37 * 46? (esc)"
+    reply = SimulatedCloud(accuracy=1.0).answer_many([served_problem(question)])[0].text
+    with Server(create_app(policy)) as s:
+        client = s.client(timeout=60)
+        runs = []
+        for q in (question, "What is 6 * 8? (esc)"):  # the first goes to the cloud, the second is over budget
+            t0, seen = time.perf_counter(), []
+            for c in ask(client, q, stream=True, stream_options={"include_usage": True}):
+                seen.append((time.perf_counter() - t0, c))
+            runs.append(seen)
+        whole = ask(client, question)  # the window has room again: the non-streamed reply to compare
+    for seen, content, answered_by in ((runs[0], reply, "cloud"), (runs[1], "8 \\boxed{8}", "device-over-budget")):
+        chunks = [c for _, c in seen]
+        thinking = [(t, c.choices[0].delta.model_extra.get("reasoning_content")) for t, c in seen if c.choices]
+        thinking = [(t, piece) for t, piece in thinking if piece]
+        assert "".join(piece for _, piece in thinking) == ESC  # the device's own response, tag and all
+        assert len(thinking) >= 20  # token by token (a character-level tokenizer: ~30 tokens), not at once
+        assert thinking[-1][0] - thinking[0][0] >= 0.5  # ... while the device writes (0.03 s a token)
+        first_content = next(t for t, c in seen if c.choices and c.choices[0].delta.content)
+        assert first_content >= thinking[-1][0]  # the answer comes after the device's work
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
+        final = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+        assert final.model_extra["cloudroute"]["answered_by"] == answered_by
+        assert chunks[-1].usage is not None and not chunks[-1].choices
+    assert whole.choices[0].message.content == reply and extra(whole)["answered_by"] == "cloud"
+
+
+def test_a_stream_whose_device_fails_ends_with_an_error_event(model, tok):
+    policy = make_policy(model, tok)
+    policy.generator = PoisonedGenerator(model, tok, min_shared_prefix=0)
+    with Server(create_app(policy)) as s:
+        with pytest.raises(openai.APIError) as failed:
+            list(ask(s.client(), "What is 2 + 2? (ok) (boom)", stream=True))
+        ok = list(ask(s.client(), "What is 2 + 2? (ok)", stream=True))
+    assert "request id" in failed.value.message and "alloc_cpu" not in failed.value.message
+    assert "".join(c.choices[0].delta.content or "" for c in ok if c.choices) == "7 \\boxed{7}"
 
 
 # --------------------------------------------------------------------------- auth, faults, bad requests
