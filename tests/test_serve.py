@@ -676,7 +676,7 @@ def test_a_frozen_cloud_stalls_nothing_and_every_escalation_gets_the_device_answ
     monkeypatch.setenv("TEST_SERVE_KEY", KEY)
     frozen = FrozenCloud()
     policy = make_policy(
-        model, tok, cloud=CachedCloud(frozen, None), cloud_timeout_s=3.0, cloud_workers=2, cloud_max_pending=8
+        model, tok, cloud=CachedCloud(frozen, None), cloud_timeout_s=6.0, cloud_workers=2, cloud_max_pending=8
     )
     shared = "What is 5 * 5? (esc)"
     questions = [f"What is {i} * 7? (esc)" for i in range(3)] + [shared] * 6
@@ -700,11 +700,13 @@ def test_a_frozen_cloud_stalls_nothing_and_every_escalation_gets_the_device_answ
             time.sleep(0.05)
         again = ask(client, shared)
         metrics = httpx.get(s.url + "/metrics").text
-    assert [m.id for m in models.data] == ["tiny"] and models_s < 1.0  # auth and /v1/models never wait for the cloud
-    assert extra(local)["answered_by"] == "device" and local_s < 2.0  # nor does a device-only request
+    # auth, /v1/models and a device-only request never wait for the cloud: well inside the 6 s serving deadline that
+    # waiting on it would cost (bounds wide enough for a loaded 2-core machine; speed itself is bench_serve's)
+    assert [m.id for m in models.data] == ["tiny"] and models_s < 4.0
+    assert extra(local)["answered_by"] == "device" and local_s < 4.0
     assert health["status"] == "degraded" and health["cloud_state"]["state"] == "degraded"
     assert health["cloud_state"]["in_flight"] == 4
-    assert 3.0 <= escalated_s < 10  # the serving deadline, not the backend's minutes
+    assert 6.0 <= escalated_s < 20  # the serving deadline, not the backend's minutes
     for r in replies:  # an answer every time, labelled
         x = extra(r)
         assert x["answered_by"] == "device-cloud-error" and x["escalation_suppressed"], x
