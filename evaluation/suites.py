@@ -428,7 +428,15 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
             }
             check_meta(wpath, meta)
             device[suite][name] = run_device(
-                env, gen, probs, run.batch_size, max_new, opts.temperature, wpath, desc=f"{suite}:{name}", score=True
+                env,
+                gen,
+                probs,
+                run.batch_size,
+                max_new,
+                opts.temperature,
+                wpath,
+                desc=f"{suite}:{name}",
+                score=name in run.policies,
             )
             if opts.score_rows and opts.calibration and name in run.policies:
                 cpath = os.path.join(run.out, suite, f"{name}.calibration.jsonl")
