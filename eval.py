@@ -91,6 +91,17 @@ def main(argv=None):
         help="router training problems (80%% fit, 20%% threshold calibration)",
     )
     ap.add_argument("--out", default=None, help="output folder (default: <train.output_dir>/eval)")
+    ap.add_argument(
+        "--score-rows",
+        action="store_true",
+        help="add a <model>@score row per policy: escalate where its escalation score exceeds the threshold that "
+        "hits --budget on a calibration split",
+    )
+    ap.add_argument(
+        "--calibration",
+        default=None,
+        help="--score-rows: a JSONL suite to pick the threshold on (default: the first 20%% of each suite)",
+    )
     ap.add_argument("--fresh", action="store_true", help="discard this --out's earlier work files instead of resuming")
     ap.add_argument(
         "--show-gold",

@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         "reach the cloud (in [0, 1]); query mode, cloud calls per request (>= 0). Default: the run's rl.budget; "
         "-1: no budget",
     )
+    ap.add_argument(
+        "--calibration",
+        default=None,
+        help="route mode: a JSONL of questions (a problem/question field, or bare strings); the policy then escalates "
+        "when its escalation score exceeds the threshold that sends --budget of these questions to the cloud, so one "
+        "trained policy serves any budget",
+    )
     ap.add_argument("--budget-window", type=int, default=100, help="requests in the budget's sliding window")
     ap.add_argument(
         "--cloud-cache",
@@ -142,6 +149,7 @@ def main(argv=None) -> int:
             device_url=args.device_url,
             device_model=args.device_model,
             cloud_timeout_s=args.cloud_timeout or None,
+            calibration=args.calibration,
         )
     except (PolicyLoadError, ModelNotFoundError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

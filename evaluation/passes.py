@@ -1,6 +1,7 @@
 """The device and cloud passes of an evaluation: greedy device responses and cloud answers, graded, resumable.
 
     dev = run_device(env, generator, problems, batch_size=32, max_new_tokens=64, path="out/suite/policy.device.jsonl")
+    dev = run_device(env, generator, problems, path=..., score=True)   # + each problem's escalation_score
     cloud = run_cloud(cloud, problems, {0, 3, 5}, path="out/suite/cloud.jsonl")
     rolls = query_pass(query_env, generator, problems, call_limits=call_cap_limits(calls, cap))
 
@@ -14,15 +15,34 @@ from __future__ import annotations
 from tqdm.auto import tqdm
 
 from core.io import append_jsonl, read_jsonl
-from envs.format import format_ok
+from envs.format import format_ok, split_escalation
+from envs.prompts import ESCALATION
+from policies.escalation_score import escalation_opening, escalation_scores
 from rewards.grading import grade_response
 
 
 def run_device(
-    env, generator, problems, batch_size=32, max_new_tokens=64, temperature=0.0, path=None, desc="device", progress=True
+    env,
+    generator,
+    problems,
+    batch_size=32,
+    max_new_tokens=64,
+    temperature=0.0,
+    path=None,
+    desc="device",
+    progress=True,
+    score=False,
 ):
-    """Greedy device responses, graded; each finished batch is appended to ``path`` so a killed run resumes."""
+    """Greedy device responses, graded; each finished batch is appended to ``path`` so a killed run resumes.
+
+    ``score``: also record each problem's ``escalation_score``, the probability the policy puts on opening the
+    escalation tag at the end of its own text (policies/escalation_score.py; needs the generator's ``model``).  Rows
+    of a work file written without it are scored on resume (one forward pass, nothing regenerated) and appended
+    again with the score."""
     done = read_jsonl(path)
+    model = getattr(generator, "model", None) if score else None
+    if score and model is None:
+        raise ValueError("run_device(score=True) needs a generator with the device model (HFGenerator)")
     todo = [p for p in problems if p.uid not in done]
     bar = tqdm(
         total=len(problems),
@@ -51,11 +71,30 @@ def run_device(
                     "format_ok": format_ok(r.sample.text, env.template),
                 }
             )
+        if model is not None:
+            add_escalation_scores(model, env.tokenizer, rows, prompts, batch_size)
         append_jsonl(path, rows)
         done.update((row["uid"], row) for row in rows)
         bar.update(len(chunk))
     bar.close()
+    if model is not None:  # rows of an older work file, written without the score
+        unscored = [p for p in problems if "escalation_score" not in done[p.uid]]
+        for start in range(0, len(unscored), batch_size):
+            chunk = [done[p.uid] for p in unscored[start : start + batch_size]]
+            prompts = [
+                row.get("prompt") or env.prompt(p) for row, p in zip(chunk, unscored[start : start + batch_size])
+            ]
+            add_escalation_scores(model, env.tokenizer, chunk, prompts, batch_size)
+            append_jsonl(path, chunk)
     return [done[p.uid] for p in problems]
+
+
+def add_escalation_scores(model, tokenizer, rows: list[dict], prompts: list[str], batch_size: int) -> None:
+    """Set each work-file row's ``escalation_score``: P(``<unknown>`` | its prompt + its own text)."""
+    own = [split_escalation(r["output"])[1] for r in rows]
+    scores = escalation_scores(model, tokenizer, prompts, own, escalation_opening(ESCALATION), batch_size)
+    for r, s in zip(rows, scores):
+        r["escalation_score"] = s
 
 
 def run_cloud(cloud, problems, idxs, path=None, chunk_size=16) -> dict[int, dict]:

@@ -31,11 +31,31 @@ from evaluation.metrics import (
     row_correct,
 )
 from evaluation.passes import call_cap_limits, query_pass, rerun_with_limits, run_cloud, run_device
+from policies.escalation_score import score_order, threshold_for_budget
 
 BASELINES = ("never", "random", "router", "cloud")
 BASE_ROWS = ("never", "random", "router")  # the rows answered by the base device model
 POLICY_BASELINES = {"never": "policy_never", "random": "policy_random"}  # in training, the policy answers them
 MATH_SUITE_MAX_NEW_TOKENS = 1024  # the paper's response length on MATH (docs/method.md §8)
+CALIBRATION_SHARE = 0.2  # the "<name>@score" rows' threshold is picked on this first share of a suite by default
+SCORE_ROW = "{}@score"  # a policy escalating the problems whose escalation score exceeds the budget's threshold
+
+
+def score_plan(scores: list[float], calibration: list[float] | None, budget: float) -> dict:
+    """The threshold mode of a policy (``<name>@score``): the threshold that escalates a ``budget`` share of the
+    calibration scores (``threshold_for_budget``; default: the first ``CALIBRATION_SHARE`` of ``scores`` themselves),
+    the problems whose score exceeds it, and the cost-sweep order by descending score.  Returns {threshold,
+    calibration_n, calibration_offload, wants, order}."""
+    n_cal = max(1, math.floor(CALIBRATION_SHARE * len(scores))) if calibration is None else len(calibration)
+    cal = scores[:n_cal] if calibration is None else calibration
+    threshold = threshold_for_budget(cal, budget)
+    return {
+        "threshold": threshold,
+        "calibration_n": n_cal,
+        "calibration_offload": sum(s > threshold for s in cal) / max(len(cal), 1),
+        "wants": [i for i, s in enumerate(scores) if s > threshold],
+        "order": score_order(scores),
+    }
 
 
 def summarise(method, problems, device, sent, cloud, wants=None, order=None, cloud_all=None, weak=None) -> dict:
@@ -95,19 +115,40 @@ def suite_rows(
     router_threshold=None,
     baselines=BASELINES,
     cloud_path=None,
+    score_rows=False,
+    calibration: dict | None = None,
 ):
     """Every method's row for one suite, from the device outputs already computed.  Returns (rows, records).
 
     ``base`` holds the base device model's outputs: the never/random/router rows answer with them, and they are
     the weak model of every row's APGR/CPT.  ``None`` (no base model was run): no such rows, and no APGR/CPT.
     Every row carries ``overall_ci`` (95% bootstrap over problems); each policy row carries ``comparisons``, the
-    paired bootstrap of its overall accuracy minus every later policy's and every baseline's (``compare_rows``)."""
+    paired bootstrap of its overall accuracy minus every later policy's and every baseline's (``compare_rows``).
+
+    Escalation scores (``escalation_score`` in a policy's outputs, evaluation/passes.py ``run_device(score=True)``):
+    the policy row keeps its own numbers (its escalations, capped in dataset order; APGR/CPT on its escalations in
+    dataset order, flat beyond them) and adds ``apgr_by_score``, ``cpt50_by_score``, ``cpt80_by_score``: the cost
+    sweep in descending score, the policy's whole curve.  ``score_rows``: one more row per scored policy,
+    ``<name>@score``, that escalates the problems whose score exceeds the threshold picked to hit ``budget`` on a
+    calibration split (``score_plan``): ``calibration[name]`` (scores of other problems, e.g. eval.py
+    ``--calibration FILE``), else the first 20% of this suite, which stay among the evaluated problems (one scalar is
+    fitted on them).  Its cap, dataset order and APGR are those of every row, its sweep the score order."""
     n = len(problems)
     cap = math.floor(budget * n + 1e-9)
     plans = {}  # method -> (device outputs, capped cloud set, wanted requests, cost-sweep order)
+    scored = {}  # policy name -> its escalation scores
+    thresholds = {}  # score row -> score_plan's threshold fields
     for name, dev in policies.items():
         wants = [i for i, d in enumerate(dev) if d["escalated"]]
         plans[name] = (dev, set(capped(wants, cap)), wants, wants)
+        if all(d.get("escalation_score") is not None for d in dev):
+            scored[name] = [d["escalation_score"] for d in dev]
+        if score_rows and name in scored:
+            plan = score_plan(scored[name], (calibration or {}).get(name), budget)
+            row = SCORE_ROW.format(name)
+            plans[row] = (dev, set(capped(plan["wants"], cap)), plan["wants"], plan["order"])
+            thresholds[row] = {k: plan[k] for k in ("threshold", "calibration_n", "calibration_offload")}
+    policy_rows = [m for m in plans]  # the policies and their score rows, before the baselines
     if base is None:
         baselines = tuple(b for b in baselines if b not in BASE_ROWS)
     if "never" in baselines:
@@ -137,14 +178,23 @@ def suite_rows(
         # work files from before the field have no format_ok: none
         flags = [d["format_ok"] for d in dev if d.get("format_ok") is not None]
         row["format_rate"] = sum(flags) / len(flags) if flags else None
+        row.update(thresholds.get(row["method"], {}))
+        if row["method"] in scored and cloud_all is not None:  # the policy's whole curve, in descending score
+            curve = accuracy_curve(
+                score_order(scored[row["method"]]),
+                [d["correct"] for d in dev],
+                {i: c["correct"] for i, c in cloud_all.items()},
+            )
+            strong = sum(c["correct"] for c in cloud_all.values()) / max(n, 1)
+            row.update({f"{k}_by_score": v for k, v in apgr_cpt(curve, weak, strong).items()})
     if every:
         rows.append(summarise("cloud", problems, [None] * n, range(n), cloud_res))
     correct = {m: row_correct(n, dev, sent, cloud_res) for m, (dev, sent, _, _) in plans.items()}
     if every:
         correct["cloud"] = row_correct(n, None, range(n), cloud_res)
-    comparisons = compare_rows(correct, list(policies), BOOTSTRAP_N, BOOTSTRAP_SEED)
+    comparisons = compare_rows(correct, policy_rows, BOOTSTRAP_N, BOOTSTRAP_SEED)
     for row in rows:
-        if row["method"] in policies:
+        if row["method"] in policy_rows:
             row["comparisons"] = [c for c in comparisons if c["a"] == row["method"]]
     records = []
     for i, p in enumerate(problems):
@@ -163,6 +213,8 @@ def suite_rows(
                 "sent_to_cloud": i in sent,
                 "correct": correct[m][i],  # row_correct: the cloud's answer where sent, the device's elsewhere
             }
+            if d.get("escalation_score") is not None:
+                rec[m]["escalation_score"] = d["escalation_score"]
         records.append(rec)
     return rows, records
 

@@ -15,6 +15,12 @@ Rows of each table (one table per suite, then the average over suites):
                  rollouts of the base device model, threshold calibrated to the
                  budget as RouteLLM does (policies/router.py)
   * cloud     -- cloud only: every problem to the cloud (the quality ceiling)
+  * <policy>@score -- with ``--score-rows``: the same policy by its escalation score
+                 (policies/escalation_score.py: P(``<unknown>`` | prompt + its own greedy text)):
+                 it escalates the problems whose score exceeds the threshold that
+                 hits the budget on a calibration split (``--calibration FILE``, else
+                 the first 20% of each suite, which stay among the evaluated problems),
+                 under the same cap; one trained policy, any budget
 The collaboration-aware baseline (Dr.GRPO) is a trained checkpoint: pass it as
 another ``--model`` (train it with ``train.py rl.trainer=trl_drgrpo``).
 
@@ -44,6 +50,10 @@ and RouteLLM's cost-quality metrics computed on the full cost sweep of each
 method (its own escalation order, every budget from 0 to 1):
 PGR(c) = (acc(c) - acc(never)) / (acc(cloud) - acc(never)); APGR = ∫ PGR dc;
 CPT(x) = the smallest cloud share c with PGR(c) >= x.
+A policy row also carries ``apgr_by_score``/``cpt50_by_score``/``cpt80_by_score``:
+the sweep in descending escalation score, its whole curve (its own APGR is flat
+beyond the escalations it asks for).  Every policy's work file records each
+problem's ``escalation_score`` (older work files are scored on resume).
 
 Query mode (``rl.env=query``: ``evaluate_query_suites`` below; ``evaluation/protocol.py: evaluate_query``).
 The budget counts calls: at most ``floor(budget·N)`` calls (answered ``<query>``s + escalations) per suite,
@@ -92,6 +102,7 @@ from evaluation.protocol import (
     BASE_ROWS,
     BASELINES,
     MATH_SUITE_MAX_NEW_TOKENS,
+    SCORE_ROW,
     average_rows,
     evaluate_query,
     suite_rows,
@@ -142,6 +153,8 @@ class EvalOptions:
     router_train_size: int = 256
     out: str | None = None
     fresh: bool = False
+    score_rows: bool = False
+    calibration: str | None = None
     overrides: list = field(default_factory=list)
 
 
@@ -378,6 +391,8 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
     run = SuiteRun.prepare(cfg, opts, route_base_model)
     budget, baselines, models, base_name = cfg.rl.budget, opts.baselines, run.models, run.base_name
     row_models = {n: models[n] for n in run.policies}
+    if opts.score_rows:
+        row_models.update({SCORE_ROW.format(n): models[n] for n in run.policies})
     row_models.update({b: models[base_name] for b in BASE_ROWS if b in baselines and base_name is not None})
     if "cloud" in baselines:
         row_models["cloud"] = cloud_label(cfg.cloud)
@@ -391,6 +406,13 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
     # 1. device passes: every model on every suite (resumable), and the router's rollouts with the base model
     device = defaultdict(dict)  # suite -> model name -> outputs
     router_scores, routers = {}, {}
+    calibration_scores = defaultdict(dict)  # suite -> policy name -> escalation scores of --calibration problems
+    calibration = []
+    if opts.score_rows and opts.calibration:
+        try:
+            calibration = load_jsonl(opts.calibration, opts.question_field, opts.answer_field)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(f"--calibration: {e}") from e
 
     def visit(name, path, tok, gen):
         for suite, probs, template in run.suites:
@@ -406,8 +428,23 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
             }
             check_meta(wpath, meta)
             device[suite][name] = run_device(
-                env, gen, probs, run.batch_size, max_new, opts.temperature, wpath, desc=f"{suite}:{name}"
+                env,
+                gen,
+                probs,
+                run.batch_size,
+                max_new,
+                opts.temperature,
+                wpath,
+                desc=f"{suite}:{name}",
+                score=name in run.policies,
             )
+            if opts.score_rows and opts.calibration and name in run.policies:
+                cpath = os.path.join(run.out, suite, f"{name}.calibration.jsonl")
+                check_meta(cpath, {**meta, "calibration": opts.calibration})
+                cal = run_device(
+                    env, gen, calibration, run.batch_size, max_new, opts.temperature, cpath, f"calibrate:{name}", True
+                )
+                calibration_scores[suite][name] = [d["escalation_score"] for d in cal]
             if name == base_name and "router" in baselines:
                 if template not in routers:
                     try:
@@ -448,6 +485,8 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
             router.threshold_for(budget) if router else None,
             baselines,
             os.path.join(run.out, suite, "cloud.jsonl"),
+            opts.score_rows,
+            calibration_scores.get(suite),
         )
         per_suite[suite] = rows
         title = f"== {suite}: {len(probs)} problems, budget {budget:.0%}, cloud {cfg.cloud.backend} =="

@@ -26,6 +26,12 @@ budget over the last ``budget_window`` requests.  A call refused for the budget 
 or gets ``call limit reached`` (query).  A cloud that fails (``CloudError``, whatever the cause) also leaves the
 device's answer: no question is ever lost.  ``Answer.answered_by`` says which: ``device``, ``cloud``,
 ``device-over-budget`` or ``device-cloud-error``.
+
+By score (route mode, ``calibration=`` a JSONL of questions, serve.py ``--calibration``): the policy escalates when
+its escalation score (policies/escalation_score.py: P(``<unknown>`` | prompt + its own greedy text), computed with
+the device model under the device lock) exceeds ``threshold``, picked on the calibration questions to send the
+budget's share of them to the cloud (``calibrate``); the budget still caps the calls.  One trained policy serves
+any budget.
 """
 
 from __future__ import annotations
@@ -43,8 +49,11 @@ from transformers import LogitsProcessorList
 from core.problem import Problem
 from envs.base import env_class_for
 from envs.format import split_escalation
+from envs.prompts import ESCALATION
 from envs.query import QUERY_CLOSE, QueryRow, device_text, run_query_turns
+from envs.suites import QUESTION_FIELDS, get_field, read_jsonl_rows
 from policies.calculator import answer_query
+from policies.escalation_score import escalation_opening, escalation_scores, threshold_for_budget
 from policies.generation import HFGenerator
 from rewards.math_grader import extract_answer
 from serving.budget import SlidingBudget
@@ -126,6 +135,7 @@ class Draft(QueryRow):
     refused because the budget was spent."""
 
     request: Request | None = None
+    escalation_score: float | None = None  # P(<unknown> | prompt + own text), when the policy has a threshold
 
     @property
     def reason(self) -> str:
@@ -162,8 +172,11 @@ class Answer:
 
     @property
     def needs_own_answer(self) -> bool:
-        """The device escalated and the cloud did not answer: it must answer with the escalation suppressed."""
-        return self.escalated and not self.escalation_suppressed and self.answered_by in (OVER_BUDGET, CLOUD_ERROR)
+        """The device wrote the escalation tag and the cloud did not answer (over budget, a cloud failure, or a score
+        under the threshold when serving by score): it must answer with the escalation suppressed."""
+        return self.escalated and not self.escalation_suppressed and self.answered_by != CLOUD
+
+    escalation_score: float | None = None  # P(<unknown> | prompt + own text) when serving by score
 
 
 def served_problem(question: str) -> Problem:
@@ -172,6 +185,24 @@ def served_problem(question: str) -> Problem:
     cloud ignores it."""
     digest = hashlib.sha256(question.encode("utf-8")).hexdigest()[:24]
     return Problem(uid=f"serve-{digest}", question=question, answer=answer_query(question) or "", level=0)
+
+
+def calibration_questions(path: str) -> list[str]:
+    """The questions of a calibration file: a JSONL of objects with a question field (problem, question, prompt,
+    input, query) or of bare strings."""
+    out = []
+    for lineno, row in read_jsonl_rows(path):
+        q = (
+            row
+            if isinstance(row, str)
+            else next((get_field(row, f) for f in QUESTION_FIELDS if get_field(row, f)), None)
+        )
+        if not isinstance(q, str) or not q.strip():
+            raise PolicyLoadError(f"{path}:{lineno}: no question (a string, or a {'/'.join(QUESTION_FIELDS)} field)")
+        out.append(q)
+    if not out:
+        raise PolicyLoadError(f"{path}: no questions")
+    return out
 
 
 def find_run_config(model_path: str) -> str | None:
@@ -209,7 +240,8 @@ class CollaborativePolicy:
     Build it with ``load`` (a checkpoint), or directly from parts (tests): ``env`` is the training environment
     (``RouteEnv``/``QueryEnv``: its ``prompt`` is the training prompt), ``generator`` an ``HFGenerator`` (or anything
     with its ``extend``), ``cloud`` a ``CachedCloud``.  ``logits_processor`` goes to every ``extend`` call (tests
-    script the device with it)."""
+    script the device with it).  ``threshold``: escalate by score (route mode; see ``calibrate``), None = by the
+    device's tag."""
 
     def __init__(
         self,
@@ -225,11 +257,13 @@ class CollaborativePolicy:
         cloud_timeout_s: float | None = 30.0,
         cloud_workers: int = 8,
         cloud_max_pending: int = 64,
+        threshold: float | None = None,
     ):
         if not isinstance(cloud, ServingCloud):  # the cloud off the request path (serving/cloud.py)
             cloud = ServingCloud(cloud, cloud_workers, cloud_max_pending, cloud_timeout_s)
         env.cloud = cloud  # query-mode queries go through it too (deadline, coalescing)
         self.env, self.generator, self.cloud, self.budget = env, generator, cloud, budget
+        self.threshold = threshold
         self.tokenizer = env.tokenizer
         self.mode = env.name  # route | query
         self.max_new_tokens, self.max_queries, self.max_response_tokens = (
@@ -261,6 +295,7 @@ class CollaborativePolicy:
         device_url: str | None = None,
         device_model: str | None = None,
         cloud_timeout_s: float | None = 30.0,
+        calibration: str | None = None,
     ) -> CollaborativePolicy:
         """A trained policy from its checkpoint.
 
@@ -273,7 +308,9 @@ class CollaborativePolicy:
         no file).  ``max_new_tokens``: device tokens per answer (default: ``train.eval_max_new_tokens``).
         ``device_url``: an OpenAI-compatible server that serves the device model (``model`` then only gives the
         tokenizer and config; serving/remote.py); ``device_model``: its model name there.  ``cloud_timeout_s``: the
-        serving deadline of a cloud call (serving/cloud.py), after which the device answers; None: no deadline."""
+        serving deadline of a cloud call (serving/cloud.py), after which the device answers; None: no deadline.
+        ``calibration``: a JSONL of questions; the policy then escalates by score, at the threshold that sends
+        ``budget`` of them to the cloud (route mode, local device model)."""
         from policies.device import load_device_model, load_tokenizer, resolve_model_path
         from settings import ConfigError, load_config
 
@@ -326,7 +363,12 @@ class CollaborativePolicy:
             raise PolicyLoadError(
                 f"budget {b:g}: in route mode it is the share of requests sent to the cloud, in [0, 1]"
             )
-        return cls(
+        if calibration and (cfg.rl.env != "route" or device_url or b < 0):
+            raise PolicyLoadError(
+                "--calibration picks a score threshold for the budget: route mode, a local device model (no "
+                "--device-url) and a budget in [0, 1]"
+            )
+        policy = cls(
             env,
             generator,
             cloud,
@@ -336,6 +378,27 @@ class CollaborativePolicy:
             max_response_tokens=cfg.rl.max_response_tokens,
             name=name or default_name(mcfg.name_or_path),
             cloud_timeout_s=cloud_timeout_s,
+        )
+        if calibration:
+            t = policy.calibrate(calibration_questions(calibration), b)
+            log.info("escalating by score: threshold %.4g sends %.0f%% of %s to the cloud", t, 100 * b, calibration)
+        return policy
+
+    def calibrate(self, questions: list[str], budget: float) -> float:
+        """Set ``threshold`` to the one that escalates a ``budget`` share of ``questions`` (greedy answers, their
+        scores: ``threshold_for_budget``); returns it.  The questions take no place in the live budget."""
+        self.threshold = None
+        drafts = self.draft_many([Request(q, self.max_new_tokens) for q in questions])
+        self.threshold = threshold_for_budget(self._scores(drafts), budget)
+        return self.threshold
+
+    def _scores(self, drafts: list[Draft]) -> list[float]:
+        """The drafts' escalation scores, with the device model (call it holding the device lock or before serving)."""
+        texts = [split_escalation(self.tokenizer.decode(d.ids, skip_special_tokens=True))[1] for d in drafts]
+        prompts = [self.env.prompt(served_problem(d.request.question)) for d in drafts]
+        batch = getattr(self.generator, "batch_size", 32)
+        return escalation_scores(
+            self.generator.model, self.tokenizer, prompts, texts, escalation_opening(ESCALATION), batch
         )
 
     # ------------------------------------------------------------------ the notebook API
@@ -442,6 +505,9 @@ class CollaborativePolicy:
                     for _ in d.queries:
                         self._refund(d.request)
                 raise
+            if self.threshold is not None and drafts:
+                for d, score in zip(drafts, self._scores(drafts)):
+                    d.escalation_score = score
         for d in drafts:  # the last token (and a generator that does not stream tokens) reaches the stream
             if d.request.stream is not None:
                 d.request.stream.update(d.ids)
@@ -477,7 +543,8 @@ class CollaborativePolicy:
         ``awaiting_cloud`` set (``resolve`` settles it), a refused one marks it over budget.  Never calls the cloud."""
         req = draft.request
         text = self.tokenizer.decode(draft.ids, skip_special_tokens=True)
-        wants, own = split_escalation(text)
+        tagged, own = split_escalation(text)
+        wants = tagged if draft.escalation_score is None else draft.escalation_score > self.threshold
         own_answer = extract_answer(device_text(own) if self.mode == "query" else own)
         a = Answer(
             question=req.question,
@@ -485,7 +552,7 @@ class CollaborativePolicy:
             answer=own_answer,
             answered_by=DEVICE,
             device_text=text,
-            escalated=wants,
+            escalated=tagged,
             cloud_calls=len(draft.queries),
             queries=list(draft.queries),
             refused_calls=draft.budget_refused,
@@ -497,6 +564,7 @@ class CollaborativePolicy:
             cloud_prompt_tokens=draft.cloud_prompt_tokens,
             cloud_completion_tokens=draft.cloud_completion_tokens,
             request_index=req.seq,
+            escalation_score=draft.escalation_score,
         )
         if wants:
             if self._grant(req):
@@ -590,6 +658,7 @@ class CollaborativePolicy:
             "cloud": getattr(getattr(self.cloud, "backend", None), "name", type(self.cloud).__name__),
             "max_new_tokens": self.max_new_tokens,
             "budget": self.budget.state() if self.budget is not None else None,
+            "escalation_threshold": self.threshold,
         }
 
     def cut_at_stop(self, a: Answer, stops: list[str]) -> Answer:
