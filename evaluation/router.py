@@ -14,6 +14,8 @@ from core.io import check_meta
 from evaluation.passes import run_device
 from policies.router import PromptRouter
 
+FEW_ROUTER_PROBLEMS = 20  # below this the router's fit (80%) and calibration (20%) sets are a handful of rows
+
 
 def train_router(probs, source, env, gen, template, max_new_tokens, bs, out, base_path):
     """Greedy rollouts of the base device model on the router training problems ``probs``; fit on 80%, calibrate on
@@ -30,6 +32,12 @@ def train_router(probs, source, env, gen, template, max_new_tokens, bs, out, bas
         print(f"router: reusing {rpath} ({len(probs)} problems from {source})", file=sys.stderr)
         return PromptRouter.load(rpath)
     print(f"router: learning from {len(probs)} problems of {source} (rollouts of the base model)", file=sys.stderr)
+    if len(probs) < FEW_ROUTER_PROBLEMS:
+        print(
+            f"warning: the router learns from only {len(probs)} problems, so its row is little better than random: "
+            "pass --router-data FILE (or more rows with --router-train-size N) for a router worth comparing",
+            file=sys.stderr,
+        )
     dev = run_device(env, gen, probs, bs, max_new_tokens, 0.0, wpath, desc=f"router-data:{template}")
     cut = max(1, int(0.8 * len(probs)))
     router = PromptRouter().fit([p.question for p in probs[:cut]], [d["correct"] for d in dev[:cut]])

@@ -35,7 +35,7 @@ from trl.models.utils import unwrap_model_for_generation
 
 from envs.base import Environment, env_class_for
 from envs.simulation import task_cloud
-from envs.tasks import load_problems
+from envs.tasks import load_problems, template_for, template_token_warning
 from evaluation.curves import plot_learning_curve
 from evaluation.protocol import evaluate_held_out
 from evaluation.tables import format_table
@@ -443,6 +443,10 @@ def setup(cfg, resume: bool) -> Run | int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    caps = min(cfg.rl.max_new_tokens, cfg.train.eval_max_new_tokens)
+    mismatch = template_token_warning(template_for(cfg.task), caps, "rl.max_new_tokens and train.eval_max_new_tokens")
+    if mismatch and accelerator.is_main_process:
+        log.warning(mismatch)
     model, tok = load_device_model(cfg.model)
     if uses_deepspeed(accelerator):  # one clipping setting: DeepSpeed clips in its step
         accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = cfg.train.max_grad_norm
@@ -539,7 +543,8 @@ def train(cfg, resume: bool = False) -> int:
     rows = run_eval("final", run.env, generator, run.test_problems, cfg, accelerator)
     if accelerator.is_main_process:
         tqdm.write(
-            f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})"
+            f"saved the trained policy to {final}  (evaluate it: python eval.py --run {out}; serve it: "
+            f"python serve.py --model {final})"
         )
         try:
             curve = plot_learning_curve(out)
