@@ -15,13 +15,25 @@ from tqdm.auto import tqdm
 
 from core.io import append_jsonl, read_jsonl
 from envs.format import format_ok
+from policies.generation import HFGenerator
 from rewards.grading import grade_response
 
 
 def run_device(
-    env, generator, problems, batch_size=32, max_new_tokens=64, temperature=0.0, path=None, desc="device", progress=True
+    env,
+    generator,
+    problems,
+    batch_size=32,
+    max_new_tokens=64,
+    temperature=0.0,
+    path=None,
+    desc="device",
+    progress=True,
+    stop=None,
 ):
-    """Greedy device responses, graded; each finished batch is appended to ``path`` so a killed run resumes."""
+    """Greedy device responses, graded; each finished batch is appended to ``path`` so a killed run resumes.  The
+    bar moves per problem (an ``HFGenerator`` reports each finished row); ``stop`` ends a response early
+    (``policies.generation.boxed_answer``: at its first complete ``\\boxed{}``)."""
     done = read_jsonl(path)
     todo = [p for p in problems if p.uid not in done]
     bar = tqdm(
@@ -35,7 +47,18 @@ def run_device(
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         prompts = [env.prompt(p) for p in chunk]
-        out = generator.generate(prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens)
+        if isinstance(generator, HFGenerator):
+            out = generator.generate(
+                prompts,
+                n=1,
+                temperature=temperature,
+                max_new_tokens=max_new_tokens,
+                stop=stop,
+                on_done=lambda: bar.update(1),
+            )
+        else:  # another generator (vLLM, a test's): the bar moves per batch
+            out = generator.generate(prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens)
+            bar.update(len(chunk))
         rows = []
         for p, prompt, g in zip(chunk, prompts, out):
             r = env.judge(p, g[0])
@@ -53,7 +76,6 @@ def run_device(
             )
         append_jsonl(path, rows)
         done.update((row["uid"], row) for row in rows)
-        bar.update(len(chunk))
     bar.close()
     return [done[p.uid] for p in problems]
 

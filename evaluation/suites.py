@@ -93,6 +93,7 @@ from evaluation.protocol import (
     BASELINES,
     MATH_SUITE_MAX_NEW_TOKENS,
     average_rows,
+    cloud_summary,
     evaluate_query,
     suite_rows,
     summarise,
@@ -100,12 +101,18 @@ from evaluation.protocol import (
 from evaluation.router import train_router
 from evaluation.tables import format_table
 from policies.device import load_device_model
-from policies.generation import HFGenerator
+from policies.generation import HFGenerator, boxed_answer
 from policies.router import PromptRouter
 
 # response tokens for --data and --suites by template: the MATH length of the paper, a line for a short answer
 # (generation also stops at its first complete \\boxed{}: ``answer_stop``), Countdown's length in the paper
 MAX_NEW_TOKENS = {"math": MATH_SUITE_MAX_NEW_TOKENS, "arithmetic": 64, "countdown": 720}
+
+
+def answer_stop(template: str):
+    """The stop of eval.py's device passes: a one-line answer (the arithmetic template) ends at its first complete
+    ``\\boxed{}``, so a quick look never runs on to the token cap; a step-by-step answer runs to EOS or the cap."""
+    return boxed_answer if template == "arithmetic" else None
 
 
 class UsageError(Exception):
@@ -375,7 +382,8 @@ class SuiteRun:
             if rows_line is not None:
                 print(rows_line(summary["average"]))
         summary["cloud_usage"] = self.cloud.usage()  # real calls and tokens paid by this run (cache hits are free)
-        print(f"\ncloud usage this run: {summary['cloud_usage']}")
+        empty = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        print(f"\ncloud usage this run: {cloud_summary(self.cloud, empty)}")
         with open(os.path.join(self.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(f"wrote {self.out}/summary.json and {self.out}/<suite>/samples.jsonl")
@@ -426,16 +434,18 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
             env = RouteEnv(template, tok, run.cloud, cfg.task.max_solve_steps)
             wpath = os.path.join(run.out, suite, f"{name}.device.jsonl")
             max_new = run.max_new(template)
+            stop = answer_stop(template)
             meta = {
                 "model": path,
                 **({"gguf_file": run.ggufs[name]} if run.ggufs[name] else {}),
                 "template": template,
                 "max_new_tokens": max_new,
                 "temperature": opts.temperature,
+                **({"stop": "boxed"} if stop else {}),
             }
             check_meta(wpath, meta)
             device[suite][name] = run_device(
-                env, gen, probs, run.batch_size, max_new, opts.temperature, wpath, desc=f"{suite}:{name}"
+                env, gen, probs, run.batch_size, max_new, opts.temperature, wpath, f"{suite}:{name}", stop=stop
             )
             if name == base_name and "router" in baselines:
                 if template not in routers:
@@ -452,6 +462,7 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
                                 bs=run.batch_size,
                                 out=run.out,
                                 base_path=path,
+                                stop=answer_stop(template),
                             )
                         )
                     except ValueError as e:  # e.g. the device never (or always) solved the router's problems

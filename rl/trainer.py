@@ -37,7 +37,7 @@ from envs.base import Environment, env_class_for
 from envs.simulation import task_cloud
 from envs.tasks import load_problems, template_for, template_token_warning
 from evaluation.curves import plot_learning_curve
-from evaluation.protocol import evaluate_held_out
+from evaluation.protocol import cloud_summary, evaluate_held_out
 from evaluation.tables import format_table
 from policies.cloud import CloudError
 from policies.device import load_device_model
@@ -248,6 +248,7 @@ def run_eval(tag, env, generator, test, cfg, accelerator, model=None):
         return rows
     if not accelerator.is_main_process:
         return None
+    cloud_before = env.cloud.usage()
     try:
         rows, records = evaluate_held_out(
             env,
@@ -266,7 +267,10 @@ def run_eval(tag, env, generator, test, cfg, accelerator, model=None):
         )
         return None
     cap = env.budget_text(cfg.rl.budget)
-    tqdm.write(f"\n== held-out evaluation ({tag}, {len(test)} problems, budget {cap}) ==\n{format_table(rows)}\n")
+    tqdm.write(
+        f"\n== held-out evaluation ({tag}, {len(test)} problems, budget {cap}) ==\n{format_table(rows)}\n"
+        f"cloud this evaluation: {cloud_summary(env.cloud, cloud_before)}\n"
+    )
     out = os.path.join(cfg.train.output_dir, "eval")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"{tag}.json"), "w") as f:

@@ -232,8 +232,11 @@ class CachedCloud:
         return out
 
     def _log_batch(self, asked: int, before: dict, t0: float, failed: bool = False):
+        """A batch's line: debug (a run's evaluations and eval.py summarise the cloud once, ``usage()``); a failed
+        batch is a warning."""
         u = self._usage
-        log.info(
+        log.log(
+            logging.WARNING if failed else logging.DEBUG,
             "cloud %s: %d asked%s, %d new answers in %.1fs (+%d prompt / +%d completion tokens), %d from the cache; "
             "this process so far: %d calls, %d cache hits, %d prompt + %d completion tokens (%s)",
             self.backend.name,
