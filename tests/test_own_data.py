@@ -166,3 +166,14 @@ def test_the_router_learns_from_a_capped_sample_and_says_how_many(tmp_path):
     cfg = load_config("configs/cpu_default.yaml", ["task.num_train=200"])
     probs, source = router_problems(EvalOptions(), cfg, "arithmetic")
     assert len(probs) == 64 and "a seeded sample of 64 of its 200" in source
+
+
+def test_the_readme_launches_train_py_the_quiet_way():
+    """Every README command that launches train.py with accelerate names the one-process launch config and -q: no
+    six-line warning about unset defaults, and a bad option stays our one error line."""
+    text = open("README.md").read()
+    blocks = text.split("```")[1::2]
+    launches = [line for b in blocks for line in b.splitlines() if "accelerate launch" in line and "train.py" in line]
+    assert len(launches) >= 5
+    assert all("accelerate launch -q --config_file configs/accelerate/" in line for line in launches), launches
+    assert "learning_curve.png" in text and "eval.py --run" in text
