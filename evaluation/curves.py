@@ -50,7 +50,9 @@ def learning_curve_figure(run_dir: str):
     budget = run_config(run_dir)["rl"]["budget"]
     points = held_out_points(run_dir)
     steps = [r["step"] for r in rows]
-    levels = sorted({k for r in rows for k in r.get("offload_by_level", {})}, key=lambda k: (len(str(k)), str(k)))
+    levels = {str(k) for r in rows for k in r.get("offload_by_level", {})}
+    levels |= {str(k) for _, p in points for k in p.get("per_level", {})}  # levels a step's sample missed
+    levels = sorted(levels, key=lambda k: (len(k), k))
     fig = plt.figure(figsize=(15, 7.5 if levels else 4.2))
     grid = fig.add_gridspec(
         2 if levels else 1, max(len(levels), 3) * 2 if levels else 3, height_ratios=[3, 2][: 1 + bool(levels)]
@@ -90,7 +92,8 @@ def learning_curve_figure(run_dir: str):
     small = []
     for i, lvl in enumerate(levels):
         ax = fig.add_subplot(grid[1, i * 2 : i * 2 + 2], sharey=small[0] if small else None)
-        ax.plot(steps, [r.get("offload_by_level", {}).get(lvl, nan) for r in rows], marker=".", color=f"C{i % 10}")
+        by_level = [{str(k): v for k, v in r.get("offload_by_level", {}).items()} for r in rows]
+        ax.plot(steps, [b.get(lvl, nan) for b in by_level], marker=".", color=f"C{i % 10}")
         held = [(s, p.get("per_level", {}).get(str(lvl), {}).get("offload_rate")) for s, p in points]
         held = [(s, v) for s, v in held if v is not None]
         if held:
