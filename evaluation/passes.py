@@ -18,6 +18,7 @@ from core.io import append_jsonl, read_jsonl
 from envs.format import format_ok, split_escalation
 from envs.prompts import ESCALATION
 from policies.escalation_score import escalation_opening, escalation_scores
+from policies.generation import HFGenerator
 from rewards.grading import grade_response
 
 
@@ -32,8 +33,11 @@ def run_device(
     desc="device",
     progress=True,
     score=False,
+    stop=None,
 ):
-    """Greedy device responses, graded; each finished batch is appended to ``path`` so a killed run resumes.
+    """Greedy device responses, graded; each finished batch is appended to ``path`` so a killed run resumes.  The
+    bar moves per problem (an ``HFGenerator`` reports each finished row); ``stop`` ends a response early
+    (``policies.generation.boxed_answer``: at its first complete ``\\boxed{}``).
 
     ``score``: also record each problem's ``escalation_score``, the probability the policy puts on opening the
     escalation tag at the end of its own text (policies/escalation_score.py; needs the generator's ``model``).  Rows
@@ -55,7 +59,18 @@ def run_device(
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         prompts = [env.prompt(p) for p in chunk]
-        out = generator.generate(prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens)
+        if isinstance(generator, HFGenerator):
+            out = generator.generate(
+                prompts,
+                n=1,
+                temperature=temperature,
+                max_new_tokens=max_new_tokens,
+                stop=stop,
+                on_done=lambda: bar.update(1),
+            )
+        else:  # another generator (vLLM, a test's): the bar moves per batch
+            out = generator.generate(prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens)
+            bar.update(len(chunk))
         rows = []
         for p, prompt, g in zip(chunk, prompts, out):
             r = env.judge(p, g[0])
@@ -75,7 +90,6 @@ def run_device(
             add_escalation_scores(model, env.tokenizer, rows, prompts, batch_size)
         append_jsonl(path, rows)
         done.update((row["uid"], row) for row in rows)
-        bar.update(len(chunk))
     bar.close()
     if model is not None:  # rows of an older work file, written without the score
         unscored = [p for p in problems if "escalation_score" not in done[p.uid]]

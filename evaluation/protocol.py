@@ -405,3 +405,12 @@ def evaluate_held_out(
     """The trainer's held-out evaluation of ``env``'s mode (``env.name``: route or query).  Returns (rows, records)."""
     run = evaluate_query if env.name == "query" else evaluate_route
     return run(env, generator, problems, budget, batch_size, max_new_tokens, seed, progress)
+
+
+def cloud_summary(cloud, before: dict) -> str:
+    """One line for an evaluation's cloud traffic (the cache logs each batch at debug level only): answers asked of
+    the backend and answers the cache held, since ``before`` (an earlier ``cloud.usage()``)."""
+    now = cloud.usage()
+    new, cached = now["calls"] - before["calls"], now["cache_hits"] - before["cache_hits"]
+    tokens = now["prompt_tokens"] + now["completion_tokens"] - before["prompt_tokens"] - before["completion_tokens"]
+    return f"{new} new answers ({tokens} tokens), {cached} from the cache"

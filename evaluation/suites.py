@@ -95,8 +95,8 @@ from core.io import check_meta
 from envs.query import QueryEnv
 from envs.route import RouteEnv
 from envs.simulation import task_cloud
-from envs.suites import SUITES, load_jsonl, load_suite
-from envs.tasks import load_problems, template_for
+from envs.suites import SUITES, load_file, load_suite
+from envs.tasks import choose_template, load_problems, template_for, template_token_warning
 from evaluation.passes import run_cloud, run_device
 from evaluation.protocol import (
     BASE_ROWS,
@@ -104,6 +104,7 @@ from evaluation.protocol import (
     MATH_SUITE_MAX_NEW_TOKENS,
     SCORE_ROW,
     average_rows,
+    cloud_summary,
     evaluate_query,
     suite_rows,
     summarise,
@@ -111,8 +112,18 @@ from evaluation.protocol import (
 from evaluation.router import train_router
 from evaluation.tables import format_table
 from policies.device import load_device_model
-from policies.generation import HFGenerator
+from policies.generation import HFGenerator, boxed_answer
 from policies.router import PromptRouter
+
+# response tokens for --data and --suites by template: the MATH length of the paper, a line for a short answer
+# (generation also stops at its first complete \\boxed{}: ``answer_stop``), Countdown's length in the paper
+MAX_NEW_TOKENS = {"math": MATH_SUITE_MAX_NEW_TOKENS, "arithmetic": 64, "countdown": 720}
+
+
+def answer_stop(template: str):
+    """The stop of eval.py's device passes: a one-line answer (the arithmetic template) ends at its first complete
+    ``\\boxed{}``, so a quick look never runs on to the token cap; a step-by-step answer runs to EOS or the cap."""
+    return boxed_answer if template == "arithmetic" else None
 
 
 class UsageError(Exception):
@@ -150,7 +161,8 @@ class EvalOptions:
     temperature: float = 0.0
     router: str | None = None
     router_data: str | None = None
-    router_train_size: int = 256
+    router_train_size: int = 64
+    run: str | None = None
     out: str | None = None
     fresh: bool = False
     score_rows: bool = False
@@ -158,15 +170,25 @@ class EvalOptions:
     overrides: list = field(default_factory=list)
 
 
+def data_template(cfg, problems) -> str:
+    """The prompt template of a ``--data`` file: ``task.template`` when set, else the one its answers call for
+    (``envs.tasks.choose_template``: the arithmetic template for short numeric answers, else MATH)."""
+    return cfg.task.template if cfg.task.template != "auto" else choose_template(problems)
+
+
 def load_eval_suites(opts: EvalOptions, cfg):
-    """[(suite name, problems, prompt template)] from --data, --suites, or the config's own task."""
-    if opts.data:
-        name = os.path.splitext(os.path.basename(opts.data))[0]
-        probs = load_jsonl(opts.data, opts.question_field, opts.answer_field, name=name, limit=opts.limit)
-        return [(name, probs, "math")]
-    if opts.suites:
-        return [(s, load_suite(s, cfg.task.data_dir, opts.limit), "math") for s in opts.suites.split(",") if s]
-    _, test = load_problems(cfg.task)
+    """[(suite name, problems, prompt template)] from --data, --suites, or the config's own task.  A file that cannot
+    be read is one ``UsageError`` naming it and the fix."""
+    try:
+        if opts.data:
+            name = os.path.splitext(os.path.basename(opts.data))[0]
+            probs = load_file(opts.data, opts.question_field, opts.answer_field, name=name, limit=opts.limit)
+            return [(name, probs, data_template(cfg, probs))]
+        if opts.suites:
+            return [(s, load_suite(s, cfg.task.data_dir, opts.limit), "math") for s in opts.suites.split(",") if s]
+        _, test = load_problems(cfg.task)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--data {e}" if opts.data and str(e).startswith("'") else str(e)) from None
     return [(cfg.task.name, test[: opts.limit] if opts.limit else test, template_for(cfg.task))]
 
 
@@ -184,8 +206,9 @@ def show_gold(cfg, opts: EvalOptions, n: int) -> int:
 def router_problems(opts: EvalOptions, cfg, template, evaluated=()) -> tuple[list, str]:
     """(problems the router learns from, where they come from): ``--router-data``; else, for ``--data``, the rows of
     that file that are not evaluated (the rest after ``--limit``); else the config task's train split, else MATH
-    train.  With ``--limit N`` at most max(N, 20) problems (a quick look stays quick); always at most
-    ``--router-train-size``."""
+    train.  A seeded sample of at most ``--router-train-size`` (default 64: the base model answers each once, so
+    never a silent pass over a whole training set), and with ``--limit N`` at most max(N, 20) (a quick look stays
+    quick); ``source`` says how many of how many."""
     size = opts.router_train_size
     if opts.limit:
         size = min(size, max(opts.limit, 20))
@@ -193,11 +216,11 @@ def router_problems(opts: EvalOptions, cfg, template, evaluated=()) -> tuple[lis
         if opts.router_data in SUITES:
             probs = load_suite(opts.router_data, cfg.task.data_dir)
         else:
-            probs = load_jsonl(opts.router_data, opts.question_field, opts.answer_field)
+            probs = load_file(opts.router_data, opts.question_field, opts.answer_field)
         source = opts.router_data
     elif opts.data:  # the user's own suite: its rows that are not evaluated, never the evaluated ones
         seen = {p.uid for p in evaluated}
-        probs = [p for p in load_jsonl(opts.data, opts.question_field, opts.answer_field) if p.uid not in seen]
+        probs = [p for p in load_file(opts.data, opts.question_field, opts.answer_field) if p.uid not in seen]
         if not probs:
             raise ValueError(
                 f"every row of {opts.data} is evaluated, so none is left to train the router on: pass "
@@ -210,6 +233,8 @@ def router_problems(opts: EvalOptions, cfg, template, evaluated=()) -> tuple[lis
         probs, source = load_suite("math_train", cfg.task.data_dir), "math_train"
     probs = list(probs)
     random.Random(cfg.train.seed).shuffle(probs)
+    if len(probs) > size:
+        source = f"{source}, a seeded sample of {size} of its {len(probs)}"
     return probs[:size], source
 
 
@@ -312,19 +337,30 @@ class SuiteRun:
             shutil.rmtree(out)
         os.makedirs(out, exist_ok=True)
         cloud = task_cloud(cfg.cloud, cfg.cloud.cache_file or os.path.join(out, "cloud_cache.sqlite"))
-        return cls(cfg, opts, models, ggufs, suites, policies, base_name, base_source, out, cloud)
+        run = cls(cfg, opts, models, ggufs, suites, policies, base_name, base_source, out, cloud)
+        run.check_token_caps()
+        return run
 
     @property
     def batch_size(self) -> int:
         return self.opts.batch_size or self.cfg.train.eval_batch_size
 
     def max_new(self, template: str) -> int:
-        """Response tokens: --max-new-tokens, else the math suites' length, else train.eval_max_new_tokens."""
+        """Response tokens: --max-new-tokens; else, for the config's own task, train.eval_max_new_tokens (what the run
+        evaluated itself with); else (--suites, --data) the template's length: ``MAX_NEW_TOKENS``."""
         if self.opts.max_new_tokens:
             return self.opts.max_new_tokens
-        if template == "math" and self.cfg.task.name != "math":
-            return MATH_SUITE_MAX_NEW_TOKENS
-        return self.cfg.train.eval_max_new_tokens
+        if not (self.opts.data or self.opts.suites):
+            return self.cfg.train.eval_max_new_tokens
+        return MAX_NEW_TOKENS.get(template, MATH_SUITE_MAX_NEW_TOKENS)
+
+    def check_token_caps(self) -> None:
+        """One warning line per template whose token cap cuts its answers short, with the fix."""
+        keys = "--max-new-tokens" if self.opts.max_new_tokens or self.opts.data else "train.eval_max_new_tokens"
+        for template in dict.fromkeys(t for _, _, t in self.suites):
+            warning = template_token_warning(template, self.max_new(template), keys)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
 
     def each_model(self, visit) -> None:
         """``visit(name, path, tokenizer, generator)`` for each model, loaded one at a time (and let go after)."""
@@ -359,7 +395,8 @@ class SuiteRun:
             if rows_line is not None:
                 print(rows_line(summary["average"]))
         summary["cloud_usage"] = self.cloud.usage()  # real calls and tokens paid by this run (cache hits are free)
-        print(f"\ncloud usage this run: {summary['cloud_usage']}")
+        empty = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        print(f"\ncloud usage this run: {cloud_summary(self.cloud, empty)}")
         with open(os.path.join(self.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(f"wrote {self.out}/summary.json and {self.out}/<suite>/samples.jsonl")
@@ -410,7 +447,7 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
     calibration = []
     if opts.score_rows and opts.calibration:
         try:
-            calibration = load_jsonl(opts.calibration, opts.question_field, opts.answer_field)
+            calibration = load_file(opts.calibration, opts.question_field, opts.answer_field)
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(f"--calibration: {e}") from e
 
@@ -419,12 +456,14 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
             env = RouteEnv(template, tok, run.cloud, cfg.task.max_solve_steps)
             wpath = os.path.join(run.out, suite, f"{name}.device.jsonl")
             max_new = run.max_new(template)
+            stop = answer_stop(template)
             meta = {
                 "model": path,
                 **({"gguf_file": run.ggufs[name]} if run.ggufs[name] else {}),
                 "template": template,
                 "max_new_tokens": max_new,
                 "temperature": opts.temperature,
+                **({"stop": "boxed"} if stop else {}),
             }
             check_meta(wpath, meta)
             device[suite][name] = run_device(
@@ -437,6 +476,7 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
                 wpath,
                 desc=f"{suite}:{name}",
                 score=name in run.policies,
+                stop=stop,
             )
             if opts.score_rows and opts.calibration and name in run.policies:
                 cpath = os.path.join(run.out, suite, f"{name}.calibration.jsonl")
@@ -460,6 +500,7 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
                                 bs=run.batch_size,
                                 out=run.out,
                                 base_path=path,
+                                stop=answer_stop(template),
                             )
                         )
                     except ValueError as e:  # e.g. the device never (or always) solved the router's problems

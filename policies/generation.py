@@ -36,6 +36,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.generation.logits_process import TopPLogitsWarper
 
 from policies.device import DTYPES
+from rewards.math_grader import last_boxed
 
 
 @dataclass
@@ -62,6 +63,7 @@ class DecodeSpec(NamedTuple):
     stop: str | None
     logits_processor: object
     on_token: object = None  # on_token(context_index, token_id) after each sampled token (serving's streaming)
+    on_done: object = None  # on_done() as each row finishes (eval.py's per-problem progress bar)
 
 
 @dataclass
@@ -191,11 +193,20 @@ def rollout_cache(reserve: int, head: DynamicCache | None = None) -> DynamicCach
     return cache
 
 
-def completes_stop(tokenizer, new_ids: list[int], stop: str, window: int = 24) -> bool:
-    """True once a row's new tokens contain ``stop``.  Only the last ``window`` tokens are decoded, so the check
-    is cheap, and the text is decoded whole, so ``stop`` is found however the tokenizer splits it (``</query>``
-    may end inside a token such as ``><``)."""
+def completes_stop(tokenizer, new_ids: list[int], stop, window: int = 24) -> bool:
+    """True once a row's new tokens contain ``stop``, or, for a callable ``stop``, once ``stop(text)`` is true
+    (``boxed_answer``).  Only the last ``window`` tokens are decoded, so the check is cheap, and the text is decoded
+    whole, so ``stop`` is found however the tokenizer splits it (``</query>`` may end inside a token such as
+    ``><``)."""
+    if callable(stop):
+        return stop(tokenizer.decode(new_ids[-window:]))
     return stop in tokenizer.decode(new_ids[-window:])
+
+
+def boxed_answer(text: str) -> bool:
+    """A stop for ``generate``: true right after the token that closes a complete ``\\boxed{...}`` (a one-line
+    answer is over; what follows would be chatter)."""
+    return text.rstrip().endswith("}") and last_boxed(text) is not None
 
 
 class HFGenerator:
@@ -234,12 +245,16 @@ class HFGenerator:
         temperature: float = 1.0,
         top_p: float = 1.0,
         max_new_tokens: int = 64,
+        stop=None,
+        on_done=None,
     ) -> list[list[Sample]]:
-        """``n`` samples of each prompt (chat-formatted text), in prompt order."""
+        """``n`` samples of each prompt (chat-formatted text), in prompt order.  ``stop``: a string or a predicate
+        (``completes_stop``; e.g. ``boxed_answer``) that ends a row early; ``on_done()`` is called as each row
+        finishes (a progress bar that moves per problem)."""
         tok = self.tokenizer
         ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         reps = n if temperature > 0 else 1  # greedy: one decode, copied n times
-        conts = self._decode(ids, reps, [max_new_tokens] * len(ids), temperature, top_p)
+        conts = self._decode(ids, reps, [max_new_tokens] * len(ids), temperature, top_p, stop, on_done=on_done)
         return [[self._sample(ids[i], conts[i * reps + k % reps]) for k in range(n)] for i in range(len(ids))]
 
     def _sample(self, prompt_ids: list[int], cont: Continuation) -> Sample:
@@ -298,7 +313,9 @@ class HFGenerator:
         )
         return out.logits[:, -1]
 
-    def _decode(self, contexts, n, budgets, temperature, top_p, stop=None, logits_processor=None, on_token=None):
+    def _decode(
+        self, contexts, n, budgets, temperature, top_p, stop=None, logits_processor=None, on_token=None, on_done=None
+    ):
         """``n`` continuations of each context (context-major order), each within its context's budget."""
         out = [Continuation([], "length") for _ in range(len(contexts) * n)]
         todo = [i for i in range(len(contexts)) if budgets[i] > 0]
@@ -318,7 +335,7 @@ class HFGenerator:
                 self._forward(policy, ids, torch.ones_like(ids), None, head)
             todo.sort(key=lambda i: len(contexts[i]))  # similar lengths share a batch: less padding
             per_call = max(1, self.batch_size // n)
-            spec = DecodeSpec(n, temperature, top_p, stop, logits_processor, on_token)
+            spec = DecodeSpec(n, temperature, top_p, stop, logits_processor, on_token, on_done)
             for start in range(0, len(todo), per_call):
                 rows = todo[start : start + per_call]
                 self._decode_rows(
@@ -339,7 +356,7 @@ class HFGenerator:
     def _decode_rows(self, policy, device, contexts, budgets, spec: DecodeSpec, shared, head, first_slots, out):
         """Prefill ``contexts`` (after the ``shared`` prefix cached in ``head``) and sample ``spec.n`` continuations of
         each within its budget; continuation k of context j goes to ``out[first_slots[j] + k]``."""
-        n, temperature, top_p, stop, logits_processor, on_token = spec
+        n, temperature, top_p, stop, logits_processor, on_token, on_done = spec
         tok, eos = self.tokenizer, eos_ids(self.model, self.tokenizer)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         # prefill: [shared head (cached)] [padding] [the row's own tokens], each context once
@@ -394,6 +411,8 @@ class HFGenerator:
                     reason = "length"
                 if reason:
                     out[slots[j]] = Continuation(new[j], reason, None if behaviour is None else behaviour[j].item())
+                    if on_done is not None:
+                        on_done()
                 else:
                     keep.append(j)
             if not keep:

@@ -44,9 +44,7 @@ def run_trl_baseline(cfg, resume: bool) -> int:
         )
         if rows and cfg.rl.env == "route":  # query mode's budget counts calls: eval/final.json has them
             tqdm.write(f"held-out offload {rows[0]['offload_rate']:.1%} against the budget {cfg.rl.budget:.0%}")
-        tqdm.write(
-            f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})"
-        )
+        tqdm.write(f"saved the trained policy to {final}  (evaluate it: python eval.py --run {cfg.train.output_dir})")
     return 0
 
 

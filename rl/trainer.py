@@ -41,9 +41,9 @@ from trl.models.utils import unwrap_model_for_generation
 
 from envs.base import Environment, env_class_for
 from envs.simulation import task_cloud
-from envs.tasks import load_problems
+from envs.tasks import load_problems, template_for, template_token_warning
 from evaluation.curves import plot_learning_curve
-from evaluation.protocol import evaluate_held_out
+from evaluation.protocol import cloud_summary, evaluate_held_out
 from evaluation.summary import run_summary
 from evaluation.tables import format_table
 from policies.cloud import CloudError
@@ -255,6 +255,7 @@ def run_eval(tag, env, generator, test, cfg, accelerator, model=None):
         return rows
     if not accelerator.is_main_process:
         return None
+    cloud_before = env.cloud.usage()
     try:
         rows, records = evaluate_held_out(
             env,
@@ -273,7 +274,10 @@ def run_eval(tag, env, generator, test, cfg, accelerator, model=None):
         )
         return None
     cap = env.budget_text(cfg.rl.budget)
-    tqdm.write(f"\n== held-out evaluation ({tag}, {len(test)} problems, budget {cap}) ==\n{format_table(rows)}\n")
+    tqdm.write(
+        f"\n== held-out evaluation ({tag}, {len(test)} problems, budget {cap}) ==\n{format_table(rows)}\n"
+        f"cloud this evaluation: {cloud_summary(env.cloud, cloud_before)}\n"
+    )
     out = os.path.join(cfg.train.output_dir, "eval")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"{tag}.json"), "w") as f:
@@ -482,6 +486,10 @@ def setup(cfg) -> Run | int:
             )
             return 2
         train_problems, probe_problems = train_problems[: -cfg.rl.probe_size], train_problems[-cfg.rl.probe_size :]
+    caps = min(cfg.rl.max_new_tokens, cfg.train.eval_max_new_tokens)
+    mismatch = template_token_warning(template_for(cfg.task), caps, "rl.max_new_tokens and train.eval_max_new_tokens")
+    if mismatch and accelerator.is_main_process:
+        log.warning(mismatch)
     model, tok = load_device_model(cfg.model)
     if uses_deepspeed(accelerator):  # one clipping setting: DeepSpeed clips in its step
         accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = cfg.train.max_grad_norm
@@ -577,7 +585,8 @@ def train(cfg, resume: bool = False) -> int:
     rows = run_eval("final", run.env, generator, run.test_problems, cfg, accelerator)
     if accelerator.is_main_process:
         tqdm.write(
-            f"saved the trained policy to {final}  (evaluate it: python eval.py --config <yaml> --model {final})"
+            f"saved the trained policy to {final}  (evaluate it: python eval.py --run {out}; serve it: "
+            f"python serve.py --model {final})"
         )
         curve = None
         try:

@@ -20,9 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def wandb_offline_unless_configured() -> None:
-    """W&B never blocks on a login prompt: offline mode unless ``WANDB_API_KEY`` or ``WANDB_MODE`` is set."""
+    """W&B never blocks on a login prompt: offline mode unless ``WANDB_API_KEY`` or ``WANDB_MODE`` is set.  And it is
+    silent (no banner at the start, no history and summary at the end: metrics.jsonl and the console lines say it)
+    unless ``WANDB_SILENT`` is set (``WANDB_SILENT=false`` shows them)."""
     if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
         os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
 
 
 def per_device_batch(total: int, cap: int) -> int:

@@ -623,8 +623,12 @@ def to_dict(c: Config) -> dict:
 
 
 def to_yaml(c: Config) -> str:
-    """The resolved config as YAML (``train.py --print-config``): loadable again with ``--config``."""
-    return OmegaConf.to_yaml(OmegaConf.create(to_dict(c)))
+    """The resolved config as YAML (``train.py --print-config``): loadable again with ``--config``.  The ``lsrp``
+    section only with ``rl.env=lsrp`` (its defaults fill it in again when loaded)."""
+    d = to_dict(c)
+    if c.rl.env != "lsrp":
+        d.pop("lsrp", None)
+    return OmegaConf.to_yaml(OmegaConf.create(d))
 
 
 def save_config(c: Config) -> str:

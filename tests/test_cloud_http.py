@@ -414,3 +414,15 @@ def test_parse_retry_after():
     assert parse_retry_after("3") == 3.0 and parse_retry_after(None) is None and parse_retry_after("soon") is None
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 < parse_retry_after(later) <= 31
+
+
+def test_a_refused_connection_says_to_start_the_server_not_to_raise_the_retries(tmp_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    backend = OpenAICloud(f"http://127.0.0.1:{port}/v1", MODEL, api_key_env=KEY_ENV, max_retries=2, backoff_base_s=0.01)
+    with pytest.raises(CloudError) as e:
+        CachedCloud(backend, str(tmp_path / "c.sqlite")).answer(probs("q?")[0])
+    assert "Nothing is listening at" in str(e.value) and "cloud.base_url" in str(e.value)
+    assert "raise cloud.max_retries" not in str(e.value)

@@ -107,6 +107,15 @@ def test_print_config_writes_the_resolved_yaml_that_loads_back(tmp_path, capsys)
     assert not (tmp_path / "outputs").exists()  # nothing ran
 
 
+def test_print_config_shows_the_lsrp_section_only_for_an_lsrp_run(capsys):
+    import train
+
+    assert train.main(["--config", "configs/cpu_default.yaml", "--print-config"]) == 0
+    assert "\nlsrp:" not in capsys.readouterr().out
+    assert train.main(["--config", "configs/lsrp_cpu.yaml", "--print-config"]) == 0
+    assert "\nlsrp:" in capsys.readouterr().out
+
+
 def test_help_shows_the_effective_values_of_the_given_config(capsys):
     import train
 

@@ -60,3 +60,25 @@ def test_results_title_names_only_the_methods_the_grid_ran():
     assert method_title(["gapg", "grpo"]) == "GAPG against GRPO"
     assert "Dr.GRPO" in method_title(["gapg", "grpo", "dr_grpo"])
     assert method_title(["gapg"]) == "GAPG"
+
+
+def test_learning_curve_has_labelled_axes_integer_steps_held_out_points_and_a_panel_per_level(tmp_path):
+    from evaluation.curves import learning_curve_figure
+
+    run = write_run(tmp_path, "a", [0.0, 0.1, 0.2, 0.1, 0.0], {"before": 0.2, "step-2": 0.25, "final": 0.3})
+    lines = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    with open(os.path.join(run, "metrics.jsonl"), "w") as f:
+        for line in lines:
+            if "eval" not in line:
+                line["offload_by_level"] = {"1": 0.1, "2": 0.5, "3": 0.9}
+            f.write(json.dumps(line) + "\n")
+    fig = learning_curve_figure(run)
+    axes = fig.axes
+    assert len(axes) == 3 + 3  # reward, offload, γ; then one small panel per level
+    assert all(ax.get_ylabel() for ax in axes[:4]) and all(ax.get_xlabel() == "step" for ax in axes)
+    for ax in axes:
+        lo, hi = ax.get_xlim()
+        assert all(float(t).is_integer() for t in ax.get_xticks() if lo <= t <= hi), ax.get_title()
+    held = {line.get_label(): list(line.get_xdata()) for line in axes[0].lines + axes[1].lines}
+    assert held["held-out accuracy (device + cloud)"] == [0, 2, 5] and held["held-out (asked for)"] == [0, 2, 5]
+    assert [ax.get_title() for ax in axes[3:]] == ["level 1", "level 2", "level 3"]

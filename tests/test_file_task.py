@@ -40,7 +40,7 @@ def test_file_task_reads_jsonl_and_csv_with_named_fields_and_warns_on_shared_que
     assert [p.answer for p in tr] == ["5", "40", "-2", "1001"]  # GSM8K '####' and thousands separators parsed
     assert [p.question for p in te] == ["What is 6 + 6?", "What is 10 * 4?"] and te[0].answer == "12"
     assert "1 of the 2 held-out questions also appear in the training problems" in caplog.text
-    assert template_for(cfg.task) == "math"
+    assert template_for(cfg.task) == "arithmetic"  # short numeric answers: the one-line template
     pq = tmp_path / "train.parquet"
     import datasets
 

@@ -244,9 +244,11 @@ class CachedCloud:
         return out
 
     def _log_batch(self, asked: int, mine: dict, t0: float, failed: bool = False):
-        """One line per ``answer_many``: its own counts (``mine``), then the process's totals."""
+        """One line per ``answer_many``, its own counts (``mine``) then the process's totals: debug (a run's
+        evaluations and eval.py summarise the cloud once, ``usage()``); a failed batch is a warning."""
         u = self._usage
-        log.info(
+        log.log(
+            logging.WARNING if failed else logging.DEBUG,
             "cloud %s: %d asked%s, %d new answers in %.1fs (+%d prompt / +%d completion tokens), %d from the cache; "
             "this process so far: %d calls, %d cache hits, %d prompt + %d completion tokens (%s)",
             self.backend.name,

@@ -240,10 +240,14 @@ class OpenAICloud:
                 last = _Retryable(f"HTTP {status}", parse_retry_after(response.headers.get("retry-after")))
                 continue
             raise self._fatal(status, response.text)
+        fix = (  # nothing listening: more retries or a longer timeout would not help
+            f"Nothing is listening at {self.url}: start the server, or point cloud.base_url at one that runs."
+            if refused
+            else "Check the server, or raise cloud.max_retries / cloud.timeout_s."
+        )
         raise CloudError(
             f"cloud request to {self.url} (model {self.model!r}) for problem {problem.uid} failed after "
-            f"{attempts} attempts (cloud.max_retries={self.max_retries}); last cause: {last.cause}. "
-            "Check the server, or raise cloud.max_retries / cloud.timeout_s."
+            f"{attempts} attempts (cloud.max_retries={self.max_retries}); last cause: {last.cause}. {fix}"
         )
 
     def answer_many(self, problems: list[Problem], on_reply=None) -> list[CloudReply]:
