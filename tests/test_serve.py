@@ -745,7 +745,7 @@ def test_cloud_log_lines_count_their_own_call_under_concurrency(caplog):
 
     slow_cloud = SlowForOne()
     cached = CachedCloud(slow_cloud, None)
-    caplog.set_level(logging.INFO, logger="policies.cloud.cache")
+    caplog.set_level(logging.DEBUG, logger="policies.cloud.cache")
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(cached.answer_many, [served_problem("What is 1 + 1?")])
         while not slow_cloud.asked:
