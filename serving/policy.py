@@ -55,7 +55,7 @@ from envs.suites import QUESTION_FIELDS, get_field, read_jsonl_rows
 from policies.calculator import answer_query
 from policies.escalation_score import escalation_opening, escalation_scores, threshold_for_budget
 from policies.generation import HFGenerator
-from rewards.math_grader import extract_answer
+from rewards.math_grader import extract_answer, last_boxed
 from serving.budget import SlidingBudget
 from serving.cloud import CloudBusy, CloudTimeout, ServingCloud
 from serving.streaming import StreamingGenerator, takes_on_token
@@ -177,6 +177,12 @@ class Answer:
         return self.escalated and not self.escalation_suppressed and self.answered_by != CLOUD
 
     escalation_score: float | None = None  # P(<unknown> | prompt + own text) when serving by score
+
+
+def reply_answer(text: str, reason: str) -> str | None:
+    """The answer a reply states: its last ``\\boxed{}`` (then "the answer is", then the last number); a reply cut off
+    at its token limit (``reason`` length) states only a ``\\boxed{}``, never a number it was still working with."""
+    return last_boxed(text) if reason == "length" else extract_answer(text)
 
 
 def served_problem(question: str) -> Problem:
@@ -545,7 +551,7 @@ class CollaborativePolicy:
         text = self.tokenizer.decode(draft.ids, skip_special_tokens=True)
         tagged, own = split_escalation(text)
         wants = tagged if draft.escalation_score is None else draft.escalation_score > self.threshold
-        own_answer = extract_answer(device_text(own) if self.mode == "query" else own)
+        own_answer = reply_answer(device_text(own) if self.mode == "query" else own, draft.reason)
         a = Answer(
             question=req.question,
             text=text,
@@ -646,7 +652,8 @@ class CollaborativePolicy:
         wants, own = split_escalation(text)
         text = (own if wants else text).replace(ESCALATION_TAG, "").replace("</unknown>", "").strip() or NO_ANSWER_TEXT
         a.text = text
-        a.answer = extract_answer(device_text(text) if self.mode == "query" else text)
+        reason = draft.reason if draft is not None else "eos"
+        a.answer = reply_answer(device_text(text) if self.mode == "query" else text, reason)
         return a
 
     def info(self) -> dict:

@@ -785,6 +785,7 @@ def test_stop_and_max_tokens_are_honoured_and_unsupported_options_refused(model,
     assert stopped.choices[0].message.content == "7" and stopped.choices[0].finish_reason == "stop"
     assert short.choices[0].message.content == "7 \\boxed" and short.choices[0].finish_reason == "length"
     assert short.usage.model_dump()["device_completion_tokens"] == 3
+    assert extra(short)["answer"] is None  # cut off before its \\boxed{}: the 7 it was writing is not its answer
     for name, r in refused.items():
         assert r.status_code == 400 and name in r.json()["error"]["message"], (name, r.text)
         assert r.json()["error"]["param"] == name and r.json()["error"]["code"] == "unsupported_parameter"
