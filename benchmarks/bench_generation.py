@@ -51,6 +51,15 @@ from benchmarks.common import (
 )
 
 
+def cpu_has_bf16() -> bool:
+    """Does this CPU multiply bfloat16 natively (AVX-512 BF16 or AMX)?  Read from /proc/cpuinfo (Linux)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def machine_limits(device: str) -> dict:
     """Memory bandwidth (bytes/s, a 1 GiB copy: read + write) and peak matmul FLOP/s in float32 and bfloat16."""
     import torch
@@ -72,8 +81,9 @@ def machine_limits(device: str) -> dict:
     bandwidth = 2 * pair[0].numel() * 4 / best(lambda: pair[1].copy_(pair[0]))
     pair.clear()
     out = {"bandwidth": bandwidth}
-    n = 2048 if device == "cpu" else 8192
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        # a CPU without bf16 matmul units emulates them, ~100x slower: a smaller product measures its rate as well
+        n = 8192 if device != "cpu" else (512 if dtype == torch.bfloat16 and not cpu_has_bf16() else 2048)
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
         out[f"flops_{name}"] = 2 * n**3 / best(lambda a=a, b=b: a @ b, reps=3)
