@@ -26,8 +26,8 @@ import statistics
 from scipy.special import stdtrit
 
 from evaluation.curves import run_metrics
+from evaluation.protocol import BASELINES
 
-BASELINES = ("never", "random", "router", "cloud")
 FIELDS = [
     "budget",
     "seed",
