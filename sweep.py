@@ -61,8 +61,29 @@ def point_dir(out: str, budget: float) -> str:
     return os.path.join(out, f"budget-{budget:.2f}")
 
 
-def grid_dir(out: str, method: str, seed: int, budget: float) -> str:
+def grid_dir(out: str, method: str, seed: int, budget: float | None) -> str:
+    """A grid point's run; a budget-free method (task tuning) has one run per seed."""
+    if budget is None:
+        return os.path.join(out, method, f"seed-{seed}")
     return os.path.join(out, method, f"seed-{seed}", f"budget-{budget:.2f}")
+
+
+# The grid's methods: each a recipe of config overrides on top of --config (docs/method.md §7).
+METHODS = {
+    "gapg": [],  # the method: GAPG advantages, adaptive filtering, the budget's controller on γ
+    "grpo": ["rl.advantage=grpo"],  # GRPO's std-normalised advantages: the collapse ablation
+    "dr_grpo": ["rl.advantage=dr_grpo"],  # GAPG up to a constant factor ((r - mean)/G over the longest response)
+    # Collaboration-Aware Tuning, the paper's baseline: TRL GRPOTrainer, Dr.GRPO loss, the hierarchical reward with
+    # γ fixed at rl.gamma, no adaptive filtering, no controller; each step trains rl.batch_prompts x G fresh samples
+    "cat": ["rl.trainer=trl_drgrpo"],
+    "gapg_no_filter": ["rl.filtering=false"],  # ablation: every sampled prompt trained
+    "gapg_fixed_gamma": ["rl.gamma_lr=0"],  # ablation: γ fixed at rl.gamma, no controller
+    # task tuning at equal compute: the same trainer, steps, prompts, G, lr and seed, with no escalation offered
+    # (the prompt has no <unknown> option, so the reward is accuracy); one run per seed serves every budget as the
+    # base device of the TT rows (never/random/router/confidence/oracle)
+    "tt": ["task.escalation=false"],
+}
+BUDGET_FREE = {"tt"}
 
 
 def run_training(
@@ -183,9 +204,11 @@ def report_data(report: str) -> str:
     return os.path.join(os.path.dirname(report), "data", os.path.basename(report))
 
 
-def write_report(rows, methods, budgets, seeds, out: str, report: str, command: str, standins: str = "") -> list[str]:
+def write_report(
+    rows, methods, budgets, seeds, out: str, report: str, command: str, standins: str = "", tuned: bool = False
+) -> list[str]:
     """``report``.md, and ``report_data(report)``.csv/.png/_offload.png, from the grid's rows
-    (evaluation/results.py)."""
+    (evaluation/results.py).  ``tuned``: the baseline rows answered with the task-tuned device (the ``tt`` runs)."""
     from evaluation import results
 
     data = report_data(report)
@@ -197,6 +220,7 @@ def write_report(rows, methods, budgets, seeds, out: str, report: str, command: 
         "description": f"Grid: methods {', '.join(methods)} x budgets {', '.join(f'{b:.0%}' for b in budgets)} x "
         f"seeds {', '.join(map(str, seeds))}; rows in `data/{os.path.basename(report)}.csv`.",
         "standins": standins,
+        "tuned": tuned,
     }
     return [
         results.write_csv(rows, data + ".csv"),
@@ -333,8 +357,16 @@ def main(argv=None):
     ap.add_argument("--verbose", action="store_true", help="debug logging (cloud retries, accelerate, checkpoints)")
     ap.add_argument("--plot-only", action="store_true", help="redraw sweep.png from sweep.csv")
     ap.add_argument(
-        "--methods", default="", help="grid mode: comma list of rl.advantage values to train (gapg,grpo,dr_grpo)"
+        "--methods",
+        default="",
+        help="grid mode: comma list of methods to train at every budget: gapg, grpo, dr_grpo, cat (Collaboration-Aware "
+        "Tuning), gapg_no_filter, gapg_fixed_gamma, tt (task tuning: one run per seed, the base device of the "
+        "baseline rows); the recipes are sweep.py's METHODS",
     )
+    ap.add_argument(
+        "--ablations", default="", help="grid mode: methods trained only at --ablation-budgets (e.g. gapg_no_filter)"
+    )
+    ap.add_argument("--ablation-budgets", default="0.3", help="grid mode: the budgets of --ablations")
     ap.add_argument("--seeds", default="", help="grid mode: comma list of train.seed values (default 0)")
     ap.add_argument("--report", default=None, help="grid mode: write <report>.md/.csv/.png (e.g. docs/results)")
     ap.add_argument(
@@ -393,17 +425,22 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
     """Grid mode: (method x budget x seed), trained and evaluated point by point, seed by seed; the report after every
     point."""
     from evaluation.results import standins_caption
-    from rl.advantages import ESTIMATORS
 
     methods = [m for m in (args.methods or "gapg").split(",") if m]
-    bad = [m for m in methods if m not in ESTIMATORS]
+    ablations = [m for m in args.ablations.split(",") if m]
+    bad = [m for m in methods + ablations if m not in METHODS]
     if bad:
-        print(f"error: --methods {bad}: choose from {','.join(ESTIMATORS)} (rl.advantage values).", file=sys.stderr)
+        print(f"error: --methods/--ablations {bad}: choose from {','.join(METHODS)}.", file=sys.stderr)
         return 2
     try:
         seeds = [int(s) for s in (args.seeds or "0").split(",") if s]
     except ValueError:
         print(f"error: --seeds {args.seeds!r} must be integers like 0,1,2", file=sys.stderr)
+        return 2
+    try:
+        ablation_budgets = [float(b) for b in args.ablation_budgets.split(",") if b]
+    except ValueError:
+        print(f"error: --ablation-budgets {args.ablation_budgets!r} must be numbers like 0.3", file=sys.stderr)
         return 2
     report = args.report or os.path.join(args.out, "results")
     command = "python sweep.py " + " ".join(shlex.quote(a) for a in argv)  # what the report says made it
@@ -414,21 +451,43 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
             if os.path.exists(path):
                 with open(path) as f:
                     done[(b, s)] = json.load(f)
+
+    def train_point(m: str, s: int, b: float) -> str:
+        run = grid_dir(args.out, m, s, None if m in BUDGET_FREE else b)
+        point = [*overrides, *METHODS[m], f"train.seed={s}"]
+        run_training(
+            args.config,
+            b,
+            run,
+            point,
+            args.launch,
+            group,
+            f"{m}-seed{s}" + ("" if m in BUDGET_FREE else f"-budget-{b:.2f}"),
+        )
+        if not args.keep_checkpoints and os.path.exists(os.path.join(run, "final", "config.json")):
+            shutil.rmtree(os.path.join(run, "checkpoints"), ignore_errors=True)  # finished: final/ is enough
+        return run
+
+    routed = [m for m in methods + ablations if m not in BUDGET_FREE]
     for s in seeds:  # seed-major: a grid stopped early holds whole replicates (every budget) of the seeds it finished
+        # the base device of the baseline rows: the task-tuned run of this seed when the grid trains one
+        base = os.path.join(train_point("tt", s, budgets[0]), "final") if "tt" in methods else cfg.model.name_or_path
         for b in budgets:
-            models = {}
-            for m in methods:
-                run = grid_dir(args.out, m, s, b)
-                point = [*overrides, f"rl.advantage={m}", f"train.seed={s}"]
-                run_training(args.config, b, run, point, args.launch, group, f"{m}-seed{s}-budget-{b:.2f}")
-                if not args.keep_checkpoints and os.path.exists(os.path.join(run, "final", "config.json")):
-                    shutil.rmtree(os.path.join(run, "checkpoints"), ignore_errors=True)  # finished: final/ is enough
-                models[m] = run
-            done[(b, s)] = run_grid_eval(
-                args.config, b, s, models, args.out, overrides, eval_args, cfg.model.name_or_path
-            )
+            here = [m for m in routed if m in methods or b in ablation_budgets]
+            models = {m: train_point(m, s, b) for m in here}
+            done[(b, s)] = run_grid_eval(args.config, b, s, models, args.out, overrides, eval_args, base)
             rows = [r for point in done.values() for r in point]
-            written = write_report(rows, methods, budgets, seeds, args.out, report, command, standins_caption(cfg))
+            written = write_report(
+                rows,
+                [m for m in routed],
+                budgets,
+                seeds,
+                args.out,
+                report,
+                command,
+                standins_caption(cfg),
+                tuned="tt" in methods,
+            )
             print(f"[sweep] point budget {b:.0%} seed {s} done; report: {', '.join(written)}", flush=True)
     return 0
 

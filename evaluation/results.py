@@ -126,7 +126,7 @@ def comparison_rows(rows: list[dict], methods: list[str]) -> list[dict]:
     return out
 
 
-def headline_table(rows: list[dict], methods: list[str]) -> list[str]:
+def headline_table(rows: list[dict], methods: list[str], tuned: bool = False) -> list[str]:
     """Markdown lines: one row per method and baseline, one column per budget, each cell the held-out accuracy
     (mean ± 95% t-interval over seeds) and, after it, the cloud share actually used and the number of seeds."""
     grouped = by_key(rows)
@@ -145,7 +145,7 @@ def headline_table(rows: list[dict], methods: list[str]) -> list[str]:
                 continue
             acc, share = mean_ci([r["overall_acc"] for r in rs]), statistics.fmean(r["offload_rate"] for r in rs)
             cells.append(f"{fmt(*acc)} ({100 * share:.1f}, {len(rs)})")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_name(method, tuned)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -180,7 +180,31 @@ def standins_caption(cfg) -> str:
     return f"Stand-ins: the cloud is {cloud}; the device is {cfg.model.name_or_path}; the task is {cfg.task.name}."
 
 
-METHOD_NAMES = {"gapg": "GAPG", "grpo": "GRPO", "dr_grpo": "Dr.GRPO"}  # rl.advantage -> how the report names it
+# sweep.py's methods -> how the report names them
+METHOD_NAMES = {
+    "gapg": "GAPG",
+    "grpo": "GRPO-std",
+    "dr_grpo": "GAPG rescaled (Dr.GRPO advantages)",
+    "cat": "Collaboration-Aware Tuning",
+    "gapg_no_filter": "GAPG without adaptive filtering",
+    "gapg_fixed_gamma": "GAPG with γ fixed",
+}
+# the baseline rows, answered by the base device: the untrained model, or the task-tuned one (sweep.py's tt runs)
+BASE_NAMES = {"never": "base only", "random": "base & naive", "router": "base & router"}
+TUNED_NAMES = {
+    "never": "TT only",
+    "random": "TT & naive",
+    "router": "TT & router",
+    "confidence": "TT & self-confidence",
+    "oracle": "TT & oracle (ceiling)",
+}
+
+
+def row_name(method: str, tuned: bool = False) -> str:
+    """The name a table gives a row: a trained method's, or a baseline's on the base or the task-tuned device."""
+    if method in METHOD_NAMES:
+        return METHOD_NAMES[method]
+    return (TUNED_NAMES if tuned else BASE_NAMES).get(method, method)
 
 
 def method_title(methods: list[str]) -> str:
@@ -189,7 +213,42 @@ def method_title(methods: list[str]) -> str:
     return names[0] + (" against " + ", ".join(names[1:]) if len(names) > 1 else "")
 
 
+VERDICT_AGAINST = ("router", "confidence", "cat")  # what the method must beat: the strongest routing baselines
+
+
+def verdict_lines(comparisons: list[dict], rows: list[dict], budget: float, tuned: bool) -> list[str]:
+    """In words, at one budget: does GAPG beat TT & router, TT & self-confidence and Collaboration-Aware Tuning
+    beyond the t-interval over seeds, and how much of the gap from naive offloading to the oracle ceiling it closes
+    ((GAPG − naive) / (oracle − naive), on the seed means)."""
+    out = []
+    for c in comparisons:
+        if c["budget"] != budget or c["a"] != "gapg" or c["b"] not in VERDICT_AGAINST:
+            continue
+        other = row_name(c["b"], tuned)
+        if c["half_width"] is None:
+            word = "one seed, no interval"
+        elif c["beyond"]:
+            word = f"GAPG {'beats' if c['diff'] > 0 else 'is worse than'} {other} beyond noise"
+        else:
+            word = f"GAPG and {other} are within noise"
+        out.append(f"- GAPG − {other}: {fmt(c['diff'], c['half_width'])} points over {c['seeds']} seeds: {word}.")
+    grouped = by_key(rows)
+    means = {
+        m: statistics.fmean(r["overall_acc"] for r in grouped[(budget, m)])
+        for m in ("gapg", "random", "oracle")
+        if grouped.get((budget, m))
+    }
+    if len(means) == 3 and means["oracle"] > means["random"]:
+        share = (means["gapg"] - means["random"]) / (means["oracle"] - means["random"])
+        out.append(
+            f"- GAPG closes {100 * share:.0f}% of the gap from {row_name('random', tuned)} "
+            f"({100 * means['random']:.1f}%) to the {row_name('oracle', tuned)} ({100 * means['oracle']:.1f}%)."
+        )
+    return out + ([""] if out else [])
+
+
 def write_markdown(rows: list[dict], methods: list[str], path: str, command: str, meta: dict) -> str:
+    tuned = bool(meta.get("tuned"))
     grouped = by_key(rows)
     budgets = sorted({r["budget"] for r in rows})
     order = methods + [b for b in BASELINES if any(k[1] == b for k in grouped)]
@@ -215,15 +274,16 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
         "",
         "## Every budget at a glance",
         "",
-        *headline_table(rows, methods),
+        *headline_table(rows, methods, tuned),
         "",
     ]
     for budget in budgets:
         lines += [
             f"## Budget {budget:.0%}",
             "",
-            "| method | seeds | accuracy % | problems CI % | cloud share % | wanted offload % | train offload % |",
-            "|---|---|---|---|---|---|---|",
+            "| method | seeds | accuracy % | problems CI % | conditional accuracy % | cloud share % | wanted offload % "
+            "| train offload % |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for method in order:
             rs = grouped.get((budget, method))
@@ -238,12 +298,15 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
             )
             last = [r["train_offload_last"] for r in rs if r.get("train_offload_last") is not None]
             wanted = [r["wanted_offload_rate"] for r in rs if r.get("wanted_offload_rate") is not None]
+            cond = mean_ci([r["device_acc"] for r in rs]) if all(r.get("device_acc") is not None for r in rs) else None
             lines.append(
-                f"| {method} | {len(rs)} | {fmt(*acc)} | {pci} | {fmt(*off)} | "
+                f"| {row_name(method, tuned)} | {len(rs)} | {fmt(*acc)} | {pci} | {fmt(*cond) if cond else '-'} | "
+                f"{fmt(*off)} | "
                 f"{fmt(*mean_ci(wanted)) if wanted else '-'} | {fmt(statistics.fmean(last), None) if last else '-'} |"
             )
         lines.append("")
-        lines += per_level_offload_table([(m, grouped.get((budget, m), [])) for m in order])
+        lines += verdict_lines(comparisons, rows, budget, tuned)
+        lines += per_level_offload_table([(row_name(m, tuned), grouped.get((budget, m), [])) for m in order])
         if meta.get("standins"):
             lines += [f"*{meta['standins']}*", ""]
         comps = [c for c in comparisons if c["budget"] == budget]
@@ -259,7 +322,8 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
                     else ("beyond noise" if c["beyond"] else "within noise")
                 )
                 lines.append(
-                    f"| {c['a']} − {c['b']} | {fmt(c['diff'], c['half_width'])} | {verdict} | "
+                    f"| {row_name(c['a'], tuned)} − {row_name(c['b'], tuned)} | "
+                    f"{fmt(c['diff'], c['half_width'])} | {verdict} | "
                     f"{c['beyond_in_seeds']}/{c['seeds']} |"
                 )
             lines.append("")

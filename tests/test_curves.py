@@ -57,8 +57,8 @@ def test_compare_writes_one_figure_for_several_runs_and_the_command_names_a_miss
 def test_results_title_names_only_the_methods_the_grid_ran():
     from evaluation.results import method_title
 
-    assert method_title(["gapg", "grpo"]) == "GAPG against GRPO"
-    assert "Dr.GRPO" in method_title(["gapg", "grpo", "dr_grpo"])
+    assert method_title(["gapg", "grpo"]) == "GAPG against GRPO-std"
+    assert "Dr.GRPO advantages" in method_title(["gapg", "grpo", "dr_grpo"])
     assert method_title(["gapg"]) == "GAPG"
 
 

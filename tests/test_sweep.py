@@ -166,11 +166,11 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
     md = open(report + ".md").read()
     command = md.splitlines()[5]  # the command that made it, in its first lines
     assert command.startswith("python ") and "sweep.py" in command and "--methods gapg,grpo" in command
-    assert "| gapg − grpo |" in md and "| gapg − random |" in md and " ± " in md  # two seeds: intervals
+    assert "| GAPG − GRPO-std |" in md and "| GAPG − base & naive |" in md and " ± " in md  # two seeds: intervals
     assert "*Stand-ins: the cloud is simulated (no LLM: right with probability" in md  # under every table
     assert "| wanted offload % |" in md
-    assert "| offload per level % |" in md and "\n| gapg | " in md.split("| offload per level % |")[1]
-    assert "| gapg | " in md.split("## Every budget at a glance")[1].split("## Budget 20%")[0]  # the headline table
+    assert "| offload per level % |" in md and "\n| GAPG | " in md.split("| offload per level % |")[1]
+    assert "| GAPG | " in md.split("## Every budget at a glance")[1].split("## Budget 20%")[0]  # the headline table
     assert os.path.getsize(data + ".png") > 0 and os.path.getsize(data + "_offload.png") > 0
     assert "](data/results.png)" in md and not os.path.exists(report + ".csv")
     stamp = os.path.getmtime(os.path.join(out, "eval-points", "budget-0.30-seed-1.json"))
@@ -188,4 +188,4 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
 
 def test_grid_mode_rejects_unknown_methods(capsys):
     assert sweep.main(["--config", "configs/tiny_test.yaml", "--methods", "ppo", "--out", "/tmp/x"]) == 2
-    assert "rl.advantage" in capsys.readouterr().err
+    assert "['ppo']: choose from gapg,grpo,dr_grpo,cat" in capsys.readouterr().err
