@@ -84,6 +84,13 @@ def collate(sequences: list[tuple], pad_id: int):
     return ids, attn, mask
 
 
+def scored_positions(sequences: list[tuple], width: int) -> int:
+    """How many of the last positions of a right-padded batch (``collate``) need logits: from the one before the
+    earliest completion token on.  The LM head (vocabulary x hidden, a fifth of a 135M model's weights) then skips
+    the prompt tokens, whose predictions no loss uses (``logits_to_keep``)."""
+    return min(width, width - (min(len(s[0]) for s in sequences) - 1))
+
+
 def recomputes_activations(model) -> bool:
     """True when ``model`` (bare, PEFT- or DDP-wrapped) trains with gradient checkpointing.
 
@@ -110,8 +117,9 @@ def score_sequences(model, sequences: list[tuple], pad_id: int, device, shared_p
     if shared_prefix <= 0:
         ids, attn, mask = collate(sequences, pad_id)
         ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=attn).logits
-        return sequence_logprobs(logits, ids, mask)
+        keep = scored_positions(sequences, ids.shape[1])
+        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits
+        return sequence_logprobs(logits, ids[:, -keep:], mask[:, -keep:])
     prefix = torch.tensor([sequences[0][0][:shared_prefix]], device=device)
     cache = DynamicCache()
     model(input_ids=prefix, use_cache=True, **{cache_keyword(model): cache})
@@ -120,5 +128,7 @@ def score_sequences(model, sequences: list[tuple], pad_id: int, device, shared_p
     ids, attn, mask = collate(rest, pad_id)
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
     full_attn = torch.cat([torch.ones((len(sequences), shared_prefix), dtype=attn.dtype, device=device), attn], dim=1)
-    logits = model(input_ids=ids, attention_mask=full_attn, use_cache=True, **{cache_keyword(model): cache}).logits
-    return sequence_logprobs(logits, ids, mask)
+    keep = scored_positions(rest, ids.shape[1])
+    kwargs = {cache_keyword(model): cache}
+    logits = model(input_ids=ids, attention_mask=full_attn, use_cache=True, logits_to_keep=keep, **kwargs).logits
+    return sequence_logprobs(logits, ids[:, -keep:], mask[:, -keep:])

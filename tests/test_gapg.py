@@ -87,6 +87,31 @@ def test_shared_prefix_scoring_matches_full_sequences_value_and_gradient(tiny_mo
         assert torch.allclose(g_full[n], g_shared[n], atol=1e-5, rtol=1e-4), n
 
 
+def test_scoring_only_the_completion_positions_matches_the_full_logits(tiny_model_dir):
+    """score_sequences asks the LM head for the positions from the earliest completion on (logits_to_keep); the
+    log-probs and gradients equal those of the full logits, prompts of different lengths and a masked token too."""
+    from conftest import score_with_grads
+    from transformers import AutoModelForCausalLM
+
+    from rl.gapg import collate, scored_positions
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    head = list(range(10, 40))
+    seqs = [(head + [60, 61, 62, 63], [70, 71, 72]), (head + [62], [73, 74], [1, 0]), (head + [63, 64], [75, 76, 77])]
+    coef = torch.tensor([0.5, -1.0, 0.25])
+    ids, attn, mask = collate(seqs, 0)
+    assert scored_positions(seqs, ids.shape[1]) == ids.shape[1] - len(head)  # from the shortest prompt's last token
+    model.zero_grad()
+    reference = sequence_logprobs(model(input_ids=ids, attention_mask=attn).logits, ids, mask)
+    (coef * reference).sum().backward()
+    g_ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for shared in (0, len(head)):
+        lp, grads = score_with_grads(model, seqs, coef, shared)
+        assert torch.allclose(lp, reference.detach(), atol=1e-5)
+        for n in g_ref:
+            assert torch.allclose(grads[n], g_ref[n], atol=1e-5, rtol=1e-4), (shared, n)
+
+
 def test_a_reward_at_its_group_mean_has_exactly_zero_coefficient():
     """[1, 1, .4, .4, .4, 0, 0, 0] has mean .4; float32 rounding made .4 − mean = −4e-9, so those three responses
     were scored (and counted in the micro-batch shares) though they add nothing.  They are exactly 0 now."""
