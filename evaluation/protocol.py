@@ -116,7 +116,7 @@ def suite_rows(
     seed=0,
     router_scores=None,
     router_threshold=None,
-    baselines=BASELINES,
+    baselines=DEFAULT_BASELINES,
     cloud_path=None,
     score_rows=False,
     calibration: dict | None = None,
