@@ -92,7 +92,7 @@ def run_device(
                     "answer": r.local_answer,
                     "correct": bool(r.device_correct),
                     "tokens": len(g[0].completion_ids),
-                    "format_ok": format_ok(r.sample.text, env.template),
+                    "format_ok": format_ok(r.sample.text, env.template, getattr(env, "escalation", True)),
                 }
             )
         add_scores(model, env.tokenizer, rows, prompts, batch_size, fields)

@@ -246,3 +246,41 @@ def test_eval_with_a_task_tuned_base_run_uses_its_prompt_for_the_base_rows(tiny_
     assert sum(r["confidence"] < conf["threshold"] for r in cal) == 6
     assert conf["cloud_calls"] <= 3 and rows["oracle"]["cloud_calls"] <= 3  # floor(0.3 * 10)
     assert rows["oracle"]["overall_acc"] >= max(rows[m]["overall_acc"] for m in ("never", "random", "confidence"))
+
+
+def test_task_tuning_run_of_the_trainer_pays_no_cloud_for_a_device_that_only_writes_the_tag(tmp_path):
+    """train.py task.escalation=false with a model that answers every prompt with ``<unknown></unknown>``: its
+    prompts offer no escalation, every rollout is a wrong answer (reward 0, offload 0) and the cloud is never asked."""
+    import sqlite3
+
+    from test_eval_cli import build_escalating_model
+
+    import train
+
+    model = build_escalating_model(str(tmp_path / "escalator"))
+    out = str(tmp_path / "tt")
+    args = [
+        f"model.name_or_path={model}",
+        "task.escalation=false",
+        "task.num_train=16",
+        "task.num_test=6",
+        "task.levels=[1+1]",
+        "rl.group_size=2",
+        "rl.rollout_prompts=4",
+        "rl.batch_prompts=4",
+        "rl.max_new_tokens=4",
+        "train.max_steps=1",
+        "train.wandb=false",
+        "train.eval_max_new_tokens=4",
+        "train.eval_before=false",
+        f"train.output_dir={out}",
+    ]
+    assert train.main(args) == 0
+    (step,) = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"step"' in line][:1]
+    assert step["offload_rate"] == 0.0 and step["reward"] == 0.0 and step["cloud_calls_total"] == 0
+    assert step["stray_tags"] == 1.0  # the tags are written, and counted as stray
+    policy, _, policy_random = json.load(open(os.path.join(out, "eval", "final.json")))
+    assert policy["method"] == "policy" and policy["cloud_calls"] == 0 and policy["wanted_offload_rate"] == 0.0
+    with sqlite3.connect(os.path.join(out, "cloud_cache.sqlite")) as db:  # only the policy_random row's answers
+        assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == policy_random["cloud_calls"] == 1
+    assert policy["format_rate"] == 0.0  # a tag the prompt does not offer is not the template's form
