@@ -248,6 +248,7 @@ def test_eval_with_a_task_tuned_base_run_uses_its_prompt_for_the_base_rows(tiny_
     assert rows["oracle"]["overall_acc"] >= max(rows[m]["overall_acc"] for m in ("never", "random", "confidence"))
 
 
+@pytest.mark.slow
 def test_task_tuning_run_of_the_trainer_pays_no_cloud_for_a_device_that_only_writes_the_tag(tmp_path):
     """train.py task.escalation=false with a model that answers every prompt with ``<unknown></unknown>``: its
     prompts offer no escalation, every rollout is a wrong answer (reward 0, offload 0) and the cloud is never asked."""
