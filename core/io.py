@@ -1,5 +1,6 @@
 """JSON-lines files: resumable work files (read, append with a torn-line repair, meta check) and fresh outputs;
-directories written whole or not at all (``replaced_dir``)."""
+directories written whole or not at all (``replaced_dir``); a checkpoint's training run config (``find_run_config``,
+read by serving and by eval.py for a model's own prompt)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,27 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
     if os.path.exists(path):
         os.remove(path)
     append_jsonl(path, rows)
+
+
+def find_run_config(model_path: str) -> str | None:
+    """The training run's resolved config (a ``config.json`` with the ``rl`` and ``model`` sections) in the
+    checkpoint's folder or up to three folders above it (``<out>/final``, ``<out>/checkpoints/step-N``)."""
+    here = os.path.abspath(os.path.expanduser(model_path))
+    for _ in range(4):
+        path = os.path.join(here, "config.json")
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                data = None
+            if isinstance(data, dict) and "rl" in data and "model" in data:
+                return path
+        parent = os.path.dirname(here)
+        if parent == here:
+            break
+        here = parent
+    return None
 
 
 class WorkFileMismatch(ValueError):

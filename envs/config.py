@@ -54,3 +54,11 @@ class TaskConfig(Section):
         "DigitalLearningGmbH/MATH-lighteval", "Dataset hub id used when the local file is missing (task=math)."
     )
     max_solve_steps: int = option(6, "The 'if you cannot solve it after N steps' limit in the MATH template.")
+    escalation: bool = option(
+        True,
+        "Offer escalation in the prompt (the <unknown> tag: the routing policy). false: the task-tuning prompt "
+        "(envs/prompts.py: SOLVE_*): the system prompt says only how to answer and every worked example is solved; "
+        "the reward is then accuracy (alpha_local when correct), a stray <unknown> tag is a wrong answer and no "
+        "cloud is called. Trains the 'task tuning' device of the TT baselines at equal compute (eval.py "
+        "--base-model <run>/final); route mode only (rl.env=route).",
+    )

@@ -24,13 +24,14 @@ def split_escalation(text: str) -> tuple[bool, str]:
     return (True, text[: m.start()]) if m else (False, text)
 
 
-def format_ok(text: str, template: str) -> bool:
+def format_ok(text: str, template: str, escalation: bool = True) -> bool:
     """Does a response follow the template's answer format?  Either an escalation (it ends with
     ``<unknown> ... </unknown>`` and holds no other tag) or an answer (no ``<unknown>``/``</unknown>``
     anywhere, and a final answer in the template's form: ``\\boxed{...}`` with closed braces, or
-    ``<answer> ... </answer>`` for countdown).  Eval reports the share as ``format_rate``."""
+    ``<answer> ... </answer>`` for countdown).  Eval reports the share as ``format_rate``.  ``escalation=False``
+    (the task-tuning prompt, which offers none): only an answer is."""
     n_open, n_close = text.count("<unknown>"), text.count("</unknown>")
-    if is_escalation(text):
+    if is_escalation(text) and escalation:
         return n_open == 1 and n_close == 1
     if n_open or n_close:
         return False

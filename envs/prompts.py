@@ -5,30 +5,35 @@ escalation tag ``<unknown> I need external assistance </unknown>`` at the end of
 its response hands the whole problem to the cloud.  The query mode (``mode="query"``)
 adds mid-reasoning help: ``<query>sub-question</query>`` stops generation, the
 cloud's answer comes back as ``<response>...</response>`` and the device goes on.
+
+``escalation=False`` (``task.escalation=false``) is the task-tuning prompt: the same templates and worked examples
+with the escalation option taken out (``SOLVE_TEMPLATES``, ``SOLVE_SYSTEMS``, ``SOLVE_FEW_SHOT``): the system
+prompt says only how to answer, and every worked example is solved.  It trains and evaluates the paper's
+"task tuning" device, the base model of the TT baselines (docs/evaluation.md).
 """
 
 from __future__ import annotations
 
 ESCALATION = "<unknown> I need external assistance </unknown>"
 
-MATH = (
+MATH_HOWTO = (
     'Solve the following math problem step by step ("Step 1: ...", "Step 2: ..."). '
     "Put your final answer in \\boxed{{}}.\n"
-    "If you cannot solve it after {max_steps} steps, stop and return " + ESCALATION + "\n\n"
-    "Problem: {question}"
 )
+MATH = MATH_HOWTO + "If you cannot solve it after {max_steps} steps, stop and return " + ESCALATION + "\n\n"
+MATH += "Problem: {question}"
 
-COUNTDOWN = (
+COUNTDOWN_HOWTO = (
     "{question}\n"
     "Show your reasoning in <think> </think> tags and return the final equation in <answer> </answer> tags, "
-    "for example <answer> (1 + 2) / 3 </answer>.\n"
-    "You may ask for external assistance at the end, e.g. " + ESCALATION
+    "for example <answer> (1 + 2) / 3 </answer>."
 )
+COUNTDOWN = COUNTDOWN_HOWTO + "\nYou may ask for external assistance at the end, e.g. " + ESCALATION
 
 ARITHMETIC = "{question}"
+ARITHMETIC_HOWTO = "Compute the result and give the final answer in \\boxed{{}}."
 ARITHMETIC_SYSTEM = (
-    "Compute the result and give the final answer in \\boxed{{}}. If you are not sure you can compute it "
-    "correctly, reply only with " + ESCALATION
+    ARITHMETIC_HOWTO + " If you are not sure you can compute it correctly, reply only with " + ESCALATION
 )
 
 TEMPLATES = {"math": MATH, "countdown": COUNTDOWN, "arithmetic": ARITHMETIC}
@@ -42,6 +47,18 @@ FEW_SHOT = {
         ("What is 4821 * 967?", ESCALATION),
         ("What is 6 * 2?", "6 * 2 = 12. \\boxed{12}"),
         ("What is 738 * 56?", ESCALATION),
+    ],
+}
+
+# The task-tuning prompt (escalation=False): how to answer, no escalation option; the escalated worked examples
+# are solved in the same one-line form.
+SOLVE_TEMPLATES = {"math": MATH_HOWTO + "\nProblem: {question}", "countdown": COUNTDOWN_HOWTO, "arithmetic": ARITHMETIC}
+SOLVE_FEW_SHOT = {
+    "arithmetic": [
+        ("What is 3 + 4?", "3 + 4 = 7. \\boxed{7}"),
+        ("What is 4821 * 967?", "4821 * 967 = 4661907. \\boxed{4661907}"),
+        ("What is 6 * 2?", "6 * 2 = 12. \\boxed{12}"),
+        ("What is 738 * 56?", "738 * 56 = 41328. \\boxed{41328}"),
     ],
 }
 
@@ -86,12 +103,16 @@ QUERY_FEW_SHOT = {
 }
 
 
-def render(template: str, question: str, max_steps: int = 6, mode: str = "route") -> str:
-    table = QUERY_TEMPLATES if mode == "query" else TEMPLATES
+def render(template: str, question: str, max_steps: int = 6, mode: str = "route", escalation: bool = True) -> str:
+    if mode == "query":
+        table = QUERY_TEMPLATES
+    else:
+        table = TEMPLATES if escalation else SOLVE_TEMPLATES
     return table[template].format(question=question, max_steps=max_steps)
 
 
 SYSTEMS = {"arithmetic": ARITHMETIC_SYSTEM.format()}
+SOLVE_SYSTEMS = {"arithmetic": ARITHMETIC_HOWTO.format()}
 QUERY_SYSTEMS = {"arithmetic": ARITHMETIC_QUERY_SYSTEM.format()}
 
 
@@ -102,16 +123,27 @@ def messages(
     few_shot: bool = True,
     system: str | None = None,
     mode: str = "route",
+    escalation: bool = True,
 ) -> list[dict]:
     """Chat messages: system prompt (the template's own unless given), worked examples, then the problem.
 
-    ``mode="query"`` uses the query-mode prompts (``<query>`` help and ``<unknown>`` escalation)."""
-    system = system or (QUERY_SYSTEMS if mode == "query" else SYSTEMS).get(template)
-    shots = (QUERY_FEW_SHOT if mode == "query" else FEW_SHOT).get(template, []) if few_shot else []
+    ``mode="query"`` uses the query-mode prompts (``<query>`` help and ``<unknown>`` escalation).
+    ``escalation=False`` (route mode): the task-tuning prompt, with no escalation option anywhere."""
+    if mode == "query" and not escalation:
+        raise ValueError("the query-mode prompt always offers escalation: use mode='route' with escalation=False")
+    if mode == "query":
+        systems, few = QUERY_SYSTEMS, QUERY_FEW_SHOT
+    else:
+        systems, few = (SYSTEMS, FEW_SHOT) if escalation else (SOLVE_SYSTEMS, SOLVE_FEW_SHOT)
+    system = system or systems.get(template)
+    shots = few.get(template, []) if few_shot else []
     msgs = [{"role": "system", "content": system}] if system else []
     for q, a in shots:
-        msgs += [{"role": "user", "content": render(template, q, max_steps, mode)}, {"role": "assistant", "content": a}]
-    return msgs + [{"role": "user", "content": render(template, question, max_steps, mode)}]
+        msgs += [
+            {"role": "user", "content": render(template, q, max_steps, mode, escalation)},
+            {"role": "assistant", "content": a},
+        ]
+    return msgs + [{"role": "user", "content": render(template, question, max_steps, mode, escalation)}]
 
 
 # Cloud data augmentation for task tuning (envs/augment.py; CDCDA-PLM, seed 004 §3 "Data augmentation

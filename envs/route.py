@@ -9,6 +9,10 @@ For each problem the device policy writes G responses ``y^θ``.  A response whos
 own answer is graded.  Only the ``y^θ`` tokens are kept for training
 (``loss_mask``); cloud tokens never enter the policy's loss.
 
+``escalation=False`` (``task.escalation=false``) is the task-tuning environment: the prompt offers no escalation
+(envs/prompts.py ``SOLVE_*``), a response that still ends with the tag is a wrong answer (not escalated, device
+answer wrong, so its reward is 0 and no cloud is called), and the reward is accuracy, α_a·1{correct}.
+
 The types (``Rollout``, ``Group``), the escalation step and what happens when the cloud fails are shared with the
 query mode: envs/rollout.py.  The evaluation of a route policy is the evaluation package's (evaluation/protocol.py).
 """
@@ -48,10 +52,12 @@ class RouteEnv:
         few_shot: bool = True,
         system_prompt: str | None = None,
         max_prompt_tokens: int = 0,
+        escalation: bool = True,
     ):
         self.template, self.tokenizer, self.cloud = template, tokenizer, cloud
         self.max_solve_steps, self.few_shot, self.system_prompt = max_solve_steps, few_shot, system_prompt
         self.max_prompt_tokens = max_prompt_tokens
+        self.escalation = escalation  # False: the task-tuning prompt; a tag is then a wrong answer
 
     @classmethod
     def from_config(cls, cfg, tokenizer, cloud) -> RouteEnv:
@@ -62,15 +68,25 @@ class RouteEnv:
             cloud,
             cfg.task.max_solve_steps,
             max_prompt_tokens=cfg.rl.max_prompt_tokens,
+            escalation=cfg.task.escalation,
         )
 
     def prompt(self, problem: Problem) -> str:
-        msgs = messages(self.template, problem.question, self.max_solve_steps, self.few_shot, self.system_prompt)
+        msgs = messages(
+            self.template,
+            problem.question,
+            self.max_solve_steps,
+            self.few_shot,
+            self.system_prompt,
+            escalation=self.escalation,
+        )
         return chat_prompt(self.tokenizer, msgs)
 
     def judge(self, problem: Problem, sample: Sample) -> Rollout:
         escalated, text = split_escalation(sample.text)
         answer, correct = grade_response(problem, text)
+        if not self.escalation and escalated:  # no escalation offered: the tag is a wrong answer, not a cloud call
+            return Rollout(sample, False, answer, False, device_correct=False)
         return Rollout(sample, escalated, answer, correct and not escalated, device_correct=correct)
 
     def rollout(
@@ -86,7 +102,8 @@ class RouteEnv:
         """Sample G responses per problem, grade them, and ask the cloud where it matters.
 
         The cloud is asked (once, cached) for a problem when some response escalated, and
-        -- for the D2 rule of adaptive filtering -- when no local response is correct.
+        -- for the D2 rule of adaptive filtering -- when no local response is correct.  Without escalation
+        (``escalation=False``) it is never asked: no response escalates, and an unsolved group's rewards are all 0.
         """
         samples = generator.generate(
             [self.prompt(p) for p in problems],
@@ -101,7 +118,8 @@ class RouteEnv:
         need = [
             g
             for g in groups
-            if any(r.escalated for r in g.rollouts) or (ask_cloud_when_unsolved and not g.any_local_correct)
+            if self.escalation
+            and (any(r.escalated for r in g.rollouts) or (ask_cloud_when_unsolved and not g.any_local_correct))
         ]
         ask_cloud_for_escalations(self.cloud, need)
         return groups

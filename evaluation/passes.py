@@ -2,6 +2,7 @@
 
     dev = run_device(env, generator, problems, batch_size=32, max_new_tokens=64, path="out/suite/policy.device.jsonl")
     dev = run_device(env, generator, problems, path=..., score=True)   # + each problem's escalation_score
+    dev = run_device(env, generator, problems, path=..., confidence=True)   # + each problem's confidence
     cloud = run_cloud(cloud, problems, {0, 3, 5}, path="out/suite/cloud.jsonl")
     rolls = query_pass(query_env, generator, problems, call_limits=call_cap_limits(calls, cap))
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from core.io import append_jsonl, read_jsonl
 from envs.format import format_ok, split_escalation
 from envs.prompts import ESCALATION
+from policies.confidence import response_confidence
 from policies.escalation_score import escalation_opening, escalation_scores
 from policies.generation import HFGenerator
 from rewards.grading import grade_response
@@ -34,6 +36,7 @@ def run_device(
     progress=True,
     score=False,
     stop=None,
+    confidence=False,
 ):
     """Greedy device responses, graded; each finished batch is appended to ``path`` so a killed run resumes.  The
     bar moves per problem (an ``HFGenerator`` reports each finished row); ``stop`` ends a response early
@@ -42,11 +45,17 @@ def run_device(
     ``score``: also record each problem's ``escalation_score``, the probability the policy puts on opening the
     escalation tag at the end of its own text (policies/escalation_score.py; needs the generator's ``model``).  Rows
     of a work file written without it are scored on resume (one forward pass, nothing regenerated) and appended
-    again with the score."""
+    again with the score.
+
+    ``confidence``: also record each problem's ``confidence``, the mean token log-probability of its greedy
+    response (policies/confidence.py: the TT & self-confidence baseline), scored on resume the same way."""
     done = read_jsonl(path)
-    model = getattr(generator, "model", None) if score else None
-    if score and model is None:
-        raise ValueError("run_device(score=True) needs a generator with the device model (HFGenerator)")
+    model = getattr(generator, "model", None) if score or confidence else None
+    if (score or confidence) and model is None:
+        raise ValueError(
+            "run_device(score=True, confidence=True) needs a generator with the device model (HFGenerator)"
+        )
+    fields = [k for k, on in (("escalation_score", score), ("confidence", confidence)) if on]
     todo = [p for p in problems if p.uid not in done]
     bar = tqdm(
         total=len(problems),
@@ -83,24 +92,33 @@ def run_device(
                     "answer": r.local_answer,
                     "correct": bool(r.device_correct),
                     "tokens": len(g[0].completion_ids),
-                    "format_ok": format_ok(r.sample.text, env.template),
+                    "format_ok": format_ok(r.sample.text, env.template, getattr(env, "escalation", True)),
                 }
             )
-        if model is not None:
-            add_escalation_scores(model, env.tokenizer, rows, prompts, batch_size)
+        add_scores(model, env.tokenizer, rows, prompts, batch_size, fields)
         append_jsonl(path, rows)
         done.update((row["uid"], row) for row in rows)
     bar.close()
-    if model is not None:  # rows of an older work file, written without the score
-        unscored = [p for p in problems if "escalation_score" not in done[p.uid]]
+    for key in fields:  # rows of an older work file, written without this score
+        unscored = [p for p in problems if key not in done[p.uid]]
         for start in range(0, len(unscored), batch_size):
             chunk = [done[p.uid] for p in unscored[start : start + batch_size]]
             prompts = [
                 row.get("prompt") or env.prompt(p) for row, p in zip(chunk, unscored[start : start + batch_size])
             ]
-            add_escalation_scores(model, env.tokenizer, chunk, prompts, batch_size)
+            add_scores(model, env.tokenizer, chunk, prompts, batch_size, [key])
             append_jsonl(path, chunk)
     return [done[p.uid] for p in problems]
+
+
+def add_scores(model, tokenizer, rows: list[dict], prompts: list[str], batch_size: int, fields: list[str]) -> None:
+    """Set the ``fields`` of each work-file row: ``escalation_score`` and/or ``confidence``."""
+    if "escalation_score" in fields:
+        add_escalation_scores(model, tokenizer, rows, prompts, batch_size)
+    if "confidence" in fields:
+        conf = response_confidence(model, tokenizer, prompts, [r["output"] for r in rows], batch_size)
+        for r, c in zip(rows, conf):
+            r["confidence"] = c
 
 
 def add_escalation_scores(model, tokenizer, rows: list[dict], prompts: list[str], batch_size: int) -> None:

@@ -5,8 +5,9 @@
 
 The device answers every problem; at most ``floor(budget·N)`` problems go to the cloud, granted in dataset order
 (evaluation/metrics.py: ``capped``); the same cap applies to every row: the policy, never, random, the router
-(policies/router.py), and cloud only.  ``suite_rows`` builds the rows of one suite from the resumable device passes
-and cloud answers (evaluation/passes.py), with APGR/CPT and paired bootstrap intervals (evaluation/metrics.py).
+(policies/router.py), the base device's self-confidence (policies/confidence.py), the oracle, and cloud only.
+``suite_rows`` builds the rows of one suite from the resumable device passes and cloud answers
+(evaluation/passes.py), with APGR/CPT and paired bootstrap intervals (evaluation/metrics.py).
 ``evaluate_held_out`` is the in-training evaluation of either environment: ``evaluate_route`` (the policy, and the
 same policy never escalating or escalating a random budget share) or ``evaluate_query`` (capped, uncapped, no calls).
 The run of eval.py over whole suites (models, base model, tables, summary.json) is evaluation/suites.py.
@@ -31,10 +32,12 @@ from evaluation.metrics import (
     row_correct,
 )
 from evaluation.passes import call_cap_limits, query_pass, rerun_with_limits, run_cloud, run_device
+from policies.confidence import confidence_order
 from policies.escalation_score import score_order, threshold_for_budget
 
-BASELINES = ("never", "random", "router", "cloud")
-BASE_ROWS = ("never", "random", "router")  # the rows answered by the base device model
+BASELINES = ("never", "random", "router", "confidence", "oracle", "cloud")
+DEFAULT_BASELINES = ("never", "random", "router", "cloud")  # eval.py's rows unless --baselines names others
+BASE_ROWS = ("never", "random", "router", "confidence", "oracle")  # the rows answered by the base device model
 POLICY_BASELINES = {"never": "policy_never", "random": "policy_random"}  # in training, the policy answers them
 MATH_SUITE_MAX_NEW_TOKENS = 1024  # the paper's response length on MATH (docs/method.md §8)
 CALIBRATION_SHARE = 0.2  # the "<name>@score" rows' threshold is picked on this first share of a suite by default
@@ -113,10 +116,11 @@ def suite_rows(
     seed=0,
     router_scores=None,
     router_threshold=None,
-    baselines=BASELINES,
+    baselines=DEFAULT_BASELINES,
     cloud_path=None,
     score_rows=False,
     calibration: dict | None = None,
+    confidence_plan: dict | None = None,
 ):
     """Every method's row for one suite, from the device outputs already computed.  Returns (rows, records).
 
@@ -132,7 +136,14 @@ def suite_rows(
     ``<name>@score``, that escalates the problems whose score exceeds the threshold picked to hit ``budget`` on a
     calibration split (``score_plan``): ``calibration[name]`` (scores of other problems, e.g. eval.py
     ``--calibration FILE``), else the first 20% of this suite, which stay among the evaluated problems (one scalar is
-    fitted on them).  Its cap, dataset order and APGR are those of every row, its sweep the score order."""
+    fitted on them).  Its cap, dataset order and APGR are those of every row, its sweep the score order.
+
+    ``confidence`` (TT & self-confidence): the base device escalates the problems whose ``confidence`` (each base
+    output's mean token log-probability, evaluation/passes.py ``run_device(confidence=True)``) is below
+    ``confidence_plan["threshold"]`` (calibrated on training problems: policies/confidence.py
+    ``confidence_threshold``; the plan's fields go into the row); no plan, no row.  ``oracle`` (a reference
+    ceiling, not a competitor): the base device escalates exactly the problems it answers wrong.  Both under the
+    cap, in dataset order; their sweeps: ascending confidence, and the wrong answers first."""
     n = len(problems)
     cap = math.floor(budget * n + 1e-9)
     plans = {}  # method -> (device outputs, capped cloud set, wanted requests, cost-sweep order)
@@ -164,6 +175,14 @@ def suite_rows(
             wants,
             list(np.argsort(-np.asarray(router_scores), kind="stable")),
         )
+    if "confidence" in baselines and confidence_plan is not None:
+        conf = [d["confidence"] for d in base]
+        wants = [i for i in range(n) if conf[i] < confidence_plan["threshold"]]
+        plans["confidence"] = (base, set(capped(wants, cap)), wants, confidence_order(conf))
+        thresholds["confidence"] = dict(confidence_plan)
+    if "oracle" in baselines:
+        wants = [i for i in range(n) if not base[i]["correct"]]
+        plans["oracle"] = (base, set(capped(wants, cap)), wants, wants + [i for i in range(n) if base[i]["correct"]])
     every = "cloud" in baselines
     asked = set(range(n)) if every else set().union(*(p[1] for p in plans.values()))
     cloud_res = run_cloud(cloud, problems, asked, cloud_path)
@@ -215,6 +234,8 @@ def suite_rows(
             }
             if d.get("escalation_score") is not None:
                 rec[m]["escalation_score"] = d["escalation_score"]
+            if m == "confidence":
+                rec[m]["confidence"] = d["confidence"]
         records.append(rec)
     return rows, records
 

@@ -14,7 +14,15 @@ Rows of each table (one table per suite, then the average over suites):
   * router    -- a prompt classifier predicting device failure, trained on greedy
                  rollouts of the base device model, threshold calibrated to the
                  budget as RouteLLM does (policies/router.py)
+  * confidence -- self-confidence: the base device's mean token log-probability of
+                 its own greedy answer (policies/confidence.py); the problems below
+                 a threshold go to the cloud, the threshold escalating a budget share
+                 of the router's training problems (the base device answers them)
+  * oracle    -- a reference ceiling, not a competitor: exactly the problems the base
+                 device answers wrong go to the cloud (it needs the gold answers)
   * cloud     -- cloud only: every problem to the cloud (the quality ceiling)
+By default the rows are never, random, router and cloud (``--baselines`` picks; e.g.
+``--baselines never,random,router,confidence,oracle,cloud``).
   * <policy>@score -- with ``--score-rows``: the same policy by its escalation score
                  (policies/escalation_score.py: P(``<unknown>`` | prompt + its own greedy text)):
                  it escalates the problems whose score exceeds the threshold that
@@ -24,7 +32,7 @@ Rows of each table (one table per suite, then the average over suites):
 The collaboration-aware baseline (Dr.GRPO) is a trained checkpoint: pass it as
 another ``--model`` (train it with ``train.py rl.trainer=trl_drgrpo``).
 
-The base device model (never / random / router) is ``--base-model``; without it, the
+The base device model (never / random / router / confidence / oracle) is ``--base-model``; without it, the
 config's ``model.name_or_path`` (with ``model.gguf_file``) when ``--config`` or a
 ``model.name_or_path=...`` override says which model that is, or when no ``--model`` is
 given.  Otherwise it is unknown, and asking for those rows is an error (exit 2):
@@ -32,6 +40,13 @@ name it, or pass ``--base-model same`` to answer them with the first ``--model``
 under each table, and ``row_models`` in summary.json, say which model each row used.
 The base model runs only when one of its rows is asked for or ``--base-model`` is given;
 APGR/CPT measure every row against it, and are left out without it.
+
+Each model answers with its own prompt: a checkpoint of a train.py run (its config.json in
+the folder or up to three above, e.g. ``<run>/final``) with the run's ``task.escalation``
+and ``task.max_solve_steps``, any other model with the config's.  A task-tuned base model
+(``task.escalation=false``: no escalation option in its prompt) answers the base rows, and
+the router and the confidence threshold learn from its rollouts, with that prompt; a
+line under the table and ``prompts`` in summary.json say which prompt each model used.
 
 Uncertainty.  Every row carries ``overall_ci``, a 95% percentile-bootstrap interval of
 its overall accuracy over the suite's problems (``evaluation/metrics.py: bootstrap_ci``: 2000 seeded resamples).
@@ -91,7 +106,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from core.io import check_meta
+from core.io import check_meta, find_run_config
 from envs.query import QueryEnv
 from envs.route import RouteEnv
 from envs.simulation import task_cloud
@@ -101,6 +116,7 @@ from evaluation.passes import run_cloud, run_device
 from evaluation.protocol import (
     BASE_ROWS,
     BASELINES,
+    DEFAULT_BASELINES,
     MATH_SUITE_MAX_NEW_TOKENS,
     SCORE_ROW,
     average_rows,
@@ -109,8 +125,9 @@ from evaluation.protocol import (
     suite_rows,
     summarise,
 )
-from evaluation.router import train_router
+from evaluation.router import base_rollouts, train_router
 from evaluation.tables import format_table
+from policies.confidence import confidence_threshold
 from policies.device import load_device_model
 from policies.generation import HFGenerator, boxed_answer
 from policies.router import PromptRouter
@@ -154,7 +171,7 @@ class EvalOptions:
     data: str | None = None
     question_field: str | None = None
     answer_field: str | None = None
-    baselines: tuple = BASELINES
+    baselines: tuple = DEFAULT_BASELINES
     limit: int = 0
     batch_size: int | None = None
     max_new_tokens: int | None = None
@@ -258,6 +275,35 @@ def base_model_for(opts: EvalOptions, cfg, models: dict[str, str]) -> tuple[str 
     if not opts.model:
         return cfg.model.name_or_path, "model.name_or_path, also the evaluated model"
     return None, "no --config, no model.name_or_path=..., no --base-model"
+
+
+def model_prompt(path: str, cfg) -> dict:
+    """The prompt a model answers with: {escalation, max_solve_steps, source}.  A checkpoint of a train.py run (its
+    config.json: ``core.io.find_run_config``) keeps its run's ``task.escalation`` and ``task.max_solve_steps`` (a
+    task-tuned run: no escalation); any other model (a hub id, ``package:...``) the config's."""
+    run_config = find_run_config(path) if os.path.isdir(os.path.expanduser(path)) else None
+    task = {}
+    if run_config is not None:
+        with open(run_config) as f:
+            task = json.load(f).get("task", {})
+    return {
+        "escalation": bool(task.get("escalation", cfg.task.escalation if run_config is None else True)),
+        "max_solve_steps": int(task.get("max_solve_steps", cfg.task.max_solve_steps)),
+        "source": run_config or "the config",
+    }
+
+
+def confidence_plan(calibration: list[float], budget: float, source: str) -> dict:
+    """The confidence row's threshold, picked on the base device's confidences on training problems
+    (``calibration``) to escalate a ``budget`` share of them, and what it did there: {threshold, calibration_n,
+    calibration_offload, calibration_source}."""
+    threshold = confidence_threshold(calibration, budget)
+    return {
+        "threshold": threshold,
+        "calibration_n": len(calibration),
+        "calibration_offload": sum(c < threshold for c in calibration) / max(len(calibration), 1),
+        "calibration_source": source,
+    }
 
 
 def gguf_for(path: str, gguf_file: str | None) -> str | None:
@@ -441,8 +487,10 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
         )
 
     # 1. device passes: every model on every suite (resumable), and the router's rollouts with the base model
+    prompts = {name: model_prompt(path, cfg) for name, path in models.items()}  # each model's own prompt
     device = defaultdict(dict)  # suite -> model name -> outputs
     router_scores, routers = {}, {}
+    router_data, confidence_plans = {}, {}  # template -> (the router's training problems, source) / threshold
     calibration_scores = defaultdict(dict)  # suite -> policy name -> escalation scores of --calibration problems
     calibration = []
     if opts.score_rows and opts.calibration:
@@ -451,9 +499,17 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(f"--calibration: {e}") from e
 
+    def training_problems(template, probs):
+        """The router's training problems for ``template`` (``router_problems``), drawn once: the confidence
+        threshold is calibrated on the same ones."""
+        if template not in router_data:
+            router_data[template] = router_problems(opts, cfg, template, probs)
+        return router_data[template]
+
     def visit(name, path, tok, gen):
+        prompt = prompts[name]
         for suite, probs, template in run.suites:
-            env = RouteEnv(template, tok, run.cloud, cfg.task.max_solve_steps)
+            env = RouteEnv(template, tok, run.cloud, prompt["max_solve_steps"], escalation=prompt["escalation"])
             wpath = os.path.join(run.out, suite, f"{name}.device.jsonl")
             max_new = run.max_new(template)
             stop = answer_stop(template)
@@ -464,6 +520,7 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
                 "max_new_tokens": max_new,
                 "temperature": opts.temperature,
                 **({"stop": "boxed"} if stop else {}),
+                **({} if prompt["escalation"] else {"escalation": False}),
             }
             check_meta(wpath, meta)
             device[suite][name] = run_device(
@@ -477,6 +534,7 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
                 desc=f"{suite}:{name}",
                 score=name in run.policies,
                 stop=stop,
+                confidence=name == base_name and "confidence" in baselines,
             )
             if opts.score_rows and opts.calibration and name in run.policies:
                 cpath = os.path.join(run.out, suite, f"{name}.calibration.jsonl")
@@ -485,6 +543,16 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
                     env, gen, calibration, run.batch_size, max_new, opts.temperature, cpath, f"calibrate:{name}", True
                 )
                 calibration_scores[suite][name] = [d["escalation_score"] for d in cal]
+            if name == base_name and "confidence" in baselines and template not in confidence_plans:
+                try:  # the base device answers the router's training problems; their confidences set the threshold
+                    rprobs, rsource = training_problems(template, probs)
+                    cal = base_rollouts(
+                        rprobs, rsource, env, gen, template, max_new, run.batch_size, run.out, path, stop, True
+                    )
+                    confidence_plans[template] = confidence_plan([d["confidence"] for d in cal], budget, rsource)
+                except ValueError as e:
+                    print(f"warning: no confidence row for the {template} suites: {e}", file=sys.stderr)
+                    confidence_plans[template] = None
             if name == base_name and "router" in baselines:
                 if template not in routers:
                     try:
@@ -492,7 +560,7 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
                             PromptRouter.load(opts.router)
                             if opts.router
                             else train_router(
-                                *router_problems(opts, cfg, template, probs),
+                                *training_problems(template, probs),
                                 env=env,
                                 gen=gen,
                                 template=template,
@@ -510,6 +578,13 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
                     router_scores[suite] = routers[template].score([p.question for p in probs])
 
     run.each_model(visit)
+    tuned = [n for n, p in prompts.items() if not p["escalation"]]
+    prompts_line = (
+        f"\nprompt: {', '.join(tuned)} answered with the task-tuning prompt (no escalation offered; "
+        f"task.escalation=false in {', '.join(sorted({prompts[n]['source'] for n in tuned}))})"
+        if tuned
+        else ""
+    )
 
     # 2. the cloud, the cap, the rows
     per_suite = {}
@@ -528,10 +603,11 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
             os.path.join(run.out, suite, "cloud.jsonl"),
             opts.score_rows,
             calibration_scores.get(suite),
+            confidence_plans.get(template),
         )
         per_suite[suite] = rows
         title = f"== {suite}: {len(probs)} problems, budget {budget:.0%}, cloud {cfg.cloud.backend} =="
-        run.report(suite, rows, title, rows_line(rows), records)
+        run.report(suite, rows, title, rows_line(rows) + prompts_line, records)
     summary = {
         "budget": budget,
         "cloud": cfg.cloud.backend,
@@ -540,6 +616,7 @@ def evaluate_route_suites(cfg, opts: EvalOptions) -> int:
         "row_models": {
             m: v for m, v in row_models.items() if any(r["method"] == m for rs in per_suite.values() for r in rs)
         },
+        "prompts": prompts,
         "suites": per_suite,
         "comparisons": comparisons_by_suite(per_suite),
     }

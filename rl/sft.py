@@ -147,13 +147,14 @@ def build_mix(answers: list[Example], pool: list[Problem], share: float, seed: i
     return examples, counts
 
 
-def to_dataset(examples: list[Example], template: str, max_solve_steps: int):
-    """A TRL conversational prompt-completion dataset: the RL prompt's messages and the assistant's response."""
+def to_dataset(examples: list[Example], template: str, max_solve_steps: int, escalation: bool = True):
+    """A TRL conversational prompt-completion dataset: the RL prompt's messages (``escalation=False``: the
+    task-tuning prompt, task.escalation) and the assistant's response."""
     from datasets import Dataset
 
     rows = [
         {
-            "prompt": messages(template, e.question, max_solve_steps),
+            "prompt": messages(template, e.question, max_solve_steps, escalation=escalation),
             "completion": [{"role": "assistant", "content": e.response}],
             "kind": e.kind,
             "uid": e.uid,
@@ -211,7 +212,7 @@ def prepare_data(cfg, generator, tok, cloud, out_dir: str):
 
     # 4. probe the base model; <unknown> examples in the configured share
     pool = []
-    env = RouteEnv(template, tok, cloud, cfg.task.max_solve_steps)  # RL's prompts: the probe's and the length check's
+    env = RouteEnv.from_config(cfg, tok, cloud)  # RL's prompts: the probe's and the length check's
     if s.unknown_share > 0:
         rows = probe(
             generator,
@@ -310,7 +311,7 @@ def train_sft(cfg, resume: bool = False, eval_hook=None) -> str:
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=to_dataset(examples, template_for(cfg.task), cfg.task.max_solve_steps),
+        train_dataset=to_dataset(examples, template_for(cfg.task), cfg.task.max_solve_steps, cfg.task.escalation),
         processing_class=tok,
         callbacks=[metrics_callback(os.path.join(out, "metrics.jsonl"))],
     )

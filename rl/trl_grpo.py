@@ -26,7 +26,7 @@ from collections import defaultdict
 from envs.rollout import check_prompt_tokens, cloud_replies_or_none
 from envs.route import RouteEnv
 from envs.simulation import task_cloud
-from envs.tasks import load_problems, template_for
+from envs.tasks import load_problems
 from policies.device import load_device_model
 from policies.generation import Sample
 from rewards.collaboration import collaboration_reward
@@ -159,9 +159,7 @@ def build_trainer(cfg, model, tok, cloud, train_problems, eval_hook=None, callba
     from accelerate import PartialState
     from trl import GRPOTrainer
 
-    env = RouteEnv(
-        template_for(cfg.task), tok, cloud, cfg.task.max_solve_steps, max_prompt_tokens=cfg.rl.max_prompt_tokens
-    )
+    env = RouteEnv.from_config(cfg, tok, cloud)
     args = args if args is not None else grpo_config(cfg, PartialState().num_processes)
     log.info(
         "TRL Dr.GRPO baseline: %d prompts x G=%d per step (%d per forward, %d accumulation steps), fixed gamma %.3f; "

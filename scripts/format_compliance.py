@@ -67,7 +67,9 @@ def main(argv=None) -> int:
         )
         gen = HFGenerator(model, tok)
         for few_shot in (True, False):
-            env = RouteEnv(template, tok, None, cfg.task.max_solve_steps, few_shot=few_shot)
+            env = RouteEnv(
+                template, tok, None, cfg.task.max_solve_steps, few_shot=few_shot, escalation=cfg.task.escalation
+            )
             rows = run_device(env, gen, test, cfg.train.eval_batch_size, cfg.train.eval_max_new_tokens, progress=False)
             prompt = "few-shot" if few_shot else "zero-shot"
             results.append({"model": name, "prompt": prompt, **measure(rows)})

@@ -37,7 +37,6 @@ any budget.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field, replace
 
 from transformers import LogitsProcessorList
 
+from core.io import find_run_config
 from core.problem import Problem
 from envs.base import env_class_for
 from envs.format import split_escalation
@@ -209,27 +209,6 @@ def calibration_questions(path: str) -> list[str]:
     if not out:
         raise PolicyLoadError(f"{path}: no questions")
     return out
-
-
-def find_run_config(model_path: str) -> str | None:
-    """The training run's resolved config (a ``config.json`` with the ``rl`` and ``model`` sections) in the
-    checkpoint's folder or up to three folders above it (``<out>/final``, ``<out>/checkpoints/step-N``)."""
-    here = os.path.abspath(os.path.expanduser(model_path))
-    for _ in range(4):
-        path = os.path.join(here, "config.json")
-        if os.path.isfile(path):
-            try:
-                with open(path) as f:
-                    data = json.load(f)
-            except (OSError, ValueError):
-                data = None
-            if isinstance(data, dict) and "rl" in data and "model" in data:
-                return path
-        parent = os.path.dirname(here)
-        if parent == here:
-            break
-        here = parent
-    return None
 
 
 def default_name(path: str) -> str:

@@ -616,6 +616,16 @@ def validate(c: Config) -> None:
         getattr(c, f.name).validate()
     if c.rl.env == "lsrp":  # the leader is the cloud section's model
         c.lsrp.check_run(c.cloud.backend)
+    if not c.task.escalation and c.rl.env != "route":
+        raise ConfigError(
+            f"task.escalation=false (the task-tuning prompt, no escalation) is a route-mode prompt; rl.env={c.rl.env} "
+            "has its own prompts with escalation. Use rl.env=route, or task.escalation=true."
+        )
+    if not c.task.escalation and c.rl.trainer == "sft" and c.sft.unknown_share > 0:
+        raise ConfigError(
+            f"task.escalation=false offers no escalation, but sft.unknown_share={c.sft.unknown_share:g} trains "
+            "<unknown> answers: set sft.unknown_share=0 (pure task tuning), or task.escalation=true."
+        )
 
 
 def to_dict(c: Config) -> dict:
