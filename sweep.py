@@ -432,6 +432,9 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
     if bad:
         print(f"error: --methods/--ablations {bad}: choose from {','.join(METHODS)}.", file=sys.stderr)
         return 2
+    if all(m in BUDGET_FREE for m in methods + ablations):
+        print("error: --methods names no routing method to compare (add gapg, cat, ...).", file=sys.stderr)
+        return 2
     try:
         seeds = [int(s) for s in (args.seeds or "0").split(",") if s]
     except ValueError:
@@ -479,7 +482,7 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
             rows = [r for point in done.values() for r in point]
             written = write_report(
                 rows,
-                [m for m in routed],
+                routed,
                 budgets,
                 seeds,
                 args.out,

@@ -189,6 +189,8 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
 def test_grid_mode_rejects_unknown_methods(capsys):
     assert sweep.main(["--config", "configs/tiny_test.yaml", "--methods", "ppo", "--out", "/tmp/x"]) == 2
     assert "['ppo']: choose from gapg,grpo,dr_grpo,cat" in capsys.readouterr().err
+    assert sweep.main(["--config", "configs/tiny_test.yaml", "--methods", "tt", "--out", "/tmp/x"]) == 2
+    assert "no routing method" in capsys.readouterr().err
 
 
 @pytest.mark.slow
