@@ -11,7 +11,8 @@ tokenized as the generator tokenizes (``add_special_tokens=False``):
     conf(x) = (1/|y|) Σ_t log π(y_t | x, y_<t)
 
 A response with no text (the device ended at once) is scored as its end-of-sequence token.  One forward pass per
-batch, left-padded with positions from the attention mask (a row's score does not depend on its padding).
+batch (``tail_logprobs``, shared with the escalation score: left-padded, positions from the attention mask, so a
+row's score does not depend on its padding).
 
 The threshold at a budget b (``confidence_threshold``) escalates the floor(b·n) least confident calibration
 problems: it is ``threshold_for_budget`` (policies/escalation_score.py) on the doubt −conf, so exactly those lie
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from policies.escalation_score import threshold_for_budget
+from policies.escalation_score import tail_logprobs, threshold_for_budget
 
 
 @torch.no_grad()
@@ -33,7 +34,6 @@ def response_confidence(
     ``batch_size`` problems."""
     if len(prompts) != len(responses):
         raise ValueError(f"response_confidence: {len(prompts)} prompts but {len(responses)} responses")
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = tokenizer.eos_token_id
     out: list[float] = []
@@ -45,22 +45,8 @@ def response_confidence(
                 resp = [eos]
             rows.append(tokenizer(prompt, add_special_tokens=False)["input_ids"] + resp)
             lens.append(len(resp))
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding: every row's response ends at the last position
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device))
-        logp = torch.log_softmax(logits.logits.float(), dim=-1)  # position j predicts token j+1
-        for i, m in enumerate(lens):
-            if m == 0:
-                out.append(float("-inf"))
-                continue
-            targets = ids[i, width - m :].to(device)
-            pred = logp[i, width - 1 - m : width - 1]
-            out.append(float(pred.gather(-1, targets[:, None]).double().mean()))
+        for m, lp in zip(lens, tail_logprobs(model, rows, lens, pad)):
+            out.append(float(lp.double().mean()) if m else float("-inf"))
     return out
 
 

@@ -67,6 +67,30 @@ def _keeps_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
+def tail_logprobs(model, rows: list[list[int]], tail_lens: list[int], pad_id: int) -> list[torch.Tensor]:
+    """log π(token | everything before it) for the last ``tail_lens[i]`` tokens of each row of token ids, teacher-forced
+    in one forward pass: left-padded, positions from the attention mask (a row's values do not depend on its padding),
+    the LM head only on the last positions when the model takes ``logits_to_keep``.  One float tensor per row."""
+    device = next(model.parameters()).device
+    width, last = max(len(r) for r in rows), max(tail_lens) + 1
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):  # left padding: every row's tail ends at the last position
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    kw = {"logits_to_keep": last} if _keeps_logits(model) else {}
+    logits = model(
+        input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), **kw
+    ).logits[:, -last:]
+    logp = torch.log_softmax(logits.float(), dim=-1)  # position j predicts token j+1
+    out = []
+    for i, m in enumerate(tail_lens):
+        targets = ids[i, width - m :].to(device)
+        out.append(logp[i, last - 1 - m : last - 1].gather(-1, targets[:, None]).squeeze(-1))
+    return out
+
+
 @torch.no_grad()
 def escalation_logprobs(
     model, tokenizer, prompts: list[str], own_texts: list[str], tag: str = "<unknown>", batch_size: int = 32
@@ -75,9 +99,7 @@ def escalation_logprobs(
     ``batch_size`` problems.  ``prompts`` are chat-formatted texts (as the generator got them)."""
     if len(prompts) != len(own_texts):
         raise ValueError(f"escalation_logprobs: {len(prompts)} prompts but {len(own_texts)} own texts")
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    keep = _keeps_logits(model)
     out: list[float] = []
     for start in range(0, len(prompts), batch_size):
         rows, tag_lens = [], []
@@ -85,22 +107,7 @@ def escalation_logprobs(
             own_ids, tag_ids = tag_token_ids(tokenizer, own, tag)
             rows.append(tokenizer(prompt, add_special_tokens=False)["input_ids"] + own_ids + tag_ids)
             tag_lens.append(len(tag_ids))
-        width, last = max(len(r) for r in rows), max(tag_lens) + 1
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding: every row's tag ends at the last position
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        kw = {"logits_to_keep": last} if keep else {}
-        logits = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), **kw
-        ).logits[:, -last:]
-        logp = torch.log_softmax(logits.float(), dim=-1)  # position j predicts token j+1
-        for i, m in enumerate(tag_lens):
-            targets = ids[i, width - m :].to(device)
-            pred = logp[i, last - 1 - m : last - 1]
-            out.append(float(pred.gather(-1, targets[:, None]).double().sum()))
+        out += [float(lp.double().sum()) for lp in tail_logprobs(model, rows, tag_lens, pad)]
     return out
 
 
