@@ -282,14 +282,14 @@ def model_prompt(path: str, cfg) -> dict:
     config.json: ``core.io.find_run_config``) keeps its run's ``task.escalation`` and ``task.max_solve_steps`` (a
     task-tuned run: no escalation); any other model (a hub id, ``package:...``) the config's."""
     run_config = find_run_config(path) if os.path.isdir(os.path.expanduser(path)) else None
-    task = {}
-    if run_config is not None:
-        with open(run_config) as f:
-            task = json.load(f).get("task", {})
-    return {
-        "escalation": bool(task.get("escalation", cfg.task.escalation if run_config is None else True)),
+    if run_config is None:
+        return {"escalation": cfg.task.escalation, "max_solve_steps": cfg.task.max_solve_steps, "source": "the config"}
+    with open(run_config) as f:
+        task = json.load(f).get("task", {})
+    return {  # a run written before task.escalation existed offered escalation
+        "escalation": bool(task.get("escalation", True)),
         "max_solve_steps": int(task.get("max_solve_steps", cfg.task.max_solve_steps)),
-        "source": run_config or "the config",
+        "source": run_config,
     }
 
 
