@@ -205,10 +205,20 @@ def report_data(report: str) -> str:
 
 
 def write_report(
-    rows, methods, budgets, seeds, out: str, report: str, command: str, standins: str = "", tuned: bool = False
+    rows,
+    methods,
+    budgets,
+    seeds,
+    out: str,
+    report: str,
+    command: str,
+    standins: str = "",
+    tuned: bool = False,
+    task: str = "task",
 ) -> list[str]:
     """``report``.md, and ``report_data(report)``.csv/.png/_offload.png, from the grid's rows
-    (evaluation/results.py).  ``tuned``: the baseline rows answered with the task-tuned device (the ``tt`` runs)."""
+    (evaluation/results.py).  ``tuned``: the baseline rows answered with the task-tuned device (the ``tt`` runs),
+    which also adds the table in the shape of the paper's Table 1 for ``task``."""
     from evaluation import results
 
     data = report_data(report)
@@ -221,6 +231,7 @@ def write_report(
         f"seeds {', '.join(map(str, seeds))}; rows in `data/{os.path.basename(report)}.csv`.",
         "standins": standins,
         "tuned": tuned,
+        "task": task,
     }
     return [
         results.write_csv(rows, data + ".csv"),
@@ -490,6 +501,7 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
                 command,
                 standins_caption(cfg),
                 tuned="tt" in methods,
+                task=cfg.task.name,
             )
             print(f"[sweep] point budget {b:.0%} seed {s} done; report: {', '.join(written)}", flush=True)
     return 0

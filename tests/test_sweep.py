@@ -243,3 +243,29 @@ def test_the_report_says_per_budget_whether_gapg_beats_the_routing_baselines_and
     assert "GAPG is worse than TT & self-confidence beyond noise" in text
     assert "GAPG and Collaboration-Aware Tuning are within noise" in text
     assert "GAPG closes 50% of the gap from TT & naive (52.0%) to the TT & oracle (ceiling) (92.0%)." in text
+
+
+def test_the_report_has_the_table_1_shape_at_30_percent_with_the_task_tuned_rows(tmp_path):
+    """evaluation/results.py: with task-tuned baselines, write_markdown adds one row per method and TT baseline at
+    the 30% budget, with conditional accuracy, overall accuracy and cloud share as means ± t-intervals over seeds."""
+    from evaluation.results import table1_lines, write_markdown
+
+    acc = {"gapg": [0.70, 0.72, 0.74], "cat": [0.60, 0.60, 0.60], "never": [0.5, 0.5, 0.5], "oracle": [0.9, 0.9, 0.9]}
+    rows = [
+        {"budget": b, "seed": s, "method": m, "overall_acc": a[s], "device_acc": a[s] - 0.1, "offload_rate": 0.3}
+        for m, a in acc.items()
+        for s in range(3)
+        for b in (0.1, 0.3)
+    ]
+    lines = table1_lines(rows, ["gapg", "cat"], "arithmetic")
+    assert lines[0].startswith("| method (arithmetic, budget 30%) | conditional accuracy % | overall accuracy %")
+    body = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+    assert list(body) == ["GAPG", "Collaboration-Aware Tuning", "TT only", "TT & oracle (ceiling)"]
+    # gapg: overall 72.0 ± t(2)·sd/√3 = 4.303 · 0.02/√3 · 100 = 5.0; conditional 10 points lower, same interval
+    assert body["GAPG"] == "| GAPG | 62.0 ± 5.0 | 72.0 ± 5.0 | 30.0 ± 0.0 | 3 |"
+    assert table1_lines(rows, ["gapg"], "arithmetic", budget=0.5) == []
+    path = write_markdown(rows, ["gapg", "cat"], str(tmp_path / "r.md"), "cmd", {"tuned": True, "task": "arithmetic"})
+    text = open(path).read()
+    assert "## Table 1's shape (budget 30%)" in text and body["TT only"] in text
+    untuned = write_markdown(rows, ["gapg", "cat"], str(tmp_path / "u.md"), "cmd", {"tuned": False})
+    assert "Table 1's shape" not in open(untuned).read()
