@@ -161,7 +161,8 @@ def table1_lines(rows: list[dict], methods: list[str], task: str, budget: float 
     if not any(grouped.get((budget, m)) for m in order):
         return []
     lines = [
-        f"| method ({task}, budget {budget:.0%}) | conditional accuracy % | overall accuracy % | cloud share % | seeds |",
+        f"| method ({task}, budget {budget:.0%}) | conditional accuracy % | overall accuracy % | cloud share % "
+        "| seeds |",
         "|---|---|---|---|---|",
     ]
     for method in order:
