@@ -74,6 +74,7 @@ def summary_rows(grid: dict, tolerance: float) -> list[dict]:
                     "wanted": mean_ci(wanted),
                     "accuracy": mean_ci(acc),
                     "within": sum(abs(w - budget) <= tolerance / 100 for w in wanted),
+                    "over": sum(w - budget > tolerance / 100 for w in wanted),
                     "gamma_max": max(gmax, default=0.0),
                 }
             )
@@ -84,20 +85,27 @@ def write_markdown(rows: list[dict], path: str, tolerance: float, command: str) 
     lines = [
         f"Made by `{command}`. Greedy held-out policy on 350 problems; means with 95% t-intervals over seeds.",
         "",
-        f"| controller | budget | step | seeds | wanted offload | within ±{tolerance:g} pts | accuracy | γ at most |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| controller | budget | step | seeds | wanted offload | within ±{tolerance:g} pts | over | under | accuracy "
+        "| γ at most |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['budget']:.0%} | {r['step']} | {r['seeds']} | {fmt(*r['wanted'])}% | "
-            f"{r['within']}/{r['seeds']} | {fmt(*r['accuracy'])}% | {r['gamma_max']:.3f} |"
+            f"{r['within']}/{r['seeds']} | {r['over']} | {r['seeds'] - r['within'] - r['over']} | "
+            f"{fmt(*r['accuracy'])}% | {r['gamma_max']:.3f} |"
         )
-    by_step = defaultdict(lambda: [0, 0])
+    by_step = defaultdict(lambda: [0, 0, 0])
     for r in rows:
         by_step[(r["variant"], r["step"])][0] += r["within"]
-        by_step[(r["variant"], r["step"])][1] += r["seeds"]
-    lines += ["", "Runs whose greedy policy wants the budget within the tolerance, over every budget:", ""]
-    lines += [f"- {v}, step {s}: {a} of {n}" for (v, s), (a, n) in sorted(by_step.items())]
+        by_step[(r["variant"], r["step"])][1] += r["over"]
+        by_step[(r["variant"], r["step"])][2] += r["seeds"]
+    lines += [
+        "",
+        "Runs whose greedy policy wants the budget within the tolerance (and how many want more), over every budget:",
+        "",
+    ]
+    lines += [f"- {v}, step {s}: {a} of {n} ({o} over)" for (v, s), (a, o, n) in sorted(by_step.items())]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path

@@ -29,6 +29,7 @@ def test_the_table_counts_runs_within_the_tolerance_per_step(tmp_path):
     rows = budget_grid.summary_rows(budget_grid.read_grid(str(tmp_path)), tolerance=3.0)
     by = {(r["variant"], r["budget"], r["step"]): r for r in rows}
     assert by[("pid", 0.3, 10)]["within"] == 1 and by[("pid", 0.3, 10)]["seeds"] == 2
+    assert by[("pid", 0.3, 10)]["over"] == 1 and by[("pid", 0.3, 30)]["over"] == 0  # 35% wants more, 25% less
     assert by[("pid", 0.3, 30)]["within"] == 1
     assert by[("pid", 0.3, 30)]["wanted"][0] == pytest.approx(0.28)
     assert by[("dual", 0.1, 10)]["within"] == 1 and by[("dual", 0.1, 30)]["within"] == 0
@@ -37,7 +38,7 @@ def test_the_table_counts_runs_within_the_tolerance_per_step(tmp_path):
     out = tmp_path / "grid"
     assert budget_grid.main([str(tmp_path), "--out", str(out)]) == 0
     text = (tmp_path / "grid.md").read_text()
-    assert "| pid | 30% | 30 | 2 | 28.0 ± " in text and "- pid, step 30: 1 of 2" in text
+    assert "| pid | 30% | 30 | 2 | 28.0 ± " in text and "- pid, step 30: 1 of 2 (0 over)" in text
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
