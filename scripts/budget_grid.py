@@ -8,7 +8,14 @@ Reads the runs' files as the grid stores them, one set per (controller variant, 
     <dir>/<variant>-seed<s>-b<b>.eval-step-10.json    the held-out evaluation after 10 steps (eval/step-10.json)
     <dir>/<variant>-seed<s>-b<b>.eval-final.json      ... after the last step (eval/final.json)
 
-and writes ``<out>.md`` (per variant and budget: the held-out wanted offload and accuracy at each evaluated step, as
+Where two variants ran the same (seed, budget), ``<stem>.correct-<tag>.json`` (each problem's capped correctness,
+in the evaluation's order) gives their paired accuracy difference with a 95% bootstrap interval over problems.
+``--store RUN_DIR STEM`` files one finished run that way (what the grid's driver calls after each point)::
+
+    python -m scripts.budget_grid --store outputs/bc/pid_greedy/seed-0/budget-0.3 \
+        docs/data/budget_control/pid_greedy-seed0-b0.3
+
+It writes ``<out>.md`` (per variant and budget: the held-out wanted offload and accuracy at each evaluated step, as
 means with 95% t-intervals over seeds, how many runs want the budget within ±``--tolerance`` points, γ at most) and
 ``<out>.png`` (one panel per budget: γ, the controlled usage and the held-out wanted offload per step, one colour per
 variant).  The wanted offload is the share of held-out problems the greedy policy ends with ``<unknown>`` before the
@@ -22,10 +29,13 @@ import glob
 import json
 import os
 import re
+import shutil
 from collections import defaultdict
 
+from evaluation.metrics import bootstrap_ci
 from evaluation.results import fmt, mean_ci
 
+NAME_TAG = re.compile(r"^(step-\d+|final)\.json$")
 NAME = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)-b(?P<budget>[0-9.]+)\.eval-(?P<tag>step-\d+|final)\.json$")
 
 
@@ -49,7 +59,59 @@ def read_grid(folder: str) -> dict:
         policy = next(r for r in rows if r["method"] == "policy")
         run = grid[(m["variant"], float(m["budget"]))].setdefault(int(m["seed"]), {"evals": {}, "metrics": steps})
         run["evals"][step] = policy
+        correct = f"{stem}.correct-{tag}.json"
+        if os.path.exists(correct):
+            run.setdefault("correct", {})[step] = json.load(open(correct))
     return grid
+
+
+def store_run(run_dir: str, stem: str) -> list[str]:
+    """File a finished run of the grid: its metrics.jsonl, every held-out evaluation's policy rows
+    (``eval/step-N.json``, ``eval/final.json``) and, from each evaluation's samples, the problems' uids and capped
+    correctness (``<stem>.correct-<tag>.json``).  Returns the paths written."""
+    evals = sorted(f[: -len(".json")] for f in os.listdir(os.path.join(run_dir, "eval")) if NAME_TAG.match(f))
+    if "final" not in evals:
+        raise FileNotFoundError(f"{run_dir}/eval/final.json: the run has not finished its last evaluation")
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    written = [shutil.copyfile(os.path.join(run_dir, "metrics.jsonl"), f"{stem}.metrics.jsonl")]
+    for tag in evals:
+        written.append(shutil.copyfile(os.path.join(run_dir, "eval", f"{tag}.json"), f"{stem}.eval-{tag}.json"))
+        samples = os.path.join(run_dir, "eval", f"{tag}.samples.jsonl")
+        if os.path.exists(samples):
+            rows = [json.loads(line) for line in open(samples)]
+            with open(f"{stem}.correct-{tag}.json", "w") as f:
+                json.dump({"uid": [r["uid"] for r in rows], "correct": [bool(r["correct"]) for r in rows]}, f)
+            written.append(f"{stem}.correct-{tag}.json")
+    return written
+
+
+def paired_rows(grid: dict) -> list[dict]:
+    """Every pair of variants evaluated on the same (budget, seed, step) with per-problem correctness: accuracy of
+    the first minus the second (variants in name order), with the paired 95% bootstrap interval over problems."""
+    out = []
+    variants = sorted({v for v, _ in grid})
+    for budget in sorted({b for _, b in grid}):
+        for i, a in enumerate(variants):
+            for b in variants[i + 1 :]:
+                runs_a, runs_b = grid.get((a, budget), {}), grid.get((b, budget), {})
+                for seed in sorted(set(runs_a) & set(runs_b)):
+                    ca, cb = runs_a[seed].get("correct", {}), runs_b[seed].get("correct", {})
+                    for step in sorted(set(ca) & set(cb)):
+                        if ca[step]["uid"] != cb[step]["uid"]:
+                            raise ValueError(f"{a} and {b} (seed {seed}, budget {budget}) evaluated other problems")
+                        xa, xb = ca[step]["correct"], cb[step]["correct"]
+                        out.append(
+                            {
+                                "a": a,
+                                "b": b,
+                                "budget": budget,
+                                "seed": seed,
+                                "step": step,
+                                "diff": (sum(xa) - sum(xb)) / len(xa),
+                                "ci": bootstrap_ci(xa, xb),
+                            }
+                        )
+    return out
 
 
 def summary_rows(grid: dict, tolerance: float) -> list[dict]:
@@ -81,7 +143,7 @@ def summary_rows(grid: dict, tolerance: float) -> list[dict]:
     return out
 
 
-def write_markdown(rows: list[dict], path: str, tolerance: float, command: str) -> str:
+def write_markdown(rows: list[dict], path: str, tolerance: float, command: str, pairs: list[dict] = ()) -> str:
     lines = [
         f"Made by `{command}`. Greedy held-out policy on 350 problems; means with 95% t-intervals over seeds.",
         "",
@@ -106,6 +168,20 @@ def write_markdown(rows: list[dict], path: str, tolerance: float, command: str) 
         "",
     ]
     lines += [f"- {v}, step {s}: {a} of {n} ({o} over)" for (v, s), (a, o, n) in sorted(by_step.items())]
+    if pairs:
+        lines += [
+            "",
+            "Same seed and budget, two controllers: accuracy difference on the same problems (paired 95% bootstrap "
+            "interval over problems).",
+            "",
+            "| difference | budget | seed | step | points | 95% CI |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['a']} − {p['b']} | {p['budget']:.0%} | {p['seed']} | {p['step']} | {100 * p['diff']:+.1f} | "
+            f"[{100 * p['ci'][0]:+.1f}, {100 * p['ci'][1]:+.1f}] |"
+            for p in pairs
+        ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
@@ -149,16 +225,30 @@ def plot(grid: dict, path: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("folder", help="the grid's files (<variant>-seed<s>-b<b>.metrics.jsonl / .eval-*.json)")
-    ap.add_argument("--out", required=True, help="write <out>.md and <out>.png")
+    ap.add_argument("folder", nargs="?", help="the grid's files (<variant>-seed<s>-b<b>.metrics.jsonl / .eval-*.json)")
+    ap.add_argument("--out", help="write <out>.md and <out>.png")
+    ap.add_argument(
+        "--store",
+        nargs=2,
+        metavar=("RUN_DIR", "STEM"),
+        help="file one finished run as <STEM>.metrics.jsonl / .eval-<tag>.json / .correct-<tag>.json, and exit",
+    )
     ap.add_argument("--tolerance", type=float, default=3.0, help="points around the budget that count as holding it")
     args = ap.parse_args(argv)
+    if args.store:
+        try:
+            print("\n".join(store_run(*args.store)))
+        except FileNotFoundError as e:
+            ap.error(str(e))
+        return 0
+    if not args.folder or not args.out:
+        ap.error("give the grid's folder and --out (or --store RUN_DIR STEM)")
     grid = read_grid(args.folder)
     if not grid:
         ap.error(f"no <variant>-seed<s>-b<b>.eval-*.json files in {args.folder}")
     rows = summary_rows(grid, args.tolerance)
     command = f"python -m scripts.budget_grid {args.folder} --out {args.out}"
-    print(write_markdown(rows, args.out + ".md", args.tolerance, command))
+    print(write_markdown(rows, args.out + ".md", args.tolerance, command, paired_rows(grid)))
     print(plot(grid, args.out + ".png"))
     return 0
 

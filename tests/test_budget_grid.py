@@ -46,3 +46,34 @@ def test_an_empty_folder_is_refused_with_what_it_needs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         budget_grid.main([str(tmp_path), "--out", str(tmp_path / "g")])
     assert "no <variant>-seed<s>-b<b>.eval-*.json files" in capsys.readouterr().err
+
+
+def test_store_files_a_run_and_two_controllers_on_the_same_seed_are_compared_problem_by_problem(tmp_path):
+    """--store copies a run's metrics and evaluations and keeps each problem's correctness; the report then gives
+    the paired difference of two variants at the same (budget, seed, step)."""
+    uids = [f"p{i}" for i in range(20)]
+    for variant, n_right in (("dual", 10), ("pid", 14)):  # pid right on 4 more problems: +20 points
+        run = tmp_path / "runs" / variant
+        (run / "eval").mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "gamma": 0.0, "gamma_next": 0.0}) + "\n")
+        row = {"method": "policy", "overall_acc": n_right / 20, "wanted_offload_rate": 0.3}
+        (run / "eval" / "final.json").write_text(json.dumps([row]))
+        with open(run / "eval" / "final.samples.jsonl", "w") as f:
+            for i, u in enumerate(uids):
+                f.write(json.dumps({"uid": u, "correct": i < n_right, "prompt": "long text"}) + "\n")
+        assert budget_grid.main(["--store", str(run), str(tmp_path / "grid" / f"{variant}-seed0-b0.3")]) == 0
+    stored = json.loads((tmp_path / "grid" / "pid-seed0-b0.3.correct-final.json").read_text())
+    assert stored["uid"] == uids and sum(stored["correct"]) == 14
+    pairs = budget_grid.paired_rows(budget_grid.read_grid(str(tmp_path / "grid")))
+    assert [(p["a"], p["b"], p["seed"], p["step"]) for p in pairs] == [("dual", "pid", 0, 1)]
+    assert pairs[0]["diff"] == pytest.approx(-0.2)
+    assert pairs[0]["ci"][1] < 0  # pid never wrong where dual is right: the interval excludes 0
+    assert budget_grid.main([str(tmp_path / "grid"), "--out", str(tmp_path / "out")]) == 0
+    assert "| dual − pid | 30% | 0 | 1 | -20.0 |" in (tmp_path / "out.md").read_text()
+
+
+def test_store_refuses_a_run_without_its_final_evaluation(tmp_path, capsys):
+    (tmp_path / "run" / "eval").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        budget_grid.main(["--store", str(tmp_path / "run"), str(tmp_path / "x")])
+    assert "has not finished its last evaluation" in capsys.readouterr().err
