@@ -233,10 +233,11 @@ def write_report(
         "tuned": tuned,
         "task": task,
     }
+    shown = results.with_score_rows(methods, rows)  # sweep.py --score-rows: <method>@score rows too
     return [
         results.write_csv(rows, data + ".csv"),
-        results.write_markdown(rows, methods, report + ".md", command, meta),
-        results.plot_accuracy(rows, methods, data + ".png"),
+        results.write_markdown(rows, shown, report + ".md", command, meta),
+        results.plot_accuracy(rows, shown, data + ".png"),
         results.plot_offload_curves(curves, data + "_offload.png"),
     ]
 
@@ -363,7 +364,15 @@ def main(argv=None):
         "--launch", default=None, help='run training as a separate job, e.g. "accelerate launch --num_processes 2"'
     )
     ap.add_argument("--baselines", default="never,random,router,cloud", help="eval.py --baselines at every budget")
-    ap.add_argument("--eval-args", default="", help='extra eval.py arguments, e.g. "--suites math500 --limit 100"')
+    ap.add_argument(
+        "--eval-args", default="", help='extra eval.py arguments, e.g. --eval-args="--suites math500 --limit 100"'
+    )
+    ap.add_argument(
+        "--score-rows",
+        action="store_true",
+        help="eval.py --score-rows at every point: each trained policy also escalating by its escalation score "
+        "(a <method>@score row, threshold calibrated to the budget; docs/budget_control.md)",
+    )
     ap.add_argument("--group", default=None, help="wandb group of the training runs (default: the --out folder's name)")
     ap.add_argument("--verbose", action="store_true", help="debug logging (cloud retries, accelerate, checkpoints)")
     ap.add_argument("--plot-only", action="store_true", help="redraw sweep.png from sweep.csv")
@@ -412,7 +421,12 @@ def main(argv=None):
         return 2
     setup_logging(args.verbose)  # as train.py
     group = args.group or os.path.basename(os.path.normpath(args.out))
-    eval_args = ["--baselines", args.baselines, *shlex.split(args.eval_args)]
+    eval_args = [
+        "--baselines",
+        args.baselines,
+        *shlex.split(args.eval_args),
+        *(["--score-rows"] if args.score_rows else []),
+    ]
     rows = []
     if args.methods or args.seeds:
         argv = sys.argv[1:] if argv is None else list(argv)

@@ -229,8 +229,20 @@ TUNED_NAMES = {
 }
 
 
+SCORE_SUFFIX = "@score"  # eval.py --score-rows: the row of a policy escalating by its escalation score
+
+
+def with_score_rows(methods: list[str], rows: list[dict]) -> list[str]:
+    """``methods`` with each one's ``<method>@score`` row right after it, where the rows have one."""
+    present = {r["method"] for r in rows}
+    return [x for m in methods for x in (m, m + SCORE_SUFFIX) if x == m or x in present]
+
+
 def row_name(method: str, tuned: bool = False) -> str:
-    """The name a table gives a row: a trained method's, or a baseline's on the base or the task-tuned device."""
+    """The name a table gives a row: a trained method's (``<method>@score``: the same policy escalating by its
+    escalation score, eval.py ``--score-rows``), or a baseline's on the base or the task-tuned device."""
+    if method.endswith(SCORE_SUFFIX):
+        return f"{row_name(method[: -len(SCORE_SUFFIX)])} by its escalation score"
     if method in METHOD_NAMES:
         return METHOD_NAMES[method]
     return (TUNED_NAMES if tuned else BASE_NAMES).get(method, method)
@@ -251,16 +263,16 @@ def verdict_lines(comparisons: list[dict], rows: list[dict], budget: float, tune
     ((GAPG − naive) / (oracle − naive), on the seed means)."""
     out = []
     for c in comparisons:
-        if c["budget"] != budget or c["a"] != "gapg" or c["b"] not in VERDICT_AGAINST:
+        if c["budget"] != budget or c["a"] not in ("gapg", "gapg" + SCORE_SUFFIX) or c["b"] not in VERDICT_AGAINST:
             continue
-        other = row_name(c["b"], tuned)
+        other, name = row_name(c["b"], tuned), row_name(c["a"])
         if c["half_width"] is None:
             word = "one seed, no interval"
         elif c["beyond"]:
-            word = f"GAPG {'beats' if c['diff'] > 0 else 'is worse than'} {other} beyond noise"
+            word = f"{name} {'beats' if c['diff'] > 0 else 'is worse than'} {other} beyond noise"
         else:
-            word = f"GAPG and {other} are within noise"
-        out.append(f"- GAPG − {other}: {fmt(c['diff'], c['half_width'])} points over {c['seeds']} seeds: {word}.")
+            word = f"{name} and {other} are within noise"
+        out.append(f"- {name} − {other}: {fmt(c['diff'], c['half_width'])} points over {c['seeds']} seeds: {word}.")
     grouped = by_key(rows)
     means = {
         m: statistics.fmean(r["overall_acc"] for r in grouped[(budget, m)])

@@ -203,6 +203,7 @@ def test_grid_trains_task_tuning_once_per_seed_as_the_base_device_and_ablations_
     argv = ["--config", "configs/tiny_test.yaml", "--budgets", "0.2,0.3", "--methods", "gapg,tt", "--seeds", "0"]
     argv += ["--ablations", "gapg_fixed_gamma", "--ablation-budgets", "0.3", "--out", out, "--report", report]
     argv += ["--baselines", "never,random,oracle", f"model.name_or_path={tiny_model_dir}", *TINY]
+    argv += ["--score-rows"]  # each policy also escalating by its escalation score
     assert sweep.main(argv) == 0
     tt = sweep.grid_dir(out, "tt", 0, None)
     assert json.load(open(os.path.join(tt, "config.json")))["task"]["escalation"] is False
@@ -217,10 +218,14 @@ def test_grid_trains_task_tuning_once_per_seed_as_the_base_device_and_ablations_
         assert prompts["base"]["escalation"] is False and prompts["gapg"]["escalation"] is True, prompts
     rows = list(__import__("csv").DictReader(open(str(tmp_path / "docs" / "data" / "results") + ".csv")))
     assert sorted((r["budget"], r["method"]) for r in rows) == sorted(
-        [(b, m) for b in ("0.2", "0.3") for m in ("gapg", "never", "random", "oracle")] + [("0.3", "gapg_fixed_gamma")]
+        [(b, m) for b in ("0.2", "0.3") for m in ("gapg", "gapg@score", "never", "random", "oracle")]
+        + [("0.3", "gapg_fixed_gamma"), ("0.3", "gapg_fixed_gamma@score")]
     )
     md = open(report + ".md").read()
     assert "| TT only |" in md and "| TT & oracle (ceiling) |" in md and "| GAPG with γ fixed |" in md
+    table1 = md.split("## Table 1's shape (budget 30%)")[1].split("## Budget")[0]
+    assert "| GAPG | " in table1 and "| GAPG by its escalation score | " in table1
+    assert "| TT & oracle (ceiling) | " in table1
     assert "GAPG with γ fixed" not in md.split("## Budget 20%")[1].split("## Budget 30%")[0]
 
 
@@ -269,3 +274,27 @@ def test_the_report_has_the_table_1_shape_at_30_percent_with_the_task_tuned_rows
     assert "## Table 1's shape (budget 30%)" in text and body["TT only"] in text
     untuned = write_markdown(rows, ["gapg", "cat"], str(tmp_path / "u.md"), "cmd", {"tuned": False})
     assert "Table 1's shape" not in open(untuned).read()
+
+
+def test_score_rows_follow_their_policy_in_the_report_and_get_a_verdict():
+    """eval.py --score-rows in the grid: gapg@score is shown after gapg, named, and judged against TT & router."""
+    from evaluation.results import comparison_rows, row_name, table1_lines, verdict_lines, with_score_rows
+
+    acc = {"gapg": [0.70, 0.72, 0.74], "gapg@score": [0.80, 0.82, 0.84], "grpo": [0.7] * 3, "router": [0.75] * 3}
+    rows = [
+        {"budget": 0.3, "seed": s, "method": m, "overall_acc": a[s], "device_acc": 0.5, "offload_rate": 0.3}
+        for m, a in acc.items()
+        for s in range(3)
+    ]
+    shown = with_score_rows(["gapg", "grpo"], rows)
+    assert shown == ["gapg", "gapg@score", "grpo"]  # grpo has no score row here
+    assert row_name("gapg@score") == "GAPG by its escalation score"
+    text = "\n".join(verdict_lines(comparison_rows(rows, shown), rows, 0.3, tuned=True))
+    assert "GAPG − TT & router: -3.0 ± 5.0 points over 3 seeds: GAPG and TT & router are within noise." in text
+    assert "GAPG by its escalation score beats TT & router beyond noise" in text
+    assert [line.split(" | ")[0] for line in table1_lines(rows, shown, "arithmetic")[2:]] == [
+        "| GAPG",
+        "| GAPG by its escalation score",
+        "| GRPO-std",
+        "| TT & router",
+    ]
