@@ -12,6 +12,11 @@
 * The update batch mixes D1 : D2 as 1/(1+ρ) : ρ/(1+ρ), as closely as integers allow:
   the D2 count is the one whose share n2/(n1+n2) is nearest ρ/(1+ρ) (ties: the larger
   batch), with n1 = min(|D1|, B − n2).  D1 is the anchor: no batch is D2 alone.
+  ``rounding="expected"`` (``rl.d2_rounding``) rounds the D2 count at random instead, so that
+  its *mean* over steps is the real-valued x = ρ·|D1| (x = B·ρ/(1+ρ) when that overfills B):
+  n2 = ⌊x⌋ + 1{u < x − ⌊x⌋}, u ~ U[0, 1).  With few D1 prompts and a small budget the nearest
+  share is always n2 = 0 (|D1| = 2 at ρ = 1/9: one D2 prompt would be a 33% share), so
+  escalation is never trained; the expected rounding trains one D2 prompt 22% of such steps.
   ρ = ∞ (a query-mode budget of a call per problem or more) takes every D2 prompt.
   Prompts that teach nothing
   -- zero reward variance (e.g. all correct), or unsolved by device and cloud --
@@ -59,12 +64,29 @@ def batch_mix(n_d1: int, n_d2: int, batch_prompts: int, rho: float) -> tuple[int
     return best
 
 
-def select_prompts(groups, batch_prompts: int, rho: float, d1_rule: str = "any_correct"):
-    """Indices of the groups to train on, and counts for logging."""
+def expected_mix(n_d1: int, n_d2: int, batch_prompts: int, rho: float, u: float) -> tuple[int, int]:
+    """(n1, n2) with the D2 count rounded at random (``u`` uniform in [0, 1)) so that its mean is
+    x = ρ·min(|D1|, B), or B·ρ/(1+ρ) when D1 and ρ·D1 would overfill the batch; n1 = min(|D1|, B − n2)."""
+    n1_max = min(n_d1, batch_prompts)
+    if n1_max == 0 or math.isinf(rho):
+        return batch_mix(n_d1, n_d2, batch_prompts, rho)  # no anchor, or every D2 prompt (ρ = ∞)
+    x = rho * n1_max if n1_max * (1.0 + rho) <= batch_prompts else batch_prompts * rho / (1.0 + rho)
+    n2 = min(math.floor(x) + (u < x - math.floor(x)), n_d2, batch_prompts - 1)
+    return min(n_d1, batch_prompts - n2), n2
+
+
+def select_prompts(
+    groups, batch_prompts: int, rho: float, d1_rule: str = "any_correct", rounding: str = "nearest", u: float = 0.0
+):
+    """Indices of the groups to train on, and counts for logging.  ``rounding``: ``nearest`` (``batch_mix``) or
+    ``expected`` (``expected_mix`` with the uniform draw ``u``)."""
     kinds = [classify(g, d1_rule) for g in groups]
     d1 = [i for i, k in enumerate(kinds) if k == "d1"]
     d2 = [i for i, k in enumerate(kinds) if k == "d2"]
-    n1, n2 = batch_mix(len(d1), len(d2), batch_prompts, rho)
+    if rounding == "expected":
+        n1, n2 = expected_mix(len(d1), len(d2), batch_prompts, rho, u)
+    else:
+        n1, n2 = batch_mix(len(d1), len(d2), batch_prompts, rho)
     picked = d1[:n1] + d2[:n2]
     stats = {
         "d1_available": len(d1),

@@ -349,10 +349,12 @@ class Run:
         return os.path.join(self.cfg.train.output_dir, "metrics.jsonl")
 
 
-def select(groups, cfg, rho_: float) -> tuple[list[int], dict]:
-    """The groups the update trains on: adaptive filtering (``rl.filtering``), else the first trainable ones."""
+def select(groups, cfg, rho_: float, step: int = 0) -> tuple[list[int], dict]:
+    """The groups the update trains on: adaptive filtering (``rl.filtering``), else the first trainable ones.
+    ``rl.d2_rounding=expected`` draws its uniform from (seed, step), the same on every process and on resume."""
     if cfg.rl.filtering:
-        return select_prompts(groups, cfg.rl.batch_prompts, rho_, cfg.rl.d1_rule)
+        u = random.Random(cfg.train.seed * 1_000_003 + step).random()
+        return select_prompts(groups, cfg.rl.batch_prompts, rho_, cfg.rl.d1_rule, cfg.rl.d2_rounding, u)
     return [i for i, g in enumerate(groups) if g.trainable][: cfg.rl.batch_prompts], {}
 
 
@@ -376,7 +378,7 @@ def train_step(run: Run, index: int) -> dict:
     groups = rollout(run, problems, index)  # all processes' groups
     t_roll = time.time() - t0
     env.reward(groups, cfg.reward, dual.gamma)
-    picked, fstats = select(groups, cfg, rho(cfg.rl.budget, env.name))
+    picked, fstats = select(groups, cfg, rho(cfg.rl.budget, env.name), index)
     # the same groups on every process, so every process picks the same prompts (or none, and skips together)
     loss = (
         policy_update(

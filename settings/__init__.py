@@ -143,6 +143,12 @@ class RLConfig(Section):
         "D1 membership: any_correct (>= 1 local response correct) or mixed (>= 1 local answer right and "
         ">= 1 local answer wrong; escalations are not local answers).",
     )
+    d2_rounding: Literal["nearest", "expected"] = option(
+        "nearest",
+        "How many D2 prompts a step trains (rl/filtering.py): nearest (the count whose D2 share is nearest "
+        "ρ/(1+ρ); with few D1 prompts at a small budget that is always 0) or expected (rounded at random so that "
+        "the mean over steps is ρ·|D1|).",
+    )
     gamma: float = option(0.0, "Initial Lagrange multiplier γ (the cloud-call penalty).")
     gamma_lr: float = option(
         0.0,

@@ -198,3 +198,39 @@ def test_select_prompts_at_six_prompts_trains_two_d2_prompts():
     d2 = [_rewarded(f"d2-{i}", [F, F, F, F], [T, F, F, F], True) for i in range(8)]
     picked, stats = select_prompts(d1 + d2, batch_prompts=6, rho=rho(0.3))
     assert (stats["d1"], stats["d2"]) == (4, 2) and len(picked) == 6
+
+
+def test_expected_rounding_trains_d2_at_small_budgets_where_the_nearest_share_never_does():
+    """ρ = 1/9 (a 10% budget), 2 D1 prompts: the nearest share is always 0 D2 prompts (1 would be 33%); rounding at
+    random trains one D2 prompt with probability ρ·2 = 2/9, so the mean over steps is ρ·|D1|."""
+    from rl.filtering import batch_mix, expected_mix
+
+    r = rho(0.1)
+    assert batch_mix(2, 3, 6, r) == (2, 0)
+    draws = [expected_mix(2, 3, 6, r, u=(k + 0.5) / 900) for k in range(900)]  # u spread evenly over [0, 1)
+    assert {d[0] for d in draws} == {2}
+    assert sum(d[1] for d in draws) / len(draws) == pytest.approx(2 / 9, abs=1e-3)
+    # a full batch: x = B·ρ/(1+ρ) = 6 · 0.3 = 1.8 at a 30% budget -> 1 or 2 D2 prompts, 1.8 on average
+    full = [expected_mix(10, 10, 6, rho(0.3), u=(k + 0.5) / 1000) for k in range(1000)]
+    assert {d for d in full} == {(5, 1), (4, 2)} and sum(d[1] for d in full) / 1000 == pytest.approx(1.8, abs=1e-3)
+    assert expected_mix(2, 0, 6, r, u=0.0) == (2, 0)  # no D2 prompt to take
+    assert expected_mix(0, 5, 6, r, u=0.0) == (0, 0)  # never D2 alone
+    assert expected_mix(10, 10, 6, float("inf"), u=0.5) == (1, 5)  # ρ = ∞: as batch_mix
+
+
+def test_the_trainer_draws_the_rounding_from_seed_and_step():
+    """rl.d2_rounding=expected in select(): the same (seed, step) picks the same prompts; nearest ignores the draw."""
+    from rl.trainer import select
+    from settings import load_config
+
+    F, T = False, True
+    groups = [_rewarded(f"d1-{i}", [T, F, F, F], [F, F, F, F], None) for i in range(2)]
+    groups += [_rewarded(f"d2-{i}", [F, F, F, F], [T, F, F, F], True) for i in range(2)]
+    cfg = load_config(
+        "configs/tiny_test.yaml", ["rl.d2_rounding=expected", "rl.batch_prompts=6", "rl.rollout_prompts=6"]
+    )
+    picks = [len(select(groups, cfg, rho(0.1), step)[0]) for step in range(60)]
+    assert picks == [len(select(groups, cfg, rho(0.1), step)[0]) for step in range(60)]  # reproducible
+    assert set(picks) == {2, 3} and 0 < picks.count(3) < 30  # about 2/9 of the steps train a D2 prompt
+    nearest = load_config("configs/tiny_test.yaml", ["rl.batch_prompts=6", "rl.rollout_prompts=6"])
+    assert {len(select(groups, nearest, rho(0.1), step)[0]) for step in range(20)} == {2}
