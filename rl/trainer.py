@@ -349,12 +349,12 @@ class Run:
         return os.path.join(self.cfg.train.output_dir, "metrics.jsonl")
 
 
-def select(groups, cfg, rho_: float, step: int = 0) -> tuple[list[int], dict]:
+def select(groups, cfg, rho_: float, step: int) -> tuple[list[int], dict]:
     """The groups the update trains on: adaptive filtering (``rl.filtering``), else the first trainable ones.
     ``rl.d2_rounding=expected`` draws its uniform from a string seed of (seed, step), hashed by ``random.Random``
     (adjacent integer seeds gave clustered first draws), the same on every process and on resume."""
     if cfg.rl.filtering:
-        u = random.Random(f"{cfg.train.seed}-{step}-d2").random()
+        u = random.Random(f"{cfg.train.seed}-{step}-d2").random() if cfg.rl.d2_rounding == "expected" else 0.0
         return select_prompts(groups, cfg.rl.batch_prompts, rho_, cfg.rl.d1_rule, cfg.rl.d2_rounding, u)
     return [i for i, g in enumerate(groups) if g.trainable][: cfg.rl.batch_prompts], {}
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import os
 import re
@@ -35,8 +36,9 @@ from collections import defaultdict
 from evaluation.metrics import bootstrap_ci
 from evaluation.results import fmt, mean_ci
 
-NAME_TAG = re.compile(r"^(step-\d+|final)\.json$")
-NAME = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)-b(?P<budget>[0-9.]+)\.eval-(?P<tag>step-\d+|final)\.json$")
+TAG = r"step-\d+|final"  # an evaluation's name in a run's eval/ folder: after step N, or after the last step
+NAME_TAG = re.compile(rf"^({TAG})\.json$")
+NAME = re.compile(rf"^(?P<variant>.+)-seed(?P<seed>\d+)-b(?P<budget>[0-9.]+)\.eval-(?P<tag>{TAG})\.json$")
 
 
 def read_grid(folder: str) -> dict:
@@ -89,28 +91,17 @@ def paired_rows(grid: dict) -> list[dict]:
     """Every pair of variants evaluated on the same (budget, seed, step) with per-problem correctness: accuracy of
     the first minus the second (variants in name order), with the paired 95% bootstrap interval over problems."""
     out = []
-    variants = sorted({v for v, _ in grid})
-    for budget in sorted({b for _, b in grid}):
-        for i, a in enumerate(variants):
-            for b in variants[i + 1 :]:
-                runs_a, runs_b = grid.get((a, budget), {}), grid.get((b, budget), {})
-                for seed in sorted(set(runs_a) & set(runs_b)):
-                    ca, cb = runs_a[seed].get("correct", {}), runs_b[seed].get("correct", {})
-                    for step in sorted(set(ca) & set(cb)):
-                        if ca[step]["uid"] != cb[step]["uid"]:
-                            raise ValueError(f"{a} and {b} (seed {seed}, budget {budget}) evaluated other problems")
-                        xa, xb = ca[step]["correct"], cb[step]["correct"]
-                        out.append(
-                            {
-                                "a": a,
-                                "b": b,
-                                "budget": budget,
-                                "seed": seed,
-                                "step": step,
-                                "diff": (sum(xa) - sum(xb)) / len(xa),
-                                "ci": bootstrap_ci(xa, xb),
-                            }
-                        )
+    variants, budgets = sorted({v for v, _ in grid}), sorted({b for _, b in grid})
+    for budget, (a, b) in itertools.product(budgets, itertools.combinations(variants, 2)):
+        runs_a, runs_b = grid.get((a, budget), {}), grid.get((b, budget), {})
+        for seed in sorted(set(runs_a) & set(runs_b)):
+            ca, cb = runs_a[seed].get("correct", {}), runs_b[seed].get("correct", {})
+            for step in sorted(set(ca) & set(cb)):
+                if ca[step]["uid"] != cb[step]["uid"]:
+                    raise ValueError(f"{a} and {b} (seed {seed}, budget {budget}) evaluated other problems")
+                xa, xb = ca[step]["correct"], cb[step]["correct"]
+                diff = (sum(xa) - sum(xb)) / len(xa)
+                out.append(dict(a=a, b=b, budget=budget, seed=seed, step=step, diff=diff, ci=bootstrap_ci(xa, xb)))
     return out
 
 
