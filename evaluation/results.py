@@ -89,6 +89,15 @@ def by_key(rows: list[dict]) -> dict[tuple[float, str], list[dict]]:
     return out
 
 
+def row_order(
+    grouped: dict[tuple[float, str], list[dict]], methods: list[str], budget: float | None = None, cloud: bool = True
+) -> list[str]:
+    """The rows of a table: the trained methods as given, then each baseline that has rows (at ``budget``, or at
+    any budget), in BASELINES' order; ``cloud=False`` leaves out the cloud-only row."""
+    present = {m for (b, m), rs in grouped.items() if rs and (budget is None or b == budget)}
+    return methods + [b for b in BASELINES if b in present and (cloud or b != "cloud")]
+
+
 def comparison_rows(rows: list[dict], methods: list[str]) -> list[dict]:
     """Per budget, each trained method against each baseline (and each later method): the seed-mean difference
     in overall accuracy with its t-interval, and in how many seeds the paired bootstrap over problems excluded 0."""
@@ -131,7 +140,7 @@ def headline_table(rows: list[dict], methods: list[str], tuned: bool = False) ->
     (mean ± 95% t-interval over seeds) and, after it, the cloud share actually used and the number of seeds."""
     grouped = by_key(rows)
     budgets = sorted({r["budget"] for r in rows})
-    order = methods + [b for b in BASELINES if any(k[1] == b for k in grouped)]
+    order = row_order(grouped, methods)
     lines = [
         "| method | " + " | ".join(f"budget {b:.0%}: accuracy % (cloud %, seeds)" for b in budgets) + " |",
         "|---|" + "---|" * len(budgets),
@@ -157,7 +166,7 @@ def table1_lines(rows: list[dict], methods: list[str], task: str, budget: float 
     task-tuned baseline; for the task, the conditional accuracy (the device's, on the problems it kept), the overall
     accuracy and the cloud share, each a mean ± 95% t-interval over seeds.  Empty when no row has this budget."""
     grouped = by_key(rows)
-    order = methods + [b for b in BASELINES if b != "cloud" and grouped.get((budget, b))]
+    order = row_order(grouped, methods, budget, cloud=False)
     if not any(grouped.get((budget, m)) for m in order):
         return []
     lines = [
@@ -292,7 +301,7 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
     tuned = bool(meta.get("tuned"))
     grouped = by_key(rows)
     budgets = sorted({r["budget"] for r in rows})
-    order = methods + [b for b in BASELINES if any(k[1] == b for k in grouped)]
+    order = row_order(grouped, methods)
     comparisons = comparison_rows(rows, methods)
     lines = [
         f"# Results: {method_title(methods)} and the baselines, at CPU scale",
