@@ -13,6 +13,10 @@ An optional upper bound (``rl.gamma_max``, e.g. α_c) stops γ winding up while 
 γ ← min(γ_max, max(0, γ + η · (usage − budget))).  At γ = α_c a correct cloud answer earns 0, no more than a
 wrong local answer, so a larger γ buys nothing a budget needs (docs/budget_dynamics.md, section 4).
 
+A negative lower bound ``rl.gamma_min`` (default 0) turns the budget from a ceiling into a target: under the budget
+γ goes below 0, a bonus of |γ| per cloud call, so a policy whose own reward optimum escalates less than the budget is
+pushed up to it: γ ← min(γ_max, max(γ_min, γ + η · (usage − budget))).
+
 ``rl.gamma_controller`` picks how γ moves: ``dual`` (this update; ``rl.gamma_lr=0`` is the paper's fixed γ) or
 ``pid`` (rl/pid_lagrangian.py: the PID Lagrangian of Stooke et al. 2020, with this update as its integral term).
 ``gamma_controller(cfg.rl)`` builds the one the config names; the trainer (rl/trainer.py) and routing DPO
@@ -46,14 +50,16 @@ class DualVariable:
     lr: float = 0.0  # η; 0 keeps γ fixed (the paper's setting)
     budget: float = 0.3  # ρ/(1+ρ): the allowed cloud share
     cap: float = 0.0  # γ_max; 0 = no upper bound
+    floor: float = 0.0  # γ_min: 0 = the budget is a ceiling; < 0 = a target
 
     @classmethod
     def from_config(cls, rl) -> DualVariable:
-        """The dual variable of an ``rl`` config section (rl.gamma, rl.gamma_lr, rl.budget, rl.gamma_max)."""
-        return cls(rl.gamma, rl.gamma_lr, rl.budget, rl.gamma_max)
+        """The dual variable of an ``rl`` config section (rl.gamma, rl.gamma_lr, rl.budget, rl.gamma_max,
+        rl.gamma_min)."""
+        return cls(rl.gamma, rl.gamma_lr, rl.budget, rl.gamma_max, rl.gamma_min)
 
     def update(self, offload_rate: float) -> float:
-        self.gamma = max(0.0, self.gamma + self.lr * (offload_rate - self.budget))
+        self.gamma = max(self.floor, self.gamma + self.lr * (offload_rate - self.budget))
         if self.cap:
             self.gamma = min(self.cap, self.gamma)
         return self.gamma

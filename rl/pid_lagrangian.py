@@ -7,22 +7,24 @@ Algorithm 2.  Plain dual ascent (rl/lagrangian.py) is its integral term alone: �
 rising while the policy lags behind it (windup) and then overshoots below the budget, and it swings around the
 budget before it settles.  A proportional term answers the error at once and lets the integral gain be smaller; a
 derivative term raises γ while the usage is rising, before it crosses the budget.  At step k, with u_k the measured
-usage (offload rate in route mode, calls per rollout in query mode), b = rl.budget and γ_max = rl.gamma_max
-(∞ when 0):
+usage (offload rate in route mode, calls per rollout in query mode), b = rl.budget, γ_max = rl.gamma_max
+(∞ when 0) and γ_min = rl.gamma_min (0 by default: the budget is a ceiling; negative: a target, under which γ pays
+a bonus per cloud call; rl/lagrangian.py):
 
     (1) e_k = u_k − b                                                    the error
-    (2) I_k = min(γ_max, max(0, I_{k−1} + K_I · e_k)),   I_0 = rl.gamma   the integral, anti-windup at both ends
+    (2) I_k = min(γ_max, max(γ_min, I_{k−1} + K_I · e_k)), I_0 = rl.gamma   the integral, anti-windup at both ends
     (3) ē_k = α ē_{k−1} + (1 − α) e_k,                   ē_1 = e_1        the smoothed error (α = rl.pid_ema)
     (4) ū_k = α ū_{k−1} + (1 − α) u_k,                   ū_1 = u_1        the smoothed usage
     (5) Δ_k = max(0, ū_k − ū_{k−d}),   d = rl.pid_d_delay;  Δ_k = 0 before ū_{k−d} exists
                                                                           the rise of the usage
-    (6) γ_k = min(γ_max, max(0, K_P · ē_k + I_k + K_D · Δ_k))
+    (6) γ_k = min(γ_max, max(γ_min, K_P · ē_k + I_k + K_D · Δ_k))
 
 (2) keeps the integral in units of γ (K_I times the paper's I, the same for a fixed K_I), so it starts at rl.gamma
 (no jump at step 1) and with K_P = K_D = 0, K_I = η it is exactly the dual step γ ← min(γ_max, max(0, γ + η e)).
-The integral never goes below 0 (the paper's anti-windup: a long phase under the budget stores no credit) and never
-above γ_max (a bound on γ that the integral could pass would store windup it has to unwind first).  The derivative
-counts only rises of the usage, as in the paper: a falling usage does not lower γ faster than (1) and (2) do.
+The integral never goes below γ_min = 0 (the paper's anti-windup: a long phase under the budget stores no credit)
+and never above γ_max (a bound on γ that the integral could pass would store windup it has to unwind first).  The
+derivative counts only rises of the usage, as in the paper: a falling usage does not lower γ faster than (1) and (2)
+do.
 
 Taken from OmniSafe's ``omnisafe/common/pid_lagrange.py`` (``PIDLagrangian.pid_update``): the integral kept in γ
 units and started at the initial multiplier; EMAs on the proportional error and on the usage the derivative
@@ -54,6 +56,7 @@ class PIDLagrangian:
     cap: float = 0.0  # γ_max; 0 = no upper bound
     ema: float = 0.0  # α: weight of the past in the EMAs (3), (4); 0 = no smoothing
     d_delay: int = 1  # d: the derivative's look-back in steps
+    floor: float = 0.0  # γ_min: 0 = the budget is a ceiling; < 0 = a target
     integral: float = field(init=False)  # I_k
     error_ema: float | None = field(default=None, init=False)  # ē_k (None before the first update)
     usage_ema: float | None = field(default=None, init=False)  # ū_k
@@ -66,11 +69,13 @@ class PIDLagrangian:
     @classmethod
     def from_config(cls, rl) -> PIDLagrangian:
         """The PID controller of an ``rl`` config section (rl.pid_kp, pid_ki, pid_kd, budget, gamma, gamma_max,
-        pid_ema, pid_d_delay)."""
-        return cls(rl.pid_kp, rl.pid_ki, rl.pid_kd, rl.budget, rl.gamma, rl.gamma_max, rl.pid_ema, rl.pid_d_delay)
+        pid_ema, pid_d_delay, gamma_min)."""
+        return cls(
+            rl.pid_kp, rl.pid_ki, rl.pid_kd, rl.budget, rl.gamma, rl.gamma_max, rl.pid_ema, rl.pid_d_delay, rl.gamma_min
+        )
 
     def bounded(self, x: float) -> float:
-        x = max(0.0, x)
+        x = max(self.floor, x)
         return min(self.cap, x) if self.cap else x
 
     def update(self, usage: float) -> float:

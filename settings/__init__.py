@@ -161,6 +161,13 @@ class RLConfig(Section):
         "answer earns less than a wrong local one, so no budget needs more, and an unbounded γ winds up while the "
         "policy lags and then drives offload far under the budget (docs/budget_dynamics.md).",
     )
+    gamma_min: float = option(
+        0.0,
+        "Lower bound on γ for both controllers. 0 (default): the budget is a ceiling, γ ≥ 0 as a Lagrange "
+        "multiplier of an inequality. Negative (e.g. -reward.alpha_cloud): the budget becomes a target; under it γ "
+        "goes below 0 and pays a bonus of |γ| per cloud call, so a policy whose own reward optimum escalates less "
+        "than the budget is pushed up to it (docs/budget_control.md).",
+    )
     gamma_controller: Literal["dual", "pid"] = option(
         "dual",
         "How γ follows the usage (rl/lagrangian.py): dual (dual ascent with step rl.gamma_lr; 0 = γ fixed at "
@@ -268,9 +275,16 @@ class RLConfig(Section):
             raise ConfigError("rl.env=query trains with rl.trainer=gapg or dpo (the TRL GRPO baseline is single-turn).")
         if self.max_queries < 0 or self.max_response_tokens < 0 or self.gamma_tokens < 0:
             raise ConfigError("rl.max_queries, rl.max_response_tokens and rl.gamma_tokens must be >= 0.")
-        if self.gamma < 0 or self.gamma_lr < 0 or self.gamma_max < 0:
+        if self.gamma_lr < 0 or self.gamma_max < 0:
+            raise ConfigError("rl.gamma_lr and rl.gamma_max must be >= 0.")
+        if self.gamma_min > 0:
             raise ConfigError(
-                "rl.gamma, rl.gamma_lr and rl.gamma_max must be >= 0 (γ is a Lagrange multiplier for an inequality)."
+                f"rl.gamma_min={self.gamma_min} must be <= 0 (0: the budget is a ceiling; < 0: a target)."
+            )
+        if self.gamma < self.gamma_min:
+            raise ConfigError(
+                f"rl.gamma={self.gamma} is below rl.gamma_min={self.gamma_min}: γ >= 0 unless rl.gamma_min < 0 "
+                "makes the budget a target; raise rl.gamma or lower rl.gamma_min."
             )
         if self.gamma_max and self.gamma > self.gamma_max:
             raise ConfigError(f"rl.gamma={self.gamma} is above rl.gamma_max={self.gamma_max}; lower one of them.")

@@ -57,6 +57,23 @@ def test_pid_integral_stops_at_gamma_max_and_gamma_comes_down_at_once():
     assert pid.update(0.2) == pytest.approx(-0.05 + 0.38)  # e −0.1: K_P e + (0.4 − 0.02)
 
 
+def test_a_negative_gamma_min_makes_the_budget_a_target_for_both_controllers():
+    """rl.gamma_min = −0.4: under the budget γ goes below 0 (a bonus per cloud call) down to the floor, and the
+    integral stops there too, so one step over the budget brings γ back up at once."""
+    pid = PIDLagrangian(kp=0.5, ki=0.2, budget=0.3, floor=-0.4)
+    # u=0.1: e −0.2, I −0.04, γ = −0.1 − 0.04; u=0.0: e −0.3, I −0.1, γ = −0.15 − 0.1
+    assert [pid.update(0.1), pid.update(0.0)] == pytest.approx([-0.14, -0.25])
+    assert [round(pid.update(0.0), 6) for _ in range(10)][-1] == -0.4 and pid.integral == pytest.approx(-0.4)
+    assert pid.update(0.4) == pytest.approx(0.05 - 0.38)  # e +0.1: K_P e + (−0.4 + 0.02)
+    dual = DualVariable(gamma=0.0, lr=0.5, budget=0.3, floor=-0.4)
+    assert [dual.update(0.1), dual.update(0.0), dual.update(0.0)] == pytest.approx([-0.1, -0.25, -0.4])
+    assert dual.update(0.5) == pytest.approx(-0.3)
+    cfg = load_config(TINY, ["rl.gamma_controller=pid", "rl.gamma_min=-0.4"])
+    assert gamma_controller(cfg.rl).floor == -0.4
+    assert gamma_controller(load_config(TINY, ["rl.gamma_min=-0.4"]).rl).floor == -0.4
+    assert PIDLagrangian(kp=0.5, budget=0.3).update(0.0) == 0.0  # the default floor keeps γ >= 0
+
+
 def test_pid_with_only_the_integral_is_dual_ascent():
     rng = random.Random(0)
     usage = [rng.random() for _ in range(50)]
@@ -138,6 +155,8 @@ def test_the_config_names_the_controller_and_dual_stays_the_default():
         (["rl.pid_ema=1"], r"rl.pid_ema=1.0 must lie in \[0, 1\)"),
         (["rl.pid_ema=-0.1"], "rl.pid_ema"),
         (["rl.pid_d_delay=0"], "rl.pid_d_delay=0 must be >= 1"),
+        (["rl.gamma_min=0.1"], "rl.gamma_min=0.1 must be <= 0"),
+        (["rl.gamma=-0.1"], "rl.gamma=-0.1 is below rl.gamma_min=0.0"),
         (["rl.gamma_controller=pid", "rl.pid_kp=0", "rl.pid_ki=0", "rl.pid_kd=0"], "rl.gamma_controller=dual"),
     ],
 )

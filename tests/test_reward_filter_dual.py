@@ -115,7 +115,10 @@ def test_gamma_max_stops_the_windup_and_gamma_comes_down_from_the_cap_at_once():
 
 @pytest.mark.parametrize(
     "overrides, needle",
-    [(["rl.gamma_max=-1"], "rl.gamma_max must be >= 0"), (["rl.gamma=0.5", "rl.gamma_max=0.4"], "above rl.gamma_max")],
+    [
+        (["rl.gamma_max=-1"], "rl.gamma_lr and rl.gamma_max must be >= 0"),
+        (["rl.gamma=0.5", "rl.gamma_max=0.4"], "above rl.gamma_max"),
+    ],
 )
 def test_gamma_max_bad_values_are_named(overrides, needle):
     from settings import ConfigError, load_config
