@@ -15,6 +15,14 @@ in the evaluation's order) gives their paired accuracy difference with a 95% boo
     python -m scripts.budget_grid --store outputs/bc/pid_greedy/seed-0/budget-0.3 \
         docs/data/budget_control/pid_greedy-seed0-b0.3
 
+The other modes are filed beside it, one set per (variant, seed), at their config's budget::
+
+    <dir>/query-<variant>-seed<s>.metrics.jsonl / .eval-final.json     query mode (configs/cpu_query.yaml)
+    <dir>/dpo_<variant>-seed<s>.rounds.json / .eval-before.json / .eval-final.json   routing DPO (configs/cpu_dpo.yaml)
+
+and, when there are any, ``<out>_modes.png`` puts the modes side by side (one row per mode: route at the 30%
+budget, query, DPO; γ, the controlled usage and the held-out wanted usage per step or round, one colour per variant).
+
 It writes ``<out>.md`` (per variant and budget: the held-out wanted offload and accuracy at each evaluated step, as
 means with 95% t-intervals over seeds, how many runs want the budget within ±``--tolerance`` points, γ at most) and
 ``<out>.png`` (one panel per budget: γ, the controlled usage and the held-out wanted offload per step, one colour per
@@ -214,6 +222,96 @@ def plot(grid: dict, path: str) -> str:
     return path
 
 
+MODE_FILES = {
+    "query": re.compile(r"^query-(?P<variant>.+)-seed(?P<seed>\d+)\.eval-final\.json$"),
+    "DPO": re.compile(r"^dpo_(?P<variant>.+)-seed(?P<seed>\d+)\.rounds\.json$"),
+}
+ROUTE_BUDGET = 0.3  # the route row of the modes picture: the budget the query and DPO configs use
+
+
+def read_modes(folder: str, grid: dict) -> dict:
+    """{mode: {(variant, seed): {"steps", "gamma", "usage", "probe": [(step, u)], "wanted": [(step, u)],
+    "budget"}}}: the route grid at ROUTE_BUDGET, and the query and DPO files (see the module docstring)."""
+    modes: dict = defaultdict(dict)
+    for (variant, budget), runs in grid.items():
+        for seed, run in runs.items() if budget == ROUTE_BUDGET else ():
+            m = run["metrics"]
+            modes["route"][(variant, seed)] = {
+                "steps": [r["step"] for r in m],
+                "gamma": [r.get("gamma_next", r["gamma"]) for r in m],
+                "usage": [r.get("offload_rate", float("nan")) for r in m],
+                "probe": [(r["step"], r["usage_greedy"]) for r in m if "usage_greedy" in r],
+                "wanted": [(s, e["wanted_offload_rate"]) for s, e in sorted(run["evals"].items())],
+                "budget": budget,
+            }
+    for name in sorted(os.listdir(folder)):
+        for mode, pattern in MODE_FILES.items():
+            hit = pattern.match(name)
+            if not hit:
+                continue
+            stem = os.path.join(folder, name[: name.index(".")])
+            policy = next(r for r in json.load(open(f"{stem}.eval-final.json")) if r["method"] == "policy")
+            if mode == "query":
+                m = [r for r in map(json.loads, open(f"{stem}.metrics.jsonl")) if "step" in r]
+                steps, usage = [r["step"] for r in m], [r["calls_per_rollout"] for r in m]
+                gamma, probe = (
+                    [r.get("gamma_next", r["gamma"]) for r in m],
+                    [(r["step"], r["usage_greedy"]) for r in m if "usage_greedy" in r],
+                )
+                wanted, budget = [(steps[-1], policy["wanted_calls_per_problem"])], None
+            else:
+                rounds = json.load(open(f"{stem}.rounds.json"))
+                steps, usage = [r["round"] for r in rounds], [r["usage"] for r in rounds]
+                gamma, probe = (
+                    [r.get("gamma_next", r["gamma"]) for r in rounds],
+                    [(r["round"], r["usage_greedy"]) for r in rounds if "usage_greedy" in r],
+                )
+                wanted, budget = [(steps[-1], policy["wanted_offload_rate"])], rounds[0]["budget"]
+                if os.path.exists(f"{stem}.eval-before.json"):
+                    before = next(r for r in json.load(open(f"{stem}.eval-before.json")) if r["method"] == "policy")
+                    wanted.insert(0, (0, before["wanted_offload_rate"]))
+            modes[mode][(hit["variant"], int(hit["seed"]))] = dict(
+                steps=steps, gamma=gamma, usage=usage, probe=probe, wanted=wanted, budget=budget
+            )
+    return modes
+
+
+def plot_modes(modes: dict, path: str, query_budget: float | None = None) -> str:
+    """One row per mode: γ; the training usage (thin) and the greedy probe (dashed crosses); the held-out usage the
+    greedy policy wants (dots), each run one line, one colour per controller variant; the budget dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = [m for m in ("route", "query", "DPO") if modes.get(m)]
+    variants = sorted({v for runs in modes.values() for v, _ in runs})
+    colours = dict(zip(variants, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, axes = plt.subplots(len(order), 3, figsize=(14, 3.4 * len(order)), squeeze=False)
+    for row, mode in zip(axes, order):
+        unit = "calls per problem" if mode == "query" else "offload"
+        seen = set()
+        for (variant, _seed), run in sorted(modes[mode].items()):
+            c, label = colours[variant], (variant if variant not in seen else None)
+            seen.add(variant)
+            row[0].plot(run["steps"], run["gamma"], color=c, label=label)
+            row[1].plot(run["steps"], run["usage"], color=c, alpha=0.35, lw=1)
+            if run["probe"]:
+                row[1].plot(*zip(*run["probe"]), "x--", color=c, ms=4, lw=1)
+            row[2].plot(*zip(*run["wanted"]), "o-", color=c, label=label)
+            budget = run["budget"] if run["budget"] is not None else query_budget
+        x = "round" if mode == "DPO" else "step"
+        for ax, title in zip(row, ("γ", f"training {unit} (thin), greedy probe (x)", f"held-out wanted {unit}")):
+            ax.set_title(f"{mode}: {title}", fontsize=10)
+            ax.set_xlabel(x)
+            if ax is not row[0] and budget is not None:
+                ax.axhline(budget, color="k", ls="--", lw=1)
+        row[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", nargs="?", help="the grid's files (<variant>-seed<s>-b<b>.metrics.jsonl / .eval-*.json)")
@@ -224,6 +322,7 @@ def main(argv=None) -> int:
         metavar=("RUN_DIR", "STEM"),
         help="file one finished run as <STEM>.metrics.jsonl / .eval-<tag>.json / .correct-<tag>.json, and exit",
     )
+    ap.add_argument("--query-budget", type=float, default=0.3, help="the query runs' budget (calls per problem)")
     ap.add_argument("--tolerance", type=float, default=3.0, help="points around the budget that count as holding it")
     args = ap.parse_args(argv)
     if args.store:
@@ -241,6 +340,9 @@ def main(argv=None) -> int:
     command = f"python -m scripts.budget_grid {args.folder} --out {args.out}"
     print(write_markdown(rows, args.out + ".md", args.tolerance, command, paired_rows(grid)))
     print(plot(grid, args.out + ".png"))
+    modes = read_modes(args.folder, grid)
+    if set(modes) - {"route"}:
+        print(plot_modes(modes, args.out + "_modes.png", query_budget=args.query_budget))
     return 0
 
 

@@ -77,3 +77,29 @@ def test_store_refuses_a_run_without_its_final_evaluation(tmp_path, capsys):
     with pytest.raises(SystemExit):
         budget_grid.main(["--store", str(tmp_path / "run"), str(tmp_path / "x")])
     assert "has not finished its last evaluation" in capsys.readouterr().err
+
+
+def test_the_modes_picture_reads_route_query_and_dpo_files(tmp_path):
+    """Route at 30% from the grid, query and DPO from their own files: each series is what the files say (γ after
+    each step or round, the probe where measured, the held-out wanted usage before and after)."""
+    _run(tmp_path, "pid", 0, 0.3, {10: 0.35, 30: 0.31})
+    _run(tmp_path, "pid", 0, 0.1, {10: 0.12, 30: 0.1})  # not the route row's budget
+    steps = [{"step": k, "gamma": 0.1 * k, "gamma_next": 0.1 * (k + 1), "calls_per_rollout": 0.5} for k in (1, 2)]
+    steps[1]["usage_greedy"] = 0.4
+    (tmp_path / "query-pid-seed1.metrics.jsonl").write_text("\n".join(map(json.dumps, steps)) + "\n")
+    policy = {"method": "policy", "wanted_calls_per_problem": 0.33, "wanted_offload_rate": 0.25}
+    (tmp_path / "query-pid-seed1.eval-final.json").write_text(json.dumps([policy]))
+    rounds = [{"round": r, "gamma": 0.0, "gamma_next": 0.05 * r, "usage": 0.2, "budget": 0.3} for r in (1, 2, 3)]
+    (tmp_path / "dpo_dual-seed0.rounds.json").write_text(json.dumps(rounds))
+    (tmp_path / "dpo_dual-seed0.eval-final.json").write_text(json.dumps([dict(policy, wanted_offload_rate=0.55)]))
+    (tmp_path / "dpo_dual-seed0.eval-before.json").write_text(json.dumps([dict(policy, wanted_offload_rate=0.26)]))
+    modes = budget_grid.read_modes(str(tmp_path), budget_grid.read_grid(str(tmp_path)))
+    assert list(modes["route"]) == [("pid", 0)] and modes["route"][("pid", 0)]["wanted"] == [(10, 0.35), (30, 0.31)]
+    query = modes["query"][("pid", 1)]
+    assert query["gamma"] == pytest.approx([0.2, 0.3]) and query["probe"] == [(2, 0.4)]
+    assert query["wanted"] == [(2, 0.33)] and query["usage"] == [0.5, 0.5]
+    dpo = modes["DPO"][("dual", 0)]
+    assert dpo["gamma"] == pytest.approx([0.05, 0.1, 0.15]) and dpo["wanted"] == [(0, 0.26), (3, 0.55)]
+    assert dpo["budget"] == 0.3 and dpo["probe"] == []
+    assert budget_grid.main([str(tmp_path), "--out", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "g_modes.png").stat().st_size > 0
