@@ -77,11 +77,11 @@ METHODS = {
     # γ fixed at rl.gamma, no adaptive filtering, no controller; each step trains rl.batch_prompts x G fresh samples
     "cat": ["rl.trainer=trl_drgrpo"],
     "gapg_no_filter": ["rl.filtering=false"],  # ablation: every sampled prompt trained
-    "gapg_fixed_gamma": ["rl.gamma_lr=0"],  # ablation: γ fixed at rl.gamma, no controller
+    "gapg_fixed_gamma": ["rl.gamma_controller=dual", "rl.gamma_lr=0"],  # ablation: γ fixed at rl.gamma, no controller
     # task tuning at equal compute: the same trainer, steps, prompts, G, lr and seed, with no escalation offered
     # (the prompt has no <unknown> option, so the reward is accuracy); one run per seed serves every budget as the
     # base device of the TT rows (never/random/router/confidence/oracle)
-    "tt": ["task.escalation=false"],
+    "tt": ["task.escalation=false", "rl.gamma_controller=dual", "rl.gamma_lr=0"],  # nothing to charge: γ stays put
 }
 BUDGET_FREE = {"tt"}
 

@@ -9,7 +9,7 @@ What is swapped, and why:
   - model.name_or_path -> a tiny random model of the config's family (Qwen2.5 -> Qwen2ForCausalLM, SmolLM2 ->
     LlamaForCausalLM), with a char-level tokenizer (tests/conftest.py); a hf cloud (LSRP's leader) gets the same;
   - sizes: train.max_steps=1, rl.rollout_prompts <= 3, rl.batch_prompts <= 2, rl.max_new_tokens <= 8,
-    task.num_train/num_test tiny, no eval before training, train.output_dir under tmp_path;
+    rl.probe_size <= 4, task.num_train/num_test tiny, no eval before training, train.output_dir under tmp_path;
   - token-length limits scale with the tokenizer: the char-level tokenizer needs ~4x the tokens of a real BPE
     tokenizer for the same prompt, so rl.max_prompt_tokens is 4x the config's (a Countdown prompt is ~410 chars);
   - train.mixed_precision=fp16 (and model.dtype=float16) -> bf16: fp16 autocast needs a GPU; bf16 runs on CPU;
@@ -101,6 +101,7 @@ def tiny_overrides(cfg, models: dict, out: str) -> list[str]:
         "train.eval_max_new_tokens=4",
         "task.num_train=16",
         "task.num_test=2",
+        f"rl.probe_size={min(rl.probe_size, 4)}",  # the greedy probe's held-out training problems (PID configs)
         f"task.data_dir={DATA_DIR}",
         f"rl.rollout_prompts={min(rl.rollout_prompts, 3)}",
         f"rl.batch_prompts={min(rl.batch_prompts, 2)}",

@@ -130,7 +130,15 @@ def test_checkpoint_saves_the_controller_and_old_checkpoints_still_load(tmp_path
     assert load_trainer_state(str(ckpt), dual) == 7 and dual.gamma == 0.25
 
 
-def test_the_config_names_the_controller_and_dual_stays_the_default():
+def test_the_config_names_the_controller_and_the_pid_on_the_probe_is_the_default():
+    """The library default is the PID on the greedy probe (rl.usage_signal=auto resolves to greedy);
+    rl.gamma_controller=dual alone restores dual ascent on the sampled usage; the tiny test config pins dual."""
+    default = load_config(None, []).rl
+    assert (default.gamma_controller, default.usage_signal) == ("pid", "greedy")
+    assert isinstance(gamma_controller(default), PIDLagrangian)
+    old = load_config(None, ["rl.gamma_controller=dual"]).rl
+    assert (old.gamma_controller, old.usage_signal) == ("dual", "sampled")
+    assert load_config(None, ["rl.gamma_controller=dual", "rl.usage_signal=greedy"]).rl.usage_signal == "greedy"
     dual = gamma_controller(load_config(TINY, ["rl.gamma_lr=0.5", "rl.gamma_max=0.4"]).rl)
     assert isinstance(dual, DualVariable) and (dual.lr, dual.cap) == (0.5, 0.4)
     pid = gamma_controller(

@@ -183,15 +183,19 @@ def test_query_budget_is_calls_per_problem():
 
 @pytest.mark.parametrize("path", ["configs/math_qwen2.5_1.5b.yaml", "configs/countdown_qwen2.5_1.5b.yaml"])
 def test_paper_configs_train_with_the_lagrangian_penalty(path):
-    """The paper configs hold the budget with dual ascent on γ; fixed γ (gamma_lr=0) is the documented variant."""
+    """The paper configs hold the budget with the PID on the greedy probe; dual ascent and the paper's fixed γ
+    (rl.gamma_controller=dual rl.gamma_lr=0) are the documented variants."""
+    from rl.pid_lagrangian import PIDLagrangian
     from settings import load_config
 
     cfg = load_config(path, [])
-    assert cfg.rl.gamma_lr > 0
-    dual = gamma_controller(cfg.rl)  # as the trainer and routing DPO build it
-    assert isinstance(dual, DualVariable)  # rl.gamma_controller=dual, the default
-    assert dual.update(cfg.rl.budget + 0.2) > cfg.rl.gamma  # over budget: the penalty rises
-    assert "rl.gamma_lr=0" in open(path).read()
+    assert (cfg.rl.gamma_controller, cfg.rl.usage_signal) == ("pid", "greedy")
+    pid = gamma_controller(cfg.rl)  # as the trainer and routing DPO build it
+    assert isinstance(pid, PIDLagrangian)
+    assert pid.update(cfg.rl.budget + 0.2) > cfg.rl.gamma  # over budget: the penalty rises
+    dual = gamma_controller(load_config(path, ["rl.gamma_controller=dual"]).rl)
+    assert isinstance(dual, DualVariable) and dual.lr > 0
+    assert "rl.gamma_controller=dual rl.gamma_lr=0" in open(path).read()
 
 
 def test_select_prompts_at_six_prompts_trains_two_d2_prompts():
