@@ -161,6 +161,7 @@ def test_a_query_the_cloud_cannot_answer_lets_the_row_finish_and_leaves_the_grou
 COMMON = [
     "task.name=arithmetic",
     "task.num_train=32",
+    "rl.gamma_controller=dual",  # dual ascent on the sampled usage; the PID's probe has its own tests
     "task.num_test=6",
     "task.levels=[1+1,1x1]",
     "rl.group_size=4",

@@ -63,6 +63,7 @@ def _train_args(tiny_model_dir, out, server, steps):
         f"model.name_or_path={tiny_model_dir}",
         "task.name=arithmetic",
         "task.num_train=64",
+        "rl.gamma_controller=dual",  # dual ascent on the sampled usage; the PID's probe has its own tests
         "task.num_test=6",
         "task.levels=[1+1,1x1]",
         "rl.group_size=4",

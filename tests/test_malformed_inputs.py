@@ -28,6 +28,7 @@ from settings import ConfigError, load_config
 TINY = [
     "task.name=arithmetic",
     "task.num_train=32",
+    "rl.gamma_controller=dual",  # dual ascent on the sampled usage; the PID's probe has its own tests
     "task.num_test=4",
     "task.levels=[1+1,1x1]",
     "rl.group_size=4",

@@ -414,6 +414,7 @@ def test_train_query_mode_end_to_end(tiny_model_dir, tmp_path):
         "rl.max_queries=1",
         "task.name=arithmetic",
         "task.num_train=32",
+        "rl.gamma_controller=dual",  # dual ascent on the sampled usage; the PID's probe has its own tests
         "task.num_test=6",
         "task.levels=[1+1,2x2]",
         "rl.group_size=4",

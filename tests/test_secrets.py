@@ -73,6 +73,7 @@ def _cloud_args(server):
 TINY = [
     "task.name=arithmetic",
     "task.num_train=32",
+    "rl.gamma_controller=dual",  # dual ascent on the sampled usage; the PID's probe has its own tests
     "task.num_test=4",
     "task.levels=[1+1,1x1]",
     "rl.group_size=4",

@@ -12,6 +12,7 @@ import train
 COMMON = [
     "task.name=arithmetic",
     "task.num_train=64",
+    "rl.gamma_controller=dual",  # dual ascent on the sampled usage; the PID's probe has its own tests
     "task.num_test=14",
     "task.levels=[1+1,1x1]",
     "rl.group_size=8",

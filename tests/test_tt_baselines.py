@@ -264,6 +264,7 @@ def test_task_tuning_run_of_the_trainer_pays_no_cloud_for_a_device_that_only_wri
         f"model.name_or_path={model}",
         "task.escalation=false",
         "task.num_train=16",
+        "rl.gamma_controller=dual",  # dual ascent on the sampled usage; the PID's probe has its own tests
         "task.num_test=6",
         "task.levels=[1+1]",
         "rl.group_size=2",
