@@ -17,13 +17,15 @@ Each of ``dpo.rounds`` rounds:
    the round's starting policy) on the exact token ids that were sampled: ``ExactPreferenceCollator`` feeds TRL
    the rollout's own prompt and completion ids (no re-tokenisation of decoded text) and its per-token loss
    mask, so the cloud's ``<response>`` tokens of a query rollout are context and never trained.
-5. The dual step of rl/lagrangian.py on the round's measured usage: γ ← max(0, γ + rl.gamma_lr · (offload −
-   rl.budget)) (calls per rollout in query mode), so the next round's pairs charge the cloud more when it was
-   over budget and less when under (``rl.gamma_controller=pid``: the PID step of rl/pid_lagrangian.py instead).
+5. One step of γ's controller (rl/lagrangian.py: gamma_controller), so the next round's pairs charge the cloud
+   more when it was over budget and less when under: by default the PID step of rl/pid_lagrangian.py on the greedy
+   usage of the round's policy on rl.probe_size held-out training problems; ``rl.gamma_controller=dual`` is the
+   dual step γ ← max(0, γ + rl.gamma_lr · (offload − rl.budget)) on the round's sampled rollouts (calls per
+   rollout in query mode).
    ``dpo_rounds.json`` records γ, the usage, the pairs and the controller's state of every round.
 ``final/`` (the last round's merged policy) is evaluated by rl/baselines.py (before/after, with its held-out
 offload against rl.budget) and loadable by eval.py like any checkpoint. ``dpo.rounds=1`` with
-``rl.gamma_lr=0`` is one offline round at the fixed γ = rl.gamma.
+``rl.gamma_controller=dual rl.gamma_lr=0`` is one offline round at the fixed γ = rl.gamma.
 
 The same ``dpo_args``/``train_dpo`` serve LSRP's SMFB-DPO of the leader (rl/smfb_dpo.py).
 """
@@ -45,6 +47,7 @@ from policies.generation import HFGenerator
 from rl.lagrangian import gamma_controller
 from rl.trainer import make_env
 from rl.trl_run import common_args, metrics_callback, save_final, train_resumable
+from settings import ConfigError
 
 log = logging.getLogger("train.dpo")
 
@@ -227,13 +230,13 @@ def greedy_probe_usage(cfg, policy: str, probe: list) -> float:
 
 def train_with_dpo(cfg, resume: bool = False) -> str:
     """rl.trainer=dpo: ``dpo.rounds`` rounds of (roll out the current policy -> pairs at the current γ -> TRL
-    DPOTrainer, the round's starting policy as reference); between rounds the dual step of rl/lagrangian.py,
-    γ ← max(0, γ + rl.gamma_lr · (usage − rl.budget)), on the usage measured in the round's rollouts (offload
-    rate, or calls per rollout in query mode), so the pairs of the next round charge the cloud more when it was
-    over budget (with rl.usage_signal=greedy: on the greedy usage of the round's policy on rl.probe_size training
-    problems held out of the rounds). Round k works in ``<output_dir>/round-<k>`` (the output_dir itself when
-    dpo.rounds=1); the last round's policy is ``<output_dir>/final``, which this returns. ``dpo_rounds.json`` has γ
-    and the usage of every round; a rerun with --resume skips the finished rounds."""
+    DPOTrainer, the round's starting policy as reference); between rounds one step of γ's controller
+    (rl/lagrangian.py), so the pairs of the next round charge the cloud more when it was over budget: on the greedy
+    usage of the round's policy on rl.probe_size training problems held out of the rounds (the PID's default), or
+    on the usage measured in the round's rollouts (offload rate, or calls per rollout in query mode;
+    rl.usage_signal=sampled, dual ascent's default). Round k works in ``<output_dir>/round-<k>`` (the output_dir
+    itself when dpo.rounds=1); the last round's policy is ``<output_dir>/final``, which this returns.
+    ``dpo_rounds.json`` has γ and the usage of every round; a rerun with --resume skips the finished rounds."""
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
     dual = gamma_controller(cfg.rl)
@@ -241,7 +244,12 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
     done = json.load(open(rounds_path)) if resume and os.path.exists(rounds_path) else []
     train_problems = load_problems(cfg.task)[0]
     probe = []  # rl.usage_signal=greedy: the last rl.probe_size training problems, never rolled out for pairs
-    if cfg.rl.usage_signal == "greedy":
+    if cfg.rl.greedy_usage:
+        if cfg.rl.probe_size >= len(train_problems):
+            raise ConfigError(
+                f"rl.probe_size={cfg.rl.probe_size} leaves no training problems of {len(train_problems)}: lower "
+                "rl.probe_size, give more training problems (task.num_train), or rl.gamma_controller=dual."
+            )
         train_problems, probe = train_problems[: -cfg.rl.probe_size], train_problems[-cfg.rl.probe_size :]
     policy = None  # None = the base model of the model section; else the previous round's merged final/
     for k in range(1, cfg.dpo.rounds + 1):

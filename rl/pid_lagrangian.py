@@ -20,11 +20,11 @@ a bonus per cloud call; rl/lagrangian.py):
     (6) γ_k = min(γ_max, max(γ_min, K_P · ē_k + I_k + K_D · Δ_k))
 
 (2) keeps the integral in units of γ (K_I times the paper's I, the same for a fixed K_I), so it starts at rl.gamma
-(no jump at step 1) and with K_P = K_D = 0, K_I = η it is exactly the dual step γ ← min(γ_max, max(0, γ + η e)).
-The integral never goes below γ_min = 0 (the paper's anti-windup: a long phase under the budget stores no credit)
-and never above γ_max (a bound on γ that the integral could pass would store windup it has to unwind first).  The
-derivative counts only rises of the usage, as in the paper: a falling usage does not lower γ faster than (1) and (2)
-do.
+(no jump at step 1) and with K_P = K_D = 0, K_I = η it is exactly the dual step γ ← min(γ_max, max(γ_min, γ + η e)).
+The integral never goes below γ_min (0 by default: the paper's anti-windup, a long phase under the budget stores no
+credit) and never above γ_max (a bound on γ that the integral could pass would store windup it has to unwind
+first).  The derivative counts only rises of the usage, as in the paper: a falling usage does not lower γ faster
+than (1) and (2) do.
 
 Taken from OmniSafe's ``omnisafe/common/pid_lagrange.py`` (``PIDLagrangian.pid_update``): the integral kept in γ
 units and started at the initial multiplier; EMAs on the proportional error and on the usage the derivative

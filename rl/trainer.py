@@ -394,7 +394,7 @@ def train_step(run: Run, index: int) -> dict:
     used = env.usage_of(groups)  # the constrained quantity: offload rate (route) or calls per rollout (query)
     gamma_used = dual.gamma
     greedy = None
-    if cfg.rl.usage_signal == "greedy":
+    if cfg.rl.greedy_usage:
         if (index + 1) % cfg.rl.probe_every == 0:  # the updated policy's greedy usage; γ holds between probes
             greedy = greedy_probe(run)
             dual.update(greedy)
@@ -480,11 +480,11 @@ def setup(cfg) -> Run | int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     probe_problems = []
-    if cfg.rl.usage_signal == "greedy":  # the last rl.probe_size training problems: held out of training
+    if cfg.rl.greedy_usage:  # the last rl.probe_size training problems: held out of training
         if cfg.rl.probe_size >= len(train_problems):
             print(
                 f"error: rl.probe_size={cfg.rl.probe_size} leaves no training problems of {len(train_problems)}: "
-                "lower rl.probe_size or give more training problems (task.num_train).",
+                "lower rl.probe_size, give more training problems (task.num_train), or rl.gamma_controller=dual.",
                 file=sys.stderr,
             )
             return 2

@@ -63,7 +63,7 @@ class RLConfig(Section):
         "route",
         "Environment mode: route (answer, or escalate the whole problem with <unknown>) or query (ask the cloud "
         "mid-reasoning with <query>...</query>, answered inside <response>...</response>; envs/query.py). Same "
-        "trainer, filtering and dual ascent; in query mode rl.budget counts cloud calls per problem. lsrp: the "
+        "trainer, filtering and γ's controller; in query mode rl.budget counts cloud calls per problem. lsrp: the "
         "cloud leads with a guideline and the device answers with private user data (envs/lsrp/, rl/lsrp.py, "
         "section lsrp).",
     )
@@ -77,7 +77,7 @@ class RLConfig(Section):
         "starts from (model.name_or_path=<output_dir>/final) and the paper's 'task tuning only' baseline; of rl.* it "
         "uses budget (evaluation), max_new_tokens and max_prompt_tokens. "
         "dpo: preference optimisation (rl/dpo.py): rollouts of the policy, pairs by reward (higher chosen, ties "
-        "dropped), TRL DPOTrainer (section dpo), for dpo.rounds rounds with the dual step on γ between them.",
+        "dropped), TRL DPOTrainer (section dpo), for dpo.rounds rounds with γ's controller stepping between them.",
     )
     advantage: Literal["gapg", "grpo", "dr_grpo"] = option(
         "gapg",
@@ -85,14 +85,14 @@ class RLConfig(Section):
         "(r − mean)/(G−1), summed token log-probs), grpo (the original GRPO loss, TRL's loss_type='grpo' with "
         "scale_rewards='group': (r − mean)/std, each response's token mean; TRL's GRPOConfig loss_type defaults to "
         "'dapo', a token mean over the whole batch) or dr_grpo (r − mean, a constant normaliser rl.max_new_tokens). "
-        "Same rollouts, filtering and dual.",
+        "Same rollouts, filtering and γ's controller.",
     )
     budget: float = option(
         0.3,
         "Maximum share of problems sent to the cloud, in (0, 1); ρ = budget / (1 - budget). rl.env=query: the "
-        "maximum mean number of cloud calls (answered queries + escalations) per problem, any positive number: the "
-        "dual ascent targets it, eval caps the calls of a suite at floor(budget·N), and filtering takes a D2 share of "
-        "min(budget, 1).",
+        "maximum mean number of cloud calls (answered queries + escalations) per problem, any positive number: "
+        "γ's controller targets it, eval caps the calls of a suite at floor(budget·N), and filtering takes a D2 "
+        "share of min(budget, 1).",
     )
     group_size: int = option(8, "G: responses sampled per prompt (>= 2).")
     rollout_prompts: int = option(
@@ -152,12 +152,13 @@ class RLConfig(Section):
     gamma: float = option(0.0, "Initial Lagrange multiplier γ (the cloud-call penalty).")
     gamma_lr: float = option(
         0.0,
-        "Dual-ascent step η: γ ← max(0, γ + η (offload_rate − budget)); rl.env=query: calls per rollout "
-        "instead of offload_rate. 0 keeps γ fixed as in the paper.",
+        "rl.gamma_controller=dual: the dual-ascent step η, γ ← max(γ_min, γ + η (offload_rate − budget)); "
+        "rl.env=query: calls per rollout instead of offload_rate. 0 keeps γ fixed as in the paper (the fixed γ is "
+        "rl.gamma_controller=dual rl.gamma_lr=0; the PID does not use this key).",
     )
     gamma_max: float = option(
         0.0,
-        "Upper bound on γ for the dual step (0 = none). Set it to reward.alpha_cloud: past α_c a correct cloud "
+        "Upper bound on γ for γ's controller (0 = none). Set it to reward.alpha_cloud: past α_c a correct cloud "
         "answer earns less than a wrong local one, so no budget needs more, and an unbounded γ winds up while the "
         "policy lags and then drives offload far under the budget (docs/budget_dynamics.md).",
     )
@@ -174,8 +175,8 @@ class RLConfig(Section):
         "rl/pid_lagrangian.py, with gains rl.pid_kp, rl.pid_ki, rl.pid_kd; rl.gamma_lr is then unused) or dual (dual "
         "ascent with step rl.gamma_lr; 0 = γ fixed at rl.gamma, the paper's setting). Both start at rl.gamma and stay "
         "in [rl.gamma_min, rl.gamma_max]. pid is the default by measurement: over 30 steps it holds the greedy "
-        "policy's usage closer to the budget and is as accurate or more (docs/budget_control.md); the 10-step CPU "
-        "configs keep dual, within noise there and a third cheaper a step.",
+        "policy's usage closer to the budget and is as accurate or more (docs/budget_control.md); the short CPU "
+        "configs keep dual, within noise over 10 steps and a third cheaper a step.",
     )
     pid_kp: float = option(
         0.5,
@@ -231,8 +232,16 @@ class RLConfig(Section):
         "r̃ = r − γ·calls − gamma_tokens·cloud_tokens.",
     )
 
+    @property
+    def greedy_usage(self) -> bool:
+        """Whether γ's controller follows the greedy probe: rl.usage_signal=greedy, or auto with the PID (auto stays
+        in the config, so a saved config with rl.gamma_controller=dual still goes back to the sampled usage)."""
+        return self.usage_signal == "greedy" or (self.usage_signal == "auto" and self.gamma_controller == "pid")
+
     def check(self) -> None:
-        self.require_finite("gamma", "gamma_lr", "gamma_tokens", "pid_kp", "pid_ki", "pid_kd", "pid_ema")
+        self.require_finite(
+            "gamma", "gamma_lr", "gamma_min", "gamma_max", "gamma_tokens", "pid_kp", "pid_ki", "pid_kd", "pid_ema"
+        )
         if self.env == "query" and not (self.budget > 0.0 and math.isfinite(self.budget)):
             raise ConfigError(
                 f"rl.budget={self.budget}: with rl.env=query the budget is the mean number of cloud calls per problem; "
@@ -303,9 +312,7 @@ class RLConfig(Section):
             )
         if self.pid_d_delay < 1:
             raise ConfigError(f"rl.pid_d_delay={self.pid_d_delay} must be >= 1 (steps back for the derivative).")
-        if self.usage_signal == "auto":  # resolved once here; the trainers read "greedy" or "sampled"
-            self.usage_signal = "greedy" if self.gamma_controller == "pid" else "sampled"
-        if self.usage_signal == "greedy" and (self.probe_size < 1 or self.probe_every < 1):
+        if self.greedy_usage and (self.probe_size < 1 or self.probe_every < 1):
             raise ConfigError(
                 f"rl.usage_signal=greedy needs rl.probe_size >= 1 and rl.probe_every >= 1 (got {self.probe_size}, "
                 f"{self.probe_every}); or rl.usage_signal=sampled."

@@ -130,15 +130,32 @@ def test_checkpoint_saves_the_controller_and_old_checkpoints_still_load(tmp_path
     assert load_trainer_state(str(ckpt), dual) == 7 and dual.gamma == 0.25
 
 
+def test_resuming_under_another_controller_warns_with_the_key_to_set(tmp_path, caplog):
+    """A dual-ascent checkpoint (or one from before the PID existed) resumed by a PID run: γ goes on, with a warning
+    that names rl.gamma_controller=dual; the same controller resumes silently."""
+    ckpt = tmp_path / "step-3"
+    ckpt.mkdir()
+    state = {"step": 3, "gamma": 0.2, "gamma_controller": {"controller": "dual", "gamma": 0.2}}
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    with caplog.at_level("WARNING", logger="train"):
+        assert load_trainer_state(str(ckpt), PIDLagrangian(kp=0.5, ki=0.2)) == 3
+    assert "rl.gamma_controller=dual" in caplog.text and "0.200" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train"):
+        load_trainer_state(str(ckpt), DualVariable(0.0, 0.5, 0.3))
+    assert caplog.text == ""
+
+
 def test_the_config_names_the_controller_and_the_pid_on_the_probe_is_the_default():
     """The library default is the PID on the greedy probe (rl.usage_signal=auto resolves to greedy);
     rl.gamma_controller=dual alone restores dual ascent on the sampled usage; the tiny test config pins dual."""
     default = load_config(None, []).rl
-    assert (default.gamma_controller, default.usage_signal) == ("pid", "greedy")
+    assert (default.gamma_controller, default.usage_signal, default.greedy_usage) == ("pid", "auto", True)
     assert isinstance(gamma_controller(default), PIDLagrangian)
     old = load_config(None, ["rl.gamma_controller=dual"]).rl
-    assert (old.gamma_controller, old.usage_signal) == ("dual", "sampled")
-    assert load_config(None, ["rl.gamma_controller=dual", "rl.usage_signal=greedy"]).rl.usage_signal == "greedy"
+    assert (old.gamma_controller, old.greedy_usage) == ("dual", False)
+    assert load_config(None, ["rl.gamma_controller=dual", "rl.usage_signal=greedy"]).rl.greedy_usage
+    assert not load_config(None, ["rl.usage_signal=sampled"]).rl.greedy_usage
     dual = gamma_controller(load_config(TINY, ["rl.gamma_lr=0.5", "rl.gamma_max=0.4"]).rl)
     assert isinstance(dual, DualVariable) and (dual.lr, dual.cap) == (0.5, 0.4)
     pid = gamma_controller(

@@ -189,7 +189,7 @@ def test_paper_configs_train_with_the_lagrangian_penalty(path):
     from settings import load_config
 
     cfg = load_config(path, [])
-    assert (cfg.rl.gamma_controller, cfg.rl.usage_signal) == ("pid", "greedy")
+    assert (cfg.rl.gamma_controller, cfg.rl.greedy_usage) == ("pid", True)
     pid = gamma_controller(cfg.rl)  # as the trainer and routing DPO build it
     assert isinstance(pid, PIDLagrangian)
     assert pid.update(cfg.rl.budget + 0.2) > cfg.rl.gamma  # over budget: the penalty rises
