@@ -82,14 +82,15 @@ def load_trainer_state(ckpt: str, dual) -> int:
     with open(os.path.join(ckpt, "trainer_state.json")) as f:
         state = json.load(f)
     saved = state.get("gamma_controller", {}).get("controller", "dual")  # before the PID, every run used dual ascent
-    if saved != dual.state_dict()["controller"]:
+    own = dual.state_dict()["controller"]
+    if saved != own:
         log.warning(
             "%s was written by rl.gamma_controller=%s and this run uses %s (the library default is pid since the "
             "defaults changed): γ goes on from %.3f under the new controller; set rl.gamma_controller=%s to resume "
             "the run as it was trained.",
             ckpt,
             saved,
-            dual.state_dict()["controller"],
+            own,
             state.get("gamma_controller", state).get("gamma", 0.0),
             saved,
         )

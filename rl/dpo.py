@@ -45,9 +45,8 @@ from envs.tasks import load_problems
 from policies.device import load_device_model
 from policies.generation import HFGenerator
 from rl.lagrangian import gamma_controller
-from rl.trainer import make_env
+from rl.trainer import make_env, split_probe
 from rl.trl_run import common_args, metrics_callback, save_final, train_resumable
-from settings import ConfigError
 
 log = logging.getLogger("train.dpo")
 
@@ -243,14 +242,7 @@ def train_with_dpo(cfg, resume: bool = False) -> str:
     rounds_path = os.path.join(out, "dpo_rounds.json")
     done = json.load(open(rounds_path)) if resume and os.path.exists(rounds_path) else []
     train_problems = load_problems(cfg.task)[0]
-    probe = []  # rl.usage_signal=greedy: the last rl.probe_size training problems, never rolled out for pairs
-    if cfg.rl.greedy_usage:
-        if cfg.rl.probe_size >= len(train_problems):
-            raise ConfigError(
-                f"rl.probe_size={cfg.rl.probe_size} leaves no training problems of {len(train_problems)}: lower "
-                "rl.probe_size, give more training problems (task.num_train), or rl.gamma_controller=dual."
-            )
-        train_problems, probe = train_problems[: -cfg.rl.probe_size], train_problems[-cfg.rl.probe_size :]
+    train_problems, probe = split_probe(cfg, train_problems)  # the probe is never rolled out for pairs
     policy = None  # None = the base model of the model section; else the previous round's merged final/
     for k in range(1, cfg.dpo.rounds + 1):
         work = out if cfg.dpo.rounds == 1 else os.path.join(out, f"round-{k}")

@@ -55,7 +55,7 @@ from rl.filtering import select_prompts
 from rl.gapg import gapg_loss, score_sequences, truncated_importance_weights
 from rl.lagrangian import GammaController, gamma_controller
 from rl.trl_run import wandb_offline_unless_configured
-from settings import rho, save_config, to_dict
+from settings import ConfigError, rho, save_config, to_dict
 
 log = logging.getLogger("train")
 
@@ -430,6 +430,19 @@ def train_step(run: Run, index: int) -> dict:
     return m
 
 
+def split_probe(cfg, train_problems: list) -> tuple[list, list]:
+    """(training problems, probe problems): with the greedy usage signal the last rl.probe_size training problems
+    are held out of training as the probe γ follows (GAPG and routing DPO); else no probe."""
+    if not cfg.rl.greedy_usage:
+        return train_problems, []
+    if cfg.rl.probe_size >= len(train_problems):
+        raise ConfigError(
+            f"rl.probe_size={cfg.rl.probe_size} leaves no training problems of {len(train_problems)}: lower "
+            "rl.probe_size, give more training problems (task.num_train), or rl.gamma_controller=dual."
+        )
+    return train_problems[: -cfg.rl.probe_size], train_problems[-cfg.rl.probe_size :]
+
+
 def greedy_probe(run: Run) -> float:
     """The greedy usage of the current policy on the probe problems (rl.usage_signal=greedy), the same number on every
     process: the main process measures it (every process joins the weight gather of ZeRO-3) and sends it to all."""
@@ -479,16 +492,11 @@ def setup(cfg) -> Run | int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    probe_problems = []
-    if cfg.rl.greedy_usage:  # the last rl.probe_size training problems: held out of training
-        if cfg.rl.probe_size >= len(train_problems):
-            print(
-                f"error: rl.probe_size={cfg.rl.probe_size} leaves no training problems of {len(train_problems)}: "
-                "lower rl.probe_size, give more training problems (task.num_train), or rl.gamma_controller=dual.",
-                file=sys.stderr,
-            )
-            return 2
-        train_problems, probe_problems = train_problems[: -cfg.rl.probe_size], train_problems[-cfg.rl.probe_size :]
+    try:
+        train_problems, probe_problems = split_probe(cfg, train_problems)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     caps = min(cfg.rl.max_new_tokens, cfg.train.eval_max_new_tokens)
     mismatch = template_token_warning(template_for(cfg.task), caps, "rl.max_new_tokens and train.eval_max_new_tokens")
     if mismatch and accelerator.is_main_process:
