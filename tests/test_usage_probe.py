@@ -27,6 +27,19 @@ def test_route_greedy_usage_is_the_share_the_greedy_policy_escalates_with_no_clo
     assert len(cloud) == 0  # deciding needs no cloud answer
 
 
+def test_split_probe_holds_out_the_last_problems_and_refuses_a_probe_that_leaves_none():
+    """GAPG and routing DPO hold out the last rl.probe_size training problems as the probe (rl/trainer.py:
+    split_probe); a probe as large as the training set is refused with the keys to change; no probe with dual."""
+    from rl.trainer import split_probe
+
+    problems = list(range(10))
+    cfg = load_config(None, ["rl.probe_size=3"])  # the PID default: the greedy probe
+    assert split_probe(cfg, problems) == (list(range(7)), [7, 8, 9])
+    with pytest.raises(ConfigError, match="rl.probe_size=10 leaves no training problems of 10"):
+        split_probe(load_config(None, ["rl.probe_size=10"]), problems)
+    assert split_probe(load_config(None, ["rl.gamma_controller=dual", "rl.probe_size=10"]), problems) == (problems, [])
+
+
 def test_greedy_signal_needs_a_probe():
     with pytest.raises(ConfigError, match="probe_size"):
         load_config(None, ["rl.usage_signal=greedy", "rl.probe_size=0"])
