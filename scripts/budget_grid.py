@@ -49,6 +49,11 @@ NAME_TAG = re.compile(rf"^({TAG})\.json$")
 NAME = re.compile(rf"^(?P<variant>.+)-seed(?P<seed>\d+)-b(?P<budget>[0-9.]+)\.eval-(?P<tag>{TAG})\.json$")
 
 
+def policy_row(path: str) -> dict:
+    """The ``policy`` row of a held-out evaluation's JSON (eval/<tag>.json as the grid files it)."""
+    return next(r for r in json.load(open(path)) if r["method"] == "policy")
+
+
 def read_grid(folder: str) -> dict:
     """{(variant, budget): {seed: {"evals": {step: policy row}, "metrics": [steps]}}} from the grid's files."""
     grid: dict = defaultdict(dict)
@@ -65,8 +70,7 @@ def read_grid(folder: str) -> dict:
         steps = [r for r in metrics if "step" in r]
         tag = m["tag"]
         step = int(tag.split("-")[1]) if tag.startswith("step-") else max((r["step"] for r in steps), default=0)
-        rows = json.load(open(path))
-        policy = next(r for r in rows if r["method"] == "policy")
+        policy = policy_row(path)
         run = grid[(m["variant"], float(m["budget"]))].setdefault(int(m["seed"]), {"evals": {}, "metrics": steps})
         run["evals"][step] = policy
         correct = f"{stem}.correct-{tag}.json"
@@ -250,7 +254,7 @@ def read_modes(folder: str, grid: dict) -> dict:
             if not hit:
                 continue
             stem = os.path.join(folder, name[: name.index(".")])
-            policy = next(r for r in json.load(open(f"{stem}.eval-final.json")) if r["method"] == "policy")
+            policy = policy_row(f"{stem}.eval-final.json")
             if mode == "query":
                 m = [r for r in map(json.loads, open(f"{stem}.metrics.jsonl")) if "step" in r]
                 steps, usage = [r["step"] for r in m], [r["calls_per_rollout"] for r in m]
@@ -268,7 +272,7 @@ def read_modes(folder: str, grid: dict) -> dict:
                 )
                 wanted, budget = [(steps[-1], policy["wanted_offload_rate"])], rounds[0]["budget"]
                 if os.path.exists(f"{stem}.eval-before.json"):
-                    before = next(r for r in json.load(open(f"{stem}.eval-before.json")) if r["method"] == "policy")
+                    before = policy_row(f"{stem}.eval-before.json")
                     wanted.insert(0, (0, before["wanted_offload_rate"]))
             modes[mode][(hit["variant"], int(hit["seed"]))] = dict(
                 steps=steps, gamma=gamma, usage=usage, probe=probe, wanted=wanted, budget=budget
