@@ -497,27 +497,41 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
         return run
 
     routed = [m for m in methods + ablations if m not in BUDGET_FREE]
+
+    def evaluated(b: float, s: int, here: list[str]) -> bool:
+        """The point's evaluation holds every method already: none of it is trained again (its models may be gone)."""
+        return (b, s) in done and set(here) <= {r["method"] for r in done[(b, s)]}
+
+    def report_all() -> list[str]:  # the report of every evaluated point, those of earlier runs too
+        rows = [r for point in done.values() for r in point]
+        return write_report(
+            rows,
+            routed,
+            budgets,
+            seeds,
+            args.out,
+            report,
+            command,
+            standins_caption(cfg),
+            tuned="tt" in methods,
+            task=cfg.task.name,
+        )
+
+    reported = False
     for s in seeds:  # seed-major: a grid stopped early holds whole replicates (every budget) of the seeds it finished
+        points = [(b, [m for m in routed if m in methods or b in ablation_budgets]) for b in budgets]
+        points = [(b, here) for b, here in points if not evaluated(b, s, here)]
+        if not points:
+            continue
         # the base device of the baseline rows: the task-tuned run of this seed when the grid trains one
         base = os.path.join(train_point("tt", s, budgets[0]), "final") if "tt" in methods else cfg.model.name_or_path
-        for b in budgets:
-            here = [m for m in routed if m in methods or b in ablation_budgets]
+        for b, here in points:
             models = {m: train_point(m, s, b) for m in here}
             done[(b, s)] = run_grid_eval(args.config, b, s, models, args.out, overrides, eval_args, base)
-            rows = [r for point in done.values() for r in point]
-            written = write_report(
-                rows,
-                routed,
-                budgets,
-                seeds,
-                args.out,
-                report,
-                command,
-                standins_caption(cfg),
-                tuned="tt" in methods,
-                task=cfg.task.name,
-            )
-            print(f"[sweep] point budget {b:.0%} seed {s} done; report: {', '.join(written)}", flush=True)
+            print(f"[sweep] point budget {b:.0%} seed {s} done; report: {', '.join(report_all())}", flush=True)
+            reported = True
+    if not reported and done:  # every point was evaluated by earlier runs: the report of them all
+        print(f"[sweep] every point evaluated already; report: {', '.join(report_all())}", flush=True)
     return 0
 
 

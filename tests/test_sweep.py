@@ -183,7 +183,12 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
     assert sweep.main(argv) == 0  # a rerun: every point is done
     assert os.path.getmtime(os.path.join(out, "eval-points", "budget-0.30-seed-1.json")) == stamp
     assert os.path.getmtime(os.path.join(sweep.grid_dir(out, "grpo", 1, 0.3), "final", "config.json")) == final
-    assert reports == [len(rows)] * 4  # from its first point on, the report holds every finished point of the grid
+    assert reports == [len(rows)]  # nothing to train or evaluate: one report of every finished point
+    # the models of evaluated points gone (a new machine keeps only the committed eval-points): nothing retrained
+    shutil.rmtree(os.path.join(out, "gapg"))
+    reports.clear()
+    assert sweep.main(argv) == 0
+    assert not os.path.exists(sweep.grid_dir(out, "gapg", 0, 0.3)) and reports == [len(rows)]
 
 
 def test_grid_mode_rejects_unknown_methods(capsys):
