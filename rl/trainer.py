@@ -558,8 +558,6 @@ def resume_from_checkpoint(run: Run) -> int:
         )
         if hasattr(run.rollout_generator, "sync_weights"):
             run.rollout_generator.sync_weights()  # vLLM loaded the initial weights from disk
-    if run.accelerator.is_main_process:
-        truncate_metrics(run.metrics_path, start)
     return start
 
 
@@ -571,6 +569,8 @@ def train(cfg, resume: bool = False) -> int:
         return run
     accelerator, out = run.accelerator, cfg.train.output_dir
     start = resume_from_checkpoint(run) if resume else 0
+    if accelerator.is_main_process:  # the lines after the start are run again (all of them when starting afresh)
+        truncate_metrics(run.metrics_path, start)
     run.wandb = init_wandb(cfg, accelerator)
     if start == 0 and cfg.train.eval_before and cfg.train.max_steps > 0:
         run_eval("before", run.env, run.generator, run.test_problems, cfg, accelerator, run.model)

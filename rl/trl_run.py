@@ -89,11 +89,12 @@ def last_checkpoint_step(output_dir: str) -> int | None:
 
 def train_resumable(trainer, output_dir: str, resume: bool, metrics_path: str | None = None) -> None:
     """``trainer.train()``, from the last checkpoint when ``resume``.  The steps after that checkpoint run again,
-    so their lines in ``metrics_path`` (left by a killed run) are dropped first, as rl/checkpoint.py does for GAPG."""
+    so their lines in ``metrics_path`` (left by a killed run) are dropped first, as rl/trainer.py does for GAPG; a
+    fresh start drops every old line (a run into a used folder)."""
     step = last_checkpoint_step(output_dir) if resume else None
     if resume and step is None:
         log.warning("--resume: no checkpoint-N in %s; starting from step 0", output_dir)
-    if resume and metrics_path and trainer.accelerator.is_main_process:
+    if metrics_path and trainer.accelerator.is_main_process:  # a fresh start keeps no old lines either
         truncate_metrics(metrics_path, step or 0)
     trainer.train(resume_from_checkpoint=True if step is not None else None)
 

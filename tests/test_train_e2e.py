@@ -84,6 +84,10 @@ def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, ca
     assert set(cached) <= set(_cache_rows(part))  # nothing answered before the interruption is lost
     assert all(m["cloud_calls"] >= 0 and m["cloud_calls_total"] >= m["cloud_calls"] for m in m2)  # usage in metrics
 
+    # a fresh run (no --resume) into a used folder: its metrics.jsonl holds its own steps, not the old run's too
+    assert train.main(base + [f"train.output_dir={full}", "train.max_steps=2", "train.save_every=2"]) == 0
+    assert [json.loads(l)["step"] for l in open(os.path.join(full, "metrics.jsonl"))] == [1, 2]
+
 
 @pytest.mark.slow
 def test_lora_run_with_local_hf_cloud_saves_a_merged_model(tiny_model_dir, tmp_path):

@@ -126,3 +126,6 @@ def test_train_py_trl_drgrpo_trains_saves_evaluates_and_resumes(tiny_model_dir, 
     assert os.path.exists(os.path.join(out, "checkpoint-2")) and os.path.exists(
         os.path.join(final, "model.safetensors")
     )
+    # a fresh run (no --resume) into the used folder: metrics.jsonl holds its own steps only
+    assert train.main([a if a != "train.max_steps=2" else "train.max_steps=1" for a in args]) == 0
+    assert [json.loads(l)["step"] for l in open(os.path.join(out, "metrics.jsonl"))] == [1]
