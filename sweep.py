@@ -38,6 +38,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 from core.logs import setup_logging
 
@@ -182,15 +183,17 @@ def run_grid_eval(
     args += [",".join(f"{m}={path}/final" for m, path in models.items()), "--base-model", base_model]
     point = os.path.join(out, "eval", f"budget-{budget:.2f}-seed-{seed}")  # each point's models are its own
     args += ["--budget", str(budget), "--out", point, *eval_args]
+    started = time.time()
     if evalmod.main(args) != 0:
         raise SystemExit(f"[sweep] evaluation at budget {budget}, seed {seed} failed; see the error above.")
+    took = time.time() - started  # a resumed evaluation counts only its own part
     with open(os.path.join(point, "summary.json")) as f:
         summary = json.load(f)
     suites = summary["suites"]
     rows = summary["average"] if len(suites) > 1 else next(iter(suites.values()))
     for r in rows:
         curve = train_offload_curve(models[r["method"]]) if r["method"] in models else []
-        r.update(budget=budget, seed=seed, train_offload_last=curve[-1][1] if curve else None)
+        r.update(budget=budget, seed=seed, train_offload_last=curve[-1][1] if curve else None, eval_s=took)
     os.makedirs(os.path.dirname(done), exist_ok=True)
     with open(done + ".tmp", "w") as f:
         json.dump(rows, f, indent=2)
@@ -233,6 +236,21 @@ def write_report(
         "tuned": tuned,
         "task": task,
     }
+    train_s = {
+        results.row_name(m, tuned): [
+            t for b in budgets for s in seeds if (t := results.train_seconds(grid_dir(out, m, s, b)))
+        ]
+        for m in methods
+    }
+    if tuned:
+        train_s["task tuning (TT)"] = [t for s in seeds if (t := results.train_seconds(grid_dir(out, "tt", s, None)))]
+    evals = {(r["budget"], r["seed"]): r["eval_s"] for r in rows if r.get("eval_s") is not None}
+    meta["time"] = results.time_lines(
+        train_s,
+        list(evals.values()),
+        "Wall time on this machine: each run's training steps (the sum of its metrics.jsonl `step_time_s`; loading "
+        "and its own held-out evaluation not counted), and each (budget, seed) point's `eval.py` run with every row.",
+    )
     shown = results.with_score_rows(methods, rows)  # sweep.py --score-rows: <method>@score rows too
     return [
         results.write_csv(rows, data + ".csv"),

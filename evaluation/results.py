@@ -65,6 +65,33 @@ def train_offload_curve(run_dir: str) -> list[tuple[int, float]]:
     ]
 
 
+def train_seconds(run_dir: str) -> float | None:
+    """The wall time of a run's training steps: the sum of ``step_time_s`` over its metrics.jsonl (None when no step
+    recorded one; loading the model and the in-training evaluations are not counted)."""
+    times = [float(m["step_time_s"]) for m in run_metrics(run_dir) if "step_time_s" in m]
+    return sum(times) if times else None
+
+
+def time_lines(train_s: dict[str, list[float]], eval_s: list[float], how: str = "") -> list[str]:
+    """Markdown lines: the time the grid took, per kind of run (``train_s``: name -> seconds of each run timed) and
+    per evaluated point (``eval_s``), in minutes per run and hours in all."""
+    rows = [(name, ts) for name, ts in train_s.items() if ts]
+    if not rows and not eval_s:
+        return []
+    lines = ["## Time it took", ""]
+    if how:
+        lines += [how, ""]
+    lines += ["| work | runs timed | minutes per run | hours in all |", "|---|---|---|---|"]
+    for name, ts in rows:
+        lines.append(f"| training: {name} | {len(ts)} | {statistics.fmean(ts) / 60:.1f} | {sum(ts) / 3600:.2f} |")
+    if eval_s:
+        lines.append(
+            f"| evaluation of a point (every row) | {len(eval_s)} | {statistics.fmean(eval_s) / 60:.1f} | "
+            f"{sum(eval_s) / 3600:.2f} |"
+        )
+    return lines + [""]
+
+
 def write_csv(rows: list[dict], path: str) -> str:
     with open(path + ".tmp", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
@@ -388,6 +415,7 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
                     f"{c['beyond_in_seeds']}/{c['seeds']} |"
                 )
             lines.append("")
+    lines += meta.get("time", [])
     lines += [
         f"![accuracy against cloud share](data/{os.path.basename(path)[:-3]}.png)",
         "",

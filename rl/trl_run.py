@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 from core.io import replaced_dir
 from rl.checkpoint import truncate_metrics
@@ -66,10 +67,16 @@ def metrics_callback(path: str, require: str = "loss", eval_hook=None, eval_ever
     from transformers import TrainerCallback
 
     class MetricsJsonl(TrainerCallback):
+        started = None  # when the step being logged began (its wall time goes in as step_time_s, as GAPG's does)
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.started = time.time()
+
         def on_log(self, args, state, control, logs=None, **kw):
             if state.is_world_process_zero and logs and require in logs:
+                timing = {"step_time_s": time.time() - self.started} if self.started else {}
                 with open(path, "a") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+                    f.write(json.dumps({"step": state.global_step, **logs, **timing}) + "\n")
 
         def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
             step = state.global_step

@@ -173,6 +173,9 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
     assert "| GAPG | " in md.split("## Every budget at a glance")[1].split("## Budget 20%")[0]  # the headline table
     assert os.path.getsize(data + ".png") > 0 and os.path.getsize(data + "_offload.png") > 0
     assert "](data/results.png)" in md and not os.path.exists(report + ".csv")
+    took = md.split("## Time it took")[1]  # the time each kind of run took, from metrics.jsonl and the evaluations
+    assert "| training: GAPG | 4 | " in took and "| training: GRPO-std | 4 | " in took
+    assert "| evaluation of a point (every row) | 4 | " in took
     stamp = os.path.getmtime(os.path.join(out, "eval-points", "budget-0.30-seed-1.json"))
     final = os.path.getmtime(os.path.join(sweep.grid_dir(out, "grpo", 1, 0.3), "final", "config.json"))
     reports = []  # the rows of every report this rerun writes

@@ -99,6 +99,7 @@ def test_train_py_trl_drgrpo_trains_saves_evaluates_and_resumes(tiny_model_dir, 
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(0.0 <= r["offload_rate"] <= 1.0 and "reward" in r and "loss" in r for r in rows)
+    assert all(r["step_time_s"] > 0 for r in rows)  # each step's wall time, as GAPG records it
     # the random model answers a few 1+1 sums by chance (graded by the last number): rewards vary within groups
     assert any(r["reward_std"] > 0 for r in rows), "no reward variance: Dr.GRPO has nothing to learn from"
     state = json.load(open(os.path.join(out, "checkpoint-2", "trainer_state.json")))
