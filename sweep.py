@@ -165,6 +165,13 @@ def run_eval(
     return rows
 
 
+def point_rows(methods, score_rows: bool) -> set[str]:
+    """The rows an evaluated point must hold: each method's and, with ``--score-rows``, its ``<method>@score`` too."""
+    from evaluation.results import SCORE_SUFFIX
+
+    return {x for m in methods for x in ((m, m + SCORE_SUFFIX) if score_rows else (m,))}
+
+
 def run_grid_eval(
     config: str, budget: float, seed: int, models: dict[str, str], out: str, overrides: list[str], eval_args, base_model
 ) -> list[dict]:
@@ -177,7 +184,7 @@ def run_grid_eval(
     if os.path.exists(done):
         with open(done) as f:
             rows = json.load(f)
-        if set(models) <= {r["method"] for r in rows}:
+        if point_rows(models, "--score-rows" in eval_args) <= {r["method"] for r in rows}:
             return rows
     args = ["--config", config, *overrides, f"train.seed={seed}", "--model"]
     args += [",".join(f"{m}={path}/final" for m, path in models.items()), "--base-model", base_model]
@@ -248,7 +255,7 @@ def write_report(
     meta["time"] = results.time_lines(
         train_s,
         list(evals.values()),
-        "Wall time on this machine: each run's training steps (the sum of its metrics.jsonl `step_time_s`; loading "
+        "Wall time: each run's training steps (the sum of its metrics.jsonl `step_time_s`; loading "
         "and its own held-out evaluation not counted), and each (budget, seed) point's `eval.py` run with every row.",
     )
     shown = results.with_score_rows(methods, rows)  # sweep.py --score-rows: <method>@score rows too
@@ -466,7 +473,7 @@ def main(argv=None):
 
 def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -> int:
     """Grid mode: (method x budget x seed), trained and evaluated point by point, seed by seed; the report after every
-    point."""
+    point (or once, of every point, when earlier runs evaluated them all)."""
     from evaluation.results import standins_caption
 
     methods = [m for m in (args.methods or "gapg").split(",") if m]
@@ -518,7 +525,7 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
 
     def evaluated(b: float, s: int, here: list[str]) -> bool:
         """The point's evaluation holds every method already: none of it is trained again (its models may be gone)."""
-        return (b, s) in done and set(here) <= {r["method"] for r in done[(b, s)]}
+        return (b, s) in done and point_rows(here, args.score_rows) <= {r["method"] for r in done[(b, s)]}
 
     def report_all() -> list[str]:  # the report of every evaluated point, those of earlier runs too
         rows = [r for point in done.values() for r in point]

@@ -59,7 +59,10 @@ def truncate_metrics(path: str, last_step: int) -> int:
         with open(tmp, "w") as f:
             f.writelines(keep)
         os.replace(tmp, path)
-        log.info("metrics.jsonl: dropped %d line(s) after step %d (they are run again)", dropped, last_step)
+        if last_step:
+            log.info("metrics.jsonl: dropped %d line(s) after step %d (they are run again)", dropped, last_step)
+        else:
+            log.info("metrics.jsonl: dropped the %d line(s) of an earlier run (this one starts at step 0)", dropped)
     return dropped
 
 

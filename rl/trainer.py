@@ -569,6 +569,13 @@ def train(cfg, resume: bool = False) -> int:
         return run
     accelerator, out = run.accelerator, cfg.train.output_dir
     start = resume_from_checkpoint(run) if resume else 0
+    if not resume and latest_checkpoint(out):
+        log.warning(
+            "%s holds checkpoints of an earlier run (%s); this run starts afresh, and a later --resume would take the "
+            "newest checkpoint there, its or theirs: use a new train.output_dir, or --resume to continue that run",
+            out,
+            latest_checkpoint(out),
+        )
     if accelerator.is_main_process:  # the lines after the start are run again (all of them when starting afresh)
         truncate_metrics(run.metrics_path, start)
     run.wandb = init_wandb(cfg, accelerator)

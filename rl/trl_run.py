@@ -67,18 +67,20 @@ def metrics_callback(path: str, require: str = "loss", eval_hook=None, eval_ever
     from transformers import TrainerCallback
 
     class MetricsJsonl(TrainerCallback):
-        started = None  # when the step being logged began (its wall time goes in as step_time_s, as GAPG's does)
+        started, took = None, None  # the step's wall time goes in as step_time_s, as GAPG's does: without the
+        # evaluation below (transformers calls on_step_end before on_log)
 
         def on_step_begin(self, args, state, control, **kw):
             self.started = time.time()
 
         def on_log(self, args, state, control, logs=None, **kw):
             if state.is_world_process_zero and logs and require in logs:
-                timing = {"step_time_s": time.time() - self.started} if self.started else {}
+                timing = {"step_time_s": self.took} if self.took is not None else {}
                 with open(path, "a") as f:
                     f.write(json.dumps({"step": state.global_step, **logs, **timing}) + "\n")
 
         def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
+            self.took = time.time() - self.started if self.started else None
             step = state.global_step
             if eval_hook and eval_every and step % eval_every == 0 and step < state.max_steps:
                 eval_hook(f"step-{step}", model, processing_class)
@@ -101,6 +103,12 @@ def train_resumable(trainer, output_dir: str, resume: bool, metrics_path: str | 
     step = last_checkpoint_step(output_dir) if resume else None
     if resume and step is None:
         log.warning("--resume: no checkpoint-N in %s; starting from step 0", output_dir)
+    if not resume and last_checkpoint_step(output_dir) is not None:
+        log.warning(
+            "%s holds checkpoints of an earlier run; this run starts afresh, and a later --resume would take the "
+            "newest checkpoint there, its or theirs: use a new train.output_dir, or --resume to continue that run",
+            output_dir,
+        )
     if metrics_path and trainer.accelerator.is_main_process:  # a fresh start keeps no old lines either
         truncate_metrics(metrics_path, step or 0)
     trainer.train(resume_from_checkpoint=True if step is not None else None)

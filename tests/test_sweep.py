@@ -235,6 +235,12 @@ def test_grid_trains_task_tuning_once_per_seed_as_the_base_device_and_ablations_
     assert "| GAPG | " in table1 and "| GAPG by its escalation score | " in table1
     assert "| TT & oracle (ceiling) | " in table1
     assert "GAPG with γ fixed" not in md.split("## Budget 20%")[1].split("## Budget 30%")[0]
+    assert "| training: task tuning (TT) | 1 | " in md.split("## Time it took")[1]
+    # every point evaluated (with its @score rows): a rerun without the models trains nothing, not even the TT run
+    shutil.rmtree(os.path.join(out, "tt"))
+    shutil.rmtree(os.path.join(out, "gapg"))
+    assert sweep.main(argv) == 0
+    assert not os.path.exists(tt) and not os.path.exists(sweep.grid_dir(out, "gapg", 0, 0.3))
 
 
 def test_the_report_says_per_budget_whether_gapg_beats_the_routing_baselines_and_the_oracle_gap_it_closes():

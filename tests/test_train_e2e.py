@@ -43,7 +43,7 @@ def _weights(out):
 
 
 @pytest.mark.slow
-def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, capsys):
+def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, capsys, caplog):
     base = COMMON + [f"model.name_or_path={tiny_model_dir}"]
     full = str(tmp_path / "full")
     assert train.main(base + [f"train.output_dir={full}", "train.max_steps=4", "train.save_every=2"]) == 0
@@ -85,8 +85,10 @@ def test_train_runs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, ca
     assert all(m["cloud_calls"] >= 0 and m["cloud_calls_total"] >= m["cloud_calls"] for m in m2)  # usage in metrics
 
     # a fresh run (no --resume) into a used folder: its metrics.jsonl holds its own steps, not the old run's too
+    caplog.clear()
     assert train.main(base + [f"train.output_dir={full}", "train.max_steps=2", "train.save_every=2"]) == 0
     assert [json.loads(l)["step"] for l in open(os.path.join(full, "metrics.jsonl"))] == [1, 2]
+    assert "holds checkpoints of an earlier run" in caplog.text  # the old step-4 checkpoint is still there
 
 
 @pytest.mark.slow
