@@ -26,6 +26,9 @@ over problems, comparisons), ``.csv``, ``.png`` and ``_offload.png`` (evaluation
 
     python sweep.py --config configs/cpu_results.yaml --budgets 0.1,0.2,0.3,0.5 --methods gapg,grpo,dr_grpo \
         --seeds 0,1,2 --out outputs/results --report docs/results
+
+The same command with ``--plot-only`` writes the report of the points evaluated so far and trains nothing (a grid
+still running, or its ``eval-points/`` copied from another machine).
 """
 
 from __future__ import annotations
@@ -236,9 +239,16 @@ def write_report(
     curves = {
         (b, m): [results.train_offload_curve(grid_dir(out, m, s, b)) for s in seeds] for b in budgets for m in methods
     }
+    evaluated = {(r["budget"], r["seed"]) for r in rows if "seed" in r}
+    progress = (
+        f" **In progress: {len(evaluated)} of {len(budgets) * len(seeds)} (budget, seed) points evaluated** "
+        "(each cell says how many seeds it has; the command above goes on from there)."
+        if len(evaluated) < len(budgets) * len(seeds)
+        else ""
+    )
     meta = {
         "description": f"Grid: methods {', '.join(methods)} x budgets {', '.join(f'{b:.0%}' for b in budgets)} x "
-        f"seeds {', '.join(map(str, seeds))}; rows in `data/{os.path.basename(report)}.csv`.",
+        f"seeds {', '.join(map(str, seeds))}; rows in `data/{os.path.basename(report)}.csv`.{progress}",
         "standins": standins,
         "tuned": tuned,
         "task": task,
@@ -400,7 +410,12 @@ def main(argv=None):
     )
     ap.add_argument("--group", default=None, help="wandb group of the training runs (default: the --out folder's name)")
     ap.add_argument("--verbose", action="store_true", help="debug logging (cloud retries, accelerate, checkpoints)")
-    ap.add_argument("--plot-only", action="store_true", help="redraw sweep.png from sweep.csv")
+    ap.add_argument(
+        "--plot-only",
+        action="store_true",
+        help="redraw sweep.png from sweep.csv; in grid mode, write the report of the points evaluated so far "
+        "(in <out>/eval-points) and train nothing",
+    )
     ap.add_argument(
         "--methods",
         default="",
@@ -434,7 +449,7 @@ def main(argv=None):
         )
         return 2
     os.makedirs(args.out, exist_ok=True)
-    if args.plot_only:
+    if args.plot_only and not (args.methods or args.seeds):
         print(plot(read_table(os.path.join(args.out, "sweep.csv")), os.path.join(args.out, "sweep.png")))
         return 0
     from settings import ConfigError, load_config
@@ -496,7 +511,8 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
         print(f"error: --ablation-budgets {args.ablation_budgets!r} must be numbers like 0.3", file=sys.stderr)
         return 2
     report = args.report or os.path.join(args.out, "results")
-    command = "python sweep.py " + " ".join(shlex.quote(a) for a in argv)  # what the report says made it
+    shown = [a for a in argv if a != "--plot-only"]  # the command that makes (and goes on with) the grid
+    command = "python sweep.py " + " ".join(shlex.quote(a) for a in shown)  # what the report says made it
     done: dict[tuple[float, int], list[dict]] = {}  # the rows of every evaluated point, those of earlier runs too
     for s in seeds:
         for b in budgets:
@@ -542,6 +558,15 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
             task=cfg.task.name,
         )
 
+    if args.plot_only:  # the report of the points evaluated so far; nothing trained or evaluated
+        if not done:
+            print(
+                f"error: --plot-only: no evaluated point in {args.out}/eval-points for these budgets and seeds.",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"[sweep] report of {len(done)} evaluated point(s): {', '.join(report_all())}", flush=True)
+        return 0
     reported = False
     for s in seeds:  # seed-major: a grid stopped early holds whole replicates (every budget) of the seeds it finished
         points = [(b, [m for m in routed if m in methods or b in ablation_budgets]) for b in budgets]

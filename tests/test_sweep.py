@@ -192,6 +192,12 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
     reports.clear()
     assert sweep.main(argv) == 0
     assert not os.path.exists(sweep.grid_dir(out, "gapg", 0, 0.3)) and reports == [len(rows)]
+    # --plot-only with a seed not run yet: the report of what is evaluated, says how much; nothing trained
+    assert sweep.main([*argv[:7], "0,1,2", *argv[8:], "--plot-only"]) == 0
+    assert not os.path.exists(os.path.join(out, "grpo", "seed-2"))
+    md = open(report + ".md").read()
+    assert "In progress: 4 of 6 (budget, seed) points evaluated" in md
+    assert "--seeds 0,1,2" in md.splitlines()[5] and "--plot-only" not in md
 
 
 def test_grid_mode_rejects_unknown_methods(capsys):
