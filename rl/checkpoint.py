@@ -36,6 +36,17 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return os.path.join(root, f"step-{steps[-1]}") if steps else None
 
 
+def warn_earlier_checkpoints(output_dir: str, newest: str | None) -> None:
+    """A fresh run into ``output_dir``, which holds ``newest`` (an earlier run's checkpoint): say what --resume does."""
+    if newest:
+        log.warning(
+            "%s holds checkpoints of an earlier run (%s); this run starts afresh, and a later --resume would take the "
+            "newest checkpoint there, its or theirs: use a new train.output_dir, or --resume to continue that run",
+            output_dir,
+            newest,
+        )
+
+
 def truncate_metrics(path: str, last_step: int) -> int:
     """Keep the metrics.jsonl lines of steps <= ``last_step`` (the checkpoint a run resumes from): the steps after it
     are run again, so their old lines (from a killed run) would appear twice.  A line torn by the kill is dropped too.

@@ -50,7 +50,14 @@ from policies.cloud import CloudError
 from policies.device import load_device_model
 from policies.generation import HFGenerator, common_prefix_len
 from rl.advantages import advantage_coefficients, length_normalisers
-from rl.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_final, truncate_metrics
+from rl.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+    save_final,
+    truncate_metrics,
+    warn_earlier_checkpoints,
+)
 from rl.filtering import select_prompts
 from rl.gapg import gapg_loss, score_sequences, truncated_importance_weights
 from rl.lagrangian import GammaController, gamma_controller
@@ -569,15 +576,10 @@ def train(cfg, resume: bool = False) -> int:
         return run
     accelerator, out = run.accelerator, cfg.train.output_dir
     start = resume_from_checkpoint(run) if resume else 0
-    if not resume and latest_checkpoint(out):
-        log.warning(
-            "%s holds checkpoints of an earlier run (%s); this run starts afresh, and a later --resume would take the "
-            "newest checkpoint there, its or theirs: use a new train.output_dir, or --resume to continue that run",
-            out,
-            latest_checkpoint(out),
-        )
-    if accelerator.is_main_process:  # the lines after the start are run again (all of them when starting afresh)
-        truncate_metrics(run.metrics_path, start)
+    if accelerator.is_main_process:
+        if not resume:
+            warn_earlier_checkpoints(out, latest_checkpoint(out))
+        truncate_metrics(run.metrics_path, start)  # the lines after the start run again (all, when starting afresh)
     run.wandb = init_wandb(cfg, accelerator)
     if start == 0 and cfg.train.eval_before and cfg.train.max_steps > 0:
         run_eval("before", run.env, run.generator, run.test_problems, cfg, accelerator, run.model)

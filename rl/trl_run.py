@@ -15,7 +15,7 @@ import os
 import time
 
 from core.io import replaced_dir
-from rl.checkpoint import truncate_metrics
+from rl.checkpoint import truncate_metrics, warn_earlier_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,9 @@ def train_resumable(trainer, output_dir: str, resume: bool, metrics_path: str | 
     step = last_checkpoint_step(output_dir) if resume else None
     if resume and step is None:
         log.warning("--resume: no checkpoint-N in %s; starting from step 0", output_dir)
-    if not resume and last_checkpoint_step(output_dir) is not None:
-        log.warning(
-            "%s holds checkpoints of an earlier run; this run starts afresh, and a later --resume would take the "
-            "newest checkpoint there, its or theirs: use a new train.output_dir, or --resume to continue that run",
-            output_dir,
-        )
+    if not resume and trainer.accelerator.is_main_process:
+        newest = last_checkpoint_step(output_dir)
+        warn_earlier_checkpoints(output_dir, None if newest is None else f"checkpoint-{newest}")
     if metrics_path and trainer.accelerator.is_main_process:  # a fresh start keeps no old lines either
         truncate_metrics(metrics_path, step or 0)
     trainer.train(resume_from_checkpoint=True if step is not None else None)
