@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from rl.pid_lagrangian import PIDLagrangian
+from rl.pid_lagrangian import PIDLagrangian, clamp_gamma
 
 
 class GammaController(Protocol):
@@ -59,9 +59,7 @@ class DualVariable:
         return cls(rl.gamma, rl.gamma_lr, rl.budget, rl.gamma_max, rl.gamma_min)
 
     def update(self, offload_rate: float) -> float:
-        self.gamma = max(self.floor, self.gamma + self.lr * (offload_rate - self.budget))
-        if self.cap:
-            self.gamma = min(self.cap, self.gamma)
+        self.gamma = clamp_gamma(self.gamma + self.lr * (offload_rate - self.budget), self.floor, self.cap)
         return self.gamma
 
     def state_dict(self) -> dict:

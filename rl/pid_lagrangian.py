@@ -46,6 +46,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
+def clamp_gamma(x: float, floor: float, cap: float) -> float:
+    """γ kept in [γ_min, γ_max] (γ_max = 0: no upper bound): the bound of (2) and (6), and of the dual step."""
+    x = max(floor, x)
+    return min(cap, x) if cap else x
+
+
 @dataclass
 class PIDLagrangian:
     kp: float = 0.0  # K_P: proportional gain
@@ -75,8 +81,7 @@ class PIDLagrangian:
         )
 
     def bounded(self, x: float) -> float:
-        x = max(self.floor, x)
-        return min(self.cap, x) if self.cap else x
+        return clamp_gamma(x, self.floor, self.cap)
 
     def update(self, usage: float) -> float:
         error = usage - self.budget  # (1)
