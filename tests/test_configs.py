@@ -14,7 +14,8 @@ What is swapped, and why:
     tokenizer for the same prompt, so rl.max_prompt_tokens is 4x the config's (a Countdown prompt is ~410 chars);
   - train.mixed_precision=fp16 (and model.dtype=float16) -> bf16: fp16 autocast needs a GPU; bf16 runs on CPU;
   - train.wandb=false: a test logs nothing to W&B (and leaves no W&B session for the next test to inherit);
-  - task.data_dir -> the absolute ../shared/data (the MATH config reads it; skipped with a reason if it is absent);
+  - task.data_dir -> the absolute ../shared/data (the MATH config reads it); in a clone without it beside, a folder of
+    MATH-format stand-in files written by the test under the config's file names;
   - LSRP: lsrp.device_temperature=1.0 (see tiny_overrides), else every SMFB-DPO pair ties and the leader is not trained;
   - RL modes (gapg, trl_drgrpo, dpo): a random model never solves a problem, so every reward in a group is equal and
     the advantage (or the DPO pair set) is empty. ``_force_reward_variance`` makes the grader also accept a response
@@ -86,7 +87,20 @@ def _force_reward_variance(monkeypatch):
         monkeypatch.setattr(mod, "grade_response", grade)
 
 
-def tiny_overrides(cfg, models: dict, out: str) -> list[str]:
+def math_stand_in(cfg, folder) -> str:
+    """``task.data_dir`` for a MATH config: ../shared/data when it holds the config's files, else a folder of
+    MATH-format problems (question, solution with a boxed answer) under the config's file names."""
+    if all(os.path.exists(os.path.join(DATA_DIR, f)) for f in (cfg.task.train_file, cfg.task.test_file)):
+        return DATA_DIR
+    os.makedirs(folder, exist_ok=True)
+    for name, n in ((cfg.task.train_file, 32), (cfg.task.test_file, 8)):
+        rows = [{"problem": f"What is {i} + {i + 3}?", "solution": f"\\boxed{{{2 * i + 3}}}"} for i in range(n)]
+        with open(os.path.join(folder, name), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(folder)
+
+
+def tiny_overrides(cfg, models: dict, out: str, data_dir: str = DATA_DIR) -> list[str]:
     """Overrides that shrink ``cfg`` to a seconds-long run and swap in the tiny model; everything else is kept."""
     rl, t = cfg.rl, cfg.train
     # SFT drops reference responses longer than rl.max_new_tokens from its data (cpu_sft's 24 fit in chars too)
@@ -102,7 +116,7 @@ def tiny_overrides(cfg, models: dict, out: str) -> list[str]:
         "task.num_train=16",
         "task.num_test=2",
         f"rl.probe_size={min(rl.probe_size, 4)}",  # the greedy probe's held-out training problems (PID configs)
-        f"task.data_dir={DATA_DIR}",
+        f"task.data_dir={data_dir}",
         f"rl.rollout_prompts={min(rl.rollout_prompts, 3)}",
         f"rl.batch_prompts={min(rl.batch_prompts, 2)}",
         f"rl.max_new_tokens={new_tokens}",
@@ -174,12 +188,9 @@ def test_config_runs_a_real_update(path, tiny_models, tmp_path, monkeypatch):
     cfg = load_config(path)
     if cfg.cloud.backend == "openai":
         pytest.skip(f"{os.path.basename(path)}: cloud.backend=openai needs a server, none in CI")
-    if cfg.task.name == "math" and cfg.rl.env != "lsrp":
-        need = [os.path.join(DATA_DIR, f) for f in (cfg.task.train_file, cfg.task.test_file)]
-        if not all(os.path.exists(f) for f in need):
-            pytest.skip(f"{os.path.basename(path)} reads the MATH JSONL files in {DATA_DIR}, absent here: {need}")
+    data_dir = math_stand_in(cfg, tmp_path / "math-data") if cfg.task.name == "math" else DATA_DIR
     out = str(tmp_path / "run")
-    ov = tiny_overrides(cfg, tiny_models, out)
+    ov = tiny_overrides(cfg, tiny_models, out, data_dir)
     tiny = load_config(path, ov)  # the overrides are valid for this config
     kept = {k for k in _flat(cfg)} - {o.split("=", 1)[0] for o in ov}
     assert {k: _flat(tiny)[k] for k in kept} == {k: _flat(cfg)[k] for k in kept}  # everything else is the config's
