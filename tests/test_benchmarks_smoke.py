@@ -96,6 +96,22 @@ def test_train_step_benchmark_against_an_older_rollout(tiny_model_dir, tmp_path)
     assert r["vs_old"]["speedup"] > 0
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rl.group_size=4", "the benchmark sets these itself"),  # G is --group-size: the record would say 8
+        ("task.dat_dir=/data", "Did you mean task.data_dir"),  # a typo fails before the 1.5B model is built
+    ],
+)
+def test_gpu_benchmark_refuses_overrides_it_cannot_honour(override, message, tmp_path, capsys):
+    from benchmarks import bench_gpu
+
+    with pytest.raises(SystemExit):
+        bench_gpu.main(["--out", str(tmp_path), override])
+    assert message in capsys.readouterr().err
+    assert not os.listdir(tmp_path)  # refused before any model was built
+
+
 @pytest.mark.slow
 def test_gpu_benchmark_runs_at_the_tiny_shape_on_cpu(tmp_path):
     """benchmarks/bench_gpu.py is the script a GPU session runs in one call: CI runs all of it at a tiny shape."""
