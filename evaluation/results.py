@@ -317,10 +317,14 @@ def verdict_lines(comparisons: list[dict], rows: list[dict], budget: float, tune
     }
     if len(means) == 3 and means["oracle"] > means["random"]:
         share = (means["gapg"] - means["random"]) / (means["oracle"] - means["random"])
-        out.append(
-            f"- GAPG closes {100 * share:.0f}% of the gap from {row_name('random', tuned)} "
-            f"({100 * means['random']:.1f}%) to the {row_name('oracle', tuned)} ({100 * means['oracle']:.1f}%)."
+        gap = (
+            f"the gap from {row_name('random', tuned)} ({100 * means['random']:.1f}%) to the "
+            f"{row_name('oracle', tuned)} ({100 * means['oracle']:.1f}%)"
         )
+        if share >= 0:
+            out.append(f"- GAPG closes {100 * share:.0f}% of {gap}.")
+        else:  # under naive offloading: a negative share, said in words
+            out.append(f"- GAPG ({100 * means['gapg']:.1f}%) is under naive offloading: it closes none of {gap}.")
     return out + ([""] if out else [])
 
 

@@ -268,6 +268,9 @@ def test_the_report_says_per_budget_whether_gapg_beats_the_routing_baselines_and
     assert "GAPG is worse than TT & self-confidence beyond noise" in text
     assert "GAPG and Collaboration-Aware Tuning are within noise" in text
     assert "GAPG closes 50% of the gap from TT & naive (52.0%) to the TT & oracle (ceiling) (92.0%)." in text
+    below = [dict(r, overall_acc=0.40) if r["method"] == "gapg" else r for r in rows]  # under TT & naive
+    text = "\n".join(verdict_lines(comparison_rows(below, ["gapg", "cat"]), below, 0.3, tuned=True))
+    assert "GAPG (40.0%) is under naive offloading: it closes none of the gap from TT & naive (52.0%)" in text
 
 
 def test_the_report_has_the_table_1_shape_at_30_percent_with_the_task_tuned_rows(tmp_path):
