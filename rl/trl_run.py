@@ -103,11 +103,12 @@ def train_resumable(trainer, output_dir: str, resume: bool, metrics_path: str | 
     step = last_checkpoint_step(output_dir) if resume else None
     if resume and step is None:
         log.warning("--resume: no checkpoint-N in %s; starting from step 0", output_dir)
-    if not resume and trainer.accelerator.is_main_process:
-        newest = last_checkpoint_step(output_dir)
-        warn_earlier_checkpoints(output_dir, None if newest is None else f"checkpoint-{newest}")
-    if metrics_path and trainer.accelerator.is_main_process:  # a fresh start keeps no old lines either
-        truncate_metrics(metrics_path, step or 0)
+    if trainer.accelerator.is_main_process:
+        if not resume:
+            newest = last_checkpoint_step(output_dir)
+            warn_earlier_checkpoints(output_dir, None if newest is None else f"checkpoint-{newest}")
+        if metrics_path:  # a fresh start keeps no old lines either
+            truncate_metrics(metrics_path, step or 0)
     trainer.train(resume_from_checkpoint=True if step is not None else None)
 
 

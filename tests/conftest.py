@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -59,6 +60,17 @@ def build_tiny_model(path: str, seed: int = 0, family: str = "llama") -> str:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def write_math_files(folder, sizes: dict) -> str:
+    """MATH-format JSONL files in ``folder`` ({file name: number of rows}; problem, solution ending in a boxed
+    answer), for tests that must run in a checkout without ../shared/data beside it.  Returns the folder."""
+    os.makedirs(folder, exist_ok=True)
+    for name, n in sizes.items():
+        rows = [{"problem": f"What is {i} + {i + 1}?", "solution": f"\\boxed{{{2 * i + 1}}}"} for i in range(n)]
+        with open(os.path.join(folder, name), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(folder)
 
 
 def score_with_grads(model, seqs, coef, shared_prefix: int):

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from conftest import write_math_files
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_test.yaml")
 
@@ -117,11 +118,8 @@ def test_gpu_benchmark_runs_at_the_tiny_shape_on_cpu(tmp_path):
     """benchmarks/bench_gpu.py is the script a GPU session runs in one call: CI runs all of it at a tiny shape."""
     from benchmarks import bench_gpu
 
-    data = tmp_path / "data"  # MATH-format files of our own: the checkout need not have ../shared/data beside it
-    data.mkdir()
-    for name, n in (("math_train.jsonl", 64), ("math500.jsonl", 8)):
-        rows = [{"problem": f"What is {i} + {i + 1}?", "solution": f"\\boxed{{{2 * i + 1}}}"} for i in range(n)]
-        (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # MATH-format files of our own: the checkout need not have ../shared/data beside it
+    data = write_math_files(tmp_path / "data", {"math_train.jsonl": 64, "math500.jsonl": 8})
     args = ["--shape", "tiny", "--steps", "1", "--out", str(tmp_path), "--json", str(tmp_path / "g.json")]
     r = bench_gpu.main(args + [f"task.data_dir={data}", "task.hub_id=/nonexistent/offline"])
     P, G, T = r["P"], r["G"], r["T"]

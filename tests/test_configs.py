@@ -32,7 +32,7 @@ import zlib
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, write_math_files
 from safetensors.torch import load_file
 
 from settings import load_config, to_dict
@@ -92,12 +92,7 @@ def math_stand_in(cfg, folder) -> str:
     MATH-format problems (question, solution with a boxed answer) under the config's file names."""
     if all(os.path.exists(os.path.join(DATA_DIR, f)) for f in (cfg.task.train_file, cfg.task.test_file)):
         return DATA_DIR
-    os.makedirs(folder, exist_ok=True)
-    for name, n in ((cfg.task.train_file, 32), (cfg.task.test_file, 8)):
-        rows = [{"problem": f"What is {i} + {i + 3}?", "solution": f"\\boxed{{{2 * i + 3}}}"} for i in range(n)]
-        with open(os.path.join(folder, name), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-    return str(folder)
+    return write_math_files(folder, {cfg.task.train_file: 32, cfg.task.test_file: 8})
 
 
 def tiny_overrides(cfg, models: dict, out: str, data_dir: str = DATA_DIR) -> list[str]:
