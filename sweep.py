@@ -37,6 +37,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -90,6 +91,14 @@ METHODS = {
 BUDGET_FREE = {"tt"}
 
 
+def step_checkpoints(run: str) -> list[str]:
+    """A run's step checkpoints: the GAPG trainer's ``checkpoints/`` folder, a TRL trainer's ``checkpoint-N``."""
+    if not os.path.isdir(run):
+        return []
+    names = sorted(d for d in os.listdir(run) if d == "checkpoints" or re.fullmatch(r"checkpoint-\d+", d))
+    return [os.path.join(run, d) for d in names]
+
+
 def run_training(
     config: str,
     budget: float,
@@ -110,7 +119,7 @@ def run_training(
         f"train.run_name={group}-{name or f'budget-{budget:.2f}'}",
         f"train.wandb_group={group}",
     ]
-    resume = os.path.isdir(os.path.join(run, "checkpoints"))
+    resume = bool(step_checkpoints(run))
     print(f"[sweep] budget {budget:.0%}: training -> {run}")
     if launch:
         train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -534,7 +543,8 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
             f"{m}-seed{s}" + ("" if m in BUDGET_FREE else f"-budget-{b:.2f}"),
         )
         if not args.keep_checkpoints and os.path.exists(os.path.join(run, "final", "config.json")):
-            shutil.rmtree(os.path.join(run, "checkpoints"), ignore_errors=True)  # finished: final/ is enough
+            for ckpt in step_checkpoints(run):  # finished: final/ is enough
+                shutil.rmtree(ckpt, ignore_errors=True)
         return run
 
     routed = [m for m in methods + ablations if m not in BUDGET_FREE]

@@ -5,6 +5,7 @@ import math
 import os
 import shutil
 import statistics
+import sys
 
 import pytest
 
@@ -321,3 +322,21 @@ def test_score_rows_follow_their_policy_in_the_report_and_get_a_verdict():
         "| GRPO-std",
         "| TT & router",
     ]
+
+
+@pytest.mark.parametrize("layout", ["checkpoints/step-5", "checkpoint-5"])  # the GAPG trainer's, TRL's
+def test_a_half_trained_point_is_launched_with_resume_whichever_trainer_saved_it(tmp_path, layout):
+    """A TRL run (Collaboration-Aware Tuning) killed mid-way keeps ``checkpoint-N`` beside its config, not under
+    ``checkpoints/``: the grid relaunches it with --resume too, instead of retraining it from step 0."""
+    run, record = tmp_path / "cat" / "seed-0" / "budget-0.10", tmp_path / "argv.json"
+    os.makedirs(run / layout)
+    recorder = tmp_path / "record_argv.py"  # the launcher: writes the command it was given, trains nothing
+    recorder.write_text(f"import json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
+    launch = f"{sys.executable} {recorder}"
+    sweep.run_training("configs/tiny_test.yaml", 0.1, str(run), ["train.seed=0"], launch, "g")
+    argv = json.load(open(record))
+    assert argv[0].endswith("train.py") and "--resume" in argv and f"train.output_dir={run}" in argv
+    os.remove(record)
+    sweep.run_training("configs/tiny_test.yaml", 0.1, str(tmp_path / "fresh"), ["train.seed=0"], launch, "g")
+    assert "--resume" not in json.load(open(record))  # nothing saved yet: a fresh start
+    assert sweep.step_checkpoints(str(run)) == [str(run / layout.split("/")[0])]
