@@ -37,7 +37,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -91,14 +90,6 @@ METHODS = {
 BUDGET_FREE = {"tt"}
 
 
-def step_checkpoints(run: str) -> list[str]:
-    """A run's step checkpoints: the GAPG trainer's ``checkpoints/`` folder, a TRL trainer's ``checkpoint-N``."""
-    if not os.path.isdir(run):
-        return []
-    names = sorted(d for d in os.listdir(run) if d == "checkpoints" or re.fullmatch(r"checkpoint-\d+", d))
-    return [os.path.join(run, d) for d in names]
-
-
 def run_training(
     config: str,
     budget: float,
@@ -119,7 +110,9 @@ def run_training(
         f"train.run_name={group}-{name or f'budget-{budget:.2f}'}",
         f"train.wandb_group={group}",
     ]
-    resume = bool(step_checkpoints(run))
+    from rl.checkpoint import step_checkpoint_dirs
+
+    resume = bool(step_checkpoint_dirs(run))
     print(f"[sweep] budget {budget:.0%}: training -> {run}")
     if launch:
         train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -543,7 +536,9 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
             f"{m}-seed{s}" + ("" if m in BUDGET_FREE else f"-budget-{b:.2f}"),
         )
         if not args.keep_checkpoints and os.path.exists(os.path.join(run, "final", "config.json")):
-            for ckpt in step_checkpoints(run):  # finished: final/ is enough
+            from rl.checkpoint import step_checkpoint_dirs
+
+            for ckpt in step_checkpoint_dirs(run):  # finished: final/ is enough
                 shutil.rmtree(ckpt, ignore_errors=True)
         return run
 

@@ -2,6 +2,7 @@
 
     <train.output_dir>/checkpoints/step-N/   accelerate state (model, optimizer, RNG of every process)
                                              + trainer_state.json (step, γ, γ's controller state)
+    <train.output_dir>/checkpoint-N/          the same for a TRL trainer (rl/trl_run.py: transformers' layout)
     <train.output_dir>/final/                 the trained policy (LoRA merged), loadable with from_pretrained
     <train.output_dir>/metrics.jsonl          one line per step; ``truncate_metrics`` drops the steps a resume
                                               runs again
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 
 from accelerate.utils import DistributedType
@@ -34,6 +36,16 @@ def latest_checkpoint(output_dir: str) -> str | None:
         if d.startswith("step-") and os.path.exists(os.path.join(root, d, "trainer_state.json"))
     )
     return os.path.join(root, f"step-{steps[-1]}") if steps else None
+
+
+def step_checkpoint_dirs(output_dir: str) -> list[str]:
+    """The step checkpoints a run left in ``output_dir``, whichever trainer wrote them: the GAPG loop's
+    ``checkpoints/`` folder or a TRL trainer's ``checkpoint-N`` folders.  sweep.py resumes a run that has any and
+    deletes them once its ``final/`` is written."""
+    if not os.path.isdir(output_dir):
+        return []
+    names = sorted(d for d in os.listdir(output_dir) if d == "checkpoints" or re.fullmatch(r"checkpoint-\d+", d))
+    return [os.path.join(output_dir, d) for d in names]
 
 
 def warn_earlier_checkpoints(output_dir: str, newest: str | None) -> None:

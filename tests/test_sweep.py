@@ -11,6 +11,7 @@ import pytest
 
 import sweep
 import train
+from rl.checkpoint import step_checkpoint_dirs
 
 TINY = [
     "task.levels=[1+1,1x1]",
@@ -339,4 +340,4 @@ def test_a_half_trained_point_is_launched_with_resume_whichever_trainer_saved_it
     os.remove(record)
     sweep.run_training("configs/tiny_test.yaml", 0.1, str(tmp_path / "fresh"), ["train.seed=0"], launch, "g")
     assert "--resume" not in json.load(open(record))  # nothing saved yet: a fresh start
-    assert sweep.step_checkpoints(str(run)) == [str(run / layout.split("/")[0])]
+    assert step_checkpoint_dirs(str(run)) == [str(run / layout.split("/")[0])]
