@@ -13,7 +13,8 @@ beside it in ``data/``, ``<report>.csv``, ``<report>.png`` (accuracy against the
   ``overall_ci``, evaluation/metrics.py: ``bootstrap_ci``), and its paired bootstrap CI against each baseline.
 
 A comparison "beats X beyond noise" when the seed-mean difference's t-interval excludes 0; the table also says in
-how many seeds the paired bootstrap over problems excluded 0.
+how many seeds the paired bootstrap over problems excluded 0 with the mean's sign, and in how many with the other
+("2/3 (1 the other way)": the seeds disagree, each beyond noise over the problems).
 """
 
 from __future__ import annotations
@@ -141,12 +142,12 @@ def comparison_rows(rows: list[dict], methods: list[str]) -> list[dict]:
                     continue
                 diffs = [ra[s]["overall_acc"] - rb[s]["overall_acc"] for s in common]
                 m, h = mean_ci(diffs)
-                beyond_seeds = sum(
-                    1
+                signs = [  # the sign of each seed's difference where its paired bootstrap excluded 0
+                    c["diff"] * m
                     for s in common
                     for c in ra[s].get("comparisons", [])
-                    if c["b"] == b and c.get("significant") and c["diff"] * m > 0
-                )
+                    if c["b"] == b and c.get("significant")
+                ]
                 out.append(
                     {
                         "budget": budget,
@@ -156,7 +157,8 @@ def comparison_rows(rows: list[dict], methods: list[str]) -> list[dict]:
                         "half_width": h,
                         "seeds": len(common),
                         "beyond": h is not None and (m - h > 0 or m + h < 0),
-                        "beyond_in_seeds": beyond_seeds,
+                        "beyond_in_seeds": sum(1 for x in signs if x > 0),  # the mean's way
+                        "other_way_in_seeds": sum(1 for x in signs if x < 0),
                     }
                 )
     return out
@@ -293,6 +295,16 @@ def method_title(methods: list[str]) -> str:
 VERDICT_AGAINST = ("router", "confidence", "cat")  # what the method must beat: the strongest routing baselines
 
 
+def seed_count(n: int) -> str:
+    return f"in {n} seed" + ("s" if n != 1 else "")
+
+
+def other_way(c: dict) -> str:
+    """The comparison table's note on seeds whose paired bootstrap excluded 0 against the mean's sign."""
+    n = c.get("other_way_in_seeds", 0)
+    return f" ({n} the other way)" if n else ""
+
+
 def verdict_lines(comparisons: list[dict], rows: list[dict], budget: float, tuned: bool) -> list[str]:
     """In words, at one budget: does GAPG beat TT & router, TT & self-confidence and Collaboration-Aware Tuning
     beyond the t-interval over seeds, and how much of the gap from naive offloading to the oracle ceiling it closes
@@ -308,6 +320,11 @@ def verdict_lines(comparisons: list[dict], rows: list[dict], budget: float, tune
             word = f"{name} {'beats' if c['diff'] > 0 else 'is worse than'} {other} beyond noise"
         else:
             word = f"{name} and {other} are within noise"
+            if c.get("other_way_in_seeds") and c["beyond_in_seeds"]:
+                word += (
+                    f" (the seeds disagree: beyond noise over the problems {seed_count(c['beyond_in_seeds'])} the "
+                    f"mean's way and {seed_count(c['other_way_in_seeds'])} the other)"
+                )
         out.append(f"- {name} − {other}: {fmt(c['diff'], c['half_width'])} points over {c['seeds']} seeds: {word}.")
     grouped = by_key(rows)
     means = {
@@ -351,7 +368,9 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
         "*Wanted offload*: the share the greedy policy asked the cloud for before the cap; above the budget, the "
         "cap (not the policy) holds it. "
         "*Train offload*: the training offload rate at the last step (mean over seeds); it shows whether a "
-        "method drifts toward the cloud.",
+        "method drifts toward the cloud. "
+        "*Seeds beyond noise (problems)*: the seeds whose paired bootstrap over the problems excluded 0 with the "
+        'sign of the mean difference; "(1 the other way)" counts those that excluded it with the opposite sign.',
         "",
         "## Every budget at a glance",
         "",
@@ -416,7 +435,7 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
                 lines.append(
                     f"| {row_name(c['a'], tuned)} − {row_name(c['b'], tuned)} | "
                     f"{fmt(c['diff'], c['half_width'])} | {verdict} | "
-                    f"{c['beyond_in_seeds']}/{c['seeds']} |"
+                    f"{c['beyond_in_seeds']}/{c['seeds']}{other_way(c)} |"
                 )
             lines.append("")
     lines += meta.get("time", [])

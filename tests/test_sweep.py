@@ -275,6 +275,37 @@ def test_the_report_says_per_budget_whether_gapg_beats_the_routing_baselines_and
     assert "GAPG (40.0%) is under naive offloading: it closes none of the gap from TT & naive (52.0%)" in text
 
 
+def test_seeds_beyond_noise_both_ways_are_counted_apart_and_said_to_disagree():
+    """evaluation/results.py: two seeds where GAPG is under TT & router beyond noise over the problems, one where it
+    is over it beyond noise; the mean is negative, so 2 count the mean's way and 1 the other way."""
+    from evaluation.results import comparison_rows, other_way, verdict_lines
+
+    gapg, router = [0.70, 0.66, 0.79], [0.82, 0.75, 0.67]
+    significant = [True, True, True]
+    rows = [
+        {
+            "budget": 0.3,
+            "seed": s,
+            "method": "gapg",
+            "overall_acc": gapg[s],
+            "comparisons": [{"b": "router", "diff": gapg[s] - router[s], "significant": significant[s]}],
+        }
+        for s in range(3)
+    ] + [{"budget": 0.3, "seed": s, "method": "router", "overall_acc": router[s]} for s in range(3)]
+    (c,) = [c for c in comparison_rows(rows, ["gapg"]) if c["b"] == "router"]
+    assert (c["beyond_in_seeds"], c["other_way_in_seeds"], c["beyond"]) == (2, 1, False)
+    assert other_way(c) == " (1 the other way)"
+    text = "\n".join(verdict_lines([c], rows, 0.3, tuned=True))
+    assert "GAPG and TT & router are within noise (the seeds disagree: beyond noise over the problems " in text
+    assert "in 2 seeds the mean's way and in 1 seed the other)." in text
+    significant[2] = False  # seed 2 within noise over its problems: nothing the other way, no disagreement said
+    for r in rows[:3]:
+        r["comparisons"][0]["significant"] = significant[r["seed"]]
+    (c,) = [c for c in comparison_rows(rows, ["gapg"]) if c["b"] == "router"]
+    assert (c["beyond_in_seeds"], c["other_way_in_seeds"], other_way(c)) == (2, 0, "")
+    assert "disagree" not in "\n".join(verdict_lines([c], rows, 0.3, tuned=True))
+
+
 def test_the_report_has_the_table_1_shape_at_30_percent_with_the_task_tuned_rows(tmp_path):
     """evaluation/results.py: with task-tuned baselines, write_markdown adds one row per method and TT baseline at
     the 30% budget, with conditional accuracy, overall accuracy and cloud share as means ± t-intervals over seeds."""
