@@ -325,7 +325,8 @@ def verdict_lines(comparisons: list[dict], rows: list[dict], budget: float, tune
                     f" (the seeds disagree: beyond noise over the problems {seed_count(c['beyond_in_seeds'])} the "
                     f"mean's way and {seed_count(c['other_way_in_seeds'])} the other)"
                 )
-        out.append(f"- {name} − {other}: {fmt(c['diff'], c['half_width'])} points over {c['seeds']} seeds: {word}.")
+        seeds = seed_count(c["seeds"]).removeprefix("in ")
+        out.append(f"- {name} − {other}: {fmt(c['diff'], c['half_width'])} points over {seeds}: {word}.")
     grouped = by_key(rows)
     means = {
         m: statistics.fmean(r["overall_acc"] for r in grouped[(budget, m)])

@@ -273,6 +273,9 @@ def test_the_report_says_per_budget_whether_gapg_beats_the_routing_baselines_and
     below = [dict(r, overall_acc=0.40) if r["method"] == "gapg" else r for r in rows]  # under TT & naive
     text = "\n".join(verdict_lines(comparison_rows(below, ["gapg", "cat"]), below, 0.3, tuned=True))
     assert "GAPG (40.0%) is under naive offloading: it closes none of the gap from TT & naive (52.0%)" in text
+    one = [r for r in rows if r["seed"] == 0]  # one seed: a difference with no interval, said in the singular
+    text = "\n".join(verdict_lines(comparison_rows(one, ["gapg", "cat"]), one, 0.3, tuned=True))
+    assert "GAPG − TT & router: 10.0 points over 1 seed: one seed, no interval." in text
 
 
 def test_seeds_beyond_noise_both_ways_are_counted_apart_and_said_to_disagree():
