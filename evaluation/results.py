@@ -14,7 +14,8 @@ beside it in ``data/``, ``<report>.csv``, ``<report>.png`` (accuracy against the
 
 A comparison "beats X beyond noise" when the seed-mean difference's t-interval excludes 0; the table also says in
 how many seeds the paired bootstrap over problems excluded 0 with the mean's sign, and in how many with the other
-("2/3 (1 the other way)": the seeds disagree, each beyond noise over the problems).
+("2/3 (1 the other way)": the seeds disagree, each beyond noise over the problems). Equal differences in every
+seed give an interval of no width, which is reported as no verdict rather than as beyond noise.
 """
 
 from __future__ import annotations
@@ -156,7 +157,9 @@ def comparison_rows(rows: list[dict], methods: list[str]) -> list[dict]:
                         "diff": m,
                         "half_width": h,
                         "seeds": len(common),
-                        "beyond": h is not None and (m - h > 0 or m + h < 0),
+                        # equal differences in every seed give a t-interval of no width: no verdict, not "beyond"
+                        "no_spread": h is not None and h < 1e-12,
+                        "beyond": h is not None and h >= 1e-12 and (m - h > 0 or m + h < 0),
                         "beyond_in_seeds": sum(1 for x in signs if x > 0),  # the mean's way
                         "other_way_in_seeds": sum(1 for x in signs if x < 0),
                     }
@@ -301,7 +304,7 @@ def seed_count(n: int) -> str:
 
 def other_way(c: dict) -> str:
     """The comparison table's note on seeds whose paired bootstrap excluded 0 against the mean's sign."""
-    n = c.get("other_way_in_seeds", 0)
+    n = c["other_way_in_seeds"]
     return f" ({n} the other way)" if n else ""
 
 
@@ -316,11 +319,16 @@ def verdict_lines(comparisons: list[dict], rows: list[dict], budget: float, tune
         other, name = row_name(c["b"], tuned), row_name(c["a"])
         if c["half_width"] is None:
             word = "one seed, no interval"
+        elif c["no_spread"]:
+            word = (
+                f"the seeds' differences are equal, so the t-interval has no width and gives no verdict (beyond "
+                f"noise over the problems {seed_count(c['beyond_in_seeds'] + c['other_way_in_seeds'])})"
+            )
         elif c["beyond"]:
             word = f"{name} {'beats' if c['diff'] > 0 else 'is worse than'} {other} beyond noise"
         else:
             word = f"{name} and {other} are within noise"
-            if c.get("other_way_in_seeds") and c["beyond_in_seeds"]:
+            if c["other_way_in_seeds"] and c["beyond_in_seeds"]:
                 word += (
                     f" (the seeds disagree: beyond noise over the problems {seed_count(c['beyond_in_seeds'])} the "
                     f"mean's way and {seed_count(c['other_way_in_seeds'])} the other)"
@@ -431,6 +439,8 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
                 verdict = (
                     "one seed: no interval"
                     if c["half_width"] is None
+                    else "equal in every seed: no interval"
+                    if c["no_spread"]
                     else ("beyond noise" if c["beyond"] else "within noise")
                 )
                 lines.append(
