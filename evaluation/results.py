@@ -143,6 +143,8 @@ def comparison_rows(rows: list[dict], methods: list[str]) -> list[dict]:
                     continue
                 diffs = [ra[s]["overall_acc"] - rb[s]["overall_acc"] for s in common]
                 m, h = mean_ci(diffs)
+                # equal differences in every seed give a t-interval of no width: no verdict, not "beyond noise"
+                no_spread = h is not None and h < 1e-12
                 signs = [  # the sign of each seed's difference where its paired bootstrap excluded 0
                     c["diff"] * m
                     for s in common
@@ -157,9 +159,8 @@ def comparison_rows(rows: list[dict], methods: list[str]) -> list[dict]:
                         "diff": m,
                         "half_width": h,
                         "seeds": len(common),
-                        # equal differences in every seed give a t-interval of no width: no verdict, not "beyond"
-                        "no_spread": h is not None and h < 1e-12,
-                        "beyond": h is not None and h >= 1e-12 and (m - h > 0 or m + h < 0),
+                        "no_spread": no_spread,
+                        "beyond": h is not None and not no_spread and (m - h > 0 or m + h < 0),
                         "beyond_in_seeds": sum(1 for x in signs if x > 0),  # the mean's way
                         "other_way_in_seeds": sum(1 for x in signs if x < 0),
                     }
