@@ -300,7 +300,7 @@ VERDICT_AGAINST = ("router", "confidence", "cat")  # what the method must beat: 
 
 
 def seed_count(n: int) -> str:
-    return f"in {n} seed" + ("s" if n != 1 else "")
+    return f"{n} seed" + ("s" if n != 1 else "")
 
 
 def other_way(c: dict) -> str:
@@ -323,7 +323,7 @@ def verdict_lines(comparisons: list[dict], rows: list[dict], budget: float, tune
         elif c["no_spread"]:
             word = (
                 f"the seeds' differences are equal, so the t-interval has no width and gives no verdict (beyond "
-                f"noise over the problems {seed_count(c['beyond_in_seeds'] + c['other_way_in_seeds'])})"
+                f"noise over the problems in {seed_count(c['beyond_in_seeds'] + c['other_way_in_seeds'])})"
             )
         elif c["beyond"]:
             word = f"{name} {'beats' if c['diff'] > 0 else 'is worse than'} {other} beyond noise"
@@ -331,11 +331,12 @@ def verdict_lines(comparisons: list[dict], rows: list[dict], budget: float, tune
             word = f"{name} and {other} are within noise"
             if c["other_way_in_seeds"] and c["beyond_in_seeds"]:
                 word += (
-                    f" (the seeds disagree: beyond noise over the problems {seed_count(c['beyond_in_seeds'])} the "
-                    f"mean's way and {seed_count(c['other_way_in_seeds'])} the other)"
+                    f" (the seeds disagree: beyond noise over the problems in {seed_count(c['beyond_in_seeds'])} the "
+                    f"mean's way and in {seed_count(c['other_way_in_seeds'])} the other)"
                 )
-        seeds = seed_count(c["seeds"]).removeprefix("in ")
-        out.append(f"- {name} − {other}: {fmt(c['diff'], c['half_width'])} points over {seeds}: {word}.")
+        out.append(
+            f"- {name} − {other}: {fmt(c['diff'], c['half_width'])} points over {seed_count(c['seeds'])}: {word}."
+        )
     grouped = by_key(rows)
     means = {
         m: statistics.fmean(r["overall_acc"] for r in grouped[(budget, m)])
