@@ -291,8 +291,9 @@ def row_name(method: str, tuned: bool = False) -> str:
 
 
 def method_title(methods: list[str]) -> str:
-    """``GAPG against GRPO, Dr.GRPO``: the report's title names the methods the grid ran, the first against the rest."""
-    names = [METHOD_NAMES.get(m, m) for m in methods]
+    """``GAPG against GRPO, Dr.GRPO``: the report's title names the methods the grid ran, the first against the rest
+    (a ``<method>@score`` row is the same trained policy, so the title leaves it out)."""
+    names = [METHOD_NAMES.get(m, m) for m in methods if not m.endswith(SCORE_SUFFIX)]
     return names[0] + (" against " + ", ".join(names[1:]) if len(names) > 1 else "")
 
 

@@ -60,6 +60,7 @@ def test_results_title_names_only_the_methods_the_grid_ran():
     assert method_title(["gapg", "grpo"]) == "GAPG against GRPO-std"
     assert "Dr.GRPO advantages" in method_title(["gapg", "grpo", "dr_grpo"])
     assert method_title(["gapg"]) == "GAPG"
+    assert method_title(["gapg", "gapg@score", "cat", "cat@score"]) == "GAPG against Collaboration-Aware Tuning"
 
 
 def test_learning_curve_has_labelled_axes_integer_steps_held_out_points_and_a_panel_per_level(tmp_path):
