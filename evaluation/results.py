@@ -335,6 +335,13 @@ def verdict_lines(comparisons: list[dict], rows: list[dict], budget: float, tune
                     f" (the seeds disagree: beyond noise over the problems in {seed_count(c['beyond_in_seeds'])} the "
                     f"mean's way and in {seed_count(c['other_way_in_seeds'])} the other)"
                 )
+            elif c["beyond_in_seeds"] or c["other_way_in_seeds"]:  # one-sided: said beside the interval
+                n = c["beyond_in_seeds"] or c["other_way_in_seeds"]
+                over = (c["diff"] > 0) == bool(c["beyond_in_seeds"])  # the seeds' sign: the mean's, or the other
+                word += (
+                    f" over seeds ({name} {'over' if over else 'under'} it beyond noise over the problems in {n} of "
+                    f"{seed_count(c['seeds'])})"
+                )
         out.append(
             f"- {name} − {other}: {fmt(c['diff'], c['half_width'])} points over {seed_count(c['seeds'])}: {word}."
         )
