@@ -310,6 +310,62 @@ def other_way(c: dict) -> str:
     return f" ({n} the other way)" if n else ""
 
 
+def gap_closed(rows: list[dict], budget: float) -> tuple[float | None, dict[str, float]]:
+    """The share of the gap from naive offloading to the oracle ceiling that GAPG closes at one budget,
+    (GAPG − naive) / (oracle − naive) on the seed means, and those means; None without the three rows."""
+    grouped = by_key(rows)
+    means = {
+        m: statistics.fmean(r["overall_acc"] for r in grouped[(budget, m)])
+        for m in ("gapg", "random", "oracle")
+        if grouped.get((budget, m))
+    }
+    if len(means) < 3 or means["oracle"] <= means["random"]:
+        return None, means
+    return (means["gapg"] - means["random"]) / (means["oracle"] - means["random"]), means
+
+
+def verdict_word(c: dict) -> str:
+    """A comparison's verdict over seeds in a table cell; the sign of the difference says which way."""
+    if c["half_width"] is None:
+        return "one seed: no interval"
+    if c["no_spread"]:
+        return "equal in every seed: no interval"
+    return "beyond noise" if c["beyond"] else "within noise"
+
+
+def verdict_table(comparisons: list[dict], rows: list[dict], tuned: bool) -> list[str]:
+    """Markdown lines, one row per budget: GAPG's accuracy and cloud share, its difference from each baseline it
+    must beat (``VERDICT_AGAINST``) with the t-interval over seeds and the verdict, and the share of the
+    naive-to-oracle gap it closes (``gap_closed``).  Empty when the grid has no GAPG row or none of those baselines."""
+    grouped = by_key(rows)
+    budgets = sorted({b for (b, m) in grouped if m == "gapg"})
+    found = {(c["budget"], c["b"]): c for c in comparisons if c["a"] == "gapg" and c["b"] in VERDICT_AGAINST}
+    against = [b for b in VERDICT_AGAINST if any(k[1] == b for k in found)]
+    if not budgets or not against:
+        return []
+    lines = [
+        "| budget | GAPG accuracy % (cloud %) | "
+        + " | ".join(f"GAPG − {row_name(b, tuned)}, points" for b in against)
+        + " | naive-to-oracle gap closed | seeds |",
+        "|---|---|" + "---|" * len(against) + "---|---|",
+    ]
+    for budget in budgets:
+        rs = grouped[(budget, "gapg")]
+        cells = [
+            f"{fmt(c['diff'], c['half_width'])} ({verdict_word(c)})" if c else "-"
+            for c in (found.get((budget, b)) for b in against)
+        ]
+        share, _ = gap_closed(rows, budget)
+        closed = "-" if share is None else f"{100 * share:.0f}%" if share >= 0 else "none (under naive)"
+        lines.append(
+            f"| {budget:.0%} | {fmt(*mean_ci([r['overall_acc'] for r in rs]))} "
+            f"({100 * statistics.fmean(r['offload_rate'] for r in rs):.1f}) | "
+            + " | ".join(cells)
+            + f" | {closed} | {len(rs)} |"
+        )
+    return lines
+
+
 def verdict_lines(comparisons: list[dict], rows: list[dict], budget: float, tuned: bool) -> list[str]:
     """In words, at one budget: does GAPG beat TT & router, TT & self-confidence and Collaboration-Aware Tuning
     beyond the t-interval over seeds, and how much of the gap from naive offloading to the oracle ceiling it closes
@@ -345,14 +401,8 @@ def verdict_lines(comparisons: list[dict], rows: list[dict], budget: float, tune
         out.append(
             f"- {name} − {other}: {fmt(c['diff'], c['half_width'])} points over {seed_count(c['seeds'])}: {word}."
         )
-    grouped = by_key(rows)
-    means = {
-        m: statistics.fmean(r["overall_acc"] for r in grouped[(budget, m)])
-        for m in ("gapg", "random", "oracle")
-        if grouped.get((budget, m))
-    }
-    if len(means) == 3 and means["oracle"] > means["random"]:
-        share = (means["gapg"] - means["random"]) / (means["oracle"] - means["random"])
+    share, means = gap_closed(rows, budget)
+    if share is not None:
         gap = (
             f"the gap from {row_name('random', tuned)} ({100 * means['random']:.1f}%) to the "
             f"{row_name('oracle', tuned)} ({100 * means['oracle']:.1f}%)"
@@ -396,6 +446,18 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
         *headline_table(rows, methods, tuned),
         "",
     ]
+    verdicts = verdict_table(comparisons, rows, tuned)
+    if verdicts:
+        lines += [
+            "## GAPG's verdicts at a glance",
+            "",
+            "GAPG's own decision against the baselines it must beat, per budget: the seed-mean difference in overall "
+            "accuracy ± its 95% t-interval over seeds, and whether that interval excludes 0 (each budget's section "
+            "says in how many seeds the difference was beyond noise over the problems).",
+            "",
+            *verdicts,
+            "",
+        ]
     table1 = table1_lines(rows, methods, meta.get("task", "task")) if tuned else []
     if table1:
         lines += [
@@ -446,16 +508,9 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
             ]
             lines += ["|---|---|---|---|"]
             for c in comps:
-                verdict = (
-                    "one seed: no interval"
-                    if c["half_width"] is None
-                    else "equal in every seed: no interval"
-                    if c["no_spread"]
-                    else ("beyond noise" if c["beyond"] else "within noise")
-                )
                 lines.append(
                     f"| {row_name(c['a'], tuned)} − {row_name(c['b'], tuned)} | "
-                    f"{fmt(c['diff'], c['half_width'])} | {verdict} | "
+                    f"{fmt(c['diff'], c['half_width'])} | {verdict_word(c)} | "
                     f"{c['beyond_in_seeds']}/{c['seeds']}{other_way(c)} |"
                 )
             lines.append("")

@@ -252,8 +252,8 @@ def test_grid_trains_task_tuning_once_per_seed_as_the_base_device_and_ablations_
 
 
 def test_the_report_says_per_budget_whether_gapg_beats_the_routing_baselines_and_the_oracle_gap_it_closes():
-    """evaluation/results.py: verdict_lines from hand-made rows of 3 seeds at one budget."""
-    from evaluation.results import comparison_rows, verdict_lines
+    """evaluation/results.py: verdict_lines and verdict_table from hand-made rows of 3 seeds at one budget."""
+    from evaluation.results import comparison_rows, verdict_lines, verdict_table
 
     acc = {  # seed -> overall accuracy per row
         "gapg": [0.70, 0.72, 0.74],
@@ -263,16 +263,35 @@ def test_the_report_says_per_budget_whether_gapg_beats_the_routing_baselines_and
         "random": [0.50, 0.52, 0.54],
         "oracle": [0.90, 0.92, 0.94],
     }
-    rows = [{"budget": 0.3, "seed": s, "method": m, "overall_acc": a[s]} for m, a in acc.items() for s in range(3)]
+    rows = [
+        {"budget": 0.3, "seed": s, "method": m, "overall_acc": a[s], "offload_rate": 0.2 + 0.05 * s}
+        for m, a in acc.items()
+        for s in range(3)
+    ]
     lines = verdict_lines(comparison_rows(rows, ["gapg", "cat"]), rows, 0.3, tuned=True)
     text = "\n".join(lines)
     assert "GAPG − TT & router: 10.0 ± 2.5 points over 3 seeds: GAPG beats TT & router beyond noise." in text
     assert "GAPG is worse than TT & self-confidence beyond noise" in text
     assert "GAPG and Collaboration-Aware Tuning are within noise" in text
     assert "GAPG closes 50% of the gap from TT & naive (52.0%) to the TT & oracle (ceiling) (92.0%)." in text
+    # the same verdicts in one row of the at-a-glance table: the differences' t-intervals by hand,
+    # confidence: -10, -9, -9 -> -9.3 ± 4.303 · 0.577/√3 = 1.4; cat: +1, -2, +4 -> 1.0 ± 4.303 · 3/√3 = 7.5
+    table = verdict_table(comparison_rows(rows, ["gapg", "cat"]), rows, tuned=True)
+    assert table[0] == (
+        "| budget | GAPG accuracy % (cloud %) | GAPG − TT & router, points | GAPG − TT & self-confidence, points | "
+        "GAPG − Collaboration-Aware Tuning, points | naive-to-oracle gap closed | seeds |"
+    )
+    assert table[2] == (
+        "| 30% | 72.0 ± 5.0 (25.0) | 10.0 ± 2.5 (beyond noise) | -9.3 ± 1.4 (beyond noise) | 1.0 ± 7.5 (within noise) "
+        "| 50% | 3 |"
+    )
     below = [dict(r, overall_acc=0.40) if r["method"] == "gapg" else r for r in rows]  # under TT & naive
     text = "\n".join(verdict_lines(comparison_rows(below, ["gapg", "cat"]), below, 0.3, tuned=True))
     assert "GAPG (40.0%) is under naive offloading: it closes none of the gap from TT & naive (52.0%)" in text
+    assert verdict_table(comparison_rows(below, ["gapg", "cat"]), below, tuned=True)[2].endswith(
+        "| none (under naive) | 3 |"
+    )
+    assert verdict_table(comparison_rows(rows, ["grpo"]), rows, tuned=True) == []  # no GAPG comparisons: no table
     # the same difference in every seed (+0.10): a t-interval of no width is no verdict, not "beyond noise"
     equal = [dict(r, overall_acc=[0.60, 0.62, 0.64][r["seed"]]) if r["method"] == "router" else r for r in rows]
     (c,) = [c for c in comparison_rows(equal, ["gapg", "cat"]) if (c["a"], c["b"]) == ("gapg", "router")]
