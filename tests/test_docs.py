@@ -38,3 +38,20 @@ def test_docs_holds_pages_and_its_data_folder_the_generated_files():
     stray = [f for f in os.listdir(os.path.join(ROOT, "docs")) if not (f.endswith(".md") or f == "data")]
     assert stray == []
     assert os.path.exists(os.path.join(ROOT, "docs", "method.md"))
+
+
+def test_the_readme_tables_copied_from_a_report_match_it():
+    """A README table between `<!-- the table from docs/X.md's "Section" -->` and `<!-- end of table -->` is a copy
+    of that report's section: every row of it must be in the report as it stands, so a rerun that changes the report
+    without the README fails here."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    blocks = re.findall(
+        r"<!-- the table from (docs/[\w.]+)'s \"([^\"]+)\" -->\n(.*?)<!-- end of table -->", readme, re.S
+    )
+    assert blocks, "the README's results tables carry their source markers"
+    stale = []
+    for report, section, table in blocks:
+        text = open(os.path.join(ROOT, report), encoding="utf-8").read()
+        body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+        stale += [(report, line) for line in table.splitlines() if line.startswith("|") and line not in body]
+    assert stale == []
