@@ -274,7 +274,7 @@ def write_report(
     return [
         results.write_csv(rows, data + ".csv"),
         results.write_markdown(rows, shown, report + ".md", command, meta),
-        results.plot_accuracy(rows, shown, data + ".png"),
+        results.plot_accuracy(rows, shown, data + ".png", tuned),
         results.plot_offload_curves(curves, data + "_offload.png"),
     ]
 

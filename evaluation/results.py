@@ -527,16 +527,23 @@ def write_markdown(rows: list[dict], methods: list[str], path: str, command: str
     return path
 
 
-def plot_accuracy(rows: list[dict], methods: list[str], path: str) -> str:
-    """Overall accuracy against the cloud share used, mean over seeds with t-interval error bars, per method."""
+def plot_accuracy(rows: list[dict], methods: list[str], path: str, tuned: bool = False) -> str:
+    """Overall accuracy against the cloud share used, mean over seeds with t-interval error bars: one line per
+    trained method (solid; its ``@score`` row dotted, in the same hue), one per baseline (dashed squares), named as
+    the report's tables name them; the cloud alone is a horizontal line, so the axis stops past the largest budget."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     grouped = by_key(rows)
-    fig, ax = plt.subplots(figsize=(6.8, 4.6))
-    for k, method in enumerate(methods + ["random", "router", "never", "cloud"]):
+    trained = [m for m in methods if not m.endswith(SCORE_SUFFIX)]
+    hue = {m: plt.cm.tab20(2 * k % 20) for k, m in enumerate(trained)}
+    hue.update({m + SCORE_SUFFIX: plt.cm.tab20((2 * k + 1) % 20) for k, m in enumerate(trained)})
+    baselines = [b for b in BASELINES if b != "cloud" and any(m == b for _, m in grouped)]
+    hue.update({b: plt.cm.Dark2(k % 8) for k, b in enumerate(baselines)})
+    fig, ax = plt.subplots(figsize=(9.0, 4.8))
+    for method in methods + baselines:
         pts = sorted((b, rs) for (b, m), rs in grouped.items() if m == method)
         if not pts:
             continue
@@ -544,15 +551,20 @@ def plot_accuracy(rows: list[dict], methods: list[str], path: str) -> str:
         for _, rs in pts:
             (x, hx), (y, hy) = mean_ci([r["offload_rate"] for r in rs]), mean_ci([r["overall_acc"] for r in rs])
             xs.append(100 * x), ys.append(100 * y), xe.append(100 * (hx or 0)), ye.append(100 * (hy or 0))
-        style = "o-" if method in methods else "s--"
-        ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt=style, capsize=3, color=f"C{k}", label=method)
-    ax.set_xlabel("cloud share used (% of held-out problems)")
-    ax.set_xlim(-3, 103)  # a share lies in [0, 100]; a two-seed t-interval (t = 12.7) reaches far past both ends
+        style = "s--" if method in baselines else "o:" if method.endswith(SCORE_SUFFIX) else "o-"
+        ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt=style, capsize=3, color=hue[method], label=row_name(method, tuned))
+    cloud = [r["overall_acc"] for (_, m), rs in grouped.items() if m == "cloud" for r in rs]
+    if cloud:
+        ax.axhline(100 * statistics.fmean(cloud), color="black", ls=":", lw=1, label="cloud alone (every problem)")
+    budgets = sorted({b for b, m in grouped if m != "cloud"})
+    # a share lies in [0, 100]; a two-seed t-interval (t = 12.7) reaches far past the points, so the axis stops
+    ax.set_xlim(-3, min(103.0, 100 * max(budgets, default=1.0) + 15))
     ax.set_ylim(max(0.0, ax.get_ylim()[0]), min(100.0, ax.get_ylim()[1]))
+    ax.set_xlabel("cloud share used (% of held-out problems)")
     ax.set_ylabel("overall accuracy (%)")
     ax.set_title("Accuracy against cloud share (mean over seeds, 95% t-intervals)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

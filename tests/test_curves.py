@@ -83,3 +83,39 @@ def test_learning_curve_has_labelled_axes_integer_steps_held_out_points_and_a_pa
     held = {line.get_label(): list(line.get_xdata()) for line in axes[0].lines + axes[1].lines}
     assert held["held-out accuracy (device + cloud)"] == [0, 2, 5] and held["held-out (asked for)"] == [0, 2, 5]
     assert [ax.get_title() for ax in axes[3:]] == ["level 1", "level 2", "level 3"]
+
+
+def test_accuracy_plot_names_rows_as_the_tables_do_and_draws_the_cloud_as_a_line(tmp_path, monkeypatch):
+    """evaluation/results.py plot_accuracy: legend labels from row_name (task-tuned baselines), the @score row after
+    its policy, the cloud as a horizontal line (not a point at 100% that would stretch the axis)."""
+    import matplotlib.figure
+
+    from evaluation.results import plot_accuracy
+
+    seen = {}
+
+    def capture(fig, path, **kw):
+        ax = fig.axes[0]
+        seen["labels"] = [t.get_text() for t in ax.get_legend().get_texts()]
+        seen["xlim"] = ax.get_xlim()
+        seen["hlines"] = [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"]
+        open(path, "wb").write(b"png")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", capture)
+    rows = [
+        {"budget": b, "seed": s, "method": m, "overall_acc": 0.5 + 0.1 * s, "offload_rate": b}
+        for m in ("gapg", "gapg@score", "random", "confidence")
+        for b in (0.1, 0.3)
+        for s in range(3)
+    ] + [{"budget": 0.3, "seed": s, "method": "cloud", "overall_acc": 0.95, "offload_rate": 1.0} for s in range(3)]
+    out = plot_accuracy(rows, ["gapg", "gapg@score"], str(tmp_path / "acc.png"), tuned=True)
+    assert os.path.exists(out)
+    assert seen["labels"] == [
+        "cloud alone (every problem)",
+        "GAPG",
+        "GAPG by its escalation score",
+        "TT & naive",
+        "TT & self-confidence",
+    ]
+    assert seen["xlim"][1] == 45.0  # the largest budget (30%) + 15, not 100
+    assert 95.0 in [round(y, 6) for y in seen["hlines"]]
