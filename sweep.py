@@ -87,7 +87,21 @@ METHODS = {
     # base device of the TT rows (never/random/router/confidence/oracle)
     "tt": ["task.escalation=false", "rl.gamma_controller=dual", "rl.gamma_lr=0"],  # nothing to charge: γ stays put
 }
-BUDGET_FREE = {"tt"}
+# Methods whose training reads no budget: one run per seed serves every budget.  Task tuning offers no escalation;
+# Collaboration-Aware Tuning charges the fixed γ = rl.gamma with no controller, so its runs at different budgets are
+# one run (the Table-1 grid trained it at each budget: the same loss at every step) and only the evaluation's cap
+# differs between its rows.
+BUDGET_FREE = {"tt", "cat"}
+UNROUTED = {"tt"}  # no escalation offered: the base device of the baseline rows, not a routed row of its own
+
+
+def run_dir(out: str, method: str, seed: int, budget: float) -> str:
+    """The training run of a (method, seed, budget) point: the seed's one run for a budget-free method, unless the
+    grid already holds a run of it trained at this budget (grids made before ``cat`` was budget-free)."""
+    if method not in BUDGET_FREE:
+        return grid_dir(out, method, seed, budget)
+    older = grid_dir(out, method, seed, budget)
+    return older if os.path.exists(os.path.join(older, "config.json")) else grid_dir(out, method, seed, None)
 
 
 def run_training(
@@ -239,7 +253,7 @@ def write_report(
     data = report_data(report)
     os.makedirs(os.path.dirname(os.path.abspath(data)), exist_ok=True)
     curves = {
-        (b, m): [results.train_offload_curve(grid_dir(out, m, s, b)) for s in seeds] for b in budgets for m in methods
+        (b, m): [results.train_offload_curve(run_dir(out, m, s, b)) for s in seeds] for b in budgets for m in methods
     }
     evaluated = {(r["budget"], r["seed"]) for r in rows if "seed" in r}
     progress = (
@@ -257,7 +271,9 @@ def write_report(
     }
     train_s = {
         results.row_name(m, tuned): [
-            t for b in budgets for s in seeds if (t := results.train_seconds(grid_dir(out, m, s, b)))
+            t  # a budget-free method's one run per seed is counted once
+            for d in dict.fromkeys(run_dir(out, m, s, b) for b in budgets for s in seeds)
+            if (t := results.train_seconds(d))
         ]
         for m in methods
     }
@@ -499,7 +515,7 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
     if bad:
         print(f"error: --methods/--ablations {bad}: choose from {','.join(METHODS)}.", file=sys.stderr)
         return 2
-    if all(m in BUDGET_FREE for m in methods + ablations):
+    if all(m in UNROUTED for m in methods + ablations):
         print("error: --methods names no routing method to compare (add gapg, cat, ...).", file=sys.stderr)
         return 2
     try:
@@ -524,7 +540,7 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
                     done[(b, s)] = json.load(f)
 
     def train_point(m: str, s: int, b: float) -> str:
-        run = grid_dir(args.out, m, s, None if m in BUDGET_FREE else b)
+        run = run_dir(args.out, m, s, b)
         point = [*overrides, *METHODS[m], f"train.seed={s}"]
         run_training(
             args.config,
@@ -533,7 +549,7 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
             point,
             args.launch,
             group,
-            f"{m}-seed{s}" + ("" if m in BUDGET_FREE else f"-budget-{b:.2f}"),
+            f"{m}-seed{s}" + ("" if run == grid_dir(args.out, m, s, None) else f"-budget-{b:.2f}"),
         )
         if not args.keep_checkpoints and os.path.exists(os.path.join(run, "final", "config.json")):
             from rl.checkpoint import step_checkpoint_dirs
@@ -542,7 +558,7 @@ def run_grid(args, budgets, overrides, group, eval_args, cfg, argv: list[str]) -
                 shutil.rmtree(ckpt, ignore_errors=True)
         return run
 
-    routed = [m for m in methods + ablations if m not in BUDGET_FREE]
+    routed = [m for m in methods + ablations if m not in UNROUTED]
 
     def evaluated(b: float, s: int, here: list[str]) -> bool:
         """The point's evaluation holds every method already: none of it is trained again (its models may be gone)."""

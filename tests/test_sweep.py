@@ -202,6 +202,23 @@ def test_grid_mode_trains_methods_and_seeds_and_writes_the_report(tiny_model_dir
     assert "--seeds 0,1,2" in md.splitlines()[5] and "--plot-only" not in md
 
 
+def test_budget_free_methods_train_one_run_per_seed_and_older_grids_keep_their_runs(tmp_path):
+    """sweep.run_dir: Collaboration-Aware Tuning and task tuning read no budget, so a point of either uses the seed's
+    one run; a grid that already trained Collaboration-Aware Tuning at a budget keeps that run (no retraining); a
+    budgeted method (GAPG) has a run per budget."""
+    out = str(tmp_path)
+    assert {"tt", "cat"} <= sweep.BUDGET_FREE and "gapg" not in sweep.BUDGET_FREE
+    for b in (0.1, 0.3):
+        assert sweep.run_dir(out, "cat", 0, b) == os.path.join(out, "cat", "seed-0")
+        assert sweep.run_dir(out, "tt", 1, b) == os.path.join(out, "tt", "seed-1")
+        assert sweep.run_dir(out, "gapg", 0, b) == os.path.join(out, "gapg", "seed-0", f"budget-{b:.2f}")
+    older = os.path.join(out, "cat", "seed-0", "budget-0.30")
+    os.makedirs(older)
+    open(os.path.join(older, "config.json"), "w").write("{}")
+    assert sweep.run_dir(out, "cat", 0, 0.3) == older
+    assert sweep.run_dir(out, "cat", 0, 0.1) == os.path.join(out, "cat", "seed-0")
+
+
 def test_grid_mode_rejects_unknown_methods(capsys):
     assert sweep.main(["--config", "configs/tiny_test.yaml", "--methods", "ppo", "--out", "/tmp/x"]) == 2
     assert "['ppo']: choose from gapg,grpo,dr_grpo,cat" in capsys.readouterr().err
