@@ -591,7 +591,7 @@ def plot_offload_curves(curves: dict[tuple[float, str], list[list[tuple[int, flo
             mean = [100 * statistics.fmean(v for v in vs if v is not None) for vs in vals]
             lo = [100 * min(v for v in vs if v is not None) for vs in vals]
             hi = [100 * max(v for v in vs if v is not None) for vs in vals]
-            ax.plot(steps, mean, color=f"C{k}", label=method)
+            ax.plot(steps, mean, color=f"C{k}", label=row_name(method))
             ax.fill_between(steps, lo, hi, color=f"C{k}", alpha=0.15)
         ax.axhline(100 * budget, color="black", ls="--", lw=1, label="budget")
         ax.set_title(f"budget {budget:.0%}", fontsize=10)
@@ -599,7 +599,8 @@ def plot_offload_curves(curves: dict[tuple[float, str], list[list[tuple[int, flo
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("offload rate in training rollouts (%)")
-    axes[0][0].legend(fontsize=8)
+    fullest = max(axes[0], key=lambda ax: len(ax.get_lines()))  # the panel with every method (ablations: one budget)
+    fullest.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
