@@ -98,10 +98,10 @@ UNROUTED = {"tt"}  # no escalation offered: the base device of the baseline rows
 def run_dir(out: str, method: str, seed: int, budget: float) -> str:
     """The training run of a (method, seed, budget) point: the seed's one run for a budget-free method, unless the
     grid already holds a run of it trained at this budget (grids made before ``cat`` was budget-free)."""
-    if method not in BUDGET_FREE:
-        return grid_dir(out, method, seed, budget)
-    older = grid_dir(out, method, seed, budget)
-    return older if os.path.exists(os.path.join(older, "config.json")) else grid_dir(out, method, seed, None)
+    at_budget = grid_dir(out, method, seed, budget)
+    if method not in BUDGET_FREE or os.path.exists(os.path.join(at_budget, "config.json")):
+        return at_budget
+    return grid_dir(out, method, seed, None)
 
 
 def run_training(
